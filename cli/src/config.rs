@@ -1,0 +1,755 @@
+//! The configuration file: serde "user" structs, and their one-time
+//! conversion into the validated runtime types the engine runs with.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`). Syntax and type errors
+//! come from the TOML parser with their line; validation errors name the key
+//! path, which [`crate::locate`] turns into a line. Validation reports every
+//! problem it finds, not only the first.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use ringway_balancer::UpstreamGroup;
+use ringway_core::{DriverChoice, ListenerSpec, RuntimeConfig};
+use ringway_http::{
+    EngineSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders, RouteSpec, RouteTable, Timeouts,
+    MAX_HEADERS_CAP,
+};
+use serde::Deserialize;
+
+use crate::locate::{line_of, KeyPath};
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    #[serde(default)]
+    pub(crate) runtime: RuntimeSection,
+    #[serde(default)]
+    pub(crate) log: LogSection,
+    #[serde(default)]
+    pub(crate) http: HttpSection,
+    #[serde(default, rename = "listener")]
+    pub(crate) listeners: Vec<ListenerSection>,
+    #[serde(default, rename = "upstream")]
+    pub(crate) upstreams: Vec<UpstreamSection>,
+}
+
+/// `workers = 4` or `workers = "auto"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Workers {
+    Count(i64),
+    Word(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuntimeSection {
+    pub(crate) workers: Option<Workers>,
+    pub(crate) driver: Option<String>,
+    pub(crate) pin_cpus: Option<bool>,
+    pub(crate) ring_entries: Option<u32>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogSection {
+    pub(crate) level: Option<String>,
+    pub(crate) access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpSection {
+    pub(crate) max_header_bytes: Option<usize>,
+    pub(crate) max_headers: Option<usize>,
+    pub(crate) max_uri_bytes: Option<usize>,
+    pub(crate) buffer_size: Option<usize>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) upstream_timeout: Option<String>,
+    pub(crate) client_header_timeout: Option<String>,
+    pub(crate) keepalive_timeout: Option<String>,
+    pub(crate) client_timeout: Option<String>,
+    pub(crate) tunnel_idle_timeout: Option<String>,
+    pub(crate) upstream_keepalive: Option<usize>,
+    pub(crate) upstream_keepalive_timeout: Option<String>,
+    pub(crate) forwarded: Option<String>,
+    pub(crate) via: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerSection {
+    pub(crate) name: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) mode: Option<String>,
+    pub(crate) forwarded: Option<String>,
+    pub(crate) via: Option<bool>,
+    #[serde(default, rename = "route")]
+    pub(crate) routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    pub(crate) host: Option<String>,
+    pub(crate) path_prefix: Option<String>,
+    pub(crate) upstream: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamSection {
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) servers: Vec<String>,
+}
+
+/// What a listener does with requests.
+#[derive(Debug, Clone)]
+pub(crate) enum ListenerMode {
+    Reverse {
+        routes: Arc<RouteTable>,
+        route_count: usize,
+    },
+}
+
+/// A validated listener.
+#[derive(Debug, Clone)]
+pub(crate) struct Listener {
+    pub(crate) spec: ListenerSpec,
+    pub(crate) mode: ListenerMode,
+    pub(crate) settings: EngineSettings,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) runtime: RuntimeConfig,
+    pub(crate) max_connections: usize,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) log_level: Option<String>,
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) upstreams: Vec<UpstreamGroup>,
+    pub(crate) pool: PoolSettings,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigError {
+    pub(crate) file: PathBuf,
+    pub(crate) line: Option<usize>,
+    pub(crate) key: String,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// All the problems found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigErrors(pub(crate) Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, parses and validates the file at `path`.
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(path, &source)
+}
+
+/// Parses and validates `source`, read from `file`.
+pub(crate) fn parse(file: &Path, source: &str) -> Result<Config, ConfigErrors> {
+    let user: ConfigFile = toml::from_str(source).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| source[..s.start.min(source.len())].matches('\n').count() + 1);
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            line,
+            key: String::new(),
+            message: e.message().trim().to_owned(),
+        }])
+    })?;
+    let mut v = Validator { problems: Vec::new() };
+    let config = v.config(&user);
+    if v.problems.is_empty() {
+        return Ok(config);
+    }
+    Err(ConfigErrors(
+        v.problems
+            .into_iter()
+            .map(|(path, message)| ConfigError {
+                file: file.to_owned(),
+                line: line_of(source, &path),
+                key: path.to_string(),
+                message,
+            })
+            .collect(),
+    ))
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` (a whole number and a unit).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit, like \"5s\" or \"250ms\"")
+    })?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    Ok(duration)
+}
+
+struct Validator {
+    problems: Vec<(KeyPath, String)>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.problems.push((path, message.into()));
+    }
+
+    fn duration(&mut self, path: KeyPath, value: Option<&String>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(path, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(path, e);
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, user: &ConfigFile) -> Config {
+        let root = KeyPath::root();
+        let runtime = self.runtime(&user.runtime, &root.key("runtime"));
+        let rt = &user.runtime;
+        let max_connections = match rt.max_connections {
+            Some(0) => {
+                self.problem(root.key("runtime").key("max_connections"), "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => 100_000,
+        };
+        let shutdown_timeout = self.duration(
+            root.key("runtime").key("shutdown_timeout"),
+            rt.shutdown_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        if let Some(level) = &user.log.level {
+            if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+                self.problem(
+                    root.key("log").key("level"),
+                    format!("unknown level {level:?}: expected error, warn, info, debug or trace"),
+                );
+            }
+        }
+        let (settings, pool) = self.http(
+            &user.http,
+            user.log.access_log.unwrap_or(false),
+            &root.key("http"),
+        );
+        let upstreams = self.upstreams(&user.upstreams, &root.key("upstream"));
+        let listeners = self.listeners(&user.listeners, &upstreams, &settings, &root.key("listener"));
+        Config {
+            runtime,
+            max_connections,
+            shutdown_timeout,
+            log_level: user.log.level.clone(),
+            listeners,
+            upstreams,
+            pool,
+        }
+    }
+
+    fn runtime(&mut self, rt: &RuntimeSection, path: &KeyPath) -> RuntimeConfig {
+        let mut config = RuntimeConfig::default();
+        match &rt.workers {
+            None => {}
+            Some(Workers::Word(w)) if w == "auto" => {}
+            Some(Workers::Count(n)) if (1..=1024).contains(n) => config.workers = *n as usize,
+            Some(_) => self.problem(
+                path.key("workers"),
+                "expected a number from 1 to 1024, or \"auto\"",
+            ),
+        }
+        if let Some(driver) = &rt.driver {
+            match driver.parse::<DriverChoice>() {
+                Ok(d) => config.driver = d,
+                Err(e) => self.problem(path.key("driver"), e),
+            }
+        }
+        if let Some(pin) = rt.pin_cpus {
+            config.pin_cpus = pin;
+        }
+        if let Some(entries) = rt.ring_entries {
+            if !(256..=32768).contains(&entries) || !entries.is_power_of_two() {
+                self.problem(
+                    path.key("ring_entries"),
+                    "expected a power of two from 256 to 32768",
+                );
+            } else {
+                config.ring_entries = entries;
+            }
+        }
+        config
+    }
+
+    fn forwarded(
+        &mut self,
+        path: KeyPath,
+        value: Option<&String>,
+        default: ForwardedStyle,
+    ) -> ForwardedStyle {
+        match value.map(String::as_str) {
+            None => default,
+            Some("x-forwarded") => ForwardedStyle::XForwarded,
+            Some("rfc7239") => ForwardedStyle::Rfc7239,
+            Some("off") => ForwardedStyle::Off,
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("unknown style {other:?}: expected \"x-forwarded\", \"rfc7239\" or \"off\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn http(
+        &mut self,
+        http: &HttpSection,
+        access_log: bool,
+        path: &KeyPath,
+    ) -> (EngineSettings, PoolSettings) {
+        let limits_default = HttpLimits::default();
+        let mut limits = limits_default;
+        let bounded =
+            |v: &mut Self, key: &str, value: Option<usize>, min: usize, max: usize, default: usize| {
+                match value {
+                    None => default,
+                    Some(n) if (min..=max).contains(&n) => n,
+                    Some(_) => {
+                        v.problem(path.key(key), format!("expected a number from {min} to {max}"));
+                        default
+                    }
+                }
+            };
+        limits.max_header_bytes = bounded(
+            self,
+            "max_header_bytes",
+            http.max_header_bytes,
+            1024,
+            1 << 20,
+            limits_default.max_header_bytes,
+        );
+        limits.max_headers = bounded(
+            self,
+            "max_headers",
+            http.max_headers,
+            1,
+            MAX_HEADERS_CAP,
+            limits_default.max_headers,
+        );
+        limits.max_uri_bytes = bounded(
+            self,
+            "max_uri_bytes",
+            http.max_uri_bytes,
+            256,
+            1 << 20,
+            limits_default.max_uri_bytes,
+        );
+        let buffer_size = bounded(self, "buffer_size", http.buffer_size, 4096, 1 << 20, 16 * 1024);
+        let t = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: self.duration(
+                path.key("connect_timeout"),
+                http.connect_timeout.as_ref(),
+                t.connect,
+            ),
+            upstream_response: self.duration(
+                path.key("upstream_timeout"),
+                http.upstream_timeout.as_ref(),
+                t.upstream_response,
+            ),
+            client_head: self.duration(
+                path.key("client_header_timeout"),
+                http.client_header_timeout.as_ref(),
+                t.client_head,
+            ),
+            idle: self.duration(
+                path.key("keepalive_timeout"),
+                http.keepalive_timeout.as_ref(),
+                t.idle,
+            ),
+            client_io: self.duration(
+                path.key("client_timeout"),
+                http.client_timeout.as_ref(),
+                t.client_io,
+            ),
+            tunnel_idle: self.duration(
+                path.key("tunnel_idle_timeout"),
+                http.tunnel_idle_timeout.as_ref(),
+                t.tunnel_idle,
+            ),
+        };
+        let pool_default = PoolSettings::default();
+        let pool = PoolSettings {
+            max_idle_per_server: http
+                .upstream_keepalive
+                .unwrap_or(pool_default.max_idle_per_server),
+            idle_timeout: self.duration(
+                path.key("upstream_keepalive_timeout"),
+                http.upstream_keepalive_timeout.as_ref(),
+                pool_default.idle_timeout,
+            ),
+        };
+        let proxy_headers = ProxyHeaders {
+            forwarded: self.forwarded(
+                path.key("forwarded"),
+                http.forwarded.as_ref(),
+                ForwardedStyle::XForwarded,
+            ),
+            via: http.via.unwrap_or(true),
+        };
+        let settings = EngineSettings {
+            limits,
+            timeouts,
+            proxy_headers,
+            buffer_size,
+            scheme: "http",
+            access_log,
+        };
+        (settings, pool)
+    }
+
+    fn upstreams(&mut self, sections: &[UpstreamSection], path: &KeyPath) -> Vec<UpstreamGroup> {
+        let mut groups: Vec<UpstreamGroup> = Vec::new();
+        for (i, up) in sections.iter().enumerate() {
+            let at = path.index(i);
+            let Some(name) = up.name.clone() else {
+                self.problem(at.key("name"), "every upstream needs a name");
+                continue;
+            };
+            if groups.iter().any(|g| g.name == name) {
+                self.problem(at.key("name"), format!("upstream {name:?} is defined twice"));
+                continue;
+            }
+            if up.servers.is_empty() {
+                self.problem(at.key("servers"), "an upstream needs at least one server");
+            }
+            let mut servers = Vec::new();
+            for (j, server) in up.servers.iter().enumerate() {
+                match resolve_once(server) {
+                    Ok(addr) => servers.push(addr),
+                    Err(e) => self.problem(at.key("servers").index(j), e),
+                }
+            }
+            groups.push(UpstreamGroup { name, servers });
+        }
+        groups
+    }
+
+    fn listeners(
+        &mut self,
+        sections: &[ListenerSection],
+        upstreams: &[UpstreamGroup],
+        settings: &EngineSettings,
+        path: &KeyPath,
+    ) -> Vec<Listener> {
+        if sections.is_empty() {
+            self.problem(
+                KeyPath::root().key("listener"),
+                "at least one [[listener]] is needed",
+            );
+        }
+        let by_name: HashMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.as_str(), i))
+            .collect();
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, l) in sections.iter().enumerate() {
+            let at = path.index(i);
+            let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+            if listeners.iter().any(|other| other.spec.name == name) {
+                self.problem(at.key("name"), format!("listener name {name:?} is used twice"));
+            }
+            let addr = match l.listen.as_deref() {
+                None => {
+                    self.problem(at.key("listen"), "every listener needs a listen address");
+                    None
+                }
+                Some(text) => match text.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        self.problem(
+                            at.key("listen"),
+                            format!("invalid address {text:?}: expected IP:PORT, like \"127.0.0.1:8080\" or \"[::1]:8080\""),
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(addr) = addr {
+                if listeners
+                    .iter()
+                    .any(|other| other.spec.addr == addr && addr.port() != 0)
+                {
+                    self.problem(at.key("listen"), format!("{addr} is used by two listeners"));
+                }
+            }
+            let mut settings = settings.clone();
+            settings.proxy_headers.forwarded = self.forwarded(
+                at.key("forwarded"),
+                l.forwarded.as_ref(),
+                settings.proxy_headers.forwarded,
+            );
+            if let Some(via) = l.via {
+                settings.proxy_headers.via = via;
+            }
+            let mode = match l.mode.as_deref().unwrap_or("reverse") {
+                "reverse" => self.reverse_routes(l, &by_name, &at),
+                "forward" => {
+                    self.problem(at.key("mode"), "forward mode is not available yet");
+                    None
+                }
+                other => {
+                    self.problem(
+                        at.key("mode"),
+                        format!("unknown mode {other:?}: expected \"reverse\" or \"forward\""),
+                    );
+                    None
+                }
+            };
+            if let (Some(addr), Some(mode)) = (addr, mode) {
+                listeners.push(Listener {
+                    spec: ListenerSpec::new(name, addr),
+                    mode,
+                    settings,
+                });
+            }
+        }
+        listeners
+    }
+
+    fn reverse_routes(
+        &mut self,
+        l: &ListenerSection,
+        upstreams: &HashMap<&str, usize>,
+        at: &KeyPath,
+    ) -> Option<ListenerMode> {
+        if l.routes.is_empty() {
+            self.problem(
+                at.key("route"),
+                "a reverse listener needs at least one [[listener.route]]",
+            );
+            return None;
+        }
+        let mut specs = Vec::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            let rat = at.key("route").index(j);
+            let Some(upstream) = r.upstream.as_deref() else {
+                self.problem(rat.key("upstream"), "every route needs an upstream");
+                continue;
+            };
+            let Some(&index) = upstreams.get(upstream) else {
+                self.problem(
+                    rat.key("upstream"),
+                    format!("no [[upstream]] is named {upstream:?}"),
+                );
+                continue;
+            };
+            let spec = RouteSpec {
+                host: r.host.clone(),
+                path_prefix: r.path_prefix.clone().unwrap_or_else(|| "/".to_owned()),
+                upstream: index,
+            };
+            // Check each route alone first so that the error names its key.
+            if let Err(e) = RouteTable::new(std::slice::from_ref(&spec)) {
+                let key = if e.contains("host") { "host" } else { "path_prefix" };
+                self.problem(rat.key(key), e);
+                continue;
+            }
+            specs.push(spec);
+        }
+        match RouteTable::new(&specs) {
+            Ok(table) => Some(ListenerMode::Reverse {
+                routes: Arc::new(table),
+                route_count: specs.len(),
+            }),
+            Err(e) => {
+                self.problem(at.key("route"), e);
+                None
+            }
+        }
+    }
+}
+
+/// An upstream server address: `IP:PORT`, or `host:port` resolved once now.
+fn resolve_once(server: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut addrs = server
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid server {server:?}: {e} (expected IP:PORT or HOST:PORT)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("server {server:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[runtime]
+workers = 2            # or "auto"
+driver = "auto"        # "uring" | "legacy"
+pin_cpus = true
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+mode = "reverse"
+
+[[listener.route]]
+host = "*.example.com" # optional
+path_prefix = "/"      # optional
+upstream = "app"
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:9000", "127.0.0.1:9001"]
+"#;
+
+    fn errors(source: &str) -> Vec<String> {
+        parse(Path::new("t.toml"), source)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_issue_schema_is_accepted_as_written() {
+        let c = parse(Path::new("t.toml"), MINIMAL).unwrap();
+        assert_eq!(c.runtime.workers, 2);
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].spec.name, "web");
+        assert_eq!(c.upstreams[0].servers.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let source = MINIMAL.replace("pin_cpus = true", "pin_cpus = true\npin_cpu = false");
+        let e = errors(&source);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("t.toml:6:"), "{}", e[0]);
+        assert!(e[0].contains("pin_cpu"), "{}", e[0]);
+    }
+
+    #[test]
+    fn validation_errors_name_file_line_and_key_and_are_all_reported() {
+        let source = MINIMAL
+            .replace("upstream = \"app\"", "upstream = \"nope\"")
+            .replace("driver = \"auto\"", "driver = \"kqueue\"")
+            .replace("127.0.0.1:9001", "not an address");
+        let e = errors(&source);
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("t.toml:4: runtime.driver: unknown driver")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter().any(|m| m
+                .starts_with("t.toml:15: listener[0].route[0].upstream: no [[upstream]] is named \"nope\"")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("t.toml:19: upstream[0].servers[1]:")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn a_bad_timeout_names_its_key() {
+        let source = format!("{MINIMAL}\n[http]\nconnect_timeout = \"soon\"\n");
+        let e = errors(&source);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].contains("http.connect_timeout: invalid duration"),
+            "{}",
+            e[0]
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! Wiring: from the validated configuration to running workers.
+//!
+//! This is the one place where every layer meets, in order: the server
+//! settings (core), then on each worker thread one upstream pool shared by
+//! that worker's listeners, and per listener its handler (reverse: the route
+//! table and per-worker balancers) inside an HTTP engine.
+
+use std::{net::SocketAddr, rc::Rc};
+
+use monoio::net::TcpStream;
+use ringway_core::{ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+use ringway_http::{ClientInfo, Engine, ReverseHandler, UpstreamPool};
+
+use crate::config::{Config, ListenerMode};
+
+/// One listener's engine on one worker.
+enum ListenerEngine {
+    Reverse(Engine<ReverseHandler>),
+}
+
+/// Everything one worker serves with.
+struct WorkerListeners {
+    engines: Vec<(ListenerEngine, SocketAddr)>,
+}
+
+impl WorkerApp for WorkerListeners {
+    async fn serve(&self, listener: usize, stream: TcpStream, peer: SocketAddr, conn: ConnCtx) {
+        let Some((engine, local)) = self.engines.get(listener) else {
+            return;
+        };
+        let client = ClientInfo { peer, local: *local };
+        match engine {
+            ListenerEngine::Reverse(e) => e.serve(stream, client, &conn).await,
+        }
+    }
+}
+
+/// Starts the server described by `config`.
+pub(crate) fn start(config: &Config) -> std::io::Result<ServerHandle> {
+    let server = ServerConfig {
+        runtime: config.runtime.clone(),
+        listeners: config.listeners.iter().map(|l| l.spec.clone()).collect(),
+        max_connections: config.max_connections,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    let config = config.clone();
+    ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))
+}
+
+fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
+    let pool = Rc::new(UpstreamPool::new(config.pool));
+    let engines = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let engine = match &l.mode {
+                ListenerMode::Reverse { routes, .. } => {
+                    let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index);
+                    ListenerEngine::Reverse(Engine::new(
+                        &l.spec.name,
+                        handler,
+                        l.settings.clone(),
+                        Rc::clone(&pool),
+                    ))
+                }
+            };
+            (engine, l.spec.addr)
+        })
+        .collect();
+    WorkerListeners { engines }
+}

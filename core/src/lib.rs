@@ -1,0 +1,22 @@
+//! ringway-core: the base of ringway's connection engine.
+//!
+//! It owns everything below HTTP: the worker-per-core monoio runtimes
+//! ([`runtime`]: io_uring with single-issuer ring flags, epoll fallback, CPU
+//! pinning), the `SO_REUSEPORT` listener sockets of every worker, per-worker
+//! connection limits and counters, graceful drain and shutdown ([`start`],
+//! [`ServerHandle`], [`ConnCtx`]), and the one error type every ringway
+//! library returns ([`Error`]).
+//!
+//! The HTTP engine plugs in as a [`WorkerApp`], built on each worker thread.
+
+mod error;
+mod listener;
+pub mod runtime;
+mod server;
+mod worker;
+
+pub use error::{Error, ErrorKind, OrErr, Result, Side};
+pub use listener::ListenerSpec;
+pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
+pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+pub use worker::{ConnCtx, WorkerStats};

@@ -1,0 +1,135 @@
+//! Listening sockets: one `SO_REUSEPORT` socket per worker for every listener.
+//!
+//! All sockets are created on the starting thread, so an address in use is an
+//! error before any worker starts, and a port of 0 is resolved once: the first
+//! socket picks the port and the others bind that same port. Each worker then
+//! adopts its own sockets into its runtime.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+    thread,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// One listening address of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// The listener's name from the configuration (for logs).
+    pub name: String,
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The accept queue length passed to `listen(2)`.
+    pub backlog: u32,
+}
+
+impl ListenerSpec {
+    /// A listener with the default backlog.
+    pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            addr,
+            backlog: 4096,
+        }
+    }
+}
+
+/// Binds `workers` sockets for each listener; the result is indexed
+/// `[worker][listener]`, with the resolved addresses (port 0 replaced).
+pub(crate) fn bind_all(
+    specs: &[ListenerSpec],
+    workers: usize,
+) -> io::Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>)> {
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut resolved = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if spec.addr.port() != 0 {
+            ensure_unclaimed(spec)?;
+        }
+        let mut addr = spec.addr;
+        for sockets in per_worker.iter_mut() {
+            let listener = bind_reuseport(addr, spec.backlog)
+                .map_err(|e| io::Error::new(e.kind(), format!("listener {:?} on {addr}: {e}", spec.name)))?;
+            addr = listener.local_addr()?;
+            sockets.push(listener);
+        }
+        resolved.push(addr);
+    }
+    Ok((per_worker, resolved))
+}
+
+/// Fails when another socket already listens on the address.
+///
+/// `SO_REUSEPORT` lets a second process with the same user bind a port that
+/// is in use, and the kernel then splits connections between the two, so a
+/// stale instance would silently take half the traffic. A probe socket bound
+/// without `SO_REUSEPORT` tells: it fails while anyone holds the port. A port
+/// still held by a process that just exited is waited for briefly.
+fn ensure_unclaimed(spec: &ListenerSpec) -> io::Result<()> {
+    let mut attempts = 0;
+    loop {
+        let probe = Socket::new(Domain::for_address(spec.addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        if spec.addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        match probe.bind(&spec.addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts < 10 => {
+                attempts += 1;
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "listener {:?} on {}: {e} (is another process, or an earlier ringway, listening there?)",
+                    spec.name, spec.addr
+                ),
+            )),
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux, which
+    // saves a setsockopt per connection.
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_resolves_once_for_all_workers() {
+        let spec = ListenerSpec::new("t", "127.0.0.1:0".parse().unwrap());
+        let (sockets, addrs) = bind_all(&[spec], 3).unwrap();
+        assert_eq!(sockets.len(), 3);
+        let port = addrs[0].port();
+        assert_ne!(port, 0);
+        for worker in &sockets {
+            assert_eq!(worker[0].local_addr().unwrap().port(), port);
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_an_error_not_a_silent_share() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = ListenerSpec::new("busy", holder.local_addr().unwrap());
+        let err = bind_all(&[spec], 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("busy"), "{err}");
+    }
+}

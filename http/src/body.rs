@@ -1,0 +1,239 @@
+//! Streaming a message body from one connection to another.
+//!
+//! A body is never collected: it moves through the source's read buffer in
+//! pieces of at most the buffer size. Content-Length input written as is
+//! goes out without a copy (the read buffer's bytes are written directly);
+//! re-framing (chunked in, or chunked out) builds each outgoing piece in a
+//! scratch buffer, so one read becomes one write.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use ringway_core::{Error, ErrorKind, Result, Side};
+
+use crate::{
+    chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
+    head::BodyFraming,
+    io::{io_error, read_some, timed, write_all, write_vec},
+};
+
+/// How the body leaves the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutFraming {
+    /// The bytes of the body as they are (Content-Length or close-delimited
+    /// output, and dechunked input).
+    Raw,
+    /// Chunked: every piece becomes a chunk, then a last chunk.
+    Chunked,
+}
+
+/// Where a body comes from and goes to, and how long each step may wait.
+pub(crate) struct BodyPath {
+    /// The side the body is read from.
+    pub(crate) from: Side,
+    /// The side it is written to.
+    pub(crate) to: Side,
+    /// Longest wait for more body bytes.
+    pub(crate) read_timeout: Duration,
+    /// Longest wait for the receiver to take a piece.
+    pub(crate) write_timeout: Duration,
+    /// Size of one read.
+    pub(crate) chunk: usize,
+    /// Limit on a chunked body's trailer section.
+    pub(crate) max_trailer_bytes: usize,
+}
+
+impl BodyPath {
+    async fn fill<R: AsyncReadRent>(&self, src: &mut R, buf: &mut BytesMut, max: usize) -> Result<usize> {
+        timed(
+            self.read_timeout,
+            ErrorKind::ReadTimeout,
+            self.from,
+            "waiting for body bytes",
+            read_some(src, buf, max),
+        )
+        .await?
+        .map_err(io_error(self.from, "reading a body"))
+    }
+
+    async fn send<W: AsyncWriteRent>(&self, dst: &mut W, piece: BytesMut) -> Result<()> {
+        let (result, _) = timed(
+            self.write_timeout,
+            ErrorKind::WriteTimeout,
+            self.to,
+            "writing a body",
+            write_all(dst, piece),
+        )
+        .await?;
+        result.map_err(io_error(self.to, "writing a body"))
+    }
+
+    async fn send_scratch<W: AsyncWriteRent>(&self, dst: &mut W, scratch: &mut Vec<u8>) -> Result<()> {
+        timed(
+            self.write_timeout,
+            ErrorKind::WriteTimeout,
+            self.to,
+            "writing a body",
+            write_vec(dst, scratch),
+        )
+        .await?
+        .map_err(io_error(self.to, "writing a body"))
+    }
+
+    fn closed_early(&self) -> Error {
+        Error::new(
+            ErrorKind::ConnectionClosed,
+            self.from,
+            "connection closed in the middle of a body",
+        )
+    }
+
+    /// Moves a body framed as `input` from `src` (whose already-read bytes
+    /// are at the front of `buf`) to `dst`, framed as `output`.
+    ///
+    /// Leaves in `buf` whatever followed the body. Returns the number of
+    /// body bytes moved.
+    pub(crate) async fn relay<R, W>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        dst: &mut W,
+        scratch: &mut Vec<u8>,
+        input: BodyFraming,
+        output: OutFraming,
+    ) -> Result<u64>
+    where
+        R: AsyncReadRent,
+        W: AsyncWriteRent,
+    {
+        match input {
+            BodyFraming::None => Ok(0),
+            BodyFraming::Length(n) => self.relay_length(src, buf, dst, scratch, n, output).await,
+            BodyFraming::UntilClose => self.relay_until_close(src, buf, dst, scratch, output).await,
+            BodyFraming::Chunked => self.relay_chunked(src, buf, dst, scratch, output).await,
+        }
+    }
+
+    async fn relay_length<R: AsyncReadRent, W: AsyncWriteRent>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        dst: &mut W,
+        scratch: &mut Vec<u8>,
+        total: u64,
+        output: OutFraming,
+    ) -> Result<u64> {
+        let mut remaining = total;
+        while remaining > 0 {
+            if buf.is_empty() {
+                let want = remaining.min(self.chunk as u64) as usize;
+                if self.fill(src, buf, want).await? == 0 {
+                    return Err(self.closed_early());
+                }
+            }
+            let take = remaining.min(buf.len() as u64) as usize;
+            remaining -= take as u64;
+            let piece = buf.split_to(take);
+            match output {
+                OutFraming::Raw => self.send(dst, piece).await?,
+                OutFraming::Chunked => {
+                    scratch.clear();
+                    write_chunk_header(scratch, piece.len());
+                    scratch.extend_from_slice(&piece);
+                    scratch.extend_from_slice(b"\r\n");
+                    if remaining == 0 {
+                        write_last_chunk(scratch, None);
+                    }
+                    self.send_scratch(dst, scratch).await?;
+                }
+            }
+        }
+        if total == 0 && output == OutFraming::Chunked {
+            scratch.clear();
+            write_last_chunk(scratch, None);
+            self.send_scratch(dst, scratch).await?;
+        }
+        Ok(total)
+    }
+
+    async fn relay_until_close<R: AsyncReadRent, W: AsyncWriteRent>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        dst: &mut W,
+        scratch: &mut Vec<u8>,
+        output: OutFraming,
+    ) -> Result<u64> {
+        let mut moved = 0u64;
+        loop {
+            if buf.is_empty() && self.fill(src, buf, self.chunk).await? == 0 {
+                break;
+            }
+            let piece = buf.split();
+            moved += piece.len() as u64;
+            match output {
+                OutFraming::Raw => self.send(dst, piece).await?,
+                OutFraming::Chunked => {
+                    scratch.clear();
+                    write_chunk_header(scratch, piece.len());
+                    scratch.extend_from_slice(&piece);
+                    scratch.extend_from_slice(b"\r\n");
+                    self.send_scratch(dst, scratch).await?;
+                }
+            }
+        }
+        if output == OutFraming::Chunked {
+            scratch.clear();
+            write_last_chunk(scratch, None);
+            self.send_scratch(dst, scratch).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn relay_chunked<R: AsyncReadRent, W: AsyncWriteRent>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        dst: &mut W,
+        scratch: &mut Vec<u8>,
+        output: OutFraming,
+    ) -> Result<u64> {
+        let mut decoder = ChunkedDecoder::new(self.from, self.max_trailer_bytes);
+        let mut moved = 0u64;
+        scratch.clear();
+        loop {
+            match decoder.decode(buf)? {
+                Decoded::Data(piece) => {
+                    moved += piece.len() as u64;
+                    if output == OutFraming::Chunked {
+                        write_chunk_header(scratch, piece.len());
+                    }
+                    scratch.extend_from_slice(&piece);
+                    if output == OutFraming::Chunked {
+                        scratch.extend_from_slice(b"\r\n");
+                    }
+                }
+                Decoded::NeedMore => {
+                    // Send what this read decoded before waiting for more.
+                    if !scratch.is_empty() {
+                        self.send_scratch(dst, scratch).await?;
+                        scratch.clear();
+                    }
+                    if self.fill(src, buf, self.chunk).await? == 0 {
+                        return Err(self.closed_early());
+                    }
+                }
+                Decoded::End { trailers } => {
+                    if output == OutFraming::Chunked {
+                        write_last_chunk(scratch, trailers.as_deref());
+                    }
+                    if !scratch.is_empty() {
+                        self.send_scratch(dst, scratch).await?;
+                    }
+                    return Ok(moved);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,716 @@
+//! The connection engine: one loop per client connection, shared by every
+//! mode, with a [`Handler`] that decides where each request goes.
+//!
+//! The engine owns what both modes need: reading and validating request
+//! heads within limits and timeouts, keep-alive and pipelining (requests are
+//! answered strictly in order, one at a time), forwarding a request with its
+//! body to an upstream connection from the worker's pool (retrying once on a
+//! fresh connection when a pooled one fails before any response byte and the
+//! request is idempotent and fully sent), relaying interim responses,
+//! re-framing and streaming the response, switching to a tunnel after a 101,
+//! and mapping every error to one answer: a status for the client, or a
+//! closed connection when an answer is no longer possible.
+
+use std::{borrow::Cow, future::Future, io, net::SocketAddr, rc::Rc, time::Instant};
+
+use bytes::{Buf, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split};
+use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side};
+
+use crate::{
+    body::{BodyPath, OutFraming},
+    head::{BodyFraming, RequestHead, ResponseHead, Version},
+    io::{io_error, read_some, timed, write_vec},
+    limits::EngineSettings,
+    pool::{UpstreamConn, UpstreamPool},
+    tunnel::tunnel,
+    write::{end_head, local_response, request_head, response_head, ClientResponse, UpstreamRequest},
+};
+
+/// A client connection the engine can serve: any monoio stream that can be
+/// split into halves (for tunnels) and whose reads can be cancelled.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + 'static {}
+
+impl<T> ClientStream for T where T: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + 'static {}
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address it connected to.
+    pub local: SocketAddr,
+}
+
+/// A response the handler gives itself instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// Status code.
+    pub status: u16,
+    /// Body, sent as `text/plain`.
+    pub body: Cow<'static, str>,
+}
+
+impl LocalReply {
+    /// A reply with `status` and the standard short body for it.
+    pub fn status(status: u16) -> Self {
+        let reason = reason_phrase(status);
+        Self {
+            status,
+            body: Cow::Owned(format!("{status} {reason}\n")),
+        }
+    }
+}
+
+/// Where a request goes, as the handler decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Forward to this upstream server.
+    Upstream(SocketAddr),
+    /// Answer directly.
+    Reply(LocalReply),
+}
+
+/// A mode's decision logic; the engine does the rest.
+pub trait Handler: 'static {
+    /// Decides where `req` goes, or answers it.
+    ///
+    /// Called once per request, after the head passed every framing rule.
+    fn route(&self, req: &RequestHead, client: &ClientInfo) -> impl Future<Output = Route>;
+}
+
+enum Outcome {
+    KeepAlive,
+    Close,
+    Upgrade(UpstreamConn),
+}
+
+/// A failed exchange: the error, and whether the client already received a
+/// response head (then the only answer left is closing the connection).
+struct Failure {
+    error: Error,
+    responded: bool,
+}
+
+impl Failure {
+    fn before(error: Error) -> Self {
+        Self {
+            error,
+            responded: false,
+        }
+    }
+
+    fn after(error: Error) -> Self {
+        Self {
+            error,
+            responded: true,
+        }
+    }
+}
+
+/// Buffers and heads of one client connection, reused for every request.
+struct ConnBuffers {
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    scratch: Vec<u8>,
+    req: RequestHead,
+    resp: ResponseHead,
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Serves client connections for one listener on one worker.
+pub struct Engine<H> {
+    handler: H,
+    settings: EngineSettings,
+    pool: Rc<UpstreamPool>,
+    listener: Rc<str>,
+}
+
+impl<H: Handler> Engine<H> {
+    /// An engine for the listener named `listener`, drawing upstream
+    /// connections from the worker's `pool`.
+    pub fn new(listener: &str, handler: H, settings: EngineSettings, pool: Rc<UpstreamPool>) -> Self {
+        Self {
+            handler,
+            settings,
+            pool,
+            listener: Rc::from(listener),
+        }
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Serves requests on `io` until the client closes, an error ends the
+    /// connection, a timeout expires, or the worker drains.
+    pub async fn serve<S: ClientStream>(&self, io: S, client: ClientInfo, conn: &ConnCtx) {
+        let mut io = io;
+        let size = self.settings.buffer_size;
+        let mut st = ConnBuffers {
+            rbuf: BytesMut::with_capacity(size),
+            wbuf: Vec::with_capacity(size),
+            scratch: Vec::new(),
+            req: RequestHead::new(),
+            resp: ResponseHead::new(),
+        };
+        let mut first = true;
+        loop {
+            st.req.clear();
+            st.resp.clear();
+            match self.read_request(&mut io, &mut st, first, conn).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    let status = self.send_error(&mut io, &mut st.wbuf, &error).await;
+                    self.log_failure(&client, &st.req, status, &error);
+                    conn.count_request();
+                    return;
+                }
+            }
+            first = false;
+            let started = self.settings.access_log.then(Instant::now);
+            let (outcome, status) = self.exchange(&mut io, &mut st, &client, conn).await;
+            conn.count_request();
+            if let Some(started) = started {
+                self.log_access(&client, &st.req, status, started);
+            }
+            match outcome {
+                Outcome::KeepAlive => {}
+                Outcome::Close => return,
+                Outcome::Upgrade(up) => {
+                    let UpstreamConn { stream, rbuf, .. } = up;
+                    let client_buf = std::mem::take(&mut st.rbuf);
+                    drop(st);
+                    let t = &self.settings.timeouts;
+                    tunnel(io, client_buf, stream, rbuf, t.tunnel_idle, size).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads and parses the next request head. `Ok(false)`: the connection
+    /// ended quietly (closed, idle, draining) before a request began.
+    async fn read_request<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        first: bool,
+        conn: &ConnCtx,
+    ) -> Result<bool> {
+        let s = &self.settings;
+        let t = &s.timeouts;
+        if st.rbuf.is_empty() {
+            if !conn.set_idle(true) {
+                return Ok(false);
+            }
+            let wait = if first { t.client_head } else { t.idle };
+            let read = monoio::time::timeout(wait, read_some(io, &mut st.rbuf, s.buffer_size)).await;
+            conn.set_idle(false);
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, reset, idle timeout or drain: no request was begun.
+                _ => return Ok(false),
+            }
+        }
+        if st.req.parse(&mut st.rbuf, &s.limits)? {
+            return Ok(true);
+        }
+        let ConnBuffers { rbuf, req, .. } = st;
+        let rest_of_head = async {
+            loop {
+                let n = read_some(io, rbuf, s.buffer_size)
+                    .await
+                    .map_err(io_error(Side::Downstream, "reading a request head"))?;
+                if n == 0 {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionClosed,
+                        Side::Downstream,
+                        "client closed the connection in the middle of a request head",
+                    ));
+                }
+                if req.parse(rbuf, &s.limits)? {
+                    return Ok(true);
+                }
+            }
+        };
+        timed(
+            t.client_head,
+            ErrorKind::ReadTimeout,
+            Side::Downstream,
+            "request head not received in time",
+            rest_of_head,
+        )
+        .await?
+    }
+
+    async fn exchange<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        client: &ClientInfo,
+        conn: &ConnCtx,
+    ) -> (Outcome, u16) {
+        let addr = match self.handler.route(&st.req, client).await {
+            Route::Upstream(addr) => addr,
+            Route::Reply(reply) => {
+                // An unread request body leaves the connection unusable.
+                let close = st.req.wants_close() || conn.is_draining() || st.req.body() != BodyFraming::None;
+                st.wbuf.clear();
+                local_response(
+                    &mut st.wbuf,
+                    reply.status,
+                    reason_phrase(reply.status),
+                    reply.body.as_bytes(),
+                    close,
+                    self.settings.proxy_headers.via,
+                );
+                let sent = self.write_client(io, &mut st.wbuf).await;
+                let outcome = if close || sent.is_err() {
+                    Outcome::Close
+                } else {
+                    Outcome::KeepAlive
+                };
+                return (outcome, reply.status);
+            }
+        };
+        match self.proxy(io, st, client, conn, addr).await {
+            Ok(done) => done,
+            Err(failure) => {
+                let status = if failure.responded {
+                    0
+                } else {
+                    self.send_error(io, &mut st.wbuf, &failure.error).await
+                };
+                self.log_failure(client, &st.req, status, &failure.error);
+                (Outcome::Close, status)
+            }
+        }
+    }
+
+    async fn proxy<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        client: &ClientInfo,
+        conn: &ConnCtx,
+        addr: SocketAddr,
+    ) -> std::result::Result<(Outcome, u16), Failure> {
+        let s = &self.settings;
+        let t = &s.timeouts;
+        let ConnBuffers {
+            rbuf,
+            wbuf,
+            scratch,
+            req,
+            resp,
+        } = st;
+        let upgrade = req.upgrade();
+        let framing = req.body();
+        let mut up = self
+            .pool
+            .get(addr, t.connect, s.buffer_size)
+            .await
+            .map_err(Failure::before)?;
+
+        wbuf.clear();
+        let upstream_request = UpstreamRequest {
+            head: req,
+            client_ip: client.peer.ip(),
+            scheme: s.scheme,
+            framing,
+            upgrade,
+        };
+        request_head(wbuf, &upstream_request, &s.proxy_headers);
+        end_head(wbuf);
+        // A body that is already here and small goes out with the head, in
+        // one write, and stays in `wbuf` for a retry.
+        let body_in_head = match framing {
+            BodyFraming::None => true,
+            BodyFraming::Length(n) if n <= s.buffer_size as u64 && rbuf.len() as u64 >= n => {
+                let n = n as usize;
+                wbuf.extend_from_slice(&rbuf[..n]);
+                rbuf.advance(n);
+                true
+            }
+            _ => false,
+        };
+        let retryable = body_in_head && req.method().is_idempotent();
+        let mut retried = false;
+        loop {
+            let sent = timed(
+                t.upstream_response,
+                ErrorKind::WriteTimeout,
+                Side::Upstream,
+                "sending the request upstream",
+                write_vec(&mut up.stream, wbuf),
+            )
+            .await
+            .map_err(Failure::before)?;
+            if let Err(e) = sent {
+                if up.reused && retryable && !retried {
+                    retried = true;
+                    up = self.reconnect(addr).await?;
+                    continue;
+                }
+                return Err(Failure::before(
+                    Error::new(ErrorKind::Io, Side::Upstream, "sending the request upstream").with_cause(e),
+                ));
+            }
+            if !body_in_head {
+                if req.expects_continue() && rbuf.is_empty() {
+                    let mut cont = CONTINUE.to_vec();
+                    self.write_client(io, &mut cont).await.map_err(Failure::before)?;
+                }
+                let path = BodyPath {
+                    from: Side::Downstream,
+                    to: Side::Upstream,
+                    read_timeout: t.client_io,
+                    write_timeout: t.upstream_response,
+                    chunk: s.buffer_size,
+                    max_trailer_bytes: s.limits.max_header_bytes,
+                };
+                let out = if framing == BodyFraming::Chunked {
+                    OutFraming::Chunked
+                } else {
+                    OutFraming::Raw
+                };
+                path.relay(io, rbuf, &mut up.stream, scratch, framing, out)
+                    .await
+                    .map_err(Failure::before)?;
+            }
+            match self.read_response_head(&mut up, resp).await {
+                Ok(()) => break,
+                Err(e)
+                    if e.kind() == ErrorKind::ConnectionClosed
+                        && up.reused
+                        && retryable
+                        && !retried
+                        && up.rbuf.is_empty() =>
+                {
+                    retried = true;
+                    up = self.reconnect(addr).await?;
+                }
+                Err(e) => return Err(Failure::before(e)),
+            }
+        }
+
+        // Interim responses: 100 was answered by us; others go to HTTP/1.1
+        // clients; 101 turns the connection into a tunnel.
+        loop {
+            let status = resp.status();
+            if status == 101 {
+                let Some(protocol) = upgrade.and(resp.upgrade()) else {
+                    return Err(Failure::before(Error::new(
+                        ErrorKind::InvalidHttp,
+                        Side::Upstream,
+                        "101 Switching Protocols without an upgrade request",
+                    )));
+                };
+                wbuf.clear();
+                let switching = ClientResponse {
+                    head: resp,
+                    framing: BodyFraming::None,
+                    close: false,
+                    client_version: req.version(),
+                    upgrade: Some(protocol),
+                };
+                response_head(wbuf, &switching, &s.proxy_headers);
+                end_head(wbuf);
+                self.write_client(io, wbuf).await.map_err(Failure::after)?;
+                resp.clear();
+                return Ok((Outcome::Upgrade(up), 101));
+            }
+            if !(100..200).contains(&status) {
+                break;
+            }
+            if status != 100 && req.version() == Version::Http11 {
+                wbuf.clear();
+                let interim = ClientResponse {
+                    head: resp,
+                    framing: BodyFraming::None,
+                    close: false,
+                    client_version: Version::Http11,
+                    upgrade: None,
+                };
+                response_head(wbuf, &interim, &s.proxy_headers);
+                end_head(wbuf);
+                self.write_client(io, wbuf).await.map_err(Failure::before)?;
+            }
+            resp.clear();
+            self.read_response_head(&mut up, resp)
+                .await
+                .map_err(Failure::before)?;
+        }
+
+        let status = resp.status();
+        let input = resp.body(req.method());
+        let upstream_reusable = resp.keeps_alive() && input != BodyFraming::UntilClose;
+        let mut close = req.wants_close() || conn.is_draining();
+        let (output, out) = match input {
+            BodyFraming::None => (BodyFraming::None, OutFraming::Raw),
+            BodyFraming::Length(n) => (BodyFraming::Length(n), OutFraming::Raw),
+            BodyFraming::Chunked | BodyFraming::UntilClose if req.version() == Version::Http11 => {
+                (BodyFraming::Chunked, OutFraming::Chunked)
+            }
+            // HTTP/1.0 clients know no chunks: the end of the body is the
+            // end of the connection.
+            BodyFraming::Chunked | BodyFraming::UntilClose => {
+                close = true;
+                (BodyFraming::UntilClose, OutFraming::Raw)
+            }
+        };
+        wbuf.clear();
+        let to_client = ClientResponse {
+            head: resp,
+            framing: output,
+            close,
+            client_version: req.version(),
+            upgrade: None,
+        };
+        response_head(wbuf, &to_client, &s.proxy_headers);
+        end_head(wbuf);
+        let body_in_head = match input {
+            BodyFraming::None => true,
+            BodyFraming::Length(n) if n <= s.buffer_size as u64 && up.rbuf.len() as u64 >= n => {
+                let n = n as usize;
+                wbuf.extend_from_slice(&up.rbuf[..n]);
+                up.rbuf.advance(n);
+                true
+            }
+            _ => false,
+        };
+        resp.clear();
+        self.write_client(io, wbuf).await.map_err(Failure::after)?;
+        if !body_in_head {
+            let path = BodyPath {
+                from: Side::Upstream,
+                to: Side::Downstream,
+                read_timeout: t.upstream_response,
+                write_timeout: t.client_io,
+                chunk: s.buffer_size,
+                max_trailer_bytes: s.limits.max_header_bytes,
+            };
+            path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out)
+                .await
+                .map_err(Failure::after)?;
+        }
+        if upstream_reusable {
+            self.pool.put(up);
+        }
+        Ok((if close { Outcome::Close } else { Outcome::KeepAlive }, status))
+    }
+
+    async fn reconnect(&self, addr: SocketAddr) -> std::result::Result<UpstreamConn, Failure> {
+        let s = &self.settings;
+        self.pool
+            .connect(addr, s.timeouts.connect, s.buffer_size)
+            .await
+            .map_err(Failure::before)
+    }
+
+    async fn read_response_head(&self, up: &mut UpstreamConn, resp: &mut ResponseHead) -> Result<()> {
+        let s = &self.settings;
+        let read = async {
+            loop {
+                if !up.rbuf.is_empty() && resp.parse(&mut up.rbuf, &s.limits)? {
+                    return Ok(());
+                }
+                let n = read_some(&mut up.stream, &mut up.rbuf, s.buffer_size)
+                    .await
+                    .map_err(upstream_read_error)?;
+                if n == 0 {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionClosed,
+                        Side::Upstream,
+                        "upstream closed the connection before a complete response head",
+                    ));
+                }
+            }
+        };
+        timed(
+            s.timeouts.upstream_response,
+            ErrorKind::ReadTimeout,
+            Side::Upstream,
+            "upstream response head not received in time",
+            read,
+        )
+        .await?
+    }
+
+    async fn write_client<S: ClientStream>(&self, io: &mut S, buf: &mut Vec<u8>) -> Result<()> {
+        timed(
+            self.settings.timeouts.client_io,
+            ErrorKind::WriteTimeout,
+            Side::Downstream,
+            "client did not take the response in time",
+            write_vec(io, buf),
+        )
+        .await?
+        .map_err(io_error(Side::Downstream, "writing to the client"))
+    }
+
+    /// Answers an error with its status (connection closing), or nothing
+    /// when the client is gone. Returns the status sent, 0 for none.
+    async fn send_error<S: ClientStream>(&self, io: &mut S, wbuf: &mut Vec<u8>, error: &Error) -> u16 {
+        let Some(status) = status_for(error) else {
+            return 0;
+        };
+        wbuf.clear();
+        let reason = reason_phrase(status);
+        let body = format!("{status} {reason}\n");
+        local_response(
+            wbuf,
+            status,
+            reason,
+            body.as_bytes(),
+            true,
+            self.settings.proxy_headers.via,
+        );
+        let _ = self.write_client(io, wbuf).await;
+        status
+    }
+
+    fn log_failure(&self, client: &ClientInfo, req: &RequestHead, status: u16, error: &Error) {
+        match error.side() {
+            Side::Downstream => tracing::debug!(
+                listener = &*self.listener,
+                client = %client.peer,
+                status,
+                "request failed: {error}"
+            ),
+            _ => tracing::warn!(
+                listener = &*self.listener,
+                client = %client.peer,
+                target = %String::from_utf8_lossy(req.target()),
+                status,
+                "request failed: {error}"
+            ),
+        }
+    }
+
+    fn log_access(&self, client: &ClientInfo, req: &RequestHead, status: u16, started: Instant) {
+        tracing::info!(
+            target: "ringway::access",
+            listener = &*self.listener,
+            client = %client.peer,
+            method = %String::from_utf8_lossy(req.method_bytes()),
+            target = %String::from_utf8_lossy(req.target()),
+            status,
+            micros = started.elapsed().as_micros() as u64,
+        );
+    }
+}
+
+fn upstream_read_error(e: io::Error) -> Error {
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+            ErrorKind::ConnectionClosed
+        }
+        _ => ErrorKind::Io,
+    };
+    Error::new(kind, Side::Upstream, "reading the upstream's response").with_cause(e)
+}
+
+/// The status that answers `error`, or `None` when the client cannot be
+/// answered (it closed, or stopped reading).
+fn status_for(error: &Error) -> Option<u16> {
+    use ErrorKind as K;
+    let status = match (error.kind(), error.side()) {
+        (K::ConnectionClosed | K::Io | K::WriteTimeout, Side::Downstream) => return None,
+        (K::InvalidHttp, Side::Downstream) => 400,
+        (K::HeadTooLarge | K::TooManyHeaders, Side::Downstream) => 431,
+        (K::UriTooLong, _) => 414,
+        (K::NotImplemented, Side::Downstream) => 501,
+        (K::ExpectationFailed, _) => 417,
+        (K::MethodNotAllowed, _) => 405,
+        (K::ReadTimeout, Side::Downstream) => 408,
+        (K::NoRoute, _) => 404,
+        (K::NoUpstream, _) => 503,
+        (K::ConnectTimeout | K::ReadTimeout | K::WriteTimeout, Side::Upstream) => 504,
+        (_, Side::Upstream) => 502,
+        _ => 500,
+    };
+    Some(status)
+}
+
+/// The reason phrase ringway sends with `status`.
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::Method;
+
+    #[test]
+    fn errors_map_to_statuses_once() {
+        let e = |k, s| Error::new(k, s, "t");
+        assert_eq!(
+            status_for(&e(ErrorKind::InvalidHttp, Side::Downstream)),
+            Some(400)
+        );
+        assert_eq!(status_for(&e(ErrorKind::InvalidHttp, Side::Upstream)), Some(502));
+        assert_eq!(
+            status_for(&e(ErrorKind::TooManyHeaders, Side::Downstream)),
+            Some(431)
+        );
+        assert_eq!(status_for(&e(ErrorKind::UriTooLong, Side::Downstream)), Some(414));
+        assert_eq!(
+            status_for(&e(ErrorKind::ConnectFailed, Side::Upstream)),
+            Some(502)
+        );
+        assert_eq!(
+            status_for(&e(ErrorKind::ConnectTimeout, Side::Upstream)),
+            Some(504)
+        );
+        assert_eq!(status_for(&e(ErrorKind::ReadTimeout, Side::Upstream)), Some(504));
+        assert_eq!(
+            status_for(&e(ErrorKind::ReadTimeout, Side::Downstream)),
+            Some(408)
+        );
+        assert_eq!(
+            status_for(&e(ErrorKind::ConnectionClosed, Side::Downstream)),
+            None
+        );
+        assert_eq!(
+            status_for(&e(ErrorKind::NotImplemented, Side::Downstream)),
+            Some(501)
+        );
+    }
+
+    #[test]
+    fn local_replies_carry_a_short_body() {
+        let r = LocalReply::status(404);
+        assert_eq!(r.body, "404 Not Found\n");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(Method::Get.is_idempotent());
+        assert!(!Method::Post.is_idempotent());
+    }
+}

@@ -1,0 +1,29 @@
+//! ringway-http: the HTTP/1.1 codec and the connection engine.
+//!
+//! - [`head`]: request and response heads parsed by httparse over the read
+//!   buffer, zero-copy, with RFC 9112 framing rules enforced.
+//! - [`Engine`]: serves one client connection (keep-alive, pipelining,
+//!   bodies streamed both ways, upgrades), asking a [`Handler`] where each
+//!   request goes.
+//! - [`ReverseHandler`] and [`RouteTable`]: reverse proxy mode.
+//! - [`UpstreamPool`]: the worker's idle upstream connections.
+//! - [`EngineSettings`]: limits, timeouts and proxy headers.
+#![forbid(unsafe_code)]
+
+mod body;
+mod chunked;
+mod engine;
+pub mod head;
+mod io;
+mod limits;
+mod pool;
+mod reverse;
+mod tunnel;
+mod write;
+
+pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route};
+pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
+pub use limits::{EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, MAX_HEADERS_CAP};
+pub use pool::{PoolSettings, UpstreamPool};
+pub use reverse::{ReverseHandler, RouteSpec, RouteTable};
+pub use tunnel::TunnelBytes;

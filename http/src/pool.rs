@@ -1,0 +1,172 @@
+//! Per-worker pool of idle upstream keep-alive connections.
+//!
+//! One pool per worker, shared by its listeners through an `Rc`: taking and
+//! returning a connection touches only worker-local state. Connections are
+//! kept per server address, most recently used first (so the ones kept warm
+//! are the ones in use, and the rest age out). A connection idle longer than
+//! the idle timeout is closed when it is next looked at; at most
+//! `max_idle_per_server` are kept per server.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use ringway_core::{Error, ErrorKind, Result, Side};
+
+use crate::io::timed;
+
+/// An open connection to an upstream server, with its read buffer.
+#[derive(Debug)]
+pub(crate) struct UpstreamConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) rbuf: BytesMut,
+    pub(crate) addr: SocketAddr,
+    /// Whether it came from the pool (it may have been closed by the server
+    /// while idle, which makes a failure before the response retryable).
+    pub(crate) reused: bool,
+}
+
+impl UpstreamConn {
+    /// Connects to `addr` within `timeout`.
+    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration, buffer_size: usize) -> Result<Self> {
+        let stream = timed(
+            timeout,
+            ErrorKind::ConnectTimeout,
+            Side::Upstream,
+            "connecting to the upstream",
+            TcpStream::connect_addr(addr),
+        )
+        .await?
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::ConnectFailed,
+                Side::Upstream,
+                "connecting to the upstream",
+            )
+            .with_cause(e)
+        })?;
+        // One write per message already; this keeps small writes from
+        // waiting on Nagle when a message does take two.
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            stream,
+            rbuf: BytesMut::with_capacity(buffer_size),
+            addr,
+            reused: false,
+        })
+    }
+}
+
+/// Settings of an [`UpstreamPool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Idle connections kept per server and worker.
+    pub max_idle_per_server: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_idle_per_server: 128,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+struct IdleConn {
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+/// A worker's idle upstream connections.
+pub struct UpstreamPool {
+    settings: PoolSettings,
+    idle: RefCell<HashMap<SocketAddr, Vec<IdleConn>>>,
+    created: Cell<u64>,
+    reused: Cell<u64>,
+}
+
+impl UpstreamPool {
+    /// An empty pool.
+    pub fn new(settings: PoolSettings) -> Self {
+        Self {
+            settings,
+            idle: RefCell::new(HashMap::new()),
+            created: Cell::new(0),
+            reused: Cell::new(0),
+        }
+    }
+
+    /// Connections opened and connections reused so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.created.get(), self.reused.get())
+    }
+
+    /// An idle connection to `addr`, or a new one.
+    pub(crate) async fn get(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        buffer_size: usize,
+    ) -> Result<UpstreamConn> {
+        if let Some(conn) = self.take(addr) {
+            self.reused.set(self.reused.get() + 1);
+            return Ok(conn);
+        }
+        self.connect(addr, connect_timeout, buffer_size).await
+    }
+
+    /// A new connection to `addr`, never from the pool.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        buffer_size: usize,
+    ) -> Result<UpstreamConn> {
+        let conn = UpstreamConn::connect(addr, connect_timeout, buffer_size).await?;
+        self.created.set(self.created.get() + 1);
+        Ok(conn)
+    }
+
+    fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if now.duration_since(entry.since) < self.settings.idle_timeout {
+                let mut conn = entry.conn;
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange ended cleanly.
+    pub(crate) fn put(&self, conn: UpstreamConn) {
+        if !conn.rbuf.is_empty() || self.settings.max_idle_per_server == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(conn.addr).or_default();
+        // The oldest entry is at the front: close it once it has expired, so
+        // connections that are never taken again do not linger.
+        if list
+            .first()
+            .is_some_and(|oldest| now.duration_since(oldest.since) >= self.settings.idle_timeout)
+        {
+            list.remove(0);
+        }
+        if list.len() < self.settings.max_idle_per_server {
+            list.push(IdleConn { conn, since: now });
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Serialising the heads ringway sends: the request to the upstream and the
+//! response to the client, each built once into one buffer.
+//!
+//! Hop-by-hop fields are dropped (Connection and the fields it names,
+//! Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade
+//! unless upgrading, Proxy-Authorization, Proxy-Authenticate), framing fields
+//! are written anew for the framing actually used, and the proxy's own
+//! fields are added: `Via`, and `X-Forwarded-*` or RFC 7239 `Forwarded`.
+
+use std::{io::Write, net::IpAddr};
+
+use crate::{
+    head::{listed_in_connection, BodyFraming, HeaderKind, RequestHead, ResponseHead, Version},
+    limits::{ForwardedStyle, ProxyHeaders},
+};
+
+const VIA: &[u8] = b"Via: 1.1 ringway\r\n";
+
+/// The origin-form of a request target: absolute-form loses its scheme and
+/// authority (RFC 9112 section 3.2.2); other forms stay as they are.
+/// Returns the target and, for absolute-form, the authority.
+pub(crate) fn origin_form(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return (target, None);
+    };
+    match rest.iter().position(|&b| b == b'/' || b == b'?') {
+        Some(0) => (b"/", None),
+        Some(i) if rest[i] == b'/' => (&rest[i..], Some(&rest[..i])),
+        Some(i) => (&rest[i..], Some(&rest[..i])),
+        None => (b"/", Some(rest)),
+    }
+}
+
+/// What the engine decided about the request it forwards.
+pub(crate) struct UpstreamRequest<'a> {
+    pub(crate) head: &'a RequestHead,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) scheme: &'static str,
+    pub(crate) framing: BodyFraming,
+    pub(crate) upgrade: Option<&'a [u8]>,
+}
+
+/// Appends the head sent to the upstream.
+pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers: &ProxyHeaders) {
+    let head = req.head;
+    let (target, authority) = origin_form(head.target());
+    out.extend_from_slice(head.method_bytes());
+    out.push(b' ');
+    if target.first() == Some(&b'?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(authority) = authority {
+        // The target's authority wins over any Host field.
+        out.extend_from_slice(b"Host: ");
+        out.extend_from_slice(authority);
+        out.extend_from_slice(b"\r\n");
+    }
+    let names_fields = head.connection_tokens().names_fields;
+    let mut xff_seen = false;
+    let mut forwarded_seen = false;
+    for field in head.headers() {
+        let skip = match field.kind {
+            HeaderKind::Other | HeaderKind::Via => false,
+            HeaderKind::Host => authority.is_some(),
+            HeaderKind::XForwardedFor if headers.forwarded == ForwardedStyle::XForwarded => {
+                xff_seen = true;
+                true
+            }
+            HeaderKind::XForwardedProto | HeaderKind::XForwardedHost => {
+                headers.forwarded == ForwardedStyle::XForwarded
+            }
+            HeaderKind::Forwarded if headers.forwarded == ForwardedStyle::Rfc7239 => {
+                forwarded_seen = true;
+                true
+            }
+            HeaderKind::XForwardedFor | HeaderKind::Forwarded => false,
+            // Framing is written below; Expect is answered by the proxy.
+            HeaderKind::ContentLength | HeaderKind::Expect => true,
+            kind => kind.is_hop_by_hop(),
+        };
+        if skip
+            || (names_fields
+                && field.kind == HeaderKind::Other
+                && listed_in_connection(head.headers(), field.name))
+        {
+            continue;
+        }
+        push_field(out, field.name, field.value);
+    }
+    let host = authority.or(head.host());
+    match headers.forwarded {
+        ForwardedStyle::XForwarded => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            if xff_seen {
+                for field in head.headers().filter(|f| f.kind == HeaderKind::XForwardedFor) {
+                    out.extend_from_slice(field.value);
+                    out.extend_from_slice(b", ");
+                }
+            }
+            let _ = write!(out, "{}\r\nX-Forwarded-Proto: {}\r\n", req.client_ip, req.scheme);
+            if let Some(host) = host {
+                push_field(out, b"X-Forwarded-Host", host);
+            }
+        }
+        ForwardedStyle::Rfc7239 => {
+            out.extend_from_slice(b"Forwarded: ");
+            if forwarded_seen {
+                for field in head.headers().filter(|f| f.kind == HeaderKind::Forwarded) {
+                    out.extend_from_slice(field.value);
+                    out.extend_from_slice(b", ");
+                }
+            }
+            match req.client_ip {
+                IpAddr::V4(ip) => {
+                    let _ = write!(out, "for={ip}");
+                }
+                IpAddr::V6(ip) => {
+                    let _ = write!(out, "for=\"[{ip}]\"");
+                }
+            }
+            let _ = write!(out, ";proto={}", req.scheme);
+            if let Some(host) = host {
+                out.extend_from_slice(b";host=\"");
+                out.extend_from_slice(host);
+                out.push(b'"');
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        ForwardedStyle::Off => {}
+    }
+    if headers.via {
+        out.extend_from_slice(VIA);
+    }
+    write_framing(out, req.framing);
+    if let Some(protocols) = req.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_field(out, b"Upgrade", protocols);
+    }
+}
+
+/// Appends the end of a head.
+pub(crate) fn end_head(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_framing(out: &mut Vec<u8>, framing: BodyFraming) {
+    match framing {
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response to the client is framed and whether it ends the connection.
+pub(crate) struct ClientResponse<'a> {
+    pub(crate) head: &'a ResponseHead,
+    /// Framing of the body sent to the client; `None` for bodiless responses,
+    /// whose upstream Content-Length (a HEAD's or a 304's) is passed on.
+    pub(crate) framing: BodyFraming,
+    pub(crate) close: bool,
+    pub(crate) client_version: Version,
+    /// The protocol switched to, for a 101.
+    pub(crate) upgrade: Option<&'a [u8]>,
+}
+
+/// Appends the head sent to the client.
+pub(crate) fn response_head(out: &mut Vec<u8>, resp: &ClientResponse<'_>, headers: &ProxyHeaders) {
+    let head = resp.head;
+    let status = head.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.reason());
+    out.extend_from_slice(b"\r\n");
+    let names_fields = head.connection_tokens().names_fields;
+    for field in head.headers() {
+        let skip = match field.kind {
+            HeaderKind::ContentLength => true,
+            kind => kind.is_hop_by_hop(),
+        };
+        if skip
+            || (names_fields
+                && field.kind == HeaderKind::Other
+                && listed_in_connection(head.headers(), field.name))
+        {
+            continue;
+        }
+        push_field(out, field.name, field.value);
+    }
+    if headers.via {
+        out.extend_from_slice(VIA);
+    }
+    match resp.framing {
+        BodyFraming::None => {
+            if let Some(n) = head.content_length() {
+                if status >= 200 && status != 204 {
+                    write_framing(out, BodyFraming::Length(n));
+                }
+            }
+        }
+        framing => write_framing(out, framing),
+    }
+    if let Some(protocol) = resp.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_field(out, b"Upgrade", protocol);
+    } else if status >= 200 {
+        if resp.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if resp.client_version == Version::Http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+    }
+}
+
+/// Appends a complete response generated by ringway itself.
+pub(crate) fn local_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    body: &[u8],
+    close: bool,
+    via: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\nServer: ringway\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    write_framing(out, BodyFraming::Length(body.len() as u64));
+    if via {
+        out.extend_from_slice(VIA);
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::limits::HttpLimits;
+
+    fn head(raw: &str) -> RequestHead {
+        let mut h = RequestHead::new();
+        assert!(h
+            .parse(&mut BytesMut::from(raw.as_bytes()), &HttpLimits::default())
+            .unwrap());
+        h
+    }
+
+    fn upstream_head(raw: &str, headers: ProxyHeaders) -> String {
+        let h = head(raw);
+        let req = UpstreamRequest {
+            head: &h,
+            client_ip: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            framing: h.body(),
+            upgrade: None,
+        };
+        let mut out = Vec::new();
+        request_head(&mut out, &req, &headers);
+        end_head(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_dropped_and_proxy_fields_added() {
+        let out = upstream_head(
+            "POST /p HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: h2c\r\nProxy-Authorization: Basic eA==\r\nProxy-Authenticate: x\r\nX-Keep: yes\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n",
+            ProxyHeaders::default(),
+        );
+        assert_eq!(
+            out,
+            "POST /p HTTP/1.1\r\nHost: a.test\r\nX-Keep: yes\r\nX-Forwarded-For: 1.1.1.1, 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test\r\nVia: 1.1 ringway\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunked_requests_are_reframed_as_chunked() {
+        let out = upstream_head(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ProxyHeaders {
+                forwarded: ForwardedStyle::Off,
+                via: false,
+            },
+        );
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn rfc7239_forwarded_is_appended() {
+        let out = upstream_head(
+            "GET / HTTP/1.1\r\nHost: a:8080\r\nForwarded: for=1.1.1.1\r\nX-Forwarded-For: kept\r\n\r\n",
+            ProxyHeaders {
+                forwarded: ForwardedStyle::Rfc7239,
+                via: false,
+            },
+        );
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a:8080\r\nX-Forwarded-For: kept\r\nForwarded: for=1.1.1.1, for=10.1.2.3;proto=http;host=\"a:8080\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_and_sets_host() {
+        let out = upstream_head(
+            "GET http://Real.test:81/x?y HTTP/1.1\r\nHost: fake.test\r\n\r\n",
+            ProxyHeaders {
+                forwarded: ForwardedStyle::Off,
+                via: false,
+            },
+        );
+        assert_eq!(out, "GET /x?y HTTP/1.1\r\nHost: Real.test:81\r\n\r\n");
+        assert_eq!(origin_form(b"http://a"), (&b"/"[..], Some(&b"a"[..])));
+        assert_eq!(origin_form(b"http://a?q"), (&b"?q"[..], Some(&b"a"[..])));
+        assert_eq!(origin_form(b"/x"), (&b"/x"[..], None));
+    }
+
+    #[test]
+    fn response_head_reframes_and_closes() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: o\r\nConnection: x-hop\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 1\r\n\r\n"[..],
+        );
+        let mut resp = ResponseHead::new();
+        assert!(resp.parse(&mut buf, &HttpLimits::default()).unwrap());
+        let mut out = Vec::new();
+        let r = ClientResponse {
+            head: &resp,
+            framing: BodyFraming::UntilClose,
+            close: true,
+            client_version: Version::Http10,
+            upgrade: None,
+        };
+        response_head(&mut out, &r, &ProxyHeaders::default());
+        end_head(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: o\r\nVia: 1.1 ringway\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn head_responses_keep_their_content_length() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"[..]);
+        let mut resp = ResponseHead::new();
+        assert!(resp.parse(&mut buf, &HttpLimits::default()).unwrap());
+        let mut out = Vec::new();
+        let r = ClientResponse {
+            head: &resp,
+            framing: BodyFraming::None,
+            close: false,
+            client_version: Version::Http11,
+            upgrade: None,
+        };
+        response_head(
+            &mut out,
+            &r,
+            &ProxyHeaders {
+                forwarded: ForwardedStyle::Off,
+                via: false,
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n"
+        );
+    }
+}
