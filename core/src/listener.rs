@@ -81,13 +81,15 @@ fn ensure_unclaimed(spec: &ListenerSpec) -> io::Result<()> {
                 attempts += 1;
                 thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(io::Error::new(
-                e.kind(),
-                format!(
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
                     "listener {:?} on {}: {e} (is another process, or an earlier ringway, listening there?)",
                     spec.name, spec.addr
                 ),
-            )),
+                ))
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side};
 
 use crate::{
     body::{BodyPath, OutFraming},
+    chunked::{ChunkedDecoder, Decoded},
     head::{BodyFraming, RequestHead, ResponseHead, Version},
     io::{io_error, read_some, timed, write_vec},
     limits::EngineSettings,
@@ -310,6 +311,12 @@ impl<H: Handler> Engine<H> {
         } = st;
         let upgrade = req.upgrade();
         let framing = req.body();
+        if framing == BodyFraming::Chunked {
+            // Whatever part of a chunked body came with the head is checked
+            // before anything goes upstream, so a malformed body that
+            // arrives in one piece never reaches the upstream at all.
+            precheck_chunked(rbuf, s.limits.max_header_bytes).map_err(Failure::before)?;
+        }
         let mut up = self
             .pool
             .get(addr, t.connect, s.buffer_size)
@@ -602,6 +609,19 @@ impl<H: Handler> Engine<H> {
             status,
             micros = started.elapsed().as_micros() as u64,
         );
+    }
+}
+
+/// Decodes a copy of the chunked bytes received so far; fails on the first
+/// framing error among them.
+fn precheck_chunked(received: &BytesMut, max_trailer_bytes: usize) -> Result<()> {
+    let mut copy = BytesMut::from(&received[..]);
+    let mut decoder = ChunkedDecoder::new(Side::Downstream, max_trailer_bytes);
+    loop {
+        match decoder.decode(&mut copy)? {
+            Decoded::Data(_) => {}
+            Decoded::NeedMore | Decoded::End { .. } => return Ok(()),
+        }
     }
 }
 

@@ -27,3 +27,4 @@ pub use limits::{EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeo
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reverse::{ReverseHandler, RouteSpec, RouteTable};
 pub use tunnel::TunnelBytes;
+pub use write::write_upstream_head;

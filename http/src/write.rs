@@ -144,6 +144,21 @@ pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers
     }
 }
 
+/// Appends the whole head ringway sends upstream for `head` (request line,
+/// forwarded fields, proxy fields, framing for the request's own body, and
+/// the final CRLF), as the engine does for every proxied request.
+pub fn write_upstream_head(out: &mut Vec<u8>, head: &RequestHead, client_ip: IpAddr, headers: &ProxyHeaders) {
+    let req = UpstreamRequest {
+        head,
+        client_ip,
+        scheme: "http",
+        framing: head.body(),
+        upgrade: head.upgrade(),
+    };
+    request_head(out, &req, headers);
+    end_head(out);
+}
+
 /// Appends the end of a head.
 pub(crate) fn end_head(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");

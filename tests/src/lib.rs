@@ -1,1 +1,385 @@
+//! Test harness for ringway's loopback integration tests.
+//!
+//! - [`TestProxy`]: a reverse proxy built from the libraries and started
+//!   in-process on `127.0.0.1:0`, on the driver a test asks for.
+//! - [`Origin`]: a blocking origin server on `127.0.0.1:0` that records
+//!   every connection and request it sees and answers through a closure.
+//! - [`client`]: a small blocking HTTP/1.1 client over `std::net`, so tests
+//!   can send exact bytes and read exact responses.
+//! - [`both_drivers!`]: runs a test function once on io_uring and once on epoll.
 
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+use monoio::net::TcpStream as MonoStream;
+use ringway_balancer::UpstreamGroup;
+use ringway_core::{
+    ConnCtx, DriverChoice, ListenerSpec, RuntimeConfig, ServerConfig, ServerHandle, WorkerApp,
+};
+use ringway_http::{
+    ClientInfo, Engine, EngineSettings, PoolSettings, ReverseHandler, RouteSpec, RouteTable, UpstreamPool,
+};
+
+pub mod client;
+
+pub use client::{Response, TestClient};
+
+/// Runs each named `fn(DriverChoice)` as two tests, `uring` and `legacy`.
+///
+/// The io_uring variant is skipped (with a note) on kernels without io_uring.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(
+                #[test]
+                fn $name() {
+                    if !$crate::uring_available() {
+                        eprintln!("io_uring is unavailable here; skipping");
+                        return;
+                    }
+                    super::$name(::ringway_core::DriverChoice::Uring)
+                }
+            )*
+        }
+        mod legacy {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(::ringway_core::DriverChoice::Legacy)
+                }
+            )*
+        }
+    };
+}
+
+/// Whether this kernel lets monoio use io_uring.
+pub fn uring_available() -> bool {
+    monoio::utils::detect_uring()
+}
+
+/// A reverse proxy running in this process.
+pub struct TestProxy {
+    handle: Option<ServerHandle>,
+    addr: SocketAddr,
+}
+
+/// What a [`TestProxy`] is built from.
+pub struct ProxySetup {
+    /// Driver for the workers.
+    pub driver: DriverChoice,
+    /// Worker count.
+    pub workers: usize,
+    /// Routes of the one listener.
+    pub routes: Vec<RouteSpec>,
+    /// Upstream groups the routes point at.
+    pub groups: Vec<UpstreamGroup>,
+    /// Engine settings of the listener.
+    pub settings: EngineSettings,
+    /// Upstream pool settings.
+    pub pool: PoolSettings,
+    /// Connection limit per worker.
+    pub max_connections: usize,
+    /// Drain limit.
+    pub shutdown_timeout: Duration,
+}
+
+impl ProxySetup {
+    /// One route `/` to one group of `servers`, one worker, default settings.
+    pub fn new(driver: DriverChoice, servers: &[SocketAddr]) -> Self {
+        Self {
+            driver,
+            workers: 1,
+            routes: vec![RouteSpec {
+                host: None,
+                path_prefix: "/".into(),
+                upstream: 0,
+            }],
+            groups: vec![UpstreamGroup {
+                name: "app".into(),
+                servers: servers.to_vec(),
+            }],
+            settings: EngineSettings::default(),
+            pool: PoolSettings::default(),
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Starts the proxy.
+    pub fn start(self) -> TestProxy {
+        let routes = Arc::new(RouteTable::new(&self.routes).expect("valid routes"));
+        let server = ServerConfig {
+            runtime: RuntimeConfig {
+                workers: self.workers,
+                driver: self.driver,
+                pin_cpus: false,
+                ring_entries: 256,
+            },
+            listeners: vec![ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address"))],
+            max_connections: self.max_connections,
+            shutdown_timeout: self.shutdown_timeout,
+        };
+        let groups = self.groups;
+        let settings = self.settings;
+        let pool = self.pool;
+        let handle = ringway_core::start(server, move |worker| {
+            let handler = ReverseHandler::new(routes.clone(), &groups, worker.index);
+            let pool = Rc::new(UpstreamPool::new(pool));
+            TestApp {
+                engine: Engine::new("test", handler, settings.clone(), pool),
+            }
+        })
+        .expect("proxy starts");
+        let addr = handle.local_addrs()[0];
+        TestProxy {
+            handle: Some(handle),
+            addr,
+        }
+    }
+}
+
+struct TestApp {
+    engine: Engine<ReverseHandler>,
+}
+
+impl WorkerApp for TestApp {
+    async fn serve(&self, _listener: usize, stream: MonoStream, peer: SocketAddr, conn: ConnCtx) {
+        let local = stream.local_addr().unwrap_or(peer);
+        self.engine.serve(stream, ClientInfo { peer, local }, &conn).await;
+    }
+}
+
+impl TestProxy {
+    /// A proxy in front of `servers` with defaults.
+    pub fn reverse(driver: DriverChoice, servers: &[SocketAddr]) -> Self {
+        ProxySetup::new(driver, servers).start()
+    }
+
+    /// The proxy's listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A new client connection to the proxy.
+    pub fn client(&self) -> TestClient {
+        TestClient::connect(self.addr)
+    }
+
+    /// The server's handle (for counters).
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("running")
+    }
+
+    /// Starts the graceful shutdown and returns at once.
+    pub fn begin_shutdown(&self) {
+        self.handle().shutdown();
+    }
+
+    /// Shuts down and waits for the workers to finish.
+    pub fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            h.wait();
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            h.wait();
+        }
+    }
+}
+
+/// A request as an origin received it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Request line method.
+    pub method: String,
+    /// Request target.
+    pub target: String,
+    /// Header fields in order.
+    pub headers: Vec<(String, String)>,
+    /// The decoded body.
+    pub body: Vec<u8>,
+    /// Whether the body came chunked.
+    pub chunked: bool,
+    /// Which connection (1-based, in accept order) carried it.
+    pub connection: usize,
+}
+
+impl Seen {
+    /// The first value of header `name` (case ignored).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        client::find_header(&self.headers, name)
+    }
+}
+
+/// What an origin's responder does with a request.
+pub enum Reply {
+    /// Send these bytes and keep the connection open.
+    Bytes(Vec<u8>),
+    /// Send these bytes and close the connection.
+    BytesThenClose(Vec<u8>),
+    /// Close without answering.
+    Close,
+    /// Take over the raw stream (for upgrades); the connection ends after.
+    Raw(Box<dyn FnOnce(TcpStream) + Send>),
+}
+
+impl Reply {
+    /// `200 OK` with `body` and a Content-Length.
+    pub fn ok(body: impl AsRef<[u8]>) -> Reply {
+        let body = body.as_ref();
+        let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body);
+        Reply::Bytes(out)
+    }
+}
+
+type Responder = dyn Fn(&Seen) -> Reply + Send + Sync;
+
+/// A blocking origin server on `127.0.0.1:0`.
+pub struct Origin {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    raw_bytes: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Origin {
+    /// An origin that answers every request with `respond`.
+    pub fn start(respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let origin = Origin {
+            addr,
+            connections: Arc::default(),
+            seen: Arc::default(),
+            raw_bytes: Arc::default(),
+            stop: Arc::default(),
+        };
+        let respond: Arc<Responder> = Arc::new(respond);
+        let (connections, seen, raw_bytes, stop) = (
+            origin.connections.clone(),
+            origin.seen.clone(),
+            origin.raw_bytes.clone(),
+            origin.stop.clone(),
+        );
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let id = connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let (respond, seen, raw_bytes) = (respond.clone(), seen.clone(), raw_bytes.clone());
+                thread::spawn(move || serve_origin_conn(stream, id, &*respond, &seen, &raw_bytes));
+            }
+        });
+        origin
+    }
+
+    /// An origin that echoes the request body with `200 OK`.
+    pub fn echo() -> Origin {
+        Origin::start(|req| Reply::ok(&req.body))
+    }
+
+    /// The origin's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Bytes received on all connections, parsed or not.
+    pub fn raw_bytes(&self) -> usize {
+        self.raw_bytes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_origin_conn(
+    mut stream: TcpStream,
+    id: usize,
+    respond: &Responder,
+    seen: &Mutex<Vec<Seen>>,
+    raw_bytes: &AtomicUsize,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut buf = Vec::new();
+    loop {
+        let Ok(Some(mut req)) = client::read_request(&mut stream, &mut buf, raw_bytes) else {
+            return;
+        };
+        req.connection = id;
+        seen.lock().expect("lock").push(req.clone());
+        match respond(&req) {
+            Reply::Bytes(b) => {
+                if stream.write_all(&b).is_err() {
+                    return;
+                }
+            }
+            Reply::BytesThenClose(b) => {
+                let _ = stream.write_all(&b);
+                return;
+            }
+            Reply::Close => return,
+            Reply::Raw(f) => {
+                f(stream);
+                return;
+            }
+        }
+    }
+}
+
+/// Reads from `stream` until it closes or `timeout` passes; returns the bytes.
+pub fn read_to_close(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return out,
+        }
+    }
+}
+
+/// An address on which nothing listens (bound, then released).
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("address");
+    drop(l);
+    addr
+}

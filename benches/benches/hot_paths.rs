@@ -1,0 +1,132 @@
+//! Microbenchmarks of the per-request hot paths: head parsing and
+//! serialisation (bytes/s), route lookup and the balancer's pick.
+
+use std::{hint::black_box, net::SocketAddr};
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringway_balancer::{Balancer, RoundRobin, UpstreamGroup};
+use ringway_benches::{BROWSER_REQUEST, ORIGIN_RESPONSE, WRK_REQUEST};
+use ringway_http::{
+    write_upstream_head, HttpLimits, ProxyHeaders, RequestHead, ResponseHead, RouteSpec, RouteTable,
+};
+
+fn parse_request(c: &mut Criterion) {
+    let limits = HttpLimits::default();
+    let mut group = c.benchmark_group("parse_request");
+    for (name, input) in [("wrk", WRK_REQUEST), ("browser", BROWSER_REQUEST)] {
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        let mut head = RequestHead::new();
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                // As on a connection: append what was read, parse, and let
+                // the head go before the next read reuses the buffer.
+                head.clear();
+                buf.reserve(input.len());
+                buf.extend_from_slice(black_box(input));
+                assert!(head.parse(&mut buf, &limits).unwrap());
+                black_box(head.host());
+            })
+        });
+    }
+    group.finish();
+}
+
+fn parse_response(c: &mut Criterion) {
+    let limits = HttpLimits::default();
+    let mut group = c.benchmark_group("parse_response");
+    group.throughput(Throughput::Bytes(ORIGIN_RESPONSE.len() as u64));
+    let mut head = ResponseHead::new();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    group.bench_function("origin", |b| {
+        b.iter(|| {
+            head.clear();
+            buf.reserve(ORIGIN_RESPONSE.len());
+            buf.extend_from_slice(black_box(ORIGIN_RESPONSE));
+            assert!(head.parse(&mut buf, &limits).unwrap());
+            black_box(head.status());
+        })
+    });
+    group.finish();
+}
+
+fn serialize_request(c: &mut Criterion) {
+    let limits = HttpLimits::default();
+    let mut group = c.benchmark_group("serialize_upstream_head");
+    for (name, input) in [("wrk", WRK_REQUEST), ("browser", BROWSER_REQUEST)] {
+        let mut head = RequestHead::new();
+        assert!(head.parse(&mut BytesMut::from(input), &limits).unwrap());
+        let mut out = Vec::with_capacity(4096);
+        let headers = ProxyHeaders::default();
+        let ip = "192.0.2.10".parse().unwrap();
+        write_upstream_head(&mut out, &head, ip, &headers);
+        group.throughput(Throughput::Bytes(out.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                write_upstream_head(&mut out, black_box(&head), ip, &headers);
+                black_box(out.len());
+            })
+        });
+    }
+    group.finish();
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut routes = vec![RouteSpec {
+        host: None,
+        path_prefix: "/".into(),
+        upstream: 0,
+    }];
+    for i in 0..50 {
+        routes.push(RouteSpec {
+            host: Some(format!("svc{i}.example.com")),
+            path_prefix: format!("/api/v{i}"),
+            upstream: i % 4,
+        });
+        routes.push(RouteSpec {
+            host: Some(format!("*.tenant{i}.example.com")),
+            path_prefix: "/".into(),
+            upstream: i % 4,
+        });
+    }
+    let table = RouteTable::new(&routes).unwrap();
+    let mut group = c.benchmark_group("route_lookup");
+    group.bench_function("exact_host", |b| {
+        b.iter(|| black_box(table.lookup(Some(black_box(b"svc42.example.com:8080")), b"/api/v42/users")))
+    });
+    group.bench_function("wildcard_host", |b| {
+        b.iter(|| black_box(table.lookup(Some(black_box(b"a.tenant7.example.com")), b"/x")))
+    });
+    group.bench_function("fallback", |b| {
+        b.iter(|| black_box(table.lookup(Some(black_box(b"unknown.test")), b"/")))
+    });
+    group.finish();
+}
+
+fn balancer_pick(c: &mut Criterion) {
+    let group = UpstreamGroup {
+        name: "app".into(),
+        servers: (0..8)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect(),
+    };
+    let rr = RoundRobin::new(&group, 0);
+    c.bench_function("balancer_pick/round_robin", |b| {
+        b.iter(|| {
+            let peer = rr.pick().unwrap();
+            black_box(rr.addr(peer))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    parse_request,
+    parse_response,
+    serialize_request,
+    route_lookup,
+    balancer_pick
+);
+criterion_main!(benches);

@@ -1,0 +1,353 @@
+//! The real `ringway` binary: configuration checks, curl through it,
+//! signals, and memory while gigabyte bodies stream through.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use ringway_tests::{Origin, Reply};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringway");
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ringway-test-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// A running `ringway` process and the address its first listener bound.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    /// Starts `ringway ARGS` and waits for its "listener ... on ADDR" line.
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringway");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("ringway exited before listening")
+                .expect("read log");
+            if let Some(rest) = line.split(" proxy on ").nth(1) {
+                break rest.trim().parse().expect("address in the log line");
+            }
+        };
+        // Keep draining the log so the process never blocks on a full pipe.
+        thread::spawn(move || for _ in lines {});
+        Running { child, addr }
+    }
+
+    /// `ringway reverse` on a free port in front of `upstream`.
+    fn reverse(upstream: SocketAddr, workers: &str) -> Running {
+        let upstream = upstream.to_string();
+        Running::start(&[
+            "reverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--workers",
+            workers,
+            "--no-pin",
+        ])
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("ringway did not exit within 10 s");
+    }
+
+    /// Resident and peak resident set size in KiB.
+    fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .expect("rss field")
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (apt-get install curl)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn check_accepts_every_example() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples_dir()).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(BIN)
+                .arg("check")
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "{} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "examples/ holds the commented configs");
+}
+
+#[test]
+fn check_reports_file_line_and_key() {
+    let path = temp_file(
+        "bad.toml",
+        "[runtime]\nworkers = 0\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n[[listener.route]]\nupstream = \"missing\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:2: runtime.workers:")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:9: listener[0].route[0].upstream: no [[upstream]] is named \"missing\""
+        )),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn curl_through_the_binary_and_sigterm_exits_zero() {
+    let origin = Origin::start(|req| {
+        let body = format!(
+            "{} {} len={} chunked={} xff={}",
+            req.method,
+            req.target,
+            req.body.len(),
+            req.chunked,
+            req.header("x-forwarded-for").unwrap_or("-")
+        );
+        Reply::ok(body)
+    });
+    let proxy = Running::reverse(origin.addr(), "2");
+    let head_and_body = curl(&["-i", &proxy.url("/hello?x=1")]);
+    assert!(head_and_body.starts_with("HTTP/1.1 200 OK"), "{head_and_body}");
+    assert!(head_and_body.contains("Via: 1.1 ringway"), "{head_and_body}");
+    assert!(head_and_body.ends_with("GET /hello?x=1 len=0 chunked=false xff=127.0.0.1"));
+
+    let upload = temp_file("upload.bin", &"z".repeat(200_000));
+    let body = curl(&[
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &proxy.url("/up"),
+    ]);
+    assert_eq!(body, "POST /up len=200000 chunked=false xff=127.0.0.1");
+    let body = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &proxy.url("/chunked"),
+    ]);
+    assert_eq!(body, "POST /chunked len=200000 chunked=true xff=127.0.0.1");
+    let _ = std::fs::remove_file(upload);
+
+    // Several requests on one curl connection: keep-alive on both sides.
+    let before = origin.connections();
+    let many = curl(&[&proxy.url("/a"), &proxy.url("/b"), &proxy.url("/c")]);
+    assert_eq!(many.matches("GET /").count(), 3);
+    assert!(
+        origin.connections() - before <= 1,
+        "upstream connections reused across curl requests"
+    );
+
+    proxy.signal("TERM");
+    assert!(proxy.wait().success(), "SIGTERM: graceful exit 0");
+}
+
+/// An origin that swallows uploads and serves a download of `size` bytes.
+fn bulk_origin(size: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || serve_bulk(stream, size));
+        }
+    });
+    addr
+}
+
+fn serve_bulk(mut stream: TcpStream, size: u64) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut buf[..1]) {
+                Ok(1) => head.push(buf[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if head.starts_with("put") {
+            let len: u64 = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let mut left = len;
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                match stream.read(&mut buf[..want]) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left -= n as u64,
+                }
+            }
+            let body = format!("got {len}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        } else {
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+            let zeros = vec![0u8; 1 << 16];
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                if stream.write_all(&zeros[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        }
+    }
+}
+
+#[test]
+fn gigabyte_bodies_stream_with_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let origin = bulk_origin(GIB);
+    let proxy = Running::reverse(origin, "1");
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    // Warm up, then take the baseline.
+    client
+        .write_all(b"PUT /warm HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+        .expect("send");
+    let mut reply = [0u8; 512];
+    let n = client.read(&mut reply).expect("reply");
+    assert!(String::from_utf8_lossy(&reply[..n]).ends_with("got 1"));
+    let (baseline, _) = proxy.rss_kib();
+
+    // 1 GiB up.
+    write!(
+        client,
+        "PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: {GIB}\r\n\r\n"
+    )
+    .expect("send head");
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..1024 {
+        client.write_all(&chunk).expect("send body");
+    }
+    let n = client.read(&mut reply).expect("reply");
+    assert!(String::from_utf8_lossy(&reply[..n]).ends_with(&format!("got {GIB}")));
+
+    // 1 GiB down.
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0u64;
+    let mut head = Vec::new();
+    let mut in_body = false;
+    while received < GIB {
+        let n = client.read(&mut buf).expect("download");
+        assert!(n > 0, "closed after {received} bytes");
+        if in_body {
+            received += n as u64;
+        } else {
+            head.extend_from_slice(&buf[..n]);
+            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                in_body = true;
+                received += (head.len() - end - 4) as u64;
+            }
+        }
+    }
+    assert_eq!(received, GIB);
+    let (_, peak) = proxy.rss_kib();
+    let growth_mib = peak.saturating_sub(baseline) / 1024;
+    assert!(
+        growth_mib < 32,
+        "RSS grew by {growth_mib} MiB while 2 GiB streamed through"
+    );
+}

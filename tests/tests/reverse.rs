@@ -1,0 +1,526 @@
+//! Reverse proxy behaviour over real loopback sockets, on both drivers.
+
+use std::{
+    io::{Read, Write},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ringway_balancer::UpstreamGroup;
+use ringway_core::DriverChoice;
+use ringway_http::RouteSpec;
+use ringway_tests::{both_drivers, read_to_close, refused_addr, Origin, ProxySetup, Reply, TestProxy};
+
+both_drivers!(
+    content_length_bodies_pass_both_ways,
+    chunked_request_is_reframed_and_chunked_response_relayed,
+    close_delimited_response_is_chunked_for_http11_clients,
+    large_bodies_stream_both_ways,
+    upstream_connections_are_reused,
+    pipelined_requests_are_answered_in_order,
+    round_robin_spreads_requests_over_two_origins,
+    requests_without_a_route_get_404,
+    refused_upstream_is_502,
+    stalled_origin_is_504,
+    upgrade_answered_101_becomes_a_tunnel,
+    upgrade_answered_200_stays_http,
+    graceful_shutdown_finishes_the_in_flight_request,
+    ambiguous_requests_get_400_and_reach_no_upstream,
+    ambiguous_upstream_response_is_502,
+    stale_pooled_connection_is_retried_once,
+    expect_100_continue_is_answered,
+    http10_clients_get_close_or_keep_alive,
+    connections_over_the_limit_are_closed,
+    head_responses_keep_content_length,
+    hop_by_hop_fields_stay_on_their_hop,
+    oversized_heads_get_431_and_long_targets_414,
+);
+
+fn content_length_bodies_pass_both_ways(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello");
+    assert_eq!(r.header("content-length"), Some("5"));
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/echo");
+    assert_eq!(seen.header("content-length"), Some("5"));
+    assert_eq!(seen.header("host"), Some("app.test"));
+    assert_eq!(seen.body, b"hello");
+    // The connection stays usable.
+    assert_eq!(c.get("/again").status, 200);
+}
+
+fn chunked_request_is_reframed_and_chunked_response_relayed(driver: DriverChoice) {
+    let origin = Origin::start(|req| {
+        let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in req.body.chunks(3) {
+            out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+        Reply::Bytes(out)
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 9\r\n\r\n",
+    );
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(r.chunked);
+    assert_eq!(r.body, b"wikipedia");
+    let seen = &origin.seen()[0];
+    assert!(seen.chunked, "the origin got a chunked body");
+    assert_eq!(seen.body, b"wikipedia");
+    assert_eq!(seen.header("content-length"), None);
+}
+
+fn close_delimited_response_is_chunked_for_http11_clients(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::BytesThenClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec()));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    let r = c.get("/");
+    assert_eq!(r.status, 200);
+    assert!(r.chunked, "re-framed so the client connection survives");
+    assert_eq!(r.body, b"until the end");
+    assert_eq!(c.get("/").body, b"until the end");
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn large_bodies_stream_both_ways(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let body = pattern(3 << 20, 7);
+    let mut c = proxy.client();
+    let mut writer = c.stream.try_clone().expect("clone");
+    let upload = body.clone();
+    let sender = thread::spawn(move || {
+        writer
+            .write_all(
+                format!(
+                    "PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                    upload.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        writer.write_all(&upload).unwrap();
+    });
+    let r = c.response();
+    sender.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "body changed in transit");
+
+    // The same size, chunked on the way up.
+    let mut writer = c.stream.try_clone().expect("clone");
+    let upload = body.clone();
+    let sender = thread::spawn(move || {
+        writer
+            .write_all(b"POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for part in upload.chunks(100_000) {
+            writer
+                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .unwrap();
+            writer.write_all(part).unwrap();
+            writer.write_all(b"\r\n").unwrap();
+        }
+        writer.write_all(b"0\r\n\r\n").unwrap();
+    });
+    let r = c.response();
+    sender.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "chunked body changed in transit");
+    assert_eq!(origin.seen()[1].body.len(), body.len());
+}
+
+fn upstream_connections_are_reused(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    for _ in 0..5 {
+        let mut c = proxy.client();
+        for _ in 0..10 {
+            assert_eq!(c.get("/").status, 200);
+        }
+    }
+    assert_eq!(origin.seen().len(), 50);
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one upstream connection carried all 50 requests"
+    );
+}
+
+fn pipelined_requests_are_answered_in_order(driver: DriverChoice) {
+    let origin = Origin::start(|req| {
+        if req.target == "/slow" {
+            thread::sleep(Duration::from_millis(200));
+        }
+        Reply::ok(format!(
+            "{} {} {}",
+            req.method,
+            req.target,
+            String::from_utf8_lossy(&req.body)
+        ))
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(
+        b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbodyGET /3 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(c.response().text(), "GET /slow ");
+    assert_eq!(c.response().text(), "POST /2 body");
+    assert_eq!(c.response().text(), "GET /3 ");
+}
+
+fn round_robin_spreads_requests_over_two_origins(driver: DriverChoice) {
+    let a = Origin::start(|_| Reply::ok("a"));
+    let b = Origin::start(|_| Reply::ok("b"));
+    let proxy = TestProxy::reverse(driver, &[a.addr(), b.addr()]);
+    let mut c = proxy.client();
+    let answers: Vec<String> = (0..10).map(|_| c.get("/").text()).collect();
+    assert_eq!(a.seen().len(), 5);
+    assert_eq!(b.seen().len(), 5);
+    assert!(
+        answers.windows(2).all(|w| w[0] != w[1]),
+        "alternating: {answers:?}"
+    );
+}
+
+fn requests_without_a_route_get_404(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("api"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.routes = vec![RouteSpec {
+        host: Some("api.test".into()),
+        path_prefix: "/api".into(),
+        upstream: 0,
+    }];
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    c.send(b"GET /api/x HTTP/1.1\r\nHost: API.test:80\r\n\r\n");
+    assert_eq!(c.response().text(), "api");
+    c.send(b"GET /other HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!(c.response().status, 404);
+    c.send(b"GET /api/x HTTP/1.1\r\nHost: other.test\r\n\r\n");
+    assert_eq!(c.response().status, 404);
+    // A 404 without a body keeps the connection.
+    c.send(b"GET /api/y HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    assert_eq!(origin.seen().len(), 2);
+}
+
+fn refused_upstream_is_502(driver: DriverChoice) {
+    let proxy = TestProxy::reverse(driver, &[refused_addr()]);
+    let mut c = proxy.client();
+    let r = c.get("/");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "502 Bad Gateway\n");
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+fn stalled_origin_is_504(driver: DriverChoice) {
+    let origin = Origin::start(|_| {
+        thread::sleep(Duration::from_secs(3));
+        Reply::ok("late")
+    });
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.timeouts.upstream_response = Duration::from_millis(300);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    let r = c.get("/");
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "504 Gateway Timeout\n");
+}
+
+fn echo_upgrade(mut stream: std::net::TcpStream) {
+    stream
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn upgrade_answered_101_becomes_a_tunnel(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::Raw(Box::new(echo_upgrade)));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+    assert_eq!(seen.header("connection"), Some("upgrade"));
+    // Now raw bytes flow both ways, not HTTP.
+    for msg in [&b"not http at all\r\n\r\n"[..], b"\x00\x01binary"] {
+        c.stream.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.stream.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+    // Half-close: the client's end reaches the origin, which closes, which reaches us.
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(read_to_close(&mut c.stream, Duration::from_secs(5)).is_empty());
+}
+
+fn upgrade_answered_200_stays_http(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("no upgrade for you"));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "no upgrade for you");
+    // The next bytes are parsed as HTTP again: a second request works and
+    // garbage is rejected rather than tunnelled.
+    assert_eq!(c.get("/next").status, 200);
+    c.send(b"\x00\x01 not http\r\n\r\n");
+    assert_eq!(c.response().status, 400);
+    assert_eq!(origin.seen().len(), 2);
+}
+
+fn graceful_shutdown_finishes_the_in_flight_request(driver: DriverChoice) {
+    let origin = Origin::start(|_| {
+        thread::sleep(Duration::from_millis(600));
+        Reply::ok("finished")
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut idle = proxy.client();
+    // Make the idle connection a real keep-alive one first.
+    let _ = idle.get("/warm");
+    let mut busy = proxy.client();
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    thread::sleep(Duration::from_millis(150));
+    let started = Instant::now();
+    proxy.begin_shutdown();
+    assert!(
+        idle.closed_within(Duration::from_secs(2)),
+        "idle keep-alive connection closed at once"
+    );
+    let r = busy.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "finished");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(busy.closed_within(Duration::from_secs(2)));
+    proxy.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "drain did not wait for the timeout"
+    );
+}
+
+fn ambiguous_requests_get_400_and_reach_no_upstream(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let cases: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+    ];
+    for case in cases {
+        let mut c = proxy.client();
+        c.send(case);
+        let r = c.response();
+        assert_eq!(r.status, 400, "for {:?}", String::from_utf8_lossy(case));
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(c.closed_within(Duration::from_secs(2)), "closed after 400");
+    }
+    assert_eq!(origin.connections(), 0, "nothing was forwarded");
+}
+
+fn ambiguous_upstream_response_is_502(driver: DriverChoice) {
+    let origin = Origin::start(|req| {
+        if req.target == "/bad" {
+            Reply::Bytes(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Reply::ok("good")
+        }
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    assert_eq!(c.get("/bad").status, 502);
+    let mut c = proxy.client();
+    assert_eq!(c.get("/good").text(), "good");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "the connection that sent the bad response was discarded"
+    );
+}
+
+fn stale_pooled_connection_is_retried_once(driver: DriverChoice) {
+    // The origin closes every connection after one response without saying
+    // so, which leaves a dead connection in the pool each time.
+    let origin =
+        Origin::start(|_| Reply::BytesThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    for _ in 0..4 {
+        thread::sleep(Duration::from_millis(50));
+        let r = c.get("/");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(origin.seen().len(), 4);
+    // A POST is not retried: it gets an error instead.
+    thread::sleep(Duration::from_millis(50));
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx");
+    assert_eq!(c.response().status, 502);
+}
+
+fn expect_100_continue_is_answered(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n");
+    let interim = c.read_response(true).unwrap();
+    assert_eq!(interim.status, 100);
+    c.send(b"payload");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"payload");
+    assert_eq!(origin.seen()[0].header("expect"), None);
+}
+
+fn http10_clients_get_close_or_keep_alive(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("ten"));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.text(), "ten");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed_within(Duration::from_secs(2)));
+
+    let mut c = proxy.client();
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.response().text(), "ten");
+}
+
+fn connections_over_the_limit_are_closed(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("in"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.max_connections = 1;
+    let proxy = setup.start();
+    let mut first = proxy.client();
+    assert_eq!(first.get("/").status, 200);
+    let mut second = proxy.client();
+    second.stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").ok();
+    assert!(
+        second.closed_within(Duration::from_secs(2)),
+        "over the limit: closed at once"
+    );
+    let rejected: u64 = proxy
+        .handle()
+        .stats()
+        .iter()
+        .map(|s| s.rejected_over_limit.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(rejected, 1);
+    assert_eq!(first.get("/").status, 200, "the first connection is unaffected");
+}
+
+fn head_responses_keep_content_length(driver: DriverChoice) {
+    let origin = Origin::start(|req| {
+        assert_eq!(req.method, "HEAD");
+        Reply::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_vec())
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("1234"));
+    c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        c.read_response(true).unwrap().status,
+        200,
+        "no body bytes were expected in between"
+    );
+}
+
+fn hop_by_hop_fields_stay_on_their_hop(driver: DriverChoice) {
+    let origin = Origin::start(|_| {
+        Reply::Bytes(b"HTTP/1.1 200 OK\r\nConnection: X-Secret-Resp\r\nX-Secret-Resp: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n".to_vec())
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nProxy-Authorization: Basic dTpw\r\nTE: trailers\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-secret-resp"), None);
+    assert_eq!(r.header("keep-alive"), None);
+    assert_eq!(r.header("via"), Some("1.1 ringway"));
+    let seen = &origin.seen()[0];
+    for gone in ["connection", "x-secret", "proxy-authorization", "te"] {
+        assert_eq!(seen.header(gone), None, "{gone} was forwarded");
+    }
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("a"));
+    assert_eq!(seen.header("via"), Some("1.1 ringway"));
+}
+
+fn oversized_heads_get_431_and_long_targets_414(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.limits.max_header_bytes = 4096;
+    setup.settings.limits.max_headers = 10;
+    setup.settings.limits.max_uri_bytes = 512;
+    setup.groups = vec![UpstreamGroup {
+        name: "app".into(),
+        servers: vec![origin.addr()],
+    }];
+    let proxy = setup.start();
+
+    let mut c = proxy.client();
+    c.send(format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(5000)).as_bytes());
+    assert_eq!(c.response().status, 431);
+
+    let mut c = proxy.client();
+    let many: String = (0..11).map(|i| format!("X-{i}: v\r\n")).collect();
+    c.send(format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes());
+    assert_eq!(c.response().status, 431);
+
+    let mut c = proxy.client();
+    c.send(format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(600)).as_bytes());
+    assert_eq!(c.response().status, 414);
+    assert_eq!(origin.raw_bytes(), 0);
+}
