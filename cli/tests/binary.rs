@@ -291,6 +291,17 @@ fn serve_bulk(mut stream: TcpStream, size: u64) {
     }
 }
 
+/// Reads until what came ends with `suffix` (a whole small response).
+fn read_until(client: &mut TcpStream, suffix: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(suffix.as_bytes()) {
+        let n = client.read(&mut buf).expect("reply");
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[test]
 fn gigabyte_bodies_stream_with_flat_memory() {
     const GIB: u64 = 1 << 30;
@@ -304,9 +315,7 @@ fn gigabyte_bodies_stream_with_flat_memory() {
     client
         .write_all(b"PUT /warm HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
         .expect("send");
-    let mut reply = [0u8; 512];
-    let n = client.read(&mut reply).expect("reply");
-    assert!(String::from_utf8_lossy(&reply[..n]).ends_with("got 1"));
+    read_until(&mut client, "got 1");
     let (baseline, _) = proxy.rss_kib();
 
     // 1 GiB up.
@@ -319,8 +328,7 @@ fn gigabyte_bodies_stream_with_flat_memory() {
     for _ in 0..1024 {
         client.write_all(&chunk).expect("send body");
     }
-    let n = client.read(&mut reply).expect("reply");
-    assert!(String::from_utf8_lossy(&reply[..n]).ends_with(&format!("got {GIB}")));
+    read_until(&mut client, &format!("got {GIB}"));
 
     // 1 GiB down.
     client

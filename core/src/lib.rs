@@ -13,6 +13,7 @@ mod error;
 mod listener;
 pub mod runtime;
 mod server;
+pub mod socket;
 mod worker;
 
 pub use error::{Error, ErrorKind, OrErr, Result, Side};

@@ -70,6 +70,9 @@ impl ChunkedDecoder {
                         }
                         return Ok(Decoded::NeedMore);
                     };
+                    if lf > MAX_SIZE_LINE {
+                        return Err(self.invalid("chunk size line too long"));
+                    }
                     if lf == 0 || buf[lf - 1] != b'\r' {
                         return Err(self.invalid("chunk size line without CRLF"));
                     }
@@ -164,7 +167,8 @@ impl ChunkedDecoder {
             size = (size << 4) | u64::from(d);
         }
         let rest = &line[digits..];
-        let ext = rest.trim_ascii_start();
+        let bws = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        let ext = &rest[bws..];
         if !ext.is_empty() {
             if ext[0] != b';' {
                 return Err(self.invalid("invalid chunk size"));
@@ -292,6 +296,13 @@ mod tests {
         assert_invalid(b"11111111111111111\r\n");
         assert_invalid(b"5 \r\nhello\r\n0\r\n\r\n");
         assert_invalid(b"5;a\x01b\r\nhello\r\n0\r\n\r\n");
+        assert_invalid(b"5\r;x\r\nhello\r\n0\r\n\r\n");
+        assert_invalid(b"5\x0c;x\r\nhello\r\n0\r\n\r\n");
+        let mut long = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(MAX_SIZE_LINE)).into_bytes();
+        assert_invalid(&long);
+        long.clear();
+        // Spaces and tabs before an extension are allowed (BWS).
+        assert!(decode_all(b"5 \t;x\r\nhello\r\n0\r\n\r\n").is_ok());
         // 16 significant digits are fine even with leading zeros before them.
         let mut ok = BytesMut::from(&b"00000000000000000001\r\n"[..]);
         let mut d = ChunkedDecoder::new(Side::Downstream, 1024);

@@ -204,6 +204,9 @@ impl<H: Handler> Engine<H> {
     ) -> Result<bool> {
         let s = &self.settings;
         let t = &s.timeouts;
+        // A new connection's whole first head must arrive within the head
+        // timeout; later heads get it from their first byte on.
+        let started = first.then(Instant::now);
         if st.rbuf.is_empty() {
             if !conn.set_idle(true) {
                 return Ok(false);
@@ -212,7 +215,9 @@ impl<H: Handler> Engine<H> {
             let read = monoio::time::timeout(wait, read_some(io, &mut st.rbuf, s.buffer_size)).await;
             conn.set_idle(false);
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                // A drain that began while this connection was idle has shut
+                // its socket down: whatever arrived cannot be answered.
+                Ok(Ok(n)) if n > 0 && !conn.is_draining() => {}
                 // Closed, reset, idle timeout or drain: no request was begun.
                 _ => return Ok(false),
             }
@@ -220,6 +225,7 @@ impl<H: Handler> Engine<H> {
         if st.req.parse(&mut st.rbuf, &s.limits)? {
             return Ok(true);
         }
+        let head_limit = started.map_or(t.client_head, |at| t.client_head.saturating_sub(at.elapsed()));
         let ConnBuffers { rbuf, req, .. } = st;
         let rest_of_head = async {
             loop {
@@ -239,7 +245,7 @@ impl<H: Handler> Engine<H> {
             }
         };
         timed(
-            t.client_head,
+            head_limit,
             ErrorKind::ReadTimeout,
             Side::Downstream,
             "request head not received in time",

@@ -200,17 +200,21 @@ struct Span {
 }
 
 impl Span {
-    /// The span of `part`, which must lie inside `base`.
+    /// The span of `part` inside `base`; empty when `part` does not lie in
+    /// `base` (httparse returns a static `""` for an absent reason phrase).
     fn within(base: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - base.as_ptr() as usize;
-        Span {
-            start: start as u32,
-            end: (start + part.len()) as u32,
+        let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        let end = start.wrapping_add(part.len());
+        match (u32::try_from(start), u32::try_from(end)) {
+            (Ok(s), Ok(e)) if start <= end && end <= base.len() => Span { start: s, end: e },
+            _ => Span::default(),
         }
     }
 
+    /// The bytes of the span in `raw`, or nothing when the span does not
+    /// fit (a head whose parse failed half-way).
     fn get(self, raw: &[u8]) -> &[u8] {
-        &raw[self.start as usize..self.end as usize]
+        raw.get(self.range()).unwrap_or_default()
     }
 
     fn range(self) -> std::ops::Range<usize> {
@@ -514,6 +518,15 @@ impl RequestHead {
         if target.len() > limits.max_uri_bytes {
             return Err(Error::new(ErrorKind::UriTooLong, SIDE, "request target too long"));
         }
+        if let Some(authority) = absolute_form_authority(target.as_bytes()) {
+            if authority.is_empty() || !is_valid_host(authority) {
+                return Err(Error::new(
+                    ErrorKind::InvalidHttp,
+                    SIDE,
+                    "invalid authority in an absolute-form request target",
+                ));
+            }
+        }
         let version = version_of(req.version, SIDE)?;
         self.method = Method::from_token(method.as_bytes());
         self.method_span = Span::within(bytes, method.as_bytes());
@@ -638,13 +651,21 @@ impl RequestHead {
         self.expect_continue
     }
 
-    /// The protocols of an HTTP/1.1 upgrade request (`Connection: upgrade`
-    /// plus `Upgrade`), if this is one.
+    /// The protocol of an HTTP/1.1 WebSocket upgrade request
+    /// (`Connection: upgrade` plus `Upgrade: websocket`), if this is one.
+    ///
+    /// Other protocols (such as `h2c`) are not tunnelled: the request is
+    /// forwarded as a plain one, without its hop-by-hop `Upgrade`, so the
+    /// routing and proxy fields keep applying to everything that follows.
     pub fn upgrade(&self) -> Option<&[u8]> {
-        if self.version == Version::Http11 && self.connection.upgrade {
-            self.upgrade.map(|s| s.get(&self.raw))
-        } else {
-            None
+        if self.version != Version::Http11 || !self.connection.upgrade {
+            return None;
+        }
+        let value = self.upgrade?.get(&self.raw);
+        let mut protocols = list_elements(value);
+        match (protocols.next(), protocols.next()) {
+            (Some(p), None) if p.eq_ignore_ascii_case(b"websocket") => Some(value),
+            _ => None,
         }
     }
 
@@ -680,6 +701,23 @@ impl RequestHead {
     pub(crate) fn connection_tokens(&self) -> ConnectionTokens {
         self.connection
     }
+}
+
+/// The authority of an absolute-form target (`http://authority/...`), if
+/// the target is one.
+pub(crate) fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    let rest = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// A Host value is a `uri-host [ ":" port ]`: reg-name characters, or an IP
@@ -782,6 +820,7 @@ impl ResponseHead {
             ));
         }
         let bytes: &[u8] = buf;
+        reject_bare_lf(&bytes[..len], SIDE)?;
         let (Some(code), Some(reason)) = (resp.code, resp.reason) else {
             return Err(Error::new(ErrorKind::InvalidHttp, SIDE, "incomplete status line"));
         };
@@ -1100,6 +1139,33 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_authorities_are_validated_like_host() {
+        let (head, _) = parse(b"GET http://Real.test:81/x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(head.target(), b"http://Real.test:81/x");
+        for bad in [
+            "http://a\",for=6.6.6.6;x=\"/",
+            "http://user@host/",
+            "http:///path",
+            "http://a\\b/",
+        ] {
+            let req = format!("GET {bad} HTTP/1.1\r\nHost: ok\r\n\r\n");
+            assert_invalid(req.as_bytes(), "authority");
+        }
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_upgrades() {
+        let (head, _) = parse(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.upgrade(), None);
+        let (head, _) =
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n").unwrap();
+        assert_eq!(head.upgrade(), Some(&b"WebSocket"[..]));
+    }
+
+    #[test]
     fn head_over_the_limit_is_431_and_long_target_is_414() {
         let limits = HttpLimits {
             max_header_bytes: 256,
@@ -1185,6 +1251,22 @@ mod tests {
         assert!(!r.keeps_alive());
         assert_eq!(r.status(), 204);
         assert_eq!(r.reason(), b"No Content");
+    }
+
+    #[test]
+    fn a_status_line_without_reason_or_with_non_ascii_reason_parses() {
+        let r = parse_response(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.reason(), b"");
+        let r = parse_response("HTTP/1.1 200 ОК\r\nContent-Length: 0\r\n\r\n".as_bytes()).unwrap();
+        assert_eq!(r.status(), 200);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n"[..]);
+        assert!(
+            ResponseHead::new()
+                .parse(&mut buf, &HttpLimits::default())
+                .is_err(),
+            "bare LF"
+        );
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct PoolSettings {
     pub max_idle_per_server: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// Idle time after which a connection is checked (one non-blocking
+    /// peek) before reuse, for a close by the server or stray bytes.
+    pub check_after: Duration,
 }
 
 impl Default for PoolSettings {
@@ -76,6 +79,7 @@ impl Default for PoolSettings {
         Self {
             max_idle_per_server: 128,
             idle_timeout: Duration::from_secs(60),
+            check_after: Duration::from_millis(1),
         }
     }
 }
@@ -140,11 +144,21 @@ impl UpstreamPool {
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(entry) = list.pop() {
-            if now.duration_since(entry.since) < self.settings.idle_timeout {
-                let mut conn = entry.conn;
-                conn.reused = true;
-                return Some(conn);
+            let idle = now.duration_since(entry.since);
+            if idle >= self.settings.idle_timeout {
+                continue;
             }
+            // A connection that sat idle for a while may have been closed by
+            // the server, or have stray bytes waiting that the next request
+            // would take for its response: look before reusing it. One that
+            // was released a moment ago (the steady state under load) skips
+            // the extra system call.
+            if idle >= self.settings.check_after && !ringway_core::socket::is_quiet(&entry.conn.stream) {
+                continue;
+            }
+            let mut conn = entry.conn;
+            conn.reused = true;
+            return Some(conn);
         }
         None
     }

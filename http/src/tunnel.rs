@@ -61,6 +61,7 @@ where
         client_buf,
         &mut upstream_write,
         chunk,
+        idle,
         &last_activity,
         canceller.handle(),
     );
@@ -69,6 +70,7 @@ where
         upstream_buf,
         &mut client_write,
         chunk,
+        idle,
         &last_activity,
         canceller.handle(),
     );
@@ -110,11 +112,15 @@ async fn read_cancelable<R: CancelableAsyncReadRent>(
     result
 }
 
+/// Copies one direction until its source ends. A write that the receiver
+/// does not take within `idle` ends the direction (a reader that stopped
+/// reading must not pin the tunnel forever).
 async fn copy_one_way<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
     from: &mut R,
     mut buf: BytesMut,
     to: &mut W,
     chunk: usize,
+    idle: Duration,
     last_activity: &Cell<Instant>,
     cancel: CancelHandle,
 ) -> u64 {
@@ -122,11 +128,12 @@ async fn copy_one_way<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
     loop {
         if !buf.is_empty() {
             moved += buf.len() as u64;
-            let (result, back) = write_all(to, buf).await;
-            buf = back;
-            buf.clear();
-            if result.is_err() {
-                break;
+            match monoio::time::timeout(idle, write_all(to, buf)).await {
+                Ok((Ok(()), back)) => {
+                    buf = back;
+                    buf.clear();
+                }
+                _ => break,
             }
             last_activity.set(Instant::now());
         }

@@ -10,7 +10,10 @@
 use std::{io::Write, net::IpAddr};
 
 use crate::{
-    head::{listed_in_connection, BodyFraming, HeaderKind, RequestHead, ResponseHead, Version},
+    head::{
+        absolute_form_authority, listed_in_connection, BodyFraming, HeaderKind, RequestHead, ResponseHead,
+        Version,
+    },
     limits::{ForwardedStyle, ProxyHeaders},
 };
 
@@ -20,19 +23,12 @@ const VIA: &[u8] = b"Via: 1.1 ringway\r\n";
 /// authority (RFC 9112 section 3.2.2); other forms stay as they are.
 /// Returns the target and, for absolute-form, the authority.
 pub(crate) fn origin_form(target: &[u8]) -> (&[u8], Option<&[u8]>) {
-    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
-        &target[7..]
-    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
-        &target[8..]
-    } else {
+    let Some(authority) = absolute_form_authority(target) else {
         return (target, None);
     };
-    match rest.iter().position(|&b| b == b'/' || b == b'?') {
-        Some(0) => (b"/", None),
-        Some(i) if rest[i] == b'/' => (&rest[i..], Some(&rest[..i])),
-        Some(i) => (&rest[i..], Some(&rest[..i])),
-        None => (b"/", Some(rest)),
-    }
+    let authority_end = authority.as_ptr() as usize - target.as_ptr() as usize + authority.len();
+    let rest = &target[authority_end..];
+    (if rest.is_empty() { b"/" } else { rest }, Some(authority))
 }
 
 /// What the engine decided about the request it forwards.

@@ -34,6 +34,12 @@ both_drivers!(
     head_responses_keep_content_length,
     hop_by_hop_fields_stay_on_their_hop,
     oversized_heads_get_431_and_long_targets_414,
+    status_line_without_reason_is_relayed,
+    h2c_upgrades_are_not_tunnelled,
+    idle_pooled_connection_with_stray_bytes_is_not_reused,
+    idle_pooled_connection_closed_by_the_server_is_not_used,
+    tunnel_to_a_client_that_stops_reading_is_closed,
+    absolute_form_targets_cannot_inject_fields,
 );
 
 fn content_length_bodies_pass_both_ways(driver: DriverChoice) {
@@ -384,10 +390,13 @@ fn ambiguous_upstream_response_is_502(driver: DriverChoice) {
 
 fn stale_pooled_connection_is_retried_once(driver: DriverChoice) {
     // The origin closes every connection after one response without saying
-    // so, which leaves a dead connection in the pool each time.
+    // so, which leaves a dead connection in the pool each time. The check
+    // before reuse is off, so the failure shows only when the request is sent.
     let origin =
         Origin::start(|_| Reply::BytesThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()));
-    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.pool.check_after = Duration::from_secs(3600);
+    let proxy = setup.start();
     let mut c = proxy.client();
     for _ in 0..4 {
         thread::sleep(Duration::from_millis(50));
@@ -523,4 +532,128 @@ fn oversized_heads_get_431_and_long_targets_414(driver: DriverChoice) {
     c.send(format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(600)).as_bytes());
     assert_eq!(c.response().status, 414);
     assert_eq!(origin.raw_bytes(), 0);
+}
+
+fn status_line_without_reason_is_relayed(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::Bytes(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok".to_vec()));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    let r = c.get("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+    assert_eq!(c.get("/").status, 200);
+}
+
+fn h2c_upgrades_are_not_tunnelled(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("plain"));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n");
+    assert_eq!(c.response().text(), "plain");
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.header("upgrade"), None, "h2c is not offered to the upstream");
+    assert_eq!(
+        seen.header("http2-settings"),
+        None,
+        "named in Connection: hop-by-hop"
+    );
+}
+
+fn idle_pooled_connection_with_stray_bytes_is_not_reused(driver: DriverChoice) {
+    // The first connection answers, then sends a second, unsolicited
+    // response a little later and stays open.
+    let origin = Origin::start(|req| {
+        if req.connection == 1 {
+            Reply::Raw(Box::new(|mut s: std::net::TcpStream| {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                    .unwrap();
+                thread::sleep(Duration::from_millis(20));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale");
+                thread::sleep(Duration::from_secs(2));
+            }))
+        } else {
+            Reply::ok("fresh")
+        }
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    assert_eq!(c.get("/").text(), "first");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.get("/").text(), "fresh", "the stray response went to nobody");
+    assert_eq!(origin.connections(), 2);
+}
+
+fn absolute_form_targets_cannot_inject_fields(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("reached"));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    for target in [
+        "http://a\",for=6.6.6.6;x=\"/",
+        "http://user@evil.test/",
+        "http://a\\b/",
+    ] {
+        let mut c = proxy.client();
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: ok.test\r\n\r\n").as_bytes());
+        assert_eq!(c.response().status, 400, "{target}");
+    }
+    // A valid absolute-form target wins over Host, as RFC 9112 says.
+    let mut c = proxy.client();
+    c.send(b"GET http://real.test/p?q HTTP/1.1\r\nHost: fake.test\r\n\r\n");
+    assert_eq!(c.response().text(), "reached");
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.target, "/p?q");
+    assert_eq!(seen.header("host"), Some("real.test"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("real.test"));
+    assert_eq!(origin.seen().len(), 1);
+}
+
+fn idle_pooled_connection_closed_by_the_server_is_not_used(driver: DriverChoice) {
+    // With the check before reuse on (the default), a connection the server
+    // closed while idle is dropped before any request goes out on it, so
+    // even a POST, which may not be retried, succeeds.
+    let origin = Origin::start(|req| {
+        let body = format!("{} {}", req.method, String::from_utf8_lossy(&req.body));
+        let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        Reply::BytesThenClose(out)
+    });
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    assert_eq!(c.get("/").text(), "GET ");
+    thread::sleep(Duration::from_millis(50));
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "POST x");
+    assert_eq!(origin.connections(), 2);
+}
+
+fn tunnel_to_a_client_that_stops_reading_is_closed(driver: DriverChoice) {
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<u64>();
+    let ended_tx = std::sync::Mutex::new(ended_tx);
+    let origin = Origin::start(move |_| {
+        let ended = ended_tx.lock().unwrap().clone();
+        Reply::Raw(Box::new(move |mut s: std::net::TcpStream| {
+            s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )
+            .unwrap();
+            let chunk = vec![b'w'; 64 * 1024];
+            let mut sent = 0u64;
+            // Floods until the proxy gives up on the tunnel.
+            while s.write_all(&chunk).is_ok() {
+                sent += chunk.len() as u64;
+            }
+            let _ = ended.send(sent);
+        }))
+    });
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.timeouts.tunnel_idle = Duration::from_millis(400);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    // The client reads nothing more.
+    let sent = ended_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proxy closed the tunnel of a client that stopped reading");
+    assert!(sent > 0);
 }
