@@ -71,6 +71,9 @@ def tool(name):
 
 def port_free(port):
     with socket.socket() as s:
+        # SO_REUSEADDR: connections in TIME_WAIT from an earlier run do not
+        # count, a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -105,8 +108,12 @@ def write_origin(tmp, load_cpus):
     files for the larger sizes (a config token cannot hold a 4 KiB body)."""
     www = tmp / "www"
     www.mkdir(exist_ok=True)
+    # nginx's workers run unprivileged: the files must be readable by all.
+    tmp.chmod(0o755)
+    www.chmod(0o755)
     for name, size in SIZES.items():
         (www / name).write_bytes(b"x" * size)
+        (www / name).chmod(0o644)
     conf = f"""# Origin for the comparison: answers fixed bodies as fast as nginx can.
 worker_processes 1;
 worker_cpu_affinity {cpu_mask(load_cpus[-1:])};
@@ -552,6 +559,11 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="ringway-compare-"))
     origin_conf = write_origin(tmp, load_cpus)
     origin = Proc("origin", [tool("nginx"), "-c", str(origin_conf), "-e", str(tmp / "origin-error.log")], load_cpus[-1:], ORIGIN_PORT)
+    for scenario in scenarios(args.quick):
+        check, _ = run_wrk(f"http://127.0.0.1:{ORIGIN_PORT}{scenario[1]}", 1, 1, load_cpus)
+        if check["errors"] or not check["requests"]:
+            origin.stop()
+            die(f"the origin does not answer {scenario[1]} with 2xx; see {tmp}/origin-error.log")
     running = {}
     try:
         for p in peers:
@@ -564,6 +576,8 @@ def main():
             for rnd in range(args.rounds):
                 for p in peers:
                     r = measure(running[p], scenario, args.seconds, load_cpus)
+                    if r["errors"]:
+                        die(f"{p} answered {r['errors']} requests with errors in [{name}]: not a valid measurement")
                     samples[p].append(r)
                     print(f"[{name}] round {rnd + 1} {p}: {r['rps']:.0f} req/s, {r['cpu_us_per_req']:.2f} CPU µs/req, p99 {fmt(r['p99_us'])} µs, errors {r['errors']}", flush=True)
                 d, _ = run_wrk(f"http://127.0.0.1:{ORIGIN_PORT}{scenario[1]}", scenario[2], args.seconds, load_cpus, scenario[3])

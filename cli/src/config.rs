@@ -7,19 +7,25 @@
 //! problem it finds, not only the first.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
-    net::{SocketAddr, ToSocketAddrs},
+    net::{IpAddr, SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use ringway_balancer::UpstreamGroup;
-use ringway_core::{DriverChoice, ListenerSpec, RuntimeConfig};
+use ringway_core::{dns::DnsConfig, DriverChoice, ListenerSpec, RuntimeConfig};
 use ringway_http::{
-    EngineSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders, RouteSpec, RouteTable, Timeouts,
-    MAX_HEADERS_CAP,
+    forward::{
+        acl::{Acl, Action, IpNet, Matcher, PortSet, Rule, TimeWindow},
+        auth::{BasicAuth, Htpasswd},
+        domains::DomainSet,
+        pac::Pac,
+    },
+    EngineSettings, ForwardSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders, RouteSpec,
+    RouteTable, Timeouts, MAX_HEADERS_CAP,
 };
 use serde::Deserialize;
 
@@ -39,6 +45,97 @@ pub(crate) struct ConfigFile {
     pub(crate) listeners: Vec<ListenerSection>,
     #[serde(default, rename = "upstream")]
     pub(crate) upstreams: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub(crate) acl: BTreeMap<String, AclSection>,
+    #[serde(default)]
+    pub(crate) auth: BTreeMap<String, AuthSection>,
+    #[serde(default)]
+    pub(crate) dns: DnsSection,
+}
+
+/// A value or a list of values (`"a"` or `["a", "b"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
+}
+
+impl<T> OneOrMany<T> {
+    pub(crate) fn items(&self) -> &[T] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A port (`443`) or a range (`"1025-65535"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PortValue {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AclSection {
+    pub(crate) default: Option<String>,
+    pub(crate) block_private: Option<bool>,
+    #[serde(default)]
+    pub(crate) private_allow: Vec<String>,
+    pub(crate) connect_ports: Option<Vec<PortValue>>,
+    #[serde(default, rename = "rule")]
+    pub(crate) rules: Vec<RuleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleSection {
+    pub(crate) name: Option<String>,
+    pub(crate) action: Option<String>,
+    pub(crate) src: Option<OneOrMany<String>>,
+    pub(crate) dst_domain: Option<OneOrMany<String>>,
+    pub(crate) dst_domain_file: Option<OneOrMany<String>>,
+    pub(crate) dst_regex: Option<OneOrMany<String>>,
+    pub(crate) dst_ip: Option<OneOrMany<String>>,
+    pub(crate) dst_port: Option<OneOrMany<PortValue>>,
+    pub(crate) method: Option<OneOrMany<String>>,
+    pub(crate) url_regex: Option<OneOrMany<String>>,
+    pub(crate) user: Option<OneOrMany<String>>,
+    pub(crate) group: Option<OneOrMany<String>>,
+    pub(crate) time: Option<OneOrMany<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    #[serde(rename = "type")]
+    pub(crate) kind: Option<String>,
+    pub(crate) htpasswd: Option<String>,
+    pub(crate) realm: Option<String>,
+    #[serde(default)]
+    pub(crate) groups: BTreeMap<String, Vec<String>>,
+    pub(crate) cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsSection {
+    #[serde(default)]
+    pub(crate) hosts: BTreeMap<String, OneOrMany<String>>,
+    pub(crate) servers: Option<Vec<String>>,
+    pub(crate) cache_ttl: Option<String>,
+    pub(crate) negative_ttl: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) system_hosts: Option<bool>,
 }
 
 /// `workers = 4` or `workers = "auto"`.
@@ -96,6 +193,12 @@ pub(crate) struct ListenerSection {
     pub(crate) via: Option<bool>,
     #[serde(default, rename = "route")]
     pub(crate) routes: Vec<RouteSection>,
+    pub(crate) acl: Option<String>,
+    pub(crate) auth: Option<String>,
+    pub(crate) forwarded_for: Option<String>,
+    pub(crate) pac: Option<String>,
+    pub(crate) pac_direct: Option<Vec<String>>,
+    pub(crate) deny_page: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +224,9 @@ pub(crate) enum ListenerMode {
         routes: Arc<RouteTable>,
         route_count: usize,
     },
+    Forward {
+        settings: Arc<ForwardSettings>,
+    },
 }
 
 /// A validated listener.
@@ -141,6 +247,7 @@ pub(crate) struct Config {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) upstreams: Vec<UpstreamGroup>,
     pub(crate) pool: PoolSettings,
+    pub(crate) dns: Arc<DnsConfig>,
 }
 
 /// One problem in a configuration file.
@@ -198,7 +305,47 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates `source`, read from `file`.
 pub(crate) fn parse(file: &Path, source: &str) -> Result<Config, ConfigErrors> {
-    let user: ConfigFile = toml::from_str(source).map_err(|e| {
+    let user: ConfigFile = from_toml(file, source)?;
+    let mut v = Validator::for_file(file);
+    let config = v.config(&user);
+    v.finish(file, source)?;
+    Ok(config)
+}
+
+/// A forward proxy on `listen` from the command line: the built-in policy,
+/// or the ACL in `acl_file` (the keys of an `[acl.NAME]` section, at the
+/// top level of that file).
+pub(crate) fn forward_quick(listen: SocketAddr, acl_file: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let source = format!("[[listener]]\nname = \"forward\"\nlisten = \"{listen}\"\nmode = \"forward\"\n");
+    let mut config = parse(Path::new("<command line>"), &source)?;
+    let Some(path) = acl_file else {
+        return Ok(config);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    let section: AclSection = from_toml(path, &text)?;
+    let mut v = Validator::for_file(path);
+    let acl = v.acl("file", &section, &KeyPath::root());
+    v.finish(path, &text)?;
+    if let (Some(acl), Some(listener)) = (acl, config.listeners.first_mut()) {
+        if let ListenerMode::Forward { settings } = &mut listener.mode {
+            let mut updated = (**settings).clone();
+            updated.acl = Arc::new(acl);
+            *settings = Arc::new(updated);
+        }
+    }
+    Ok(config)
+}
+
+/// Deserialises `source`, turning a syntax or type error into a located one.
+fn from_toml<T: serde::de::DeserializeOwned>(file: &Path, source: &str) -> Result<T, ConfigErrors> {
+    toml::from_str(source).map_err(|e| {
         let line = e
             .span()
             .map(|s| source[..s.start.min(source.len())].matches('\n').count() + 1);
@@ -208,23 +355,7 @@ pub(crate) fn parse(file: &Path, source: &str) -> Result<Config, ConfigErrors> {
             key: String::new(),
             message: e.message().trim().to_owned(),
         }])
-    })?;
-    let mut v = Validator { problems: Vec::new() };
-    let config = v.config(&user);
-    if v.problems.is_empty() {
-        return Ok(config);
-    }
-    Err(ConfigErrors(
-        v.problems
-            .into_iter()
-            .map(|(path, message)| ConfigError {
-                file: file.to_owned(),
-                line: line_of(source, &path),
-                key: path.to_string(),
-                message,
-            })
-            .collect(),
-    ))
+    })
 }
 
 /// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` (a whole number and a unit).
@@ -251,9 +382,36 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 struct Validator {
     problems: Vec<(KeyPath, String)>,
+    /// Directory that relative file names are taken from.
+    base: PathBuf,
 }
 
 impl Validator {
+    fn for_file(file: &Path) -> Self {
+        Self {
+            problems: Vec::new(),
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+
+    /// Every problem found, located in `source`, or `Ok` when there were none.
+    fn finish(self, file: &Path, source: &str) -> Result<(), ConfigErrors> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigErrors(
+            self.problems
+                .into_iter()
+                .map(|(path, message)| ConfigError {
+                    file: file.to_owned(),
+                    line: line_of(source, &path),
+                    key: path.to_string(),
+                    message,
+                })
+                .collect(),
+        ))
+    }
+
     fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
         self.problems.push((path, message.into()));
     }
@@ -304,7 +462,25 @@ impl Validator {
             &root.key("http"),
         );
         let upstreams = self.upstreams(&user.upstreams, &root.key("upstream"));
-        let listeners = self.listeners(&user.listeners, &upstreams, &settings, &root.key("listener"));
+        let mut acls: BTreeMap<String, Arc<Acl>> = BTreeMap::new();
+        for (name, section) in &user.acl {
+            if let Some(acl) = self.acl(name, section, &root.key("acl").key(name)) {
+                acls.insert(name.clone(), Arc::new(acl));
+            }
+        }
+        let mut auths: BTreeMap<String, Arc<BasicAuth>> = BTreeMap::new();
+        for (name, section) in &user.auth {
+            if let Some(auth) = self.auth(name, section, &root.key("auth").key(name)) {
+                auths.insert(name.clone(), Arc::new(auth));
+            }
+        }
+        let dns = self.dns(&user.dns, &root.key("dns"));
+        let named = Named {
+            upstreams: &upstreams,
+            acls: &acls,
+            auths: &auths,
+        };
+        let listeners = self.listeners(&user.listeners, &named, &settings, &root.key("listener"));
         Config {
             runtime,
             max_connections,
@@ -313,6 +489,7 @@ impl Validator {
             listeners,
             upstreams,
             pool,
+            dns: Arc::new(dns),
         }
     }
 
@@ -508,10 +685,11 @@ impl Validator {
     fn listeners(
         &mut self,
         sections: &[ListenerSection],
-        upstreams: &[UpstreamGroup],
+        named: &Named<'_>,
         settings: &EngineSettings,
         path: &KeyPath,
     ) -> Vec<Listener> {
+        let upstreams = named.upstreams;
         if sections.is_empty() {
             self.problem(
                 KeyPath::root().key("listener"),
@@ -563,11 +741,24 @@ impl Validator {
             if let Some(via) = l.via {
                 settings.proxy_headers.via = via;
             }
-            let mode = match l.mode.as_deref().unwrap_or("reverse") {
+            let mode_name = l.mode.as_deref().unwrap_or("reverse");
+            self.check_mode_keys(l, mode_name, &at);
+            let mode = match mode_name {
                 "reverse" => self.reverse_routes(l, &by_name, &at),
                 "forward" => {
-                    self.problem(at.key("mode"), "forward mode is not available yet");
-                    None
+                    settings.proxy_headers.forwarded = match l.forwarded_for.as_deref() {
+                        None | Some("append") => ForwardedStyle::AppendFor,
+                        Some("truncate") => ForwardedStyle::TruncateFor,
+                        Some("delete") => ForwardedStyle::DeleteFor,
+                        Some(other) => {
+                            self.problem(
+                                at.key("forwarded_for"),
+                                format!("unknown value {other:?}: expected \"append\", \"truncate\" or \"delete\""),
+                            );
+                            ForwardedStyle::AppendFor
+                        }
+                    };
+                    self.forward(l, &name, addr, named, &at)
                 }
                 other => {
                     self.problem(
@@ -586,6 +777,377 @@ impl Validator {
             }
         }
         listeners
+    }
+
+    /// Keys that belong to the other mode are errors, not silently ignored.
+    fn check_mode_keys(&mut self, l: &ListenerSection, mode: &str, at: &KeyPath) {
+        let forward_keys = [
+            ("acl", l.acl.is_some()),
+            ("auth", l.auth.is_some()),
+            ("forwarded_for", l.forwarded_for.is_some()),
+            ("pac", l.pac.is_some()),
+            ("pac_direct", l.pac_direct.is_some()),
+            ("deny_page", l.deny_page.is_some()),
+        ];
+        let reverse_keys = [
+            ("route", !l.routes.is_empty()),
+            ("forwarded", l.forwarded.is_some()),
+        ];
+        let (wrong, other) = match mode {
+            "reverse" => (&forward_keys[..], "forward"),
+            "forward" => (&reverse_keys[..], "reverse"),
+            _ => return,
+        };
+        for (key, present) in wrong {
+            if *present {
+                self.problem(at.key(key), format!("{key} applies to {other} listeners only"));
+            }
+        }
+    }
+
+    fn read_file(&mut self, at: KeyPath, name: &str) -> Option<(PathBuf, String)> {
+        let path = self.base.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some((path, text)),
+            Err(e) => {
+                self.problem(at, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn forward(
+        &mut self,
+        l: &ListenerSection,
+        name: &str,
+        addr: Option<SocketAddr>,
+        named: &Named<'_>,
+        at: &KeyPath,
+    ) -> Option<ListenerMode> {
+        let acl = match l.acl.as_deref() {
+            None => Arc::new(Acl::builtin()),
+            Some(acl) => match named.acls.get(acl) {
+                Some(found) => found.clone(),
+                None => {
+                    self.problem(at.key("acl"), format!("no [acl.{acl}] section"));
+                    return None;
+                }
+            },
+        };
+        let auth = match l.auth.as_deref() {
+            None => None,
+            Some(auth) => match named.auths.get(auth) {
+                Some(found) => Some(found.clone()),
+                None => {
+                    self.problem(at.key("auth"), format!("no [auth.{auth}] section"));
+                    return None;
+                }
+            },
+        };
+        if l.pac.is_some() && l.pac_direct.is_some() {
+            self.problem(
+                at.key("pac_direct"),
+                "use either pac (a file) or pac_direct (generated), not both",
+            );
+        }
+        let pac = if let Some(file) = &l.pac {
+            let (_, text) = self.read_file(at.key("pac"), file)?;
+            Some(Arc::new(Pac::File(text)))
+        } else if let Some(direct) = &l.pac_direct {
+            for (i, d) in direct.iter().enumerate() {
+                let bare = d.strip_prefix('.').unwrap_or(d);
+                let valid = !bare.is_empty()
+                    && bare
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+                if !valid {
+                    self.problem(at.key("pac_direct").index(i), format!("invalid domain {d:?}"));
+                }
+            }
+            Some(Arc::new(Pac::Generated {
+                direct: direct.clone(),
+                fallback: addr.map_or_else(|| "127.0.0.1:3128".to_owned(), |a| a.to_string()),
+            }))
+        } else {
+            None
+        };
+        let deny_page = match &l.deny_page {
+            Some(file) => Some(Arc::from(self.read_file(at.key("deny_page"), file)?.1)),
+            None => None,
+        };
+        Some(ListenerMode::Forward {
+            settings: Arc::new(ForwardSettings {
+                listener: name.to_owned(),
+                acl,
+                auth,
+                pac,
+                deny_page,
+            }),
+        })
+    }
+
+    fn action(&mut self, at: KeyPath, value: Option<&str>, default: Action) -> Action {
+        match value {
+            None => default,
+            Some("allow") => Action::Allow,
+            Some("deny") => Action::Deny,
+            Some(other) => {
+                self.problem(
+                    at,
+                    format!("unknown action {other:?}: expected \"allow\" or \"deny\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn nets(&mut self, at: &KeyPath, items: &[String]) -> Vec<IpNet> {
+        let mut nets = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.parse::<IpNet>() {
+                Ok(net) => nets.push(net),
+                Err(e) => self.problem(at.index(i), e),
+            }
+        }
+        nets
+    }
+
+    fn ports(&mut self, at: &KeyPath, items: &[PortValue]) -> PortSet {
+        let mut ranges = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let parsed = match item {
+                PortValue::Number(n) => match u16::try_from(*n) {
+                    Ok(p) if p > 0 => Ok((p, p)),
+                    _ => Err(format!("invalid port {n}")),
+                },
+                PortValue::Text(t) => PortSet::parse_range(t),
+            };
+            match parsed {
+                Ok(range) => ranges.push(range),
+                Err(e) => self.problem(at.index(i), e),
+            }
+        }
+        PortSet::new(ranges)
+    }
+
+    fn regexes(&mut self, at: &KeyPath, items: &[String]) -> Option<regex::RegexSet> {
+        for (i, item) in items.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(item) {
+                self.problem(at.index(i), format!("invalid regular expression: {e}"));
+                return None;
+            }
+        }
+        regex::RegexSet::new(items).ok()
+    }
+
+    /// The key of the `i`-th item of a value written as one item or a list.
+    fn item_key<T>(at: &KeyPath, value: &OneOrMany<T>, i: usize) -> KeyPath {
+        match value {
+            OneOrMany::One(_) => at.clone(),
+            OneOrMany::Many(_) => at.index(i),
+        }
+    }
+
+    fn domains(&mut self, rat: &KeyPath, r: &RuleSection) -> DomainSet {
+        let mut set = DomainSet::new();
+        if let Some(domains) = &r.dst_domain {
+            for (j, d) in domains.items().iter().enumerate() {
+                if set.insert(d).is_err() {
+                    let key = Self::item_key(&rat.key("dst_domain"), domains, j);
+                    self.problem(key, format!("invalid domain {d:?}"));
+                }
+            }
+        }
+        if let Some(files) = &r.dst_domain_file {
+            for (j, file) in files.items().iter().enumerate() {
+                let key = Self::item_key(&rat.key("dst_domain_file"), files, j);
+                if let Some((path, text)) = self.read_file(key.clone(), file) {
+                    let bad = set.extend_from_list(&text);
+                    if let Some((line, entry)) = bad.first() {
+                        let message = format!(
+                            "{}:{line}: invalid domain {entry:?} ({} invalid lines in all)",
+                            path.display(),
+                            bad.len()
+                        );
+                        self.problem(key, message);
+                    }
+                }
+            }
+        }
+        set
+    }
+
+    fn acl(&mut self, name: &str, a: &AclSection, at: &KeyPath) -> Option<Acl> {
+        let default = self.action(at.key("default"), a.default.as_deref(), Action::Deny);
+        let private_allow = self.nets(&at.key("private_allow"), &a.private_allow);
+        let connect_ports = match &a.connect_ports {
+            Some(ports) => self.ports(&at.key("connect_ports"), ports),
+            None => PortSet::new(vec![(443, 443)]),
+        };
+        let mut rules = Vec::with_capacity(a.rules.len());
+        for (i, r) in a.rules.iter().enumerate() {
+            let rat = at.key("rule").index(i);
+            let Some(action_text) = r.action.as_deref() else {
+                self.problem(
+                    rat.key("action"),
+                    "every rule needs an action: \"allow\" or \"deny\"",
+                );
+                continue;
+            };
+            let action = self.action(rat.key("action"), Some(action_text), Action::Deny);
+            let mut matchers = Vec::new();
+            if let Some(src) = &r.src {
+                matchers.push(Matcher::Src(self.nets(&rat.key("src"), src.items())));
+            }
+            if r.dst_domain.is_some() || r.dst_domain_file.is_some() {
+                matchers.push(Matcher::DstDomain(Arc::new(self.domains(&rat, r))));
+            }
+            if let Some(res) = &r.dst_regex {
+                if let Some(set) = self.regexes(&rat.key("dst_regex"), res.items()) {
+                    matchers.push(Matcher::DstRegex(set));
+                }
+            }
+            if let Some(ips) = &r.dst_ip {
+                matchers.push(Matcher::DstIp(self.nets(&rat.key("dst_ip"), ips.items())));
+            }
+            if let Some(ports) = &r.dst_port {
+                matchers.push(Matcher::DstPort(self.ports(&rat.key("dst_port"), ports.items())));
+            }
+            if let Some(methods) = &r.method {
+                for (j, m) in methods.items().iter().enumerate() {
+                    if m.is_empty()
+                        || !m
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        let key = Self::item_key(&rat.key("method"), methods, j);
+                        self.problem(key, format!("invalid method {m:?}"));
+                    }
+                }
+                matchers.push(Matcher::Method(methods.items().to_vec()));
+            }
+            if let Some(res) = &r.url_regex {
+                if let Some(set) = self.regexes(&rat.key("url_regex"), res.items()) {
+                    matchers.push(Matcher::UrlRegex(set));
+                }
+            }
+            if let Some(users) = &r.user {
+                matchers.push(Matcher::User(users.items().to_vec()));
+            }
+            if let Some(groups) = &r.group {
+                matchers.push(Matcher::Group(groups.items().to_vec()));
+            }
+            if let Some(times) = &r.time {
+                let mut windows = Vec::new();
+                for (j, t) in times.items().iter().enumerate() {
+                    match t.parse::<TimeWindow>() {
+                        Ok(w) => windows.push(w),
+                        Err(e) => self.problem(Self::item_key(&rat.key("time"), times, j), e),
+                    }
+                }
+                matchers.push(Matcher::Time(windows));
+            }
+            rules.push(Rule {
+                name: r.name.clone(),
+                action,
+                matchers,
+            });
+        }
+        Some(Acl {
+            name: name.to_owned(),
+            default,
+            block_private: a.block_private.unwrap_or(true),
+            private_allow,
+            connect_ports,
+            rules,
+        })
+    }
+
+    fn auth(&mut self, name: &str, a: &AuthSection, at: &KeyPath) -> Option<BasicAuth> {
+        match a.kind.as_deref() {
+            Some("basic") => {}
+            Some(other) => {
+                self.problem(
+                    at.key("type"),
+                    format!("unknown type {other:?}: only \"basic\" is supported"),
+                );
+                return None;
+            }
+            None => {
+                self.problem(at.key("type"), "missing type (\"basic\")");
+                return None;
+            }
+        }
+        let Some(file) = a.htpasswd.as_deref() else {
+            self.problem(at.key("htpasswd"), "missing htpasswd file");
+            return None;
+        };
+        let (path, text) = self.read_file(at.key("htpasswd"), file)?;
+        let users = match Htpasswd::parse(&text) {
+            Ok(users) => users,
+            Err(e) => {
+                self.problem(at.key("htpasswd"), format!("{}: {e}", path.display()));
+                return None;
+            }
+        };
+        for (group, members) in &a.groups {
+            for (i, member) in members.iter().enumerate() {
+                if !users.has_user(member) {
+                    let message = format!("user {member:?} is not in {}", path.display());
+                    self.problem(at.key("groups").key(group).index(i), message);
+                }
+            }
+        }
+        let groups: HashMap<String, Vec<String>> = a.groups.clone().into_iter().collect();
+        let realm = a.realm.clone().unwrap_or_else(|| "ringway".into());
+        let mut auth = BasicAuth::new(name.to_owned(), realm, users, &groups);
+        auth.cache_ttl = self.duration(at.key("cache_ttl"), a.cache_ttl.as_ref(), auth.cache_ttl);
+        Some(auth)
+    }
+
+    fn dns(&mut self, d: &DnsSection, at: &KeyPath) -> DnsConfig {
+        let mut config = DnsConfig::system();
+        if d.system_hosts == Some(false) {
+            config.hosts.clear();
+        }
+        for (name, addrs) in &d.hosts {
+            let mut ips = Vec::new();
+            for (i, a) in addrs.items().iter().enumerate() {
+                match a.parse::<IpAddr>() {
+                    Ok(ip) => ips.push(ip),
+                    Err(_) => {
+                        let key = Self::item_key(&at.key("hosts").key(name), addrs, i);
+                        self.problem(key, format!("invalid address {a:?}"));
+                    }
+                }
+            }
+            config
+                .hosts
+                .insert(name.trim_end_matches('.').to_ascii_lowercase(), ips);
+        }
+        if let Some(servers) = &d.servers {
+            config.servers.clear();
+            for (i, s) in servers.iter().enumerate() {
+                let parsed = s
+                    .parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+                match parsed {
+                    Ok(addr) => config.servers.push(addr),
+                    Err(_) => self.problem(
+                        at.key("servers").index(i),
+                        format!("invalid server {s:?}: expected IP or IP:PORT"),
+                    ),
+                }
+            }
+        }
+        config.cache_ttl = self.duration(at.key("cache_ttl"), d.cache_ttl.as_ref(), config.cache_ttl);
+        config.negative_ttl = self.duration(
+            at.key("negative_ttl"),
+            d.negative_ttl.as_ref(),
+            config.negative_ttl,
+        );
+        config.timeout = self.duration(at.key("timeout"), d.timeout.as_ref(), config.timeout);
+        config
     }
 
     fn reverse_routes(
@@ -639,6 +1201,13 @@ impl Validator {
             }
         }
     }
+}
+
+/// The named sections listeners refer to.
+struct Named<'a> {
+    upstreams: &'a [UpstreamGroup],
+    acls: &'a BTreeMap<String, Arc<Acl>>,
+    auths: &'a BTreeMap<String, Arc<BasicAuth>>,
 }
 
 /// An upstream server address: `IP:PORT`, or `host:port` resolved once now.

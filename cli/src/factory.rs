@@ -1,21 +1,23 @@
 //! Wiring: from the validated configuration to running workers.
 //!
 //! This is the one place where every layer meets, in order: the server
-//! settings (core), then on each worker thread one upstream pool shared by
-//! that worker's listeners, and per listener its handler (reverse: the route
-//! table and per-worker balancers) inside an HTTP engine.
+//! settings (core), then on each worker thread one upstream pool and one
+//! DNS resolver shared by that worker's listeners, and per listener its
+//! handler (reverse: the route table and per-worker balancers; forward: the
+//! ACL, authentication and PAC settings) inside an HTTP engine.
 
 use std::{net::SocketAddr, rc::Rc};
 
 use monoio::net::TcpStream;
-use ringway_core::{ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
-use ringway_http::{ClientInfo, Engine, ReverseHandler, UpstreamPool};
+use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+use ringway_http::{ClientInfo, Engine, ForwardHandler, ReverseHandler, UpstreamPool};
 
 use crate::config::{Config, ListenerMode};
 
 /// One listener's engine on one worker.
 enum ListenerEngine {
     Reverse(Engine<ReverseHandler>),
+    Forward(Engine<ForwardHandler>),
 }
 
 /// Everything one worker serves with.
@@ -31,6 +33,7 @@ impl WorkerApp for WorkerListeners {
         let client = ClientInfo { peer, local: *local };
         match engine {
             ListenerEngine::Reverse(e) => e.serve(stream, client, &conn).await,
+            ListenerEngine::Forward(e) => e.serve(stream, client, &conn).await,
         }
     }
 }
@@ -49,19 +52,20 @@ pub(crate) fn start(config: &Config) -> std::io::Result<ServerHandle> {
 
 fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
     let pool = Rc::new(UpstreamPool::new(config.pool));
+    let resolver = Rc::new(Resolver::new(config.dns.clone()));
     let engines = config
         .listeners
         .iter()
         .map(|l| {
+            let name = &l.spec.name;
             let engine = match &l.mode {
                 ListenerMode::Reverse { routes, .. } => {
                     let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index);
-                    ListenerEngine::Reverse(Engine::new(
-                        &l.spec.name,
-                        handler,
-                        l.settings.clone(),
-                        Rc::clone(&pool),
-                    ))
+                    ListenerEngine::Reverse(Engine::new(name, handler, l.settings.clone(), Rc::clone(&pool)))
+                }
+                ListenerMode::Forward { settings } => {
+                    let handler = ForwardHandler::new(settings.clone(), Rc::clone(&resolver));
+                    ListenerEngine::Forward(Engine::new(name, handler, l.settings.clone(), Rc::clone(&pool)))
                 }
             };
             (engine, l.spec.addr)

@@ -2,19 +2,22 @@
 //! configuration, starts the workers and stops them on SIGINT/SIGTERM.
 
 mod config;
+mod explain;
 mod factory;
 mod locate;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use ringway_balancer::UpstreamGroup;
-use ringway_core::{DriverChoice, ListenerSpec, RuntimeConfig};
-use ringway_http::{EngineSettings, PoolSettings, RouteSpec, RouteTable};
+use clap::{Args, Parser, Subcommand};
+use ringway_core::DriverChoice;
 use signal_hook::{consts::signal::*, iterator::Signals};
 
-use crate::config::{Config, Listener, ListenerMode};
+use crate::config::{Config, ListenerMode};
 
 /// The configuration `ringway` runs with when given no arguments.
 const DEFAULT_CONFIG: &str = include_str!("../../examples/default.toml");
@@ -23,7 +26,9 @@ const DEFAULT_CONFIG: &str = include_str!("../../examples/default.toml");
 #[command(
     name = "ringway",
     version,
-    about = "A forward and reverse HTTP proxy on thread-per-core io_uring runtimes"
+    about = "A forward and reverse HTTP proxy on thread-per-core io_uring runtimes",
+    long_about = "A forward and reverse HTTP proxy on thread-per-core io_uring runtimes.\n\n\
+                  With no arguments, runs a forward proxy on 127.0.0.1:3128 with the built-in safe policy."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,19 +57,83 @@ enum Command {
         /// An upstream server (repeat for several; round robin).
         #[arg(long, required = true)]
         upstream: Vec<SocketAddr>,
-        /// Worker threads (default: one per CPU).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// I/O driver: auto, uring or legacy.
-        #[arg(long, default_value = "auto")]
-        driver: String,
-        /// Do not pin workers to CPUs.
-        #[arg(long)]
-        no_pin: bool,
-        /// Log one line per request.
-        #[arg(long)]
-        access_log: bool,
+        #[command(flatten)]
+        tuning: Tuning,
     },
+    /// Run a forward proxy from the command line, no file needed.
+    Forward {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3128")]
+        listen: SocketAddr,
+        /// A TOML file with the keys of an [acl.NAME] section at its top
+        /// level (default, block_private, private_allow, connect_ports,
+        /// [[rule]]); without it, the built-in safe policy.
+        #[arg(long)]
+        acl_file: Option<PathBuf>,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Inspect access-control lists.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCommand {
+    /// Print what a forward listener would decide for a request.
+    Explain {
+        /// The TOML configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The forward listener's name.
+        #[arg(long)]
+        listener: String,
+        /// The client's address.
+        #[arg(long, default_value = "127.0.0.1")]
+        src: IpAddr,
+        /// The authenticated user (for user and group rules).
+        #[arg(long)]
+        user: Option<String>,
+        /// The method of a plain HTTP request.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A URL (http://host/path) or host:port (a CONNECT).
+        target: String,
+    },
+}
+
+/// Options of the command-line proxies.
+#[derive(Debug, Args)]
+struct Tuning {
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// I/O driver: auto, uring or legacy.
+    #[arg(long, default_value = "auto")]
+    driver: String,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Log one line per request.
+    #[arg(long)]
+    access_log: bool,
+}
+
+impl Tuning {
+    fn apply(&self, mut config: Config) -> anyhow::Result<Config> {
+        config.runtime.driver = self.driver.parse::<DriverChoice>().map_err(anyhow::Error::msg)?;
+        config.runtime.pin_cpus = !self.no_pin;
+        if let Some(n) = self.workers {
+            anyhow::ensure!((1..=1024).contains(&n), "--workers must be from 1 to 1024");
+            config.runtime.workers = n;
+        }
+        for l in &mut config.listeners {
+            l.settings.access_log = self.access_log;
+        }
+        Ok(config)
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,11 +145,38 @@ fn main() -> ExitCode {
         Some(Command::Reverse {
             listen,
             upstream,
-            workers,
-            driver,
-            no_pin,
-            access_log,
-        }) => quick_reverse(listen, upstream, workers, &driver, !no_pin, access_log).and_then(|c| run(&c)),
+            tuning,
+        }) => quick_reverse(listen, &upstream)
+            .and_then(|c| tuning.apply(c))
+            .and_then(|c| run(&c)),
+        Some(Command::Forward {
+            listen,
+            acl_file,
+            tuning,
+        }) => config::forward_quick(listen, acl_file.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|c| tuning.apply(c))
+            .and_then(|c| run(&c)),
+        Some(Command::Acl {
+            command:
+                AclCommand::Explain {
+                    config,
+                    listener,
+                    src,
+                    user,
+                    method,
+                    target,
+                },
+        }) => load(&config).and_then(|c| {
+            let request = explain::Request {
+                listener: &listener,
+                src,
+                user: user.as_deref(),
+                method: &method,
+                target: &target,
+            };
+            explain::explain(&c, &request)
+        }),
     };
     match result {
         Ok(code) => code,
@@ -91,18 +187,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(config::load(path)?)
 }
 
 fn parse_embedded_default() -> anyhow::Result<Config> {
-    Ok(config::parse(
-        std::path::Path::new("<embedded default>"),
-        DEFAULT_CONFIG,
-    )?)
+    Ok(config::parse(Path::new("<embedded default>"), DEFAULT_CONFIG)?)
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(c) => {
             print!("{}", summary(path, &c));
@@ -116,7 +209,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 /// The one-screen summary `ringway check` prints for a valid file.
-fn summary(path: &std::path::Path, c: &Config) -> String {
+fn summary(path: &Path, c: &Config) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
@@ -139,6 +232,24 @@ fn summary(path: &std::path::Path, c: &Config) -> String {
                     l.spec.name, l.spec.addr
                 );
             }
+            ListenerMode::Forward { settings } => {
+                let acl = &settings.acl;
+                let auth = settings
+                    .auth
+                    .as_ref()
+                    .map_or("none".to_owned(), |a| format!("{:?}", a.name));
+                let _ = writeln!(
+                    out,
+                    "listener {:?}: {} forward, acl {:?} ({} rules, default {:?}, block_private {}), auth {auth}, pac {}",
+                    l.spec.name,
+                    l.spec.addr,
+                    acl.name,
+                    acl.rules.len(),
+                    acl.default,
+                    acl.block_private,
+                    if settings.pac.is_some() { "/proxy.pac" } else { "off" },
+                );
+            }
         }
     }
     for u in &c.upstreams {
@@ -148,51 +259,16 @@ fn summary(path: &std::path::Path, c: &Config) -> String {
     out
 }
 
-fn quick_reverse(
-    listen: SocketAddr,
-    upstream: Vec<SocketAddr>,
-    workers: Option<usize>,
-    driver: &str,
-    pin_cpus: bool,
-    access_log: bool,
-) -> anyhow::Result<Config> {
-    let mut runtime = RuntimeConfig {
-        driver: driver.parse().map_err(anyhow::Error::msg)?,
-        pin_cpus,
-        ..RuntimeConfig::default()
-    };
-    if let Some(n) = workers {
-        anyhow::ensure!(n >= 1, "--workers must be at least 1");
-        runtime.workers = n;
-    }
-    let routes = RouteTable::new(&[RouteSpec {
-        host: None,
-        path_prefix: "/".into(),
-        upstream: 0,
-    }])
-    .map_err(anyhow::Error::msg)?;
-    Ok(Config {
-        runtime,
-        max_connections: 100_000,
-        shutdown_timeout: std::time::Duration::from_secs(30),
-        log_level: None,
-        listeners: vec![Listener {
-            spec: ListenerSpec::new("reverse", listen),
-            mode: ListenerMode::Reverse {
-                routes: Arc::new(routes),
-                route_count: 1,
-            },
-            settings: EngineSettings {
-                access_log,
-                ..EngineSettings::default()
-            },
-        }],
-        upstreams: vec![UpstreamGroup {
-            name: "default".into(),
-            servers: upstream,
-        }],
-        pool: PoolSettings::default(),
-    })
+/// A reverse proxy on `listen` in front of `upstreams`, validated like a file.
+fn quick_reverse(listen: SocketAddr, upstreams: &[SocketAddr]) -> anyhow::Result<Config> {
+    let servers: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    let source = format!(
+        "[[listener]]\nname = \"reverse\"\nlisten = \"{listen}\"\nmode = \"reverse\"\n\n\
+         [[listener.route]]\nupstream = \"default\"\n\n\
+         [[upstream]]\nname = \"default\"\nservers = [{}]\n",
+        servers.join(", ")
+    );
+    Ok(config::parse(Path::new("<command line>"), &source)?)
 }
 
 fn init_logging(level: Option<&str>) {
@@ -210,10 +286,15 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let server = factory::start(config).context("starting")?;
     for (listener, addr) in config.listeners.iter().zip(server.local_addrs()) {
-        let mode = match listener.mode {
-            ListenerMode::Reverse { .. } => "reverse proxy",
-        };
-        tracing::info!("listener {:?}: {mode} on {addr}", listener.spec.name);
+        match listener.mode {
+            ListenerMode::Reverse { .. } => {
+                tracing::info!("listener {:?}: reverse proxy on {addr}", listener.spec.name);
+            }
+            ListenerMode::Forward { .. } => {
+                tracing::info!("listener {:?}: forward proxy on {addr}", listener.spec.name);
+                println!("ringway: forward proxy on {addr}; try: curl -x http://{addr} https://example.com");
+            }
+        }
     }
     if let Some(signal) = signals.forever().next() {
         tracing::info!(

@@ -9,6 +9,7 @@
 //!
 //! The HTTP engine plugs in as a [`WorkerApp`], built on each worker thread.
 
+pub mod dns;
 mod error;
 mod listener;
 pub mod runtime;

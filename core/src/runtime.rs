@@ -87,6 +87,8 @@ pub struct RuntimeConfig {
     pub pin_cpus: bool,
     /// io_uring submission queue entries per worker.
     pub ring_entries: u32,
+    /// Threads for blocking work shared by all workers (password hashing).
+    pub blocking_threads: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -96,6 +98,7 @@ impl Default for RuntimeConfig {
             driver: DriverChoice::Auto,
             pin_cpus: true,
             ring_entries: 1024,
+            blocking_threads: 2,
         }
     }
 }
@@ -112,12 +115,22 @@ pub(crate) fn pin_current_thread(cpu: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
 }
 
+/// The thread pool that runs blocking work (`monoio::spawn_blocking`) for
+/// every worker, such as password hashing: shared, so a worker's own thread
+/// never blocks.
+pub(crate) type BlockingPool = monoio::blocking::DefaultThreadPool;
+
 /// Builds a runtime with the chosen driver on the calling thread and runs the
 /// future that `make` returns on it to completion.
 ///
 /// `make` is told which driver was picked. Fails when the chosen driver
 /// cannot be built (for `Auto`, only when epoll fails too).
-pub(crate) fn block_on<Fut, F>(choice: DriverChoice, entries: u32, make: F) -> io::Result<Fut::Output>
+pub(crate) fn block_on<Fut, F>(
+    choice: DriverChoice,
+    entries: u32,
+    pool: &BlockingPool,
+    make: F,
+) -> io::Result<Fut::Output>
 where
     F: FnOnce(DriverKind) -> Fut,
     Fut: Future,
@@ -126,7 +139,7 @@ where
         DriverChoice::Legacy => None,
         DriverChoice::Uring | DriverChoice::Auto => {
             if monoio::utils::detect_uring() {
-                match build_uring(entries) {
+                match build_uring(entries, pool) {
                     Ok((mut rt, flags)) => return Ok(rt.block_on(make(DriverKind::Uring(flags)))),
                     Err(e) => Some(e),
                 }
@@ -144,7 +157,10 @@ where
         }
         tracing::warn!("io_uring unavailable ({e}); falling back to the epoll driver");
     }
-    let mut rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
+    let mut rt = RuntimeBuilder::<LegacyDriver>::new()
+        .attach_thread_pool(Box::new(pool.clone()))
+        .enable_timer()
+        .build()?;
     Ok(rt.block_on(make(DriverKind::Legacy)))
 }
 
@@ -152,7 +168,7 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>;
 
 /// Creates an io_uring runtime with the strongest setup flags the kernel
 /// accepts: each step drops the flag that the newest kernels introduced.
-fn build_uring(entries: u32) -> io::Result<(UringRuntime, RingFlags)> {
+fn build_uring(entries: u32, pool: &BlockingPool) -> io::Result<(UringRuntime, RingFlags)> {
     let mut last_error = None;
     for flags in [RingFlags::Deferred, RingFlags::Cooperative, RingFlags::Plain] {
         let mut ring = io_uring::IoUring::builder();
@@ -166,6 +182,7 @@ fn build_uring(entries: u32) -> io::Result<(UringRuntime, RingFlags)> {
         let built = RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(entries)
             .uring_builder(ring)
+            .attach_thread_pool(Box::new(pool.clone()))
             .enable_timer()
             .build();
         match built {
@@ -190,13 +207,28 @@ mod tests {
 
     #[test]
     fn legacy_runtime_runs_a_future() {
-        let out = block_on(DriverChoice::Legacy, 256, |kind| async move { kind }).unwrap();
+        let pool = BlockingPool::new(1);
+        let out = block_on(DriverChoice::Legacy, 256, &pool, |kind| async move { kind }).unwrap();
         assert_eq!(out, DriverKind::Legacy);
     }
 
     #[test]
+    fn blocking_work_runs_off_the_worker() {
+        let pool = BlockingPool::new(1);
+        let worker = std::thread::current().id();
+        let ran_on = block_on(DriverChoice::Legacy, 256, &pool, |_| async move {
+            monoio::spawn_blocking(|| std::thread::current().id())
+                .await
+                .unwrap()
+        })
+        .unwrap();
+        assert_ne!(ran_on, worker);
+    }
+
+    #[test]
     fn auto_prefers_uring_when_the_kernel_has_it() {
-        let out = block_on(DriverChoice::Auto, 256, |kind| async move { kind }).unwrap();
+        let pool = BlockingPool::new(1);
+        let out = block_on(DriverChoice::Auto, 256, &pool, |kind| async move { kind }).unwrap();
         if monoio::utils::detect_uring() {
             assert!(matches!(out, DriverKind::Uring(_)), "{out}");
         } else {

@@ -143,6 +143,7 @@ where
     let (mut sockets, local_addrs) = bind_all(&config.listeners, workers)?;
     let cpus = runtime::available_cpus();
     let factory = Arc::new(factory);
+    let blocking = runtime::BlockingPool::new(config.runtime.blocking_threads.max(1));
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<WorkerInfo>>();
     let mut handle = ServerHandle {
         local_addrs,
@@ -167,6 +168,7 @@ where
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
             runtime: config.runtime.clone(),
+            blocking: blocking.clone(),
         };
         let factory = Arc::clone(&factory);
         let ready = ready_tx.clone();
@@ -199,6 +201,7 @@ struct WorkerSetup {
     max_connections: usize,
     shutdown_timeout: Duration,
     runtime: RuntimeConfig,
+    blocking: runtime::BlockingPool,
 }
 
 fn run_worker<F, A>(setup: WorkerSetup, factory: &F, ready: mpsc::Sender<io::Result<WorkerInfo>>)
@@ -215,10 +218,16 @@ where
         );
     }
     let index = setup.index;
-    let result = runtime::block_on(setup.runtime.driver, setup.runtime.ring_entries, |driver| {
-        let info = WorkerInfo { index, cpu, driver };
-        worker_main(setup, info, factory, ready.clone())
-    });
+    let blocking = setup.blocking.clone();
+    let result = runtime::block_on(
+        setup.runtime.driver,
+        setup.runtime.ring_entries,
+        &blocking,
+        |driver| {
+            let info = WorkerInfo { index, cpu, driver };
+            worker_main(setup, info, factory, ready.clone())
+        },
+    );
     if let Err(e) = result {
         let _ = ready.send(Err(io::Error::new(
             e.kind(),

@@ -11,10 +11,20 @@
 //! and mapping every error to one answer: a status for the client, or a
 //! closed connection when an answer is no longer possible.
 
-use std::{borrow::Cow, future::Future, io, net::SocketAddr, rc::Rc, time::Instant};
+use std::{
+    borrow::Cow,
+    future::Future,
+    io,
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use bytes::{Buf, BytesMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split};
+use monoio::{
+    io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split},
+    net::TcpStream,
+};
 use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side};
 
 use crate::{
@@ -24,15 +34,43 @@ use crate::{
     io::{io_error, read_some, timed, write_vec},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
-    tunnel::tunnel,
+    tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
     write::{end_head, local_response, request_head, response_head, ClientResponse, UpstreamRequest},
 };
 
-/// A client connection the engine can serve: any monoio stream that can be
+/// A client connection the engine can serve: a monoio stream that can be
 /// split into halves (for tunnels) and whose reads can be cancelled.
-pub trait ClientStream: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + 'static {}
+pub trait ClientStream:
+    AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + Sized + 'static
+{
+    /// Tunnels bytes between this connection and `upstream` until both
+    /// directions end (CONNECT, upgrades). `client_buf` and `upstream_buf`
+    /// hold bytes already read from each side. The default copies through
+    /// user-space buffers; TCP clients splice.
+    fn tunnel_with(
+        self,
+        client_buf: BytesMut,
+        upstream: TcpStream,
+        upstream_buf: BytesMut,
+        idle: Duration,
+        chunk: usize,
+    ) -> impl Future<Output = TunnelBytes> {
+        copy_tunnel(self, client_buf, upstream, upstream_buf, idle, chunk)
+    }
+}
 
-impl<T> ClientStream for T where T: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + 'static {}
+impl ClientStream for TcpStream {
+    fn tunnel_with(
+        self,
+        client_buf: BytesMut,
+        upstream: TcpStream,
+        upstream_buf: BytesMut,
+        idle: Duration,
+        _chunk: usize,
+    ) -> impl Future<Output = TunnelBytes> {
+        splice_tunnel(self, client_buf, upstream, upstream_buf, idle)
+    }
+}
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,26 +86,57 @@ pub struct ClientInfo {
 pub struct LocalReply {
     /// Status code.
     pub status: u16,
-    /// Body, sent as `text/plain`.
+    /// Content-Type of the body.
+    pub content_type: &'static str,
+    /// Body.
     pub body: Cow<'static, str>,
+    /// Further header lines, each `Name: value\r\n`.
+    pub headers: String,
 }
 
 impl LocalReply {
-    /// A reply with `status` and the standard short body for it.
+    /// A reply with `status` and the standard short text body for it.
     pub fn status(status: u16) -> Self {
         let reason = reason_phrase(status);
+        Self::new(
+            status,
+            "text/plain; charset=utf-8",
+            format!("{status} {reason}\n"),
+        )
+    }
+
+    /// A reply with `status`, a body and its content type.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
-            body: Cow::Owned(format!("{status} {reason}\n")),
+            content_type,
+            body: body.into(),
+            headers: String::new(),
         }
+    }
+
+    /// The same reply with one more header field (CR and LF are dropped).
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        let clean = |s: &str| s.chars().filter(|&c| c != '\r' && c != '\n').collect::<String>();
+        self.headers.push_str(&clean(name));
+        self.headers.push_str(": ");
+        self.headers.push_str(&clean(value));
+        self.headers.push_str("\r\n");
+        self
     }
 }
 
 /// Where a request goes, as the handler decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Forward to this upstream server.
+    /// Forward to this upstream server (reverse proxy).
     Upstream(SocketAddr),
+    /// Forward to the first of these addresses that accepts a connection
+    /// (forward proxy: the destination's permitted addresses).
+    Forward(Rc<[SocketAddr]>),
+    /// CONNECT: open a tunnel to the first of these addresses that accepts.
+    Connect(Rc<[SocketAddr]>),
     /// Answer directly.
     Reply(LocalReply),
 }
@@ -119,6 +188,7 @@ struct ConnBuffers {
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// Serves client connections for one listener on one worker.
 pub struct Engine<H> {
@@ -182,11 +252,32 @@ impl<H: Handler> Engine<H> {
                 Outcome::KeepAlive => {}
                 Outcome::Close => return,
                 Outcome::Upgrade(up) => {
-                    let UpstreamConn { stream, rbuf, .. } = up;
+                    let UpstreamConn {
+                        stream, rbuf, addr, ..
+                    } = up;
                     let client_buf = std::mem::take(&mut st.rbuf);
                     drop(st);
-                    let t = &self.settings.timeouts;
-                    tunnel(io, client_buf, stream, rbuf, t.tunnel_idle, size).await;
+                    let idle = self.settings.timeouts.tunnel_idle;
+                    let moved = io.tunnel_with(client_buf, stream, rbuf, idle, size).await;
+                    tracing::debug!(
+                        listener = &*self.listener,
+                        client = %client.peer,
+                        upstream = %addr,
+                        bytes_up = moved.upstream,
+                        bytes_down = moved.downstream,
+                        "tunnel closed"
+                    );
+                    if self.settings.access_log {
+                        tracing::info!(
+                            target: "ringway::access",
+                            listener = &*self.listener,
+                            client = %client.peer,
+                            upstream = %addr,
+                            bytes_up = moved.upstream,
+                            bytes_down = moved.downstream,
+                            "tunnel closed"
+                        );
+                    }
                     return;
                 }
             }
@@ -261,17 +352,19 @@ impl<H: Handler> Engine<H> {
         client: &ClientInfo,
         conn: &ConnCtx,
     ) -> (Outcome, u16) {
-        let addr = match self.handler.route(&st.req, client).await {
-            Route::Upstream(addr) => addr,
+        let route = self.handler.route(&st.req, client).await;
+        let result = match &route {
+            Route::Upstream(addr) => self.proxy(io, st, client, conn, std::slice::from_ref(addr)).await,
+            Route::Forward(addrs) => self.proxy(io, st, client, conn, addrs).await,
+            Route::Connect(addrs) => self.connect_tunnel(io, st, addrs).await,
             Route::Reply(reply) => {
                 // An unread request body leaves the connection unusable.
                 let close = st.req.wants_close() || conn.is_draining() || st.req.body() != BodyFraming::None;
                 st.wbuf.clear();
                 local_response(
                     &mut st.wbuf,
-                    reply.status,
+                    reply,
                     reason_phrase(reply.status),
-                    reply.body.as_bytes(),
                     close,
                     self.settings.proxy_headers.via,
                 );
@@ -284,7 +377,7 @@ impl<H: Handler> Engine<H> {
                 return (outcome, reply.status);
             }
         };
-        match self.proxy(io, st, client, conn, addr).await {
+        match result {
             Ok(done) => done,
             Err(failure) => {
                 let status = if failure.responded {
@@ -304,7 +397,7 @@ impl<H: Handler> Engine<H> {
         st: &mut ConnBuffers,
         client: &ClientInfo,
         conn: &ConnCtx,
-        addr: SocketAddr,
+        candidates: &[SocketAddr],
     ) -> std::result::Result<(Outcome, u16), Failure> {
         let s = &self.settings;
         let t = &s.timeouts;
@@ -325,9 +418,10 @@ impl<H: Handler> Engine<H> {
         }
         let mut up = self
             .pool
-            .get(addr, t.connect, s.buffer_size)
+            .get(candidates, t.connect, s.buffer_size)
             .await
             .map_err(Failure::before)?;
+        let addr = up.addr;
 
         wbuf.clear();
         let upstream_request = UpstreamRequest {
@@ -520,9 +614,37 @@ impl<H: Handler> Engine<H> {
     async fn reconnect(&self, addr: SocketAddr) -> std::result::Result<UpstreamConn, Failure> {
         let s = &self.settings;
         self.pool
-            .connect(addr, s.timeouts.connect, s.buffer_size)
+            .connect(std::slice::from_ref(&addr), s.timeouts.connect, s.buffer_size)
             .await
             .map_err(Failure::before)
+    }
+
+    /// CONNECT: connects to the first address that accepts, answers
+    /// `200 Connection established`, and hands the connection to the tunnel.
+    async fn connect_tunnel<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        candidates: &[SocketAddr],
+    ) -> std::result::Result<(Outcome, u16), Failure> {
+        let s = &self.settings;
+        if st.req.body() != BodyFraming::None {
+            return Err(Failure::before(Error::new(
+                ErrorKind::InvalidHttp,
+                Side::Downstream,
+                "CONNECT with a body",
+            )));
+        }
+        let up = self
+            .pool
+            .connect(candidates, s.timeouts.connect, s.buffer_size)
+            .await
+            .map_err(Failure::before)?;
+        let mut established = ESTABLISHED.to_vec();
+        self.write_client(io, &mut established)
+            .await
+            .map_err(Failure::after)?;
+        Ok((Outcome::Upgrade(up), 200))
     }
 
     async fn read_response_head(&self, up: &mut UpstreamConn, resp: &mut ResponseHead) -> Result<()> {
@@ -573,13 +695,11 @@ impl<H: Handler> Engine<H> {
             return 0;
         };
         wbuf.clear();
-        let reason = reason_phrase(status);
-        let body = format!("{status} {reason}\n");
+        let reply = LocalReply::status(status);
         local_response(
             wbuf,
-            status,
-            reason,
-            body.as_bytes(),
+            &reply,
+            reason_phrase(status),
             true,
             self.settings.proxy_headers.via,
         );

@@ -6,6 +6,8 @@
 //!   bodies streamed both ways, upgrades), asking a [`Handler`] where each
 //!   request goes.
 //! - [`ReverseHandler`] and [`RouteTable`]: reverse proxy mode.
+//! - [`ForwardHandler`] ([`forward`]): forward proxy mode, with ACLs,
+//!   proxy authentication, safe destination parsing and the PAC file.
 //! - [`UpstreamPool`]: the worker's idle upstream connections.
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
 #![forbid(unsafe_code)]
@@ -13,6 +15,7 @@
 mod body;
 mod chunked;
 mod engine;
+pub mod forward;
 pub mod head;
 mod io;
 mod limits;
@@ -22,6 +25,7 @@ mod tunnel;
 mod write;
 
 pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route};
+pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use limits::{EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, MAX_HEADERS_CAP};
 pub use pool::{PoolSettings, UpstreamPool};

@@ -64,13 +64,23 @@ impl Default for Timeouts {
 /// How the proxy tells the upstream who the client was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ForwardedStyle {
-    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`
+    /// (reverse proxy default).
     #[default]
     XForwarded,
     /// RFC 7239 `Forwarded: for=...;proto=...;host=...` (appended).
     Rfc7239,
-    /// Neither.
+    /// Add nothing; pass what the client sent.
     Off,
+    /// `X-Forwarded-For` only, the client's address appended (forward
+    /// proxy `forwarded_for = "append"`).
+    AppendFor,
+    /// `X-Forwarded-For` replaced by the client's address alone
+    /// (`forwarded_for = "truncate"`).
+    TruncateFor,
+    /// No `X-Forwarded-For` at all, the client's one removed
+    /// (`forwarded_for = "delete"`).
+    DeleteFor,
 }
 
 /// The headers the proxy adds.

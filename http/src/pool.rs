@@ -113,30 +113,42 @@ impl UpstreamPool {
         (self.created.get(), self.reused.get())
     }
 
-    /// An idle connection to `addr`, or a new one.
+    /// An idle connection to one of `candidates`, or a new one to the first
+    /// that accepts.
     pub(crate) async fn get(
         &self,
-        addr: SocketAddr,
+        candidates: &[SocketAddr],
         connect_timeout: Duration,
         buffer_size: usize,
     ) -> Result<UpstreamConn> {
-        if let Some(conn) = self.take(addr) {
-            self.reused.set(self.reused.get() + 1);
-            return Ok(conn);
+        for &addr in candidates {
+            if let Some(conn) = self.take(addr) {
+                self.reused.set(self.reused.get() + 1);
+                return Ok(conn);
+            }
         }
-        self.connect(addr, connect_timeout, buffer_size).await
+        self.connect(candidates, connect_timeout, buffer_size).await
     }
 
-    /// A new connection to `addr`, never from the pool.
+    /// A new connection to the first of `candidates` that accepts, never
+    /// from the pool; fails with the last error when none does.
     pub(crate) async fn connect(
         &self,
-        addr: SocketAddr,
+        candidates: &[SocketAddr],
         connect_timeout: Duration,
         buffer_size: usize,
     ) -> Result<UpstreamConn> {
-        let conn = UpstreamConn::connect(addr, connect_timeout, buffer_size).await?;
-        self.created.set(self.created.get() + 1);
-        Ok(conn)
+        let mut last = Error::new(ErrorKind::NoUpstream, Side::Upstream, "no address to connect to");
+        for &addr in candidates {
+            match UpstreamConn::connect(addr, connect_timeout, buffer_size).await {
+                Ok(conn) => {
+                    self.created.set(self.created.get() + 1);
+                    return Ok(conn);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {

@@ -22,11 +22,14 @@ use std::{
 
 use monoio::net::TcpStream as MonoStream;
 use ringway_balancer::UpstreamGroup;
+use ringway_core::dns::{DnsConfig, Resolver};
 use ringway_core::{
     ConnCtx, DriverChoice, ListenerSpec, RuntimeConfig, ServerConfig, ServerHandle, WorkerApp,
 };
 use ringway_http::{
-    ClientInfo, Engine, EngineSettings, PoolSettings, ReverseHandler, RouteSpec, RouteTable, UpstreamPool,
+    forward::{acl::Acl, auth::BasicAuth, pac::Pac},
+    ClientInfo, Engine, EngineSettings, ForwardHandler, ForwardSettings, ForwardedStyle, PoolSettings,
+    ReverseHandler, RouteSpec, RouteTable, UpstreamPool,
 };
 
 pub mod client;
@@ -118,17 +121,8 @@ impl ProxySetup {
     /// Starts the proxy.
     pub fn start(self) -> TestProxy {
         let routes = Arc::new(RouteTable::new(&self.routes).expect("valid routes"));
-        let server = ServerConfig {
-            runtime: RuntimeConfig {
-                workers: self.workers,
-                driver: self.driver,
-                pin_cpus: false,
-                ring_entries: 256,
-            },
-            listeners: vec![ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address"))],
-            max_connections: self.max_connections,
-            shutdown_timeout: self.shutdown_timeout,
-        };
+        let mut server = test_server_config(self.driver, self.max_connections, self.shutdown_timeout);
+        server.runtime.workers = self.workers;
         let groups = self.groups;
         let settings = self.settings;
         let pool = self.pool;
@@ -136,7 +130,7 @@ impl ProxySetup {
             let handler = ReverseHandler::new(routes.clone(), &groups, worker.index);
             let pool = Rc::new(UpstreamPool::new(pool));
             TestApp {
-                engine: Engine::new("test", handler, settings.clone(), pool),
+                engine: TestEngine::Reverse(Engine::new("test", handler, settings.clone(), pool)),
             }
         })
         .expect("proxy starts");
@@ -148,15 +142,124 @@ impl ProxySetup {
     }
 }
 
+/// One listener's engine, reverse or forward.
+enum TestEngine {
+    Reverse(Engine<ReverseHandler>),
+    Forward(Engine<ForwardHandler>),
+}
+
 struct TestApp {
-    engine: Engine<ReverseHandler>,
+    engine: TestEngine,
 }
 
 impl WorkerApp for TestApp {
     async fn serve(&self, _listener: usize, stream: MonoStream, peer: SocketAddr, conn: ConnCtx) {
         let local = stream.local_addr().unwrap_or(peer);
-        self.engine.serve(stream, ClientInfo { peer, local }, &conn).await;
+        let client = ClientInfo { peer, local };
+        match &self.engine {
+            TestEngine::Reverse(e) => e.serve(stream, client, &conn).await,
+            TestEngine::Forward(e) => e.serve(stream, client, &conn).await,
+        }
     }
+}
+
+/// What a forward [`TestProxy`] is built from.
+pub struct ForwardSetup {
+    /// Driver for the workers.
+    pub driver: DriverChoice,
+    /// The listener's ACL.
+    pub acl: Acl,
+    /// Static DNS answers (name, address); no DNS server is asked.
+    pub hosts: Vec<(&'static str, &'static str)>,
+    /// Required authentication.
+    pub auth: Option<BasicAuth>,
+    /// The PAC file.
+    pub pac: Option<Pac>,
+    /// Engine settings (forwarded_for style, via, timeouts).
+    pub settings: EngineSettings,
+}
+
+impl ForwardSetup {
+    /// A forward proxy with `acl`, X-Forwarded-For appended.
+    pub fn new(driver: DriverChoice, acl: Acl) -> Self {
+        Self {
+            driver,
+            acl,
+            hosts: Vec::new(),
+            auth: None,
+            pac: None,
+            settings: EngineSettings {
+                proxy_headers: ringway_http::ProxyHeaders {
+                    forwarded: ForwardedStyle::AppendFor,
+                    via: true,
+                },
+                ..EngineSettings::default()
+            },
+        }
+    }
+
+    /// Starts the proxy.
+    pub fn start(self) -> TestProxy {
+        let mut dns = DnsConfig::system();
+        dns.servers = vec![silent_udp_addr()];
+        dns.timeout = Duration::from_millis(200);
+        dns.hosts = self
+            .hosts
+            .iter()
+            .map(|(name, ip)| ((*name).to_owned(), vec![ip.parse().expect("test IP")]))
+            .collect();
+        let dns = Arc::new(dns);
+        let settings = Arc::new(ForwardSettings {
+            listener: "outbound".into(),
+            acl: Arc::new(self.acl),
+            auth: self.auth.map(Arc::new),
+            pac: self.pac.map(Arc::new),
+            deny_page: None,
+        });
+        let engine_settings = self.settings;
+        let server = test_server_config(self.driver, 10_000, Duration::from_secs(10));
+        let handle = ringway_core::start(server, move |_| {
+            let handler = ForwardHandler::new(settings.clone(), Rc::new(Resolver::new(dns.clone())));
+            let pool = Rc::new(UpstreamPool::new(PoolSettings::default()));
+            TestApp {
+                engine: TestEngine::Forward(Engine::new("outbound", handler, engine_settings.clone(), pool)),
+            }
+        })
+        .expect("proxy starts");
+        let addr = handle.local_addrs()[0];
+        TestProxy {
+            handle: Some(handle),
+            addr,
+        }
+    }
+}
+
+fn test_server_config(
+    driver: DriverChoice,
+    max_connections: usize,
+    shutdown_timeout: Duration,
+) -> ServerConfig {
+    ServerConfig {
+        runtime: RuntimeConfig {
+            workers: 1,
+            driver,
+            pin_cpus: false,
+            ring_entries: 256,
+            blocking_threads: 1,
+        },
+        listeners: vec![ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address"))],
+        max_connections,
+        shutdown_timeout,
+    }
+}
+
+/// A UDP address where a socket stays bound but never answers: a DNS
+/// server that is never there (leaked for the test process's lifetime).
+fn silent_udp_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = s.local_addr().expect("address");
+    std::mem::forget(s);
+    addr
 }
 
 impl TestProxy {

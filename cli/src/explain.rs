@@ -1,0 +1,122 @@
+//! `ringway acl explain`: what a forward listener would decide for a
+//! request, which rule decided, and which addresses were checked.
+
+use std::{fmt::Write as _, net::IpAddr, process::ExitCode, rc::Rc};
+
+use ringway_core::dns::Resolver;
+use ringway_http::{
+    forward::{
+        acl::AclRequest,
+        decide,
+        host::{parse_authority, Destination},
+        Outcome,
+    },
+    ForwardSettings,
+};
+
+use crate::config::{Config, ListenerMode};
+
+/// The request to explain.
+pub(crate) struct Request<'a> {
+    pub(crate) listener: &'a str,
+    pub(crate) src: IpAddr,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) method: &'a str,
+    /// `http://host/path`, or `host:port` for a CONNECT.
+    pub(crate) target: &'a str,
+}
+
+/// Prints the decision; fails when the listener or the target is unusable.
+pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<ExitCode> {
+    let settings = config
+        .listeners
+        .iter()
+        .find_map(|l| match &l.mode {
+            ListenerMode::Forward { settings } if l.spec.name == request.listener => Some(settings.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no forward listener named {:?}", request.listener))?;
+    let (dest, connect, method) = destination(request)?;
+    let resolver = Resolver::new(config.dns.clone());
+    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    let groups = match (&settings.auth, request.user) {
+        (Some(auth), Some(user)) => auth.groups_of(user),
+        _ => Vec::new(),
+    };
+    let acl_request = AclRequest {
+        src: request.src,
+        dest: &dest,
+        method: method.as_bytes(),
+        connect,
+        url: (!connect).then_some(request.target.as_bytes()),
+        user: request.user,
+        groups: &groups,
+    };
+    let decision = runtime.block_on(decide(&settings.acl, &Rc::new(resolver), &acl_request));
+    print!("{}", report(&settings, request, &dest, &method, &decision));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn destination(request: &Request<'_>) -> anyhow::Result<(Destination, bool, String)> {
+    let target = request.target;
+    if let Some(rest) = target.strip_prefix("http://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let dest = parse_authority(authority.as_bytes(), Some(80))
+            .map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
+        return Ok((dest, false, request.method.to_owned()));
+    }
+    anyhow::ensure!(
+        !target.contains("://"),
+        "only http:// URLs or host:port (CONNECT) targets"
+    );
+    let dest =
+        parse_authority(target.as_bytes(), None).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
+    Ok((dest, true, "CONNECT".to_owned()))
+}
+
+fn report(
+    settings: &ForwardSettings,
+    request: &Request<'_>,
+    dest: &Destination,
+    method: &str,
+    decision: &ringway_http::forward::Decision,
+) -> String {
+    let acl = &settings.acl;
+    let mut out = String::new();
+    let _ = writeln!(out, "listener: {:?} (acl {:?})", settings.listener, acl.name);
+    let _ = writeln!(out, "request:  {method} {}", request.target);
+    let _ = writeln!(
+        out,
+        "from:     {} user {}",
+        request.src,
+        request.user.unwrap_or("-")
+    );
+    let _ = writeln!(out, "to:       {} port {}", dest.host, dest.port);
+    for (ip, permitted) in &decision.checked {
+        let verdict = if *permitted {
+            "permitted"
+        } else {
+            "blocked (private; not in private_allow)"
+        };
+        let _ = writeln!(out, "address:  {ip} {verdict}");
+    }
+    match &decision.outcome {
+        Outcome::Allow { rule, addrs } => {
+            let by = rule.map_or_else(
+                || format!("the default of acl {:?}", acl.name),
+                |i| acl.rule_label(i),
+            );
+            let first = addrs.first().map_or_else(String::new, ToString::to_string);
+            let _ = writeln!(out, "decision: ALLOW by {by}; connects to {first}");
+        }
+        Outcome::Deny(reason) => {
+            let _ = writeln!(out, "decision: DENY (403): {}", acl.explain(*reason));
+        }
+        Outcome::Unresolvable(why) => {
+            let _ = writeln!(out, "decision: 502, the name does not resolve: {why}");
+        }
+    }
+    out
+}

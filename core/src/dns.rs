@@ -1,0 +1,633 @@
+//! Name resolution that never blocks a worker: an async DNS client over
+//! monoio UDP, with static answers first and a per-worker cache.
+//!
+//! Order of answers: the configuration's static `hosts`, then `/etc/hosts`,
+//! then the cache, then the DNS servers (A and AAAA queries sent together
+//! from a fresh socket with a random ID, each server tried in turn within
+//! the timeout). Positive answers are cached for their smallest TTL and
+//! negative ones (NXDOMAIN, or no address) for the SOA's negative TTL, both
+//! capped by `cache_ttl`. Each worker owns its [`Resolver`] and its cache:
+//! no lock on the request path.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    hash::{BuildHasher, Hasher},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use monoio::net::udp::UdpSocket;
+
+use crate::error::{Error, ErrorKind, Result, Side};
+
+/// How names are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// DNS servers, tried in order.
+    pub servers: Vec<SocketAddr>,
+    /// Static answers (lowercase names), looked up first.
+    pub hosts: HashMap<String, Vec<IpAddr>>,
+    /// Upper bound on how long any answer is cached.
+    pub cache_ttl: Duration,
+    /// How long a negative answer is cached when the server gives no TTL.
+    pub negative_ttl: Duration,
+    /// Per-server wait for an answer.
+    pub timeout: Duration,
+}
+
+impl DnsConfig {
+    /// The system's settings: servers from `/etc/resolv.conf` (or
+    /// `127.0.0.1:53`), static answers from `/etc/hosts`.
+    pub fn system() -> Self {
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut servers = parse_resolv_conf(&resolv);
+        if servers.is_empty() {
+            servers.push(SocketAddr::from((Ipv4Addr::LOCALHOST, 53)));
+        }
+        let hosts = parse_hosts_file(&std::fs::read_to_string("/etc/hosts").unwrap_or_default());
+        Self {
+            servers,
+            hosts,
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `nameserver` lines of a resolv.conf.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// The entries of a hosts file, by lowercase name.
+pub fn parse_hosts_file(text: &str) -> HashMap<String, Vec<IpAddr>> {
+    let mut hosts: HashMap<String, Vec<IpAddr>> = HashMap::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        for name in words {
+            let entry = hosts
+                .entry(name.trim_end_matches('.').to_ascii_lowercase())
+                .or_default();
+            if !entry.contains(&ip) {
+                entry.push(ip);
+            }
+        }
+    }
+    hosts
+}
+
+#[derive(Debug, Clone)]
+struct CacheEntry {
+    /// `None`: the name has no address (negative answer).
+    addrs: Option<Rc<[IpAddr]>>,
+    expires: Instant,
+}
+
+/// A worker's resolver and cache.
+pub struct Resolver {
+    config: Arc<DnsConfig>,
+    cache: RefCell<HashMap<Box<str>, CacheEntry>>,
+    random: std::collections::hash_map::RandomState,
+    counter: std::cell::Cell<u64>,
+}
+
+/// Most names cached per worker; past it the cache is cleared of expired
+/// entries, then emptied.
+const MAX_CACHED: usize = 100_000;
+
+impl Resolver {
+    /// A resolver with an empty cache.
+    pub fn new(config: Arc<DnsConfig>) -> Self {
+        Self {
+            config,
+            cache: RefCell::new(HashMap::new()),
+            random: std::collections::hash_map::RandomState::new(),
+            counter: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The addresses of `name` (lowercase, no trailing dot).
+    ///
+    /// Fails with `ErrorKind::ConnectFailed` on the upstream side when the
+    /// name does not exist or has no address, and when no server answered.
+    pub async fn resolve(&self, name: &str) -> Result<Rc<[IpAddr]>> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(Rc::from([ip]));
+        }
+        if let Some(addrs) = self.config.hosts.get(name) {
+            return Ok(Rc::from(addrs.as_slice()));
+        }
+        let now = Instant::now();
+        if let Some(entry) = self.cache.borrow().get(name) {
+            if entry.expires > now {
+                return entry.addrs.clone().ok_or_else(|| no_address(name));
+            }
+        }
+        let answer = self.query_servers(name).await?;
+        let ttl = answer.ttl.min(self.config.cache_ttl);
+        let addrs: Option<Rc<[IpAddr]>> = (!answer.addrs.is_empty()).then(|| Rc::from(answer.addrs));
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, e| e.expires > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            name.into(),
+            CacheEntry {
+                addrs: addrs.clone(),
+                expires: now + ttl,
+            },
+        );
+        addrs.ok_or_else(|| no_address(name))
+    }
+
+    fn random_u16(&self) -> u16 {
+        let n = self.counter.get().wrapping_add(1);
+        self.counter.set(n);
+        let mut h = self.random.build_hasher();
+        h.write_u64(n);
+        h.finish() as u16
+    }
+
+    async fn query_servers(&self, name: &str) -> Result<Answer> {
+        if !is_valid_dns_name(name) {
+            return Err(Error::new(
+                ErrorKind::InvalidHttp,
+                Side::Downstream,
+                "invalid host name",
+            ));
+        }
+        let mut last = Error::new(
+            ErrorKind::ConnectFailed,
+            Side::Upstream,
+            "no DNS server configured",
+        );
+        for &server in &self.config.servers {
+            let query = self.query_one(server, name);
+            match monoio::time::timeout(self.config.timeout, query).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = Error::new(
+                        ErrorKind::ConnectTimeout,
+                        Side::Upstream,
+                        "DNS server did not answer in time",
+                    )
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn query_one(&self, server: SocketAddr, name: &str) -> Result<Answer> {
+        let fail = |context: &'static str| {
+            move |e: io::Error| Error::new(ErrorKind::ConnectFailed, Side::Upstream, context).with_cause(e)
+        };
+        let local: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).map_err(fail("binding a DNS socket"))?;
+        socket
+            .connect(server)
+            .await
+            .map_err(fail("connecting a DNS socket"))?;
+        let ids = [self.random_u16(), self.random_u16()];
+        for (id, qtype) in ids.iter().zip([TYPE_A, TYPE_AAAA]) {
+            let (sent, _) = socket.send(encode_query(*id, name, qtype)).await;
+            sent.map_err(fail("sending a DNS query"))?;
+        }
+        let mut answer = Answer {
+            addrs: Vec::new(),
+            ttl: self.config.cache_ttl,
+        };
+        let mut pending = [true, true];
+        let mut nxdomain = false;
+        let mut buf = vec![0u8; 1500];
+        while pending.iter().any(|&p| p) {
+            let (got, back) = socket.recv(buf).await;
+            buf = back;
+            let n = got.map_err(fail("receiving a DNS answer"))?;
+            let Some(parsed) = parse_response(&buf[..n], name) else {
+                continue; // Not an answer to us: ignore it.
+            };
+            let Some(slot) = ids.iter().position(|&id| id == parsed.id) else {
+                continue;
+            };
+            if !pending[slot] {
+                continue;
+            }
+            pending[slot] = false;
+            match parsed.rcode {
+                RCODE_OK => {}
+                RCODE_NXDOMAIN => nxdomain = true,
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::ConnectFailed,
+                        Side::Upstream,
+                        "DNS server failed to answer",
+                    ))
+                }
+            }
+            answer.ttl = answer.ttl.min(parsed.ttl.unwrap_or(self.config.negative_ttl));
+            // A records first: IPv4 is tried before IPv6.
+            if slot == 0 {
+                answer.addrs.splice(0..0, parsed.addrs);
+            } else {
+                answer.addrs.extend(parsed.addrs);
+            }
+        }
+        if nxdomain || answer.addrs.is_empty() {
+            answer.addrs.clear();
+        }
+        Ok(answer)
+    }
+}
+
+fn no_address(name: &str) -> Error {
+    Error::new(
+        ErrorKind::ConnectFailed,
+        Side::Upstream,
+        format!("{name} has no address"),
+    )
+}
+
+struct Answer {
+    addrs: Vec<IpAddr>,
+    ttl: Duration,
+}
+
+const TYPE_A: u16 = 1;
+const TYPE_CNAME: u16 = 5;
+const TYPE_SOA: u16 = 6;
+const TYPE_AAAA: u16 = 28;
+const CLASS_IN: u16 = 1;
+const RCODE_OK: u8 = 0;
+const RCODE_NXDOMAIN: u8 = 3;
+
+/// A name DNS can carry: dot-separated labels of 1 to 63 bytes, 253 in all.
+fn is_valid_dns_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+}
+
+/// A recursive query for `name` (which must pass [`is_valid_dns_name`]).
+fn encode_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&0x0100u16.to_be_bytes()); // RD
+    q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // QD=1, AN=NS=AR=0
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    q
+}
+
+struct Parsed {
+    id: u16,
+    rcode: u8,
+    addrs: Vec<IpAddr>,
+    /// Smallest TTL of the records used, or the negative TTL from the SOA.
+    ttl: Option<Duration>,
+}
+
+/// A bounds-checked reader over a DNS message.
+struct Reader<'a> {
+    msg: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.msg.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes([self.u8()?, self.u8()?]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes([
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+        ]))
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let b = self.msg.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(b)
+    }
+
+    /// Reads a possibly compressed name into `out` (lowercase, dotted).
+    fn name(&mut self, out: &mut String) -> Option<()> {
+        out.clear();
+        let mut pos = self.pos;
+        let mut jumped = false;
+        let mut jumps = 0;
+        loop {
+            let len = *self.msg.get(pos)? as usize;
+            if len & 0xc0 == 0xc0 {
+                let target = ((len & 0x3f) << 8) | *self.msg.get(pos + 1)? as usize;
+                // Pointers must go backwards: no loops.
+                if target >= pos || jumps > 64 {
+                    return None;
+                }
+                if !jumped {
+                    self.pos = pos + 2;
+                    jumped = true;
+                }
+                jumps += 1;
+                pos = target;
+                continue;
+            }
+            if len & 0xc0 != 0 {
+                return None;
+            }
+            if len == 0 {
+                if !jumped {
+                    self.pos = pos + 1;
+                }
+                return Some(());
+            }
+            let label = self.msg.get(pos + 1..pos + 1 + len)?;
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.extend(label.iter().map(|&b| b.to_ascii_lowercase() as char));
+            if out.len() > 255 {
+                return None;
+            }
+            pos += 1 + len;
+        }
+    }
+}
+
+/// Parses an answer to a query for `qname`; `None` when the message is
+/// malformed, not a response, or about another name.
+fn parse_response(msg: &[u8], qname: &str) -> Option<Parsed> {
+    let mut r = Reader { msg, pos: 0 };
+    let id = r.u16()?;
+    let flags = r.u16()?;
+    if flags & 0x8000 == 0 {
+        return None; // a query, not a response
+    }
+    let rcode = (flags & 0x000f) as u8;
+    let (qd, an, ns) = (r.u16()?, r.u16()?, r.u16()?);
+    let _ar = r.u16()?;
+    if qd != 1 {
+        return None;
+    }
+    let mut name = String::new();
+    r.name(&mut name)?;
+    if !name.eq_ignore_ascii_case(qname) {
+        return None;
+    }
+    let qtype = r.u16()?;
+    let _qclass = r.u16()?;
+    let mut chain = vec![name.clone()];
+    let mut addrs = Vec::new();
+    let mut ttl: Option<u32> = None;
+    for _ in 0..an {
+        r.name(&mut name)?;
+        let (rtype, class, rttl, len) = (r.u16()?, r.u16()?, r.u32()?, r.u16()? as usize);
+        let data_start = r.pos;
+        let data = r.bytes(len)?;
+        if class != CLASS_IN || !chain.contains(&name) {
+            continue;
+        }
+        match rtype {
+            TYPE_CNAME => {
+                let mut target = String::new();
+                let mut sub = Reader { msg, pos: data_start };
+                sub.name(&mut target)?;
+                chain.push(target);
+            }
+            TYPE_A if qtype == TYPE_A && len == 4 => {
+                addrs.push(IpAddr::from([data[0], data[1], data[2], data[3]]));
+                ttl = Some(ttl.map_or(rttl, |t| t.min(rttl)));
+            }
+            TYPE_AAAA if qtype == TYPE_AAAA && len == 16 => {
+                let octets: [u8; 16] = data.try_into().ok()?;
+                addrs.push(IpAddr::from(octets));
+                ttl = Some(ttl.map_or(rttl, |t| t.min(rttl)));
+            }
+            _ => {}
+        }
+    }
+    if addrs.is_empty() {
+        // Negative answer: its TTL is the SOA's (RFC 2308).
+        for _ in 0..ns {
+            r.name(&mut name)?;
+            let (rtype, _class, rttl, len) = (r.u16()?, r.u16()?, r.u32()?, r.u16()? as usize);
+            let data_start = r.pos;
+            r.bytes(len)?;
+            if rtype == TYPE_SOA {
+                let mut sub = Reader { msg, pos: data_start };
+                let mut skip = String::new();
+                sub.name(&mut skip)?;
+                sub.name(&mut skip)?;
+                sub.bytes(16)?;
+                let minimum = sub.u32()?;
+                ttl = Some(rttl.min(minimum));
+            }
+        }
+    }
+    Some(Parsed {
+        id,
+        rcode,
+        addrs,
+        ttl: ttl.map(|t| Duration::from_secs(u64::from(t))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket as StdUdp;
+
+    use super::*;
+
+    /// Builds a response to `query` with `answers` as (type, ttl, rdata).
+    fn respond(query: &[u8], rcode: u8, answers: &[(u16, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = query.to_vec();
+        out[2] = 0x81;
+        out[3] = 0x80 | rcode;
+        out[6..8].copy_from_slice(&(answers.len() as u16).to_be_bytes());
+        for (rtype, ttl, data) in answers {
+            out.extend_from_slice(&[0xc0, 12]); // name: pointer to the question
+            out.extend_from_slice(&rtype.to_be_bytes());
+            out.extend_from_slice(&CLASS_IN.to_be_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
+            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    fn qtype_of(query: &[u8]) -> u16 {
+        let mut r = Reader { msg: query, pos: 12 };
+        let mut name = String::new();
+        r.name(&mut name).unwrap();
+        r.u16().unwrap()
+    }
+
+    /// A fake DNS server on 127.0.0.1 answering with `answer(qtype, query)`.
+    fn fake_server(
+        answer: impl Fn(u16, &[u8]) -> Option<Vec<u8>> + Send + 'static,
+    ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let sock = StdUdp::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(reply) = answer(qtype_of(&buf[..n]), &buf[..n]) {
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        (addr, count)
+    }
+
+    fn config(servers: Vec<SocketAddr>) -> Arc<DnsConfig> {
+        Arc::new(DnsConfig {
+            servers,
+            hosts: HashMap::from([("static.test".to_owned(), vec![IpAddr::from([127, 0, 0, 9])])]),
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            timeout: Duration::from_millis(300),
+        })
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn resolves_a_and_aaaa_with_cnames_and_caches_by_ttl() {
+        let (server, count) = fake_server(|qtype, q| {
+            let mut cname = vec![5, b'a', b'l', b'i', b'a', b's', 0xc0, 12];
+            cname.truncate(8);
+            Some(match qtype {
+                TYPE_A => respond(
+                    q,
+                    0,
+                    &[(TYPE_CNAME, 300, cname), (TYPE_A, 120, vec![127, 0, 0, 7])],
+                ),
+                _ => respond(q, 0, &[(TYPE_AAAA, 30, Ipv6Addr::LOCALHOST.octets().to_vec())]),
+            })
+        });
+        let resolver = Resolver::new(config(vec![server]));
+        let addrs = block_on(resolver.resolve("www.example.test")).unwrap();
+        assert_eq!(
+            &*addrs,
+            &[IpAddr::from([127, 0, 0, 7]), IpAddr::from(Ipv6Addr::LOCALHOST)]
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Cached: no new queries.
+        block_on(resolver.resolve("www.example.test")).unwrap();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let expires = resolver.cache.borrow()["www.example.test"].expires;
+        let ttl = expires.duration_since(Instant::now());
+        assert!(ttl <= Duration::from_secs(30), "smallest TTL used: {ttl:?}");
+    }
+
+    #[test]
+    fn static_hosts_come_first_and_nxdomain_is_cached() {
+        let (server, count) = fake_server(|_, q| Some(respond(q, RCODE_NXDOMAIN, &[])));
+        let resolver = Resolver::new(config(vec![server]));
+        assert_eq!(
+            &*block_on(resolver.resolve("static.test")).unwrap(),
+            &[IpAddr::from([127, 0, 0, 9])]
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(block_on(resolver.resolve("missing.test")).is_err());
+        assert!(block_on(resolver.resolve("missing.test")).is_err());
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "negative answer cached"
+        );
+    }
+
+    #[test]
+    fn a_silent_server_times_out_and_the_next_one_answers() {
+        let (silent, _) = fake_server(|_, _| None);
+        let (good, _) = fake_server(|qtype, q| {
+            Some(match qtype {
+                TYPE_A => respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 5])]),
+                _ => respond(q, 0, &[]),
+            })
+        });
+        let resolver = Resolver::new(config(vec![silent, good]));
+        assert_eq!(
+            &*block_on(resolver.resolve("x.test")).unwrap(),
+            &[IpAddr::from([127, 0, 0, 5])]
+        );
+    }
+
+    #[test]
+    fn malformed_answers_are_ignored_not_trusted() {
+        // Wrong question name, a compression loop, truncated records.
+        let name = "victim.test";
+        let q = encode_query(7, name, TYPE_A);
+        let mut other = encode_query(7, "other.test", TYPE_A);
+        other[2] = 0x81;
+        assert!(parse_response(&other, name).is_none());
+        let mut looped = respond(&q, 0, &[(TYPE_A, 60, vec![1, 2, 3, 4])]);
+        let at = q.len();
+        looped[at] = 0xc0;
+        looped[at + 1] = at as u8; // points at itself
+        assert!(parse_response(&looped, name).is_none());
+        let full = respond(&q, 0, &[(TYPE_A, 60, vec![1, 2, 3, 4])]);
+        for cut in q.len()..full.len() {
+            assert!(parse_response(&full[..cut], name).is_none(), "cut at {cut}");
+        }
+        assert!(parse_response(&q, name).is_none(), "a query is not an answer");
+    }
+
+    #[test]
+    fn system_files_parse() {
+        assert_eq!(
+            parse_resolv_conf("# x\nnameserver 127.0.0.53\nsearch a\nnameserver ::1\n"),
+            vec!["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
+        );
+        let hosts = parse_hosts_file("127.0.0.1 localhost Local.Test. # c\n::1 localhost\nbad line\n");
+        assert_eq!(hosts["localhost"].len(), 2);
+        assert_eq!(hosts["local.test"], vec![IpAddr::from([127, 0, 0, 1])]);
+    }
+}

@@ -1,0 +1,312 @@
+//! Proxy authentication: HTTP Basic against an htpasswd file.
+//!
+//! Entries are bcrypt (`$2a$`, `$2b$`, `$2y$`) or `{SHA}` (base64 SHA-1).
+//! bcrypt is slow on purpose (tens of milliseconds), so it runs on the
+//! shared blocking pool, never on a worker; each worker then caches the
+//! verdict for a credential (keyed by the header value) for `cache_ttl`.
+//! At most `MAX_PENDING` verifications wait per worker: past that, new
+//! credentials are refused (407) rather than queued without bound.
+//! Credentials are never logged, and `Proxy-Authorization` is a hop-by-hop
+//! field that never reaches the upstream.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// Verifications in flight per worker before new credentials are refused.
+const MAX_PENDING: usize = 64;
+/// Credentials cached per worker before the cache is cleared.
+const MAX_CACHED: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PasswordHash {
+    Bcrypt(String),
+    Sha1([u8; 20]),
+}
+
+/// Users and password hashes from an htpasswd file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Htpasswd {
+    users: HashMap<String, PasswordHash>,
+}
+
+impl Htpasswd {
+    /// Parses htpasswd text; errors name the 1-based line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) = line
+                .split_once(':')
+                .ok_or_else(|| format!("line {}: expected user:hash", i + 1))?;
+            let hash = if let Some(b64) = hash.strip_prefix("{SHA}") {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| format!("line {}: invalid {{SHA}} hash", i + 1))?;
+                PasswordHash::Sha1(
+                    bytes
+                        .try_into()
+                        .map_err(|_| format!("line {}: invalid {{SHA}} hash", i + 1))?,
+                )
+            } else if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
+                PasswordHash::Bcrypt(hash.to_owned())
+            } else {
+                return Err(format!(
+                    "line {}: unsupported hash for user {user:?} (use bcrypt: htpasswd -B, or {{SHA}})",
+                    i + 1
+                ));
+            };
+            users.insert(user.to_owned(), hash);
+        }
+        Ok(Self { users })
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether `user` has an entry.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+}
+
+/// A Basic authentication scheme, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    /// Name of the `[auth.NAME]` section.
+    pub name: String,
+    /// Realm shown by clients.
+    pub realm: String,
+    users: Arc<Htpasswd>,
+    /// Groups of each user.
+    groups: HashMap<String, Vec<String>>,
+    /// How long a worker trusts a verified credential.
+    pub cache_ttl: Duration,
+}
+
+impl BasicAuth {
+    /// A scheme over `users`; `groups` maps group names to their users.
+    pub fn new(name: String, realm: String, users: Htpasswd, groups: &HashMap<String, Vec<String>>) -> Self {
+        let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+        for (group, members) in groups {
+            for member in members {
+                by_user.entry(member.clone()).or_default().push(group.clone());
+            }
+        }
+        Self {
+            name,
+            realm,
+            users: Arc::new(users),
+            groups: by_user,
+            cache_ttl: Duration::from_secs(300),
+        }
+    }
+
+    /// The groups `user` is in.
+    pub fn groups_of(&self, user: &str) -> Vec<String> {
+        self.groups.get(user).cloned().unwrap_or_default()
+    }
+
+    /// The `Proxy-Authenticate` field value of a 407.
+    pub fn challenge(&self) -> String {
+        format!(
+            "Basic realm=\"{}\", charset=\"UTF-8\"",
+            self.realm.replace(['"', '\\'], "")
+        )
+    }
+}
+
+/// An authenticated user and their groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// User name.
+    pub name: String,
+    /// Groups the user is in.
+    pub groups: Vec<String>,
+}
+
+/// Verdicts by `Proxy-Authorization` value: the user (or `None` for a
+/// refusal) and when the verdict expires.
+type CredentialCache = HashMap<Box<[u8]>, (Option<Rc<User>>, Instant)>;
+
+/// A worker's view of a [`BasicAuth`]: the scheme plus its credential cache.
+pub struct Authenticator {
+    auth: Arc<BasicAuth>,
+    cache: RefCell<CredentialCache>,
+    pending: Cell<usize>,
+}
+
+impl Authenticator {
+    /// A worker's authenticator for `auth`.
+    pub fn new(auth: Arc<BasicAuth>) -> Self {
+        Self {
+            auth,
+            cache: RefCell::new(HashMap::new()),
+            pending: Cell::new(0),
+        }
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> &BasicAuth {
+        &self.auth
+    }
+
+    /// The user a `Proxy-Authorization` value proves, or `None` (answer 407).
+    pub async fn authenticate(&self, header: Option<&[u8]>) -> Option<Rc<User>> {
+        let header = header?;
+        let now = Instant::now();
+        if let Some((user, expires)) = self.cache.borrow().get(header) {
+            if *expires > now {
+                return user.clone();
+            }
+        }
+        let (name, password) = decode_basic(header)?;
+        let hash = self.auth.users.users.get(&name)?.clone();
+        let ok = match hash {
+            PasswordHash::Sha1(expected) => {
+                let got: [u8; 20] = Sha1::digest(password.as_bytes()).into();
+                constant_time_eq(&got, &expected)
+            }
+            PasswordHash::Bcrypt(hash) => {
+                if self.pending.get() >= MAX_PENDING {
+                    return None;
+                }
+                self.pending.set(self.pending.get() + 1);
+                let verified =
+                    monoio::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await;
+                self.pending.set(self.pending.get() - 1);
+                verified.unwrap_or(false)
+            }
+        };
+        let user = ok.then(|| {
+            Rc::new(User {
+                groups: self.auth.groups.get(&name).cloned().unwrap_or_default(),
+                name,
+            })
+        });
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, expires)| *expires > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        // Failures are remembered briefly: a client retrying a wrong
+        // password does not queue a bcrypt run each time.
+        let ttl = if user.is_some() {
+            self.auth.cache_ttl
+        } else {
+            Duration::from_secs(2)
+        };
+        cache.insert(header.into(), (user.clone(), now + ttl));
+        user
+    }
+}
+
+/// `Basic base64(user:password)` → (user, password).
+fn decode_basic(header: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(user_pass: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+        .into_bytes()
+    }
+
+    fn sha_line(user: &str, password: &str) -> String {
+        let digest = Sha1::digest(password.as_bytes());
+        format!(
+            "{user}:{{SHA}}{}",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn htpasswd_formats() {
+        let bcrypt_hash = bcrypt::hash("s3cret", 4).unwrap();
+        let text = format!("# users\n{}\nbob:{bcrypt_hash}\n", sha_line("alice", "wonder"));
+        let h = Htpasswd::parse(&text).unwrap();
+        assert_eq!(h.len(), 2);
+        assert!(h.has_user("bob"));
+        let e = Htpasswd::parse("carol:$apr1$abc$def\n").unwrap_err();
+        assert!(e.starts_with("line 1: unsupported hash"), "{e}");
+        assert!(Htpasswd::parse("nocolon\n").unwrap_err().starts_with("line 1"));
+    }
+
+    #[test]
+    fn verifies_sha_and_bcrypt_and_caches() {
+        let bcrypt_hash = bcrypt::hash("s3cret", 4).unwrap();
+        let users =
+            Htpasswd::parse(&format!("{}\nbob:{bcrypt_hash}\n", sha_line("alice", "wonder"))).unwrap();
+        let groups = HashMap::from([("admins".to_owned(), vec!["bob".to_owned()])]);
+        let auth = Authenticator::new(Arc::new(BasicAuth::new(
+            "staff".into(),
+            "ringway".into(),
+            users,
+            &groups,
+        )));
+        block_on(async {
+            let alice = auth.authenticate(Some(&basic("alice:wonder"))).await.unwrap();
+            assert_eq!(alice.name, "alice");
+            assert!(alice.groups.is_empty());
+            let bob = auth.authenticate(Some(&basic("bob:s3cret"))).await.unwrap();
+            assert_eq!(bob.groups, ["admins"]);
+            assert!(auth.authenticate(Some(&basic("bob:wrong"))).await.is_none());
+            assert!(auth.authenticate(Some(&basic("eve:s3cret"))).await.is_none());
+            assert!(auth.authenticate(Some(b"Bearer abc")).await.is_none());
+            assert!(auth.authenticate(Some(b"Basic !!!")).await.is_none());
+            assert!(auth.authenticate(None).await.is_none());
+            assert_eq!(auth.cache.borrow().len(), 4, "verdicts cached per credential");
+        });
+        assert_eq!(
+            auth.scheme().challenge(),
+            "Basic realm=\"ringway\", charset=\"UTF-8\""
+        );
+    }
+}

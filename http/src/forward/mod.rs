@@ -1,0 +1,303 @@
+//! Forward proxy mode: the outbound filtering proxy.
+//!
+//! [`ForwardHandler`] is the forward listener's [`Handler`]: it serves the
+//! PAC file and refuses other origin-form requests, authenticates the
+//! client (407), parses and normalises the destination of an absolute-form
+//! request or a CONNECT ([`host`]), runs the listener's [`Acl`], resolves
+//! the name without blocking the worker, drops the addresses that
+//! `block_private` forbids, and hands the engine the addresses it may
+//! connect to (the ones checked are the ones connected: one resolution per
+//! request). Denials are 403 pages naming the listener and the rule.
+
+pub mod acl;
+pub mod auth;
+pub mod domains;
+pub mod host;
+pub mod pac;
+
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+    rc::Rc,
+    sync::Arc,
+};
+
+use ringway_core::dns::Resolver;
+
+use self::{
+    acl::{Acl, AclRequest, DenyReason, Verdict},
+    auth::{Authenticator, BasicAuth},
+    host::{parse_authority, Destination, Host},
+    pac::Pac,
+};
+use crate::{
+    engine::{ClientInfo, Handler, LocalReply, Route},
+    head::{absolute_form_authority, Method, RequestHead},
+};
+
+/// A forward listener's settings, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    /// The listener's name (shown on 403 pages and in logs).
+    pub listener: String,
+    /// Its ACL.
+    pub acl: Arc<Acl>,
+    /// Its authentication, if required.
+    pub auth: Option<Arc<BasicAuth>>,
+    /// Its PAC file, if served.
+    pub pac: Option<Arc<Pac>>,
+    /// A custom 403 page: HTML with `{listener}`, `{rule}` and `{host}`
+    /// placeholders.
+    pub deny_page: Option<Arc<str>>,
+}
+
+/// The forward proxy's handler for one worker.
+pub struct ForwardHandler {
+    settings: Arc<ForwardSettings>,
+    resolver: Rc<Resolver>,
+    auth: Option<Authenticator>,
+}
+
+impl ForwardHandler {
+    /// A handler for one worker, resolving names with that worker's `resolver`.
+    pub fn new(settings: Arc<ForwardSettings>, resolver: Rc<Resolver>) -> Self {
+        let auth = settings.auth.clone().map(Authenticator::new);
+        Self {
+            settings,
+            resolver,
+            auth,
+        }
+    }
+
+    fn bad_request(message: &str) -> Route {
+        Route::Reply(LocalReply::new(
+            400,
+            "text/plain; charset=utf-8",
+            format!("400 Bad Request: {message}\n"),
+        ))
+    }
+
+    fn denied(&self, reason: DenyReason, dest: &Destination, client: &ClientInfo) -> Route {
+        let acl = &self.settings.acl;
+        let rule = match reason {
+            DenyReason::Rule(i) => acl.rule_label(i),
+            DenyReason::Default => format!("default of acl {:?}", acl.name),
+            DenyReason::ConnectPort => "connect_ports".to_owned(),
+            DenyReason::Private(_) => "block_private".to_owned(),
+        };
+        let why = acl.explain(reason);
+        tracing::info!(
+            target: "ringway::access",
+            listener = %self.settings.listener,
+            client = %client.peer,
+            dest = %format_args!("{}:{}", dest.host, dest.port),
+            status = 403,
+            "denied: {why}"
+        );
+        let host = dest.host.to_string();
+        let body = match &self.settings.deny_page {
+            Some(page) => page
+                .replace("{listener}", &html_escape(&self.settings.listener))
+                .replace("{rule}", &html_escape(&rule))
+                .replace("{host}", &html_escape(&host)),
+            None => format!(
+                "<!DOCTYPE html>\n<html><head><title>403 Forbidden</title></head><body>\n\
+                 <h1>Access denied</h1>\n\
+                 <p>The proxy listener <b>{}</b> refused the request to <b>{}</b>: {}.</p>\n\
+                 <p>Matched: {}.</p>\n</body></html>\n",
+                html_escape(&self.settings.listener),
+                html_escape(&host),
+                html_escape(&why),
+                html_escape(&rule),
+            ),
+        };
+        Route::Reply(
+            LocalReply::new(403, "text/html; charset=utf-8", body).with_header(
+                "X-Ringway-Denied",
+                &format!("listener={}; {rule}", self.settings.listener),
+            ),
+        )
+    }
+}
+
+impl Handler for ForwardHandler {
+    async fn route(&self, req: &RequestHead, client: &ClientInfo) -> Route {
+        let target = req.target();
+        let connect = req.method() == Method::Connect;
+        if !connect && target.first() == Some(&b'/') {
+            if let Some(pac) = &self.settings.pac {
+                if matches!(req.method(), Method::Get | Method::Head) && req.path() == pac.path().as_bytes() {
+                    return Route::Reply(pac.reply(req.host()));
+                }
+            }
+            return Self::bad_request(
+                "this is a proxy; send absolute-form requests (configure it as your HTTP proxy)",
+            );
+        }
+
+        let user = match &self.auth {
+            Some(auth) => match auth.authenticate(req.header("proxy-authorization")).await {
+                Some(user) => Some(user),
+                None => {
+                    return Route::Reply(
+                        LocalReply::status(407).with_header("Proxy-Authenticate", &auth.scheme().challenge()),
+                    )
+                }
+            },
+            None => None,
+        };
+
+        let parsed = if connect {
+            parse_authority(target, None)
+        } else {
+            match absolute_form_authority(target) {
+                Some(_) if target[..5].eq_ignore_ascii_case(b"https") => {
+                    return Self::bad_request("use CONNECT for https:// URLs");
+                }
+                Some(authority) => parse_authority(authority, Some(80)),
+                None => return Self::bad_request("unsupported request target"),
+            }
+        };
+        let dest = match parsed {
+            Ok(dest) => dest,
+            Err(e) => return Self::bad_request(&e.to_string()),
+        };
+
+        let no_groups = Vec::new();
+        let request = AclRequest {
+            src: client.peer.ip(),
+            dest: &dest,
+            method: req.method_bytes(),
+            connect,
+            url: (!connect).then_some(target),
+            user: user.as_deref().map(|u| u.name.as_str()),
+            groups: user.as_deref().map_or(&no_groups, |u| &u.groups),
+        };
+        match decide(&self.settings.acl, &self.resolver, &request).await.outcome {
+            Outcome::Allow { addrs, .. } if connect => Route::Connect(addrs),
+            Outcome::Allow { addrs, .. } => Route::Forward(addrs),
+            Outcome::Deny(reason) => self.denied(reason, &dest, client),
+            Outcome::Unresolvable(why) => {
+                tracing::debug!(listener = %self.settings.listener, host = %dest.host, "resolution failed: {why}");
+                Route::Reply(LocalReply::new(
+                    502,
+                    "text/plain; charset=utf-8",
+                    format!("502 Bad Gateway: cannot resolve {}\n", dest.host),
+                ))
+            }
+        }
+    }
+}
+
+/// What the forward proxy decided for one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Every address the destination resolved to, and whether
+    /// `block_private` let it through (empty when nothing was resolved).
+    pub checked: Vec<(IpAddr, bool)>,
+}
+
+/// Allowed (with where to connect), denied, or not resolvable.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Allowed by a rule (its index) or by the default; connect to these
+    /// addresses, in order.
+    Allow {
+        /// The rule that allowed it, if not the default.
+        rule: Option<usize>,
+        /// The permitted addresses with the destination port.
+        addrs: Rc<[SocketAddr]>,
+    },
+    /// Denied.
+    Deny(DenyReason),
+    /// The name has no address, or no DNS server answered.
+    Unresolvable(String),
+}
+
+/// Runs `acl` on `request`: the rules (resolving the destination only if a
+/// rule needs its addresses), then resolution, then `block_private` on
+/// every resolved address. Shared by the handler and `ringway acl explain`.
+pub async fn decide(acl: &Acl, resolver: &Resolver, request: &AclRequest<'_>) -> Decision {
+    let dest = request.dest;
+    let mut resolved: Option<Rc<[IpAddr]>> = None;
+    let resolve = || async {
+        match &dest.host {
+            Host::Ip(ip) => Ok(Rc::from([*ip])),
+            Host::Name(name) => resolver.resolve(name.as_str()).await.map_err(|e| e.to_string()),
+        }
+    };
+    let rule = loop {
+        match acl.decide(request, resolved.as_deref()) {
+            Verdict::NeedAddresses if resolved.is_none() => match resolve().await {
+                Ok(addrs) => resolved = Some(addrs),
+                Err(why) => {
+                    return Decision {
+                        outcome: Outcome::Unresolvable(why),
+                        checked: Vec::new(),
+                    }
+                }
+            },
+            // A second request for addresses cannot happen: they are known.
+            Verdict::NeedAddresses => break None,
+            Verdict::Allow(rule) => break rule,
+            Verdict::Deny(reason) => {
+                let checked = resolved
+                    .iter()
+                    .flat_map(|a| a.iter())
+                    .map(|&ip| (ip, acl.permits_address(ip)))
+                    .collect();
+                return Decision {
+                    outcome: Outcome::Deny(reason),
+                    checked,
+                };
+            }
+        }
+    };
+    let addrs = match resolved {
+        Some(addrs) => addrs,
+        None => match resolve().await {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                return Decision {
+                    outcome: Outcome::Unresolvable(why),
+                    checked: Vec::new(),
+                }
+            }
+        },
+    };
+    let checked: Vec<(IpAddr, bool)> = addrs.iter().map(|&ip| (ip, acl.permits_address(ip))).collect();
+    let permitted: Rc<[SocketAddr]> = checked
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|&(ip, _)| SocketAddr::new(ip, dest.port))
+        .collect();
+    let outcome = match addrs.first() {
+        Some(&first) if permitted.is_empty() => Outcome::Deny(DenyReason::Private(first)),
+        None => Outcome::Unresolvable("no address".into()),
+        Some(_) => Outcome::Allow {
+            rule,
+            addrs: permitted,
+        },
+    };
+    Decision { outcome, checked }
+}
+
+fn html_escape(text: &str) -> Cow<'_, str> {
+    if !text.contains(['<', '>', '&', '"', '\'']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
