@@ -177,8 +177,12 @@ impl Authenticator {
                 return user.clone();
             }
         }
-        let (name, password) = decode_basic(header)?;
-        let hash = self.auth.users.users.get(&name)?.clone();
+        let Some((name, password)) = decode_basic(header) else {
+            return self.remember(header, None, now);
+        };
+        let Some(hash) = self.auth.users.users.get(&name).cloned() else {
+            return self.remember(header, None, now);
+        };
         let ok = match hash {
             PasswordHash::Sha1(expected) => {
                 let got: [u8; 20] = Sha1::digest(password.as_bytes()).into();
@@ -186,6 +190,7 @@ impl Authenticator {
             }
             PasswordHash::Bcrypt(hash) => {
                 if self.pending.get() >= MAX_PENDING {
+                    // Overloaded: refuse without remembering the refusal.
                     return None;
                 }
                 self.pending.set(self.pending.get() + 1);
@@ -201,6 +206,11 @@ impl Authenticator {
                 name,
             })
         });
+        self.remember(header, user, now)
+    }
+
+    /// Caches the verdict for a credential and returns it.
+    fn remember(&self, header: &[u8], user: Option<Rc<User>>, now: Instant) -> Option<Rc<User>> {
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, expires)| *expires > now);
@@ -208,7 +218,7 @@ impl Authenticator {
                 cache.clear();
             }
         }
-        // Failures are remembered briefly: a client retrying a wrong
+        // Refusals are remembered briefly: a client retrying a wrong
         // password does not queue a bcrypt run each time.
         let ttl = if user.is_some() {
             self.auth.cache_ttl
@@ -302,7 +312,11 @@ mod tests {
             assert!(auth.authenticate(Some(b"Bearer abc")).await.is_none());
             assert!(auth.authenticate(Some(b"Basic !!!")).await.is_none());
             assert!(auth.authenticate(None).await.is_none());
-            assert_eq!(auth.cache.borrow().len(), 4, "verdicts cached per credential");
+            assert_eq!(
+                auth.cache.borrow().len(),
+                6,
+                "every verdict cached per credential"
+            );
         });
         assert_eq!(
             auth.scheme().challenge(),
