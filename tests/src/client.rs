@@ -122,6 +122,12 @@ impl TestClient {
         Ok(response)
     }
 
+    /// Takes the bytes read past the last response (e.g. tunnel data that
+    /// arrived together with a `200 Connection established`).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Whether the server closes the connection within `wait` (reads
     /// return end of stream; data still buffered counts as not closed).
     pub fn closed_within(&mut self, wait: Duration) -> bool {
