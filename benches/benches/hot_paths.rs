@@ -8,7 +8,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringway_balancer::{Balancer, RoundRobin, UpstreamGroup};
 use ringway_benches::{BROWSER_REQUEST, ORIGIN_RESPONSE, WRK_REQUEST};
 use ringway_http::{
-    write_upstream_head, HttpLimits, ProxyHeaders, RequestHead, ResponseHead, RouteSpec, RouteTable,
+    forward::domains::DomainSet, write_upstream_head, HttpLimits, ProxyHeaders, RequestHead, ResponseHead,
+    RouteSpec, RouteTable,
 };
 
 fn parse_request(c: &mut Criterion) {
@@ -121,12 +122,37 @@ fn balancer_pick(c: &mut Criterion) {
     });
 }
 
+/// Lookups in a blocklist of one million names, as `dst_domain_file` loads it.
+fn domain_lookup(c: &mut Criterion) {
+    let mut list = String::with_capacity(32 << 20);
+    for i in 0..1_000_000u32 {
+        list.push_str(&format!("ad{i}.network{}.test\n", i % 1009));
+    }
+    list.push_str(".wholesite.test\n");
+    let mut set = DomainSet::new();
+    assert!(set.extend_from_list(&list).is_empty());
+    drop(list);
+    let hit = format!("ad500001.network{}.test", 500_001 % 1009);
+    let deep_hit = "a.b.c.d.e.wholesite.test";
+    let deep_miss = "static.cdn.images.www.example.org";
+    let mut group = c.benchmark_group("domain_lookup_1m");
+    group.bench_function("exact_hit", |b| b.iter(|| assert!(set.matches(black_box(&hit)))));
+    group.bench_function("subtree_hit_6_labels", |b| {
+        b.iter(|| assert!(set.matches(black_box(deep_hit))))
+    });
+    group.bench_function("miss_6_labels", |b| {
+        b.iter(|| assert!(!set.matches(black_box(deep_miss))))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     parse_request,
     parse_response,
     serialize_request,
     route_lookup,
-    balancer_pick
+    balancer_pick,
+    domain_lookup
 );
 criterion_main!(benches);

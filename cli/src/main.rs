@@ -99,8 +99,9 @@ enum AclCommand {
         /// The method of a plain HTTP request.
         #[arg(long, default_value = "GET")]
         method: String,
-        /// A URL (http://host/path) or host:port (a CONNECT).
-        target: String,
+        /// URLs (http://host/path) or host:port (CONNECT); each is explained.
+        #[arg(required = true)]
+        targets: Vec<String>,
     },
 }
 
@@ -165,17 +166,23 @@ fn main() -> ExitCode {
                     src,
                     user,
                     method,
-                    target,
+                    targets,
                 },
         }) => load(&config).and_then(|c| {
-            let request = explain::Request {
-                listener: &listener,
-                src,
-                user: user.as_deref(),
-                method: &method,
-                target: &target,
-            };
-            explain::explain(&c, &request)
+            for (i, target) in targets.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                let request = explain::Request {
+                    listener: &listener,
+                    src,
+                    user: user.as_deref(),
+                    method: &method,
+                    target,
+                };
+                explain::explain(&c, &request)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }),
     };
     match result {

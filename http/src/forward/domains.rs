@@ -106,8 +106,19 @@ impl DomainSet {
     /// names are taken. Returns the 1-based line numbers and text of lines
     /// that were not valid names.
     pub fn extend_from_list(&mut self, text: &str) -> Vec<(usize, String)> {
+        // Reading from memory cannot fail.
+        self.extend_from_reader(text.as_bytes()).unwrap_or_default()
+    }
+
+    /// Like [`DomainSet::extend_from_list`], reading line by line (a large
+    /// list is never held in memory whole).
+    pub fn extend_from_reader(
+        &mut self,
+        reader: impl std::io::BufRead,
+    ) -> std::io::Result<Vec<(usize, String)>> {
         let mut bad = Vec::new();
-        for (i, line) in text.lines().enumerate() {
+        for (i, line) in reader.lines().enumerate() {
+            let line = line?;
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
@@ -135,7 +146,7 @@ impl DomainSet {
             }
         }
         self.names.shrink_to_fit();
-        bad
+        Ok(bad)
     }
 
     /// Whether `host` (lowercase, no trailing dot) is in the set: as an
