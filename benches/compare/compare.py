@@ -185,6 +185,7 @@ def write_nginx(tmp, workers, cpus):
 # upstream keepalive, HTTP/1.1 upstream, no access log, pinned workers.
 worker_processes {workers};
 worker_cpu_affinity {cpu_mask(cpus)};
+worker_rlimit_nofile 20000;
 daemon off;
 master_process on;
 pid $TMP/nginx.pid;
@@ -206,6 +207,12 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering on;
+            # Buffers that hold a 64 KiB response, and no temporary files:
+            # nginx's defaults spill larger responses to disk.
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;
+            proxy_busy_buffers_size 32k;
+            proxy_max_temp_file_size 0;
         }}
     }}
 }}
@@ -400,6 +407,39 @@ def measure(peer, scenario, seconds, load_cpus):
     return result
 
 
+def idle_memory(peer, count):
+    """Bytes of the proxy's RSS per idle keep-alive client connection: open
+    `count` connections, send one request on each and read its response (so
+    each is a real keep-alive connection that served a request), then idle."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 1000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1000), hard))
+    before = peer.rss_kib()
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", peer.port))
+            socks.append(s)
+        # One request at a time: the origin then needs one connection, not
+        # one per client.
+        for s in socks:
+            s.sendall(b"GET /16B HTTP/1.1\r\nHost: bench\r\n\r\n")
+            data = b""
+            while not data.endswith(b"0123456789abcdef"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"{peer.name} closed an idle-test connection")
+                data += chunk
+        time.sleep(2)
+        after = peer.rss_kib()
+    finally:
+        for s in socks:
+            s.close()
+    return (after - before) * 1024 / count
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -446,7 +486,7 @@ def fmt(v, digits=1):
     return f"{v:.{digits}f}"
 
 
-def report(args, table, direct, vers, mach, proxy_cpus, load_cpus, stamp):
+def report(args, table, direct, vers, mach, proxy_cpus, load_cpus, stamp, memory):
     lines = [
         f"# ringway vs nginx vs HAProxy: reverse proxy, {args.workers} worker(s)",
         "",
@@ -482,6 +522,14 @@ def report(args, table, direct, vers, mach, proxy_cpus, load_cpus, stamp):
             lines.append(f"| direct (wrk → origin) | {fmt(d['rps'])} | {fmt(d['p50'])} | {fmt(d['p99'])} | - | - | - | - | {d['errors']} |")
         lines.append("")
         lines.append(f"wrk: `{rows[next(iter(rows))]['cmd']}`")
+        lines.append("")
+    if memory:
+        lines.append(f"## Memory: {args.idle_connections:,} idle keep-alive client connections")
+        lines.append("")
+        lines.append("| proxy | RSS per idle connection |")
+        lines.append("|---|---|")
+        for peer, per_conn in memory.items():
+            lines.append(f"| {peer} | {per_conn / 1024:.2f} KiB |")
         lines.append("")
     md = "\n".join(lines) + "\n"
     svg = chart(table)
@@ -537,6 +585,8 @@ def main():
     ap.add_argument("--peers", default="ringway,nginx,haproxy")
     ap.add_argument("--ringway", default=str(ROOT / "target" / "release" / "ringway"), help="the ringway binary")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
+    ap.add_argument("--idle-connections", type=int, default=10000, help="connections for the idle-memory scenario (0: skip)")
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario names to run (default: all)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 5
@@ -569,8 +619,11 @@ def main():
         for p in peers:
             running[p] = start_peer(p, tmp, args.workers, proxy_cpus, ringway_bin)
         table, direct = {}, {}
+        chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
         for scenario in scenarios(args.quick):
             name = scenario[0]
+            if chosen and not any(c in name for c in chosen):
+                continue
             samples = {p: [] for p in peers}
             direct_samples = []
             for rnd in range(args.rounds):
@@ -599,7 +652,14 @@ def main():
                 "p99": median([d["p99_us"] for d in direct_samples]),
                 "errors": sum(d["errors"] for d in direct_samples),
             }
-        path, md = report(args, table, direct, versions(ringway_bin), machine(), proxy_cpus, load_cpus, stamp)
+        memory = {}
+        if not args.quick and args.idle_connections:
+            for p in peers:
+                if p == "haproxy":
+                    continue  # its maxconn fits this machine's fd limit only below 10,000
+                memory[p] = idle_memory(running[p], args.idle_connections)
+                print(f"[idle memory] {p}: {memory[p]:.0f} bytes per idle keep-alive connection", flush=True)
+        path, md = report(args, table, direct, versions(ringway_bin), machine(), proxy_cpus, load_cpus, stamp, memory)
         print(md)
         print(f"written: {path}")
     finally:

@@ -31,9 +31,12 @@ impl WorkerApp for WorkerListeners {
             return;
         };
         let client = ClientInfo { peer, local: *local };
+        // Each engine's connection future is boxed at its own size (one
+        // allocation per connection): inline, every task would be sized
+        // for the larger of the two modes.
         match engine {
-            ListenerEngine::Reverse(e) => e.serve(stream, client, &conn).await,
-            ListenerEngine::Forward(e) => e.serve(stream, client, &conn).await,
+            ListenerEngine::Reverse(e) => Box::pin(e.serve(stream, client, &conn)).await,
+            ListenerEngine::Forward(e) => Box::pin(e.serve(stream, client, &conn)).await,
         }
     }
 }

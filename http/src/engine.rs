@@ -29,6 +29,7 @@ use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side};
 
 use crate::{
     body::{BodyPath, OutFraming},
+    buffers,
     chunked::{ChunkedDecoder, Decoded},
     head::{BodyFraming, RequestHead, ResponseHead, Version},
     io::{io_error, read_some, timed, write_vec},
@@ -43,6 +44,12 @@ use crate::{
 pub trait ClientStream:
     AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + Sized + 'static
 {
+    /// Waits until a read would find data (or the end of the stream),
+    /// without holding a buffer. The default returns at once.
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+
     /// Tunnels bytes between this connection and `upstream` until both
     /// directions end (CONNECT, upgrades). `client_buf` and `upstream_buf`
     /// hold bytes already read from each side. The default copies through
@@ -60,6 +67,12 @@ pub trait ClientStream:
 }
 
 impl ClientStream for TcpStream {
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        // Relaxed: on epoll a stale "ready" only means the read that
+        // follows waits as usual.
+        self.readable(true)
+    }
+
     fn tunnel_with(
         self,
         client_buf: BytesMut,
@@ -185,6 +198,26 @@ struct ConnBuffers {
     scratch: Vec<u8>,
     req: RequestHead,
     resp: ResponseHead,
+    /// The listener's buffer size.
+    size: usize,
+}
+
+impl ConnBuffers {
+    /// Gives the buffers back to the worker's free lists (the read buffer
+    /// must hold nothing still needed).
+    fn release_buffers(&mut self) {
+        buffers::give_read(std::mem::take(&mut self.rbuf), self.size);
+        buffers::give_write(std::mem::take(&mut self.wbuf), self.size);
+        buffers::give_write(std::mem::take(&mut self.scratch), self.size);
+    }
+}
+
+impl Drop for ConnBuffers {
+    fn drop(&mut self) {
+        self.req.clear();
+        self.resp.clear();
+        self.release_buffers();
+    }
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -220,12 +253,15 @@ impl<H: Handler> Engine<H> {
     pub async fn serve<S: ClientStream>(&self, io: S, client: ClientInfo, conn: &ConnCtx) {
         let mut io = io;
         let size = self.settings.buffer_size;
+        // Buffers are taken from the worker's free lists when a request
+        // arrives and given back while the connection idles.
         let mut st = ConnBuffers {
-            rbuf: BytesMut::with_capacity(size),
-            wbuf: Vec::with_capacity(size),
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
             scratch: Vec::new(),
             req: RequestHead::new(),
             resp: ResponseHead::new(),
+            size,
         };
         let mut first = true;
         loop {
@@ -258,7 +294,9 @@ impl<H: Handler> Engine<H> {
                     let client_buf = std::mem::take(&mut st.rbuf);
                     drop(st);
                     let idle = self.settings.timeouts.tunnel_idle;
-                    let moved = io.tunnel_with(client_buf, stream, rbuf, idle, size).await;
+                    // Boxed: a tunnel's state is large and rare; kept inline it
+                    // would size every connection's task for it.
+                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, idle, size)).await;
                     tracing::debug!(
                         listener = &*self.listener,
                         client = %client.peer,
@@ -302,9 +340,20 @@ impl<H: Handler> Engine<H> {
             if !conn.set_idle(true) {
                 return Ok(false);
             }
+            // While idle the connection holds no buffer: it waits for
+            // readability, then takes one and reads what arrived.
+            st.release_buffers();
             let wait = if first { t.client_head } else { t.idle };
-            let read = monoio::time::timeout(wait, read_some(io, &mut st.rbuf, s.buffer_size)).await;
+            let size = s.buffer_size;
+            let rbuf = &mut st.rbuf;
+            let next = async {
+                io.wait_readable().await?;
+                *rbuf = buffers::take_read(size);
+                read_some(io, rbuf, size).await
+            };
+            let read = monoio::time::timeout(wait, next).await;
             conn.set_idle(false);
+            st.wbuf = buffers::take_write(size);
             match read {
                 // A drain that began while this connection was idle has shut
                 // its socket down: whatever arrived cannot be answered.
@@ -407,6 +456,7 @@ impl<H: Handler> Engine<H> {
             scratch,
             req,
             resp,
+            ..
         } = st;
         let upgrade = req.upgrade();
         let framing = req.body();
@@ -485,7 +535,7 @@ impl<H: Handler> Engine<H> {
                 } else {
                     OutFraming::Raw
                 };
-                path.relay(io, rbuf, &mut up.stream, scratch, framing, out)
+                Box::pin(path.relay(io, rbuf, &mut up.stream, scratch, framing, out))
                     .await
                     .map_err(Failure::before)?;
             }
@@ -601,12 +651,12 @@ impl<H: Handler> Engine<H> {
                 chunk: s.buffer_size,
                 max_trailer_bytes: s.limits.max_header_bytes,
             };
-            path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out)
+            Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
                 .await
                 .map_err(Failure::after)?;
         }
         if upstream_reusable {
-            self.pool.put(up);
+            self.pool.put(up, s.buffer_size);
         }
         Ok((if close { Outcome::Close } else { Outcome::KeepAlive }, status))
     }

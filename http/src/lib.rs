@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod buffers;
 mod chunked;
 mod engine;
 pub mod forward;

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 use ringway_core::{Error, ErrorKind, Result, Side};
 
-use crate::io::timed;
+use crate::{buffers, io::timed};
 
 /// An open connection to an upstream server, with its read buffer.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl UpstreamConn {
         let _ = stream.set_nodelay(true);
         Ok(Self {
             stream,
-            rbuf: BytesMut::with_capacity(buffer_size),
+            rbuf: buffers::take_read(buffer_size),
             addr,
             reused: false,
         })
@@ -122,7 +122,7 @@ impl UpstreamPool {
         buffer_size: usize,
     ) -> Result<UpstreamConn> {
         for &addr in candidates {
-            if let Some(conn) = self.take(addr) {
+            if let Some(conn) = self.take(addr, buffer_size) {
                 self.reused.set(self.reused.get() + 1);
                 return Ok(conn);
             }
@@ -140,7 +140,10 @@ impl UpstreamPool {
     ) -> Result<UpstreamConn> {
         let mut last = Error::new(ErrorKind::NoUpstream, Side::Upstream, "no address to connect to");
         for &addr in candidates {
-            match UpstreamConn::connect(addr, connect_timeout, buffer_size).await {
+            // Boxed: monoio's connect future is large, and new connections
+            // are rare next to pooled ones; inline it would size every
+            // client connection's task.
+            match Box::pin(UpstreamConn::connect(addr, connect_timeout, buffer_size)).await {
                 Ok(conn) => {
                     self.created.set(self.created.get() + 1);
                     return Ok(conn);
@@ -151,7 +154,7 @@ impl UpstreamPool {
         Err(last)
     }
 
-    fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+    fn take(&self, addr: SocketAddr, buffer_size: usize) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
@@ -170,16 +173,19 @@ impl UpstreamPool {
             }
             let mut conn = entry.conn;
             conn.reused = true;
+            conn.rbuf = buffers::take_read(buffer_size);
             return Some(conn);
         }
         None
     }
 
     /// Returns a connection whose last exchange ended cleanly.
-    pub(crate) fn put(&self, conn: UpstreamConn) {
+    pub(crate) fn put(&self, mut conn: UpstreamConn, buffer_size: usize) {
         if !conn.rbuf.is_empty() || self.settings.max_idle_per_server == 0 {
             return;
         }
+        // An idle connection holds no buffer.
+        buffers::give_read(std::mem::take(&mut conn.rbuf), buffer_size);
         let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.addr).or_default();
