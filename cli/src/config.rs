@@ -651,6 +651,7 @@ impl Validator {
             buffer_size,
             scheme: "http",
             access_log,
+            splice_tunnels: false,
         };
         (settings, pool)
     }
@@ -1032,8 +1033,12 @@ impl Validator {
                 matchers.push(Matcher::Method(methods.items().to_vec()));
             }
             if let Some(res) = &r.url_regex {
-                if let Some(set) = self.regexes(&rat.key("url_regex"), res.items()) {
-                    matchers.push(Matcher::UrlRegex(set));
+                // Validated one by one for the error's key, then compiled to
+                // match URLs as bytes (a URL need not be UTF-8).
+                if self.regexes(&rat.key("url_regex"), res.items()).is_some() {
+                    if let Ok(set) = regex::bytes::RegexSet::new(res.items()) {
+                        matchers.push(Matcher::UrlRegex(set));
+                    }
                 }
             }
             if let Some(users) = &r.user {

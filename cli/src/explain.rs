@@ -50,13 +50,22 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         dest: &dest,
         method: method.as_bytes(),
         connect,
-        url: (!connect).then_some(request.target.as_bytes()),
+        path: (!connect).then(|| path_of(request.target).as_bytes()),
         user: request.user,
         groups: &groups,
     };
     let decision = runtime.block_on(decide(&settings.acl, &Rc::new(resolver), &acl_request));
     print!("{}", report(&settings, request, &dest, &method, &decision));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The path and query of an http:// URL ("/" when it has none).
+fn path_of(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    match rest.find(['/', '?']) {
+        Some(i) => &rest[i..],
+        None => "/",
+    }
 }
 
 fn destination(request: &Request<'_>) -> anyhow::Result<(Destination, bool, String)> {

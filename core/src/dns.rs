@@ -111,7 +111,11 @@ pub struct Resolver {
 
 /// Most names cached per worker; past it the cache is cleared of expired
 /// entries, then emptied.
-const MAX_CACHED: usize = 100_000;
+const MAX_CACHED: usize = 20_000;
+/// Addresses kept per name.
+const MAX_ADDRESSES: usize = 16;
+/// The UDP payload size offered with EDNS0 (the DNS Flag Day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
 
 impl Resolver {
     /// A resolver with an empty cache.
@@ -213,8 +217,14 @@ impl Resolver {
             .connect(server)
             .await
             .map_err(fail("connecting a DNS socket"))?;
-        let ids = [self.random_u16(), self.random_u16()];
-        for (id, qtype) in ids.iter().zip([TYPE_A, TYPE_AAAA]) {
+        let first = self.random_u16();
+        let mut second = self.random_u16();
+        while second == first {
+            second = self.random_u16();
+        }
+        let ids = [first, second];
+        let qtypes = [TYPE_A, TYPE_AAAA];
+        for (id, qtype) in ids.iter().zip(qtypes) {
             let (sent, _) = socket.send(encode_query(*id, name, qtype)).await;
             sent.map_err(fail("sending a DNS query"))?;
         }
@@ -223,8 +233,9 @@ impl Resolver {
             ttl: self.config.cache_ttl,
         };
         let mut pending = [true, true];
+        let mut failed = [false, false];
         let mut nxdomain = false;
-        let mut buf = vec![0u8; 1500];
+        let mut buf = vec![0u8; EDNS_PAYLOAD as usize];
         while pending.iter().any(|&p| p) {
             let (got, back) = socket.recv(buf).await;
             buf = back;
@@ -235,20 +246,19 @@ impl Resolver {
             let Some(slot) = ids.iter().position(|&id| id == parsed.id) else {
                 continue;
             };
-            if !pending[slot] {
+            if !pending[slot] || parsed.qtype != qtypes[slot] {
                 continue;
             }
             pending[slot] = false;
             match parsed.rcode {
+                // A truncated answer may lack addresses: not trusted.
+                RCODE_OK if parsed.truncated => failed[slot] = true,
                 RCODE_OK => {}
                 RCODE_NXDOMAIN => nxdomain = true,
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::ConnectFailed,
-                        Side::Upstream,
-                        "DNS server failed to answer",
-                    ))
-                }
+                _ => failed[slot] = true,
+            }
+            if failed[slot] {
+                continue;
             }
             answer.ttl = answer.ttl.min(parsed.ttl.unwrap_or(self.config.negative_ttl));
             // A records first: IPv4 is tried before IPv6.
@@ -258,9 +268,19 @@ impl Resolver {
                 answer.addrs.extend(parsed.addrs);
             }
         }
-        if nxdomain || answer.addrs.is_empty() {
+        // One family failing (a server refusing AAAA, say) leaves the other's
+        // addresses usable; both failing is a failure, not "no address".
+        if failed == [true, true] || (answer.addrs.is_empty() && failed.contains(&true) && !nxdomain) {
+            return Err(Error::new(
+                ErrorKind::ConnectFailed,
+                Side::Upstream,
+                "DNS server failed to answer",
+            ));
+        }
+        if nxdomain {
             answer.addrs.clear();
         }
+        answer.addrs.truncate(MAX_ADDRESSES);
         Ok(answer)
     }
 }
@@ -282,6 +302,7 @@ const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
 const TYPE_SOA: u16 = 6;
 const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const RCODE_OK: u8 = 0;
 const RCODE_NXDOMAIN: u8 = 3;
@@ -296,7 +317,7 @@ fn encode_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut q = Vec::with_capacity(18 + name.len());
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&0x0100u16.to_be_bytes()); // RD
-    q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // QD=1, AN=NS=AR=0
+    q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]); // QD=1, AN=NS=0, AR=1 (OPT)
     for label in name.split('.') {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
@@ -304,12 +325,21 @@ fn encode_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     q.push(0);
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    // EDNS0 OPT record: root name, type 41, class = UDP payload size.
+    q.push(0);
+    q.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    q.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // extended RCODE, flags, RDLENGTH 0
     q
 }
 
 struct Parsed {
     id: u16,
     rcode: u8,
+    /// The TC bit: the answer did not fit.
+    truncated: bool,
+    /// The question's type.
+    qtype: u16,
     addrs: Vec<IpAddr>,
     /// Smallest TTL of the records used, or the negative TTL from the SOA.
     ttl: Option<Duration>,
@@ -464,6 +494,8 @@ fn parse_response(msg: &[u8], qname: &str) -> Option<Parsed> {
     Some(Parsed {
         id,
         rcode,
+        truncated: flags & 0x0200 != 0,
+        qtype,
         addrs,
         ttl: ttl.map(|t| Duration::from_secs(u64::from(t))),
     })
@@ -477,9 +509,12 @@ mod tests {
 
     /// Builds a response to `query` with `answers` as (type, ttl, rdata).
     fn respond(query: &[u8], rcode: u8, answers: &[(u16, u32, Vec<u8>)]) -> Vec<u8> {
-        let mut out = query.to_vec();
+        // Header and question only: the query's 11-byte OPT record is its
+        // last part, and answers come before any additional records.
+        let mut out = query[..query.len() - 11].to_vec();
         out[2] = 0x81;
         out[3] = 0x80 | rcode;
+        out[10..12].copy_from_slice(&[0, 0]);
         out[6..8].copy_from_slice(&(answers.len() as u16).to_be_bytes());
         for (rtype, ttl, data) in answers {
             out.extend_from_slice(&[0xc0, 12]); // name: pointer to the question
@@ -618,6 +653,38 @@ mod tests {
             assert!(parse_response(&full[..cut], name).is_none(), "cut at {cut}");
         }
         assert!(parse_response(&q, name).is_none(), "a query is not an answer");
+    }
+
+    #[test]
+    fn a_failing_aaaa_query_keeps_the_a_answer_and_truncated_answers_are_not_trusted() {
+        let (server, _) = fake_server(|qtype, q| {
+            Some(match qtype {
+                TYPE_A => respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 8])]),
+                _ => respond(q, 2, &[]), // SERVFAIL
+            })
+        });
+        let resolver = Resolver::new(config(vec![server]));
+        assert_eq!(
+            &*block_on(resolver.resolve("half.test")).unwrap(),
+            &[IpAddr::from([127, 0, 0, 8])]
+        );
+
+        let (server, _) = fake_server(|_, q| {
+            let mut r = respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 9])]);
+            r[2] |= 0x02; // TC
+            Some(r)
+        });
+        let resolver = Resolver::new(config(vec![server]));
+        assert!(
+            block_on(resolver.resolve("big.test")).is_err(),
+            "truncated: failure, not an answer"
+        );
+        let query = encode_query(1, "x.test", TYPE_A);
+        assert_eq!(
+            &query[query.len() - 11..query.len() - 8],
+            &[0, 0, 41],
+            "EDNS0 OPT record sent"
+        );
     }
 
     #[test]

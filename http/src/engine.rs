@@ -53,16 +53,22 @@ pub trait ClientStream:
     /// Tunnels bytes between this connection and `upstream` until both
     /// directions end (CONNECT, upgrades). `client_buf` and `upstream_buf`
     /// hold bytes already read from each side. The default copies through
-    /// user-space buffers; TCP clients splice.
+    /// user-space buffers; TCP clients splice when `splice` is set.
     fn tunnel_with(
         self,
         client_buf: BytesMut,
         upstream: TcpStream,
         upstream_buf: BytesMut,
-        idle: Duration,
-        chunk: usize,
+        options: TunnelOptions,
     ) -> impl Future<Output = TunnelBytes> {
-        copy_tunnel(self, client_buf, upstream, upstream_buf, idle, chunk)
+        copy_tunnel(
+            self,
+            client_buf,
+            upstream,
+            upstream_buf,
+            options.idle,
+            options.chunk,
+        )
     }
 }
 
@@ -73,16 +79,38 @@ impl ClientStream for TcpStream {
         self.readable(true)
     }
 
-    fn tunnel_with(
+    async fn tunnel_with(
         self,
         client_buf: BytesMut,
         upstream: TcpStream,
         upstream_buf: BytesMut,
-        idle: Duration,
-        _chunk: usize,
-    ) -> impl Future<Output = TunnelBytes> {
-        splice_tunnel(self, client_buf, upstream, upstream_buf, idle)
+        options: TunnelOptions,
+    ) -> TunnelBytes {
+        if options.splice {
+            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle).await
+        } else {
+            copy_tunnel(
+                self,
+                client_buf,
+                upstream,
+                upstream_buf,
+                options.idle,
+                options.chunk,
+            )
+            .await
+        }
     }
+}
+
+/// How a tunnel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelOptions {
+    /// Close the tunnel after this long with no bytes either way.
+    pub idle: Duration,
+    /// Bytes per read when copying.
+    pub chunk: usize,
+    /// Splice between sockets instead of copying (epoll driver only).
+    pub splice: bool,
 }
 
 /// Who is on the other end of a client connection.
@@ -293,10 +321,14 @@ impl<H: Handler> Engine<H> {
                     } = up;
                     let client_buf = std::mem::take(&mut st.rbuf);
                     drop(st);
-                    let idle = self.settings.timeouts.tunnel_idle;
+                    let options = TunnelOptions {
+                        idle: self.settings.timeouts.tunnel_idle,
+                        chunk: size,
+                        splice: self.settings.splice_tunnels,
+                    };
                     // Boxed: a tunnel's state is large and rare; kept inline it
                     // would size every connection's task for it.
-                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, idle, size)).await;
+                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, options)).await;
                     tracing::debug!(
                         listener = &*self.listener,
                         client = %client.peer,
@@ -768,7 +800,7 @@ impl<H: Handler> Engine<H> {
             _ => tracing::warn!(
                 listener = &*self.listener,
                 client = %client.peer,
-                target = %String::from_utf8_lossy(req.target()),
+                target = %loggable_target(req.target()),
                 status,
                 "request failed: {error}"
             ),
@@ -781,10 +813,24 @@ impl<H: Handler> Engine<H> {
             listener = &*self.listener,
             client = %client.peer,
             method = %String::from_utf8_lossy(req.method_bytes()),
-            target = %String::from_utf8_lossy(req.target()),
+            target = %loggable_target(req.target()),
             status,
             micros = started.elapsed().as_micros() as u64,
         );
+    }
+}
+
+/// A request target fit for a log line: credentials in an authority
+/// (`user:password@host`) are replaced by `***`.
+fn loggable_target(target: &[u8]) -> Cow<'_, str> {
+    let text = String::from_utf8_lossy(target);
+    let scheme_end = text.find("://").map_or(0, |i| i + 3);
+    let authority_end = text[scheme_end..]
+        .find(['/', '?'])
+        .map_or(text.len(), |i| scheme_end + i);
+    match text[scheme_end..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}***{}", &text[..scheme_end], &text[scheme_end + at..])),
+        None => text,
     }
 }
 
@@ -896,6 +942,14 @@ mod tests {
             status_for(&e(ErrorKind::NotImplemented, Side::Downstream)),
             Some(501)
         );
+    }
+
+    #[test]
+    fn logged_targets_carry_no_credentials() {
+        assert_eq!(loggable_target(b"user:pw@host.test:443"), "***@host.test:443");
+        assert_eq!(loggable_target(b"http://u:p@h.test/a@b"), "http://***@h.test/a@b");
+        assert_eq!(loggable_target(b"/path?x=a@b"), "/path?x=a@b");
+        assert_eq!(loggable_target(b"host.test:443"), "host.test:443");
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod reverse;
 mod tunnel;
 mod write;
 
-pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route};
+pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route, TunnelOptions};
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use limits::{EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, MAX_HEADERS_CAP};

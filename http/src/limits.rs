@@ -116,6 +116,9 @@ pub struct EngineSettings {
     pub scheme: &'static str,
     /// Log one line per request at target `ringway::access`.
     pub access_log: bool,
+    /// Splice tunnels between TCP sockets (set for the epoll driver; under
+    /// io_uring every splice would occupy a kernel worker thread).
+    pub splice_tunnels: bool,
 }
 
 impl Default for EngineSettings {
@@ -127,6 +130,7 @@ impl Default for EngineSettings {
             buffer_size: 16 * 1024,
             scheme: "http",
             access_log: false,
+            splice_tunnels: false,
         }
     }
 }

@@ -8,9 +8,11 @@
 //! is closed.
 //!
 //! Two implementations: [`splice_tunnel`] between two TCP sockets moves
-//! bytes socket → pipe → socket with `splice(2)` (through io_uring when that
-//! is the driver), never copying them into user space; its idle timeout
-//! shuts both sockets down. [`copy_tunnel`] works for any client stream
+//! bytes socket → pipe → socket with `splice(2)`, never copying them into
+//! user space; its idle timeout shuts both sockets down. It is used with
+//! the epoll driver only: io_uring runs every splice on a kernel worker
+//! thread (it cannot splice without blocking), so each idle tunnel would
+//! hold such a thread. [`copy_tunnel`] works for any client stream
 //! (TLS later) through buffers; its pending reads are cancelled through
 //! monoio's cancelable reads, which hand back any bytes that arrived in the
 //! meantime, so closing an idle tunnel never drops data.
@@ -165,11 +167,14 @@ async fn splice_one_way<R: AsReadFd, W: AsWriteFd + AsyncWriteRent>(
         while left > 0 {
             match to.splice_from_pipe(&mut pipe_read, left).await {
                 Ok(0) | Err(_) => break 'transfer,
-                Ok(written) => left -= written,
+                Ok(written) => {
+                    left -= written;
+                    moved += u64::from(written);
+                    // A slow but moving receiver is not idle.
+                    last_activity.set(Instant::now());
+                }
             }
         }
-        moved += u64::from(n);
-        last_activity.set(Instant::now());
     }
     // Half-close: the other side sees our end of stream.
     let _ = to.shutdown().await;
@@ -236,7 +241,7 @@ async fn copy_one_way<R: CancelableAsyncReadRent, W: AsyncWriteRent>(
             Err(_) => {
                 if !buf.is_empty() {
                     moved += buf.len() as u64;
-                    let _ = write_all(to, buf).await;
+                    let _ = monoio::time::timeout(idle, write_all(to, buf)).await;
                 }
                 break;
             }

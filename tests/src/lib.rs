@@ -130,7 +130,12 @@ impl ProxySetup {
             let handler = ReverseHandler::new(routes.clone(), &groups, worker.index);
             let pool = Rc::new(UpstreamPool::new(pool));
             TestApp {
-                engine: TestEngine::Reverse(Engine::new("test", handler, settings.clone(), pool)),
+                engine: TestEngine::Reverse(Engine::new(
+                    "test",
+                    handler,
+                    engine_settings(&settings, worker),
+                    pool,
+                )),
             }
         })
         .expect("proxy starts");
@@ -169,7 +174,8 @@ pub struct ForwardSetup {
     pub driver: DriverChoice,
     /// The listener's ACL.
     pub acl: Acl,
-    /// Static DNS answers (name, address); no DNS server is asked.
+    /// Static DNS answers (name, address; a name may repeat for several
+    /// addresses, in order); no DNS server is asked.
     pub hosts: Vec<(&'static str, &'static str)>,
     /// Required authentication.
     pub auth: Option<BasicAuth>,
@@ -203,11 +209,11 @@ impl ForwardSetup {
         let mut dns = DnsConfig::system();
         dns.servers = vec![silent_udp_addr()];
         dns.timeout = Duration::from_millis(200);
-        dns.hosts = self
-            .hosts
-            .iter()
-            .map(|(name, ip)| ((*name).to_owned(), vec![ip.parse().expect("test IP")]))
-            .collect();
+        dns.hosts.clear();
+        for (name, ip) in &self.hosts {
+            let ips = dns.hosts.entry((*name).to_owned()).or_default();
+            ips.push(ip.parse().expect("test IP"));
+        }
         let dns = Arc::new(dns);
         let settings = Arc::new(ForwardSettings {
             listener: "outbound".into(),
@@ -216,13 +222,18 @@ impl ForwardSetup {
             pac: self.pac.map(Arc::new),
             deny_page: None,
         });
-        let engine_settings = self.settings;
+        let forward_settings = self.settings;
         let server = test_server_config(self.driver, 10_000, Duration::from_secs(10));
-        let handle = ringway_core::start(server, move |_| {
+        let handle = ringway_core::start(server, move |worker| {
             let handler = ForwardHandler::new(settings.clone(), Rc::new(Resolver::new(dns.clone())));
             let pool = Rc::new(UpstreamPool::new(PoolSettings::default()));
             TestApp {
-                engine: TestEngine::Forward(Engine::new("outbound", handler, engine_settings.clone(), pool)),
+                engine: TestEngine::Forward(Engine::new(
+                    "outbound",
+                    handler,
+                    engine_settings(&forward_settings, worker),
+                    pool,
+                )),
             }
         })
         .expect("proxy starts");
@@ -231,6 +242,15 @@ impl ForwardSetup {
             handle: Some(handle),
             addr,
         }
+    }
+}
+
+/// A listener's settings as the binary's factory makes them for `worker`:
+/// tunnels splice on the epoll driver only.
+fn engine_settings(settings: &EngineSettings, worker: &ringway_core::WorkerInfo) -> EngineSettings {
+    EngineSettings {
+        splice_tunnels: worker.driver == ringway_core::DriverKind::Legacy,
+        ..settings.clone()
     }
 }
 
@@ -366,7 +386,13 @@ pub struct Origin {
 impl Origin {
     /// An origin that answers every request with `respond`.
     pub fn start(respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Origin::start_on("127.0.0.1:0".parse().expect("address"), respond)
+    }
+
+    /// Like [`Origin::start`], listening on `addr` (another 127.0.0.0/8
+    /// address, a fixed port).
+    pub fn start_on(addr: SocketAddr, respond: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind(addr).expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let origin = Origin {
             addr,

@@ -42,6 +42,9 @@ both_drivers!(
     first_matching_rule_wins_then_the_default,
     anonymity_settings_control_x_forwarded_for_and_via,
     unresolvable_names_are_502_and_https_urls_400,
+    a_dst_ip_allow_rule_connects_only_to_the_addresses_it_covers,
+    url_regex_matches_every_spelling_of_a_url,
+    ipv6_forms_that_embed_private_ipv4_are_refused,
 );
 
 fn net(s: &str) -> IpNet {
@@ -259,7 +262,12 @@ fn private_destinations_are_denied_after_resolution(driver: DriverChoice) {
     // internal.test resolves to 127.0.0.2: private and not exempt.
     let r = get(&p, &format!("http://internal.test:{port}/"), "");
     assert_eq!(denied_by(&r), "listener=outbound; block_private");
-    assert!(r.text().contains("127.0.0.2 is private"), "{}", r.text());
+    assert!(r.text().contains("is private (block_private)"), "{}", r.text());
+    assert!(
+        !r.text().contains("127.0.0.2"),
+        "internal addresses are not shown: {}",
+        r.text()
+    );
     // IP literals are checked the same way, CONNECT too.
     assert_eq!(get(&p, &format!("http://127.0.0.3:{port}/"), "").status, 403);
     let mut c = p.client();
@@ -461,6 +469,7 @@ fn every_matcher_can_decide(driver: DriverChoice) {
     let port = origin.addr().port();
     let url = format!("http://allowed.test:{port}/files/report.pdf");
     let regex = |r: &str| regex::RegexSet::new([r]).unwrap();
+    let url_regex = |r: &str| regex::bytes::RegexSet::new([r]).unwrap();
     let cases: Vec<(&str, Matcher, bool)> = vec![
         ("src", Matcher::Src(vec![net("127.0.0.0/8")]), true),
         ("src miss", Matcher::Src(vec![net("192.0.2.0/24")]), false),
@@ -478,7 +487,7 @@ fn every_matcher_can_decide(driver: DriverChoice) {
         ),
         ("method", Matcher::Method(vec!["GET".into()]), true),
         ("method miss", Matcher::Method(vec!["POST".into()]), false),
-        ("url_regex", Matcher::UrlRegex(regex(r"\.pdf$")), true),
+        ("url_regex", Matcher::UrlRegex(url_regex(r"\.pdf$")), true),
         (
             "time always",
             Matcher::Time(vec!["Mon-Sun 00:00-24:00".parse::<TimeWindow>().unwrap()]),
@@ -501,7 +510,7 @@ fn every_matcher_can_decide(driver: DriverChoice) {
         acl(vec![rule(
             "urls",
             Action::Deny,
-            vec![Matcher::UrlRegex(regex("allowed"))],
+            vec![Matcher::UrlRegex(url_regex("allowed"))],
         )]),
     );
     let echo = echo_server();
@@ -563,4 +572,82 @@ fn unresolvable_names_are_502_and_https_urls_400(driver: DriverChoice) {
     let r = get(&p, "https://allowed.test/", "");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("CONNECT"));
+}
+
+fn a_dst_ip_allow_rule_connects_only_to_the_addresses_it_covers(driver: DriverChoice) {
+    // Two origins on one port: 127.0.0.5 (not covered) and 127.0.0.1.
+    let (other, port) = loop {
+        let other = Origin::start_on("127.0.0.5:0".parse().unwrap(), |_| Reply::ok("uncovered"));
+        let port = other.addr().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break (other, port);
+        }
+    };
+    let covered = Origin::start_on(SocketAddr::from(([127, 0, 0, 1], port)), |_| Reply::ok("covered"));
+    let mut strict = acl(vec![rule(
+        "to .1 only",
+        Action::Allow,
+        vec![Matcher::DstIp(vec![net("127.0.0.1/32")])],
+    )]);
+    strict.default = Action::Deny;
+    strict.block_private = false;
+    let mut setup = ForwardSetup::new(driver, strict);
+    // The name resolves to the uncovered address first.
+    setup.hosts = vec![("multi.test", "127.0.0.5"), ("multi.test", "127.0.0.1")];
+    let p = setup.start();
+    for _ in 0..3 {
+        assert_eq!(
+            get(&p, &format!("http://multi.test:{port}/"), "").text(),
+            "covered"
+        );
+    }
+    assert_eq!(other.connections(), 0, "the rule did not cover 127.0.0.5");
+    assert!(covered.connections() >= 1);
+}
+
+fn url_regex_matches_every_spelling_of_a_url(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("reached"));
+    let port = origin.addr().port();
+    let deny = regex::bytes::RegexSet::new([format!(r"^http://allowed\.test:{port}/ads")]).unwrap();
+    let p = proxy(
+        driver,
+        acl(vec![rule("no ads", Action::Deny, vec![Matcher::UrlRegex(deny)])]),
+    );
+    for target in [
+        format!("http://allowed.test:{port}/ads/x"),
+        format!("http://ALLOWED.Test.:{port}/ads"),
+        format!("http://allowed.test:{port}/%61ds"),
+        format!("HTTP://allowed.test:{port}/%61%64s?q"),
+    ] {
+        assert!(denied_by(&get(&p, &target, "")).contains("no ads"), "{target}");
+    }
+    // A path that is not UTF-8 cannot slip past: refused one way or the other.
+    let mut c = p.client();
+    let mut raw = format!("GET http://allowed.test:{port}/ads/").into_bytes();
+    raw.extend_from_slice(b"\xff HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+    c.send(&raw);
+    let status = c.response().status;
+    assert!(status == 400 || status == 403, "{status}");
+    assert_eq!(origin.connections(), 0);
+    assert_eq!(
+        get(&p, &format!("http://allowed.test:{port}/news"), "").text(),
+        "reached"
+    );
+}
+
+fn ipv6_forms_that_embed_private_ipv4_are_refused(driver: DriverChoice) {
+    let mut open = acl(vec![]);
+    open.private_allow.clear();
+    let p = proxy(driver, open);
+    for host in [
+        "[::127.0.0.1]",
+        "[::ffff:0:7f00:1]",
+        "[2002:7f00:1::1]",
+        "[2002:a9fe:a9fe::1]",
+        "[64:ff9b::a00:1]",
+        "[2001::1]",
+    ] {
+        let r = get(&p, &format!("http://{host}:8080/"), "");
+        assert_eq!(denied_by(&r), "listener=outbound; block_private", "{host}");
+    }
 }

@@ -70,13 +70,16 @@ impl FromStr for IpNet {
                 .filter(|&p| p <= max)
                 .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
         };
+        let mapped = addr.is_ipv6() && unmap(addr).is_ipv4();
+        if mapped && prefix < 96 {
+            // ::ffff:a.b.c.d/64 would quietly become an IPv4 /0.
+            return Err(format!(
+                "invalid network {s:?}: an IPv4-mapped network needs a prefix of at least 96"
+            ));
+        }
         Ok(IpNet {
             addr: unmap(addr),
-            prefix: if addr.is_ipv4() || unmap(addr).is_ipv6() {
-                prefix
-            } else {
-                prefix.saturating_sub(96)
-            },
+            prefix: if mapped { prefix - 96 } else { prefix },
         })
     }
 }
@@ -98,16 +101,35 @@ fn unmap(ip: IpAddr) -> IpAddr {
 /// default: loopback, private (RFC 1918), link-local (cloud metadata at
 /// 169.254.169.254 included), CGNAT, "this network", reserved, benchmarking,
 /// unique-local and link-local IPv6, unspecified, multicast and broadcast.
-/// IPv4-mapped and NAT64 IPv6 addresses are judged by their IPv4 address.
+/// IPv6 forms that embed an IPv4 address (mapped, compatible, translated,
+/// NAT64, 6to4) are judged by that address; Teredo and local-use NAT64,
+/// whose targets cannot be judged, are refused.
 pub fn is_private(ip: IpAddr) -> bool {
     match unmap(ip) {
         IpAddr::V4(v4) => is_private_v4(v4),
         IpAddr::V6(v6) => {
             let segments = v6.segments();
-            // 64:ff9b::/96 (NAT64) embeds an IPv4 address.
-            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let o = v6.octets();
-                return is_private_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            let o = v6.octets();
+            let low_v4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+            // 64:ff9b::/96 (NAT64), ::/96 (IPv4-compatible, deprecated) and
+            // ::ffff:0:0:0/96 (IPv4-translated) end in an IPv4 address.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || (segments[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified())
+                || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
+            {
+                return is_private_v4(low_v4);
+            }
+            // 2002::/16 (6to4) carries the IPv4 address in bits 16 to 48.
+            if segments[0] == 0x2002 {
+                return is_private_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+            }
+            // 2001::/32 (Teredo), 64:ff9b:1::/48 (local-use NAT64) and
+            // 100::/64 (discard-only): where they lead cannot be judged.
+            if (segments[0] == 0x2001 && segments[1] == 0)
+                || segments[..3] == [0x64, 0xff9b, 1]
+                || segments[..4] == [0x100, 0, 0, 0]
+            {
+                return true;
             }
             v6.is_loopback()
                 || v6.is_unspecified()
@@ -270,8 +292,10 @@ pub enum Matcher {
     DstPort(PortSet),
     /// The method is one of these (case-sensitive, as HTTP methods are).
     Method(Vec<String>),
-    /// The full URL of a plain HTTP request matches (never a CONNECT).
-    UrlRegex(regex::RegexSet),
+    /// The URL of a plain HTTP request matches (never a CONNECT), in a
+    /// canonical form: `http://` + normalised host + `:port` unless 80 +
+    /// the path and query with unreserved characters percent-decoded.
+    UrlRegex(regex::bytes::RegexSet),
     /// The authenticated user is one of these.
     User(Vec<String>),
     /// The authenticated user is in one of these groups.
@@ -342,8 +366,8 @@ pub struct AclRequest<'a> {
     pub method: &'a [u8],
     /// Whether this is a CONNECT.
     pub connect: bool,
-    /// The URL of a plain HTTP request (absolute-form target).
-    pub url: Option<&'a [u8]>,
+    /// The path and query of a plain HTTP request (origin-form).
+    pub path: Option<&'a [u8]>,
     /// The authenticated user.
     pub user: Option<&'a str>,
     /// The user's groups.
@@ -428,6 +452,76 @@ impl Acl {
             DenyReason::Private(ip) => format!("destination address {ip} is private (block_private)"),
         }
     }
+
+    /// What a client is told about `reason`: like [`Acl::explain`], without
+    /// the resolved address (which would let clients map internal names).
+    pub fn explain_to_client(&self, reason: DenyReason) -> String {
+        match reason {
+            DenyReason::Private(_) => "the destination address is private (block_private)".into(),
+            other => self.explain(other),
+        }
+    }
+}
+
+thread_local! {
+    /// Reused for every URL match: no allocation per request.
+    static CANONICAL_URL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes `ip` in its usual text form into `buf`; returns the text.
+fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 48 bytes hold the longest IPv6 text (45).
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+/// `http://host[:port]/path`, with the normalised host, the port only when
+/// not 80, and percent-encoded unreserved characters decoded (RFC 3986
+/// 6.2.2.2), so that spelling variants of one URL all match alike.
+pub(crate) fn canonical_url(out: &mut Vec<u8>, dest: &Destination, path: &[u8]) {
+    use std::io::Write;
+    out.clear();
+    out.extend_from_slice(b"http://");
+    let _ = write!(out, "{}", dest.host);
+    if dest.port != 80 {
+        let _ = write!(out, ":{}", dest.port);
+    }
+    if path.first() != Some(&b'/') {
+        out.push(b'/');
+    }
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+}
+
+impl Acl {
+    /// Whether rule `rule` admits address `ip`: a rule with `dst_ip`
+    /// matchers allows only the addresses inside all of them, whatever
+    /// other addresses the name resolved to.
+    pub fn rule_admits(&self, rule: usize, ip: IpAddr) -> bool {
+        self.rules.get(rule).is_none_or(|r| {
+            r.matchers.iter().all(|m| match m {
+                Matcher::DstIp(nets) => nets.iter().any(|n| n.contains(ip)),
+                _ => true,
+            })
+        })
+    }
 }
 
 /// Whether one matcher holds; `None` when it needs resolved addresses.
@@ -438,7 +532,10 @@ fn matches(m: &Matcher, req: &AclRequest<'_>, addrs: Option<&[IpAddr]>) -> Optio
         Matcher::DstDomain(set) => matches!(host, Host::Name(n) if set.matches(n.as_str())),
         Matcher::DstRegex(set) => match host {
             Host::Name(n) => set.is_match(n.as_str()),
-            Host::Ip(ip) => set.is_match(&ip.to_string()),
+            Host::Ip(ip) => {
+                let mut text = [0u8; 48];
+                set.is_match(format_ip(*ip, &mut text))
+            }
         },
         Matcher::DstIp(nets) => match host {
             Host::Ip(ip) => nets.iter().any(|n| n.contains(*ip)),
@@ -446,8 +543,12 @@ fn matches(m: &Matcher, req: &AclRequest<'_>, addrs: Option<&[IpAddr]>) -> Optio
         },
         Matcher::DstPort(ports) => ports.contains(req.dest.port),
         Matcher::Method(methods) => methods.iter().any(|m| m.as_bytes() == req.method),
-        Matcher::UrlRegex(set) => match req.url.and_then(|u| std::str::from_utf8(u).ok()) {
-            Some(url) if !req.connect => set.is_match(url),
+        Matcher::UrlRegex(set) => match req.path {
+            Some(path) if !req.connect => CANONICAL_URL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                canonical_url(&mut buf, req.dest, path);
+                set.is_match(&buf)
+            }),
             _ => false,
         },
         Matcher::User(users) => req.user.is_some_and(|u| users.iter().any(|x| x == u)),
@@ -544,7 +645,7 @@ mod tests {
             dest,
             method: if connect { b"CONNECT" } else { b"GET" },
             connect,
-            url: None,
+            path: None,
             user: None,
             groups: &[],
         }

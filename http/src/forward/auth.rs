@@ -22,8 +22,12 @@ use sha1::{Digest, Sha1};
 
 /// Verifications in flight per worker before new credentials are refused.
 const MAX_PENDING: usize = 64;
-/// Credentials cached per worker before the cache is cleared.
-const MAX_CACHED: usize = 10_000;
+/// Granted credentials cached per worker.
+const MAX_GRANTED: usize = 10_000;
+/// Refused credentials remembered per worker.
+const MAX_REFUSALS: usize = 1_000;
+/// The longest `Proxy-Authorization` value looked at; longer ones are refused.
+const MAX_CREDENTIAL_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PasswordHash {
@@ -142,15 +146,40 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
-/// Verdicts by `Proxy-Authorization` value: the user (or `None` for a
-/// refusal) and when the verdict expires.
-type CredentialCache = HashMap<Box<[u8]>, (Option<Rc<User>>, Instant)>;
+/// A credential's cache key: the SHA-1 of the header value, so every entry
+/// has the same small size whatever a client sends.
+type CredentialKey = [u8; 20];
 
-/// A worker's view of a [`BasicAuth`]: the scheme plus its credential cache.
+/// A worker's view of a [`BasicAuth`]: the scheme plus its credential caches.
+///
+/// Granted credentials and refused ones (a known user with a wrong
+/// password) are kept apart, each bounded: a flood of bad credentials can
+/// fill only the refusals and never evicts users who logged in. Malformed
+/// headers and unknown users cost no bcrypt and are not cached.
 pub struct Authenticator {
     auth: Arc<BasicAuth>,
-    cache: RefCell<CredentialCache>,
+    granted: RefCell<HashMap<CredentialKey, (Rc<User>, Instant)>>,
+    refused: RefCell<HashMap<CredentialKey, Instant>>,
     pending: Cell<usize>,
+}
+
+/// Counts a bcrypt verification in flight; uncounts it when dropped, even
+/// if the request is abandoned.
+struct Pending<'a>(&'a Cell<usize>);
+
+impl<'a> Pending<'a> {
+    fn enter(count: &'a Cell<usize>) -> Option<Self> {
+        (count.get() < MAX_PENDING).then(|| {
+            count.set(count.get() + 1);
+            Pending(count)
+        })
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl Authenticator {
@@ -158,7 +187,8 @@ impl Authenticator {
     pub fn new(auth: Arc<BasicAuth>) -> Self {
         Self {
             auth,
-            cache: RefCell::new(HashMap::new()),
+            granted: RefCell::new(HashMap::new()),
+            refused: RefCell::new(HashMap::new()),
             pending: Cell::new(0),
         }
     }
@@ -171,62 +201,62 @@ impl Authenticator {
     /// The user a `Proxy-Authorization` value proves, or `None` (answer 407).
     pub async fn authenticate(&self, header: Option<&[u8]>) -> Option<Rc<User>> {
         let header = header?;
+        if header.len() > MAX_CREDENTIAL_BYTES {
+            return None;
+        }
+        let key: CredentialKey = Sha1::digest(header).into();
         let now = Instant::now();
-        if let Some((user, expires)) = self.cache.borrow().get(header) {
+        if let Some((user, expires)) = self.granted.borrow().get(&key) {
             if *expires > now {
-                return user.clone();
+                return Some(user.clone());
             }
         }
-        let Some((name, password)) = decode_basic(header) else {
-            return self.remember(header, None, now);
-        };
-        let Some(hash) = self.auth.users.users.get(&name).cloned() else {
-            return self.remember(header, None, now);
-        };
+        if self
+            .refused
+            .borrow()
+            .get(&key)
+            .is_some_and(|expires| *expires > now)
+        {
+            return None;
+        }
+        let (name, password) = decode_basic(header)?;
+        let hash = self.auth.users.users.get(&name)?.clone();
         let ok = match hash {
             PasswordHash::Sha1(expected) => {
                 let got: [u8; 20] = Sha1::digest(password.as_bytes()).into();
                 constant_time_eq(&got, &expected)
             }
             PasswordHash::Bcrypt(hash) => {
-                if self.pending.get() >= MAX_PENDING {
-                    // Overloaded: refuse without remembering the refusal.
-                    return None;
-                }
-                self.pending.set(self.pending.get() + 1);
+                // Overloaded: refuse without remembering the refusal.
+                let _pending = Pending::enter(&self.pending)?;
                 let verified =
                     monoio::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await;
-                self.pending.set(self.pending.get() - 1);
                 verified.unwrap_or(false)
             }
         };
-        let user = ok.then(|| {
-            Rc::new(User {
-                groups: self.auth.groups.get(&name).cloned().unwrap_or_default(),
-                name,
-            })
+        if !ok {
+            // Remembered briefly: a client retrying a wrong password does
+            // not queue a bcrypt run each time.
+            let mut refused = self.refused.borrow_mut();
+            if refused.len() >= MAX_REFUSALS {
+                refused.clear();
+            }
+            refused.insert(key, now + Duration::from_secs(2));
+            return None;
+        }
+        let user = Rc::new(User {
+            groups: self.auth.groups.get(&name).cloned().unwrap_or_default(),
+            name,
         });
-        self.remember(header, user, now)
-    }
-
-    /// Caches the verdict for a credential and returns it.
-    fn remember(&self, header: &[u8], user: Option<Rc<User>>, now: Instant) -> Option<Rc<User>> {
-        let mut cache = self.cache.borrow_mut();
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (_, expires)| *expires > now);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
+        let mut granted = self.granted.borrow_mut();
+        if granted.len() >= MAX_GRANTED {
+            granted.retain(|_, (_, expires)| *expires > now);
+            if granted.len() >= MAX_GRANTED {
+                granted.clear();
             }
         }
-        // Refusals are remembered briefly: a client retrying a wrong
-        // password does not queue a bcrypt run each time.
-        let ttl = if user.is_some() {
-            self.auth.cache_ttl
-        } else {
-            Duration::from_secs(2)
-        };
-        cache.insert(header.into(), (user.clone(), now + ttl));
-        user
+        granted.insert(key, (user.clone(), now + self.auth.cache_ttl));
+        Some(user)
     }
 }
 
@@ -312,11 +342,18 @@ mod tests {
             assert!(auth.authenticate(Some(b"Bearer abc")).await.is_none());
             assert!(auth.authenticate(Some(b"Basic !!!")).await.is_none());
             assert!(auth.authenticate(None).await.is_none());
+            assert_eq!(auth.granted.borrow().len(), 2, "grants cached");
             assert_eq!(
-                auth.cache.borrow().len(),
-                6,
-                "every verdict cached per credential"
+                auth.refused.borrow().len(),
+                1,
+                "a known user's wrong password cached briefly"
             );
+            let huge = basic(&format!("alice:{}", "x".repeat(2000)));
+            assert!(
+                auth.authenticate(Some(&huge)).await.is_none(),
+                "oversized credentials refused"
+            );
+            assert_eq!(auth.refused.borrow().len(), 1, "and not cached");
         });
         assert_eq!(
             auth.scheme().challenge(),

@@ -125,7 +125,13 @@ impl DomainSet {
             }
             let mut words = line.split_whitespace();
             let first = words.next().unwrap_or("");
-            if first.parse::<std::net::IpAddr>().is_err() {
+            let is_ip = first.parse::<std::net::IpAddr>().is_ok();
+            if is_ip && words.clone().next().is_none() {
+                // An address alone: not a name, and not a hosts-file line.
+                bad.push((i + 1, line.to_owned()));
+                continue;
+            }
+            if !is_ip {
                 // A plain list: one name per line.
                 if words.next().is_some() || self.insert(first).is_err() {
                     bad.push((i + 1, line.to_owned()));

@@ -33,6 +33,7 @@ use self::{
 use crate::{
     engine::{ClientInfo, Handler, LocalReply, Route},
     head::{absolute_form_authority, Method, RequestHead},
+    write::origin_form,
 };
 
 /// A forward listener's settings, shared by all workers.
@@ -85,14 +86,15 @@ impl ForwardHandler {
             DenyReason::ConnectPort => "connect_ports".to_owned(),
             DenyReason::Private(_) => "block_private".to_owned(),
         };
-        let why = acl.explain(reason);
+        let why = acl.explain_to_client(reason);
+        let logged = acl.explain(reason);
         tracing::info!(
             target: "ringway::access",
             listener = %self.settings.listener,
             client = %client.peer,
             dest = %format_args!("{}:{}", dest.host, dest.port),
             status = 403,
-            "denied: {why}"
+            "denied: {logged}"
         );
         let host = dest.host.to_string();
         let body = match &self.settings.deny_page {
@@ -169,7 +171,7 @@ impl Handler for ForwardHandler {
             dest: &dest,
             method: req.method_bytes(),
             connect,
-            url: (!connect).then_some(target),
+            path: (!connect).then(|| origin_form(target).0),
             user: user.as_deref().map(|u| u.name.as_str()),
             groups: user.as_deref().map_or(&no_groups, |u| &u.groups),
         };
@@ -267,7 +269,13 @@ pub async fn decide(acl: &Acl, resolver: &Resolver, request: &AclRequest<'_>) ->
             }
         },
     };
-    let checked: Vec<(IpAddr, bool)> = addrs.iter().map(|&ip| (ip, acl.permits_address(ip))).collect();
+    // A rule that allowed because of `dst_ip` allows only the addresses it
+    // covers, whatever else the name resolved to.
+    let admitted = |ip: IpAddr| rule.is_none_or(|r| acl.rule_admits(r, ip));
+    let checked: Vec<(IpAddr, bool)> = addrs
+        .iter()
+        .map(|&ip| (ip, admitted(ip) && acl.permits_address(ip)))
+        .collect();
     let permitted: Rc<[SocketAddr]> = checked
         .iter()
         .filter(|(_, ok)| *ok)

@@ -33,12 +33,12 @@ impl Pac {
         match self {
             Pac::File(text) => text.clone(),
             Pac::Generated { direct, fallback } => {
-                // Host passed the request parser's Host check (no quotes,
-                // backslashes or spaces), so it is safe inside a JS string.
-                let proxy = host
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or(fallback);
+                // The address clients fetched the PAC from, when it is a
+                // plain host:port (nothing that could change the script).
+                let named = host
+                    .and_then(|h| super::host::parse_authority(h, Some(3128)).ok())
+                    .map(|d| format!("{}:{}", d.host, d.port));
+                let proxy = named.as_deref().unwrap_or(fallback);
                 let mut out = String::from("function FindProxyForURL(url, host) {\n");
                 for domain in direct {
                     let condition = match domain.strip_prefix('.') {
@@ -55,7 +55,7 @@ impl Pac {
 
     /// The reply to `GET /proxy.pac`.
     pub fn reply(&self, host: Option<&[u8]>) -> LocalReply {
-        LocalReply::new(200, CONTENT_TYPE, self.render(host))
+        LocalReply::new(200, CONTENT_TYPE, self.render(host)).with_header("Vary", "Host")
     }
 }
 
@@ -74,5 +74,7 @@ mod tests {
         assert!(js.contains("if (host == \"wiki.corp\") return \"DIRECT\";"));
         assert!(js.ends_with("  return \"PROXY proxy.corp:3128\";\n}\n"));
         assert!(pac.render(None).contains("PROXY 127.0.0.1:3128"));
+        // A Host that is not a plain host:port is not reflected.
+        assert!(pac.render(Some(b"x:1;DIRECT")).contains("PROXY 127.0.0.1:3128"));
     }
 }
