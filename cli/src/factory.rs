@@ -48,6 +48,7 @@ pub(crate) fn start(config: &Config) -> std::io::Result<ServerHandle> {
         listeners: config.listeners.iter().map(|l| l.spec.clone()).collect(),
         max_connections: config.max_connections,
         shutdown_timeout: config.shutdown_timeout,
+        timer_tick: std::time::Duration::from_millis(100),
     };
     let config = config.clone();
     ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))

@@ -26,7 +26,7 @@ use monoio::{io::AsyncReadRent, net::TcpStream};
 use crate::{
     listener::{bind_all, ListenerSpec},
     runtime::{self, DriverKind, RuntimeConfig},
-    worker::{ConnCtx, WorkerState, WorkerStats},
+    worker::{run_sweeper, ConnCtx, WorkerState, WorkerStats},
 };
 
 /// Server-wide settings of the connection engine.
@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a drain waits for in-flight requests before closing them.
     pub shutdown_timeout: Duration,
+    /// Period of each worker's deadline sweep: timeouts fire at most two
+    /// ticks late.
+    pub timer_tick: Duration,
 }
 
 impl ServerConfig {
@@ -50,6 +53,7 @@ impl ServerConfig {
             listeners,
             max_connections: 100_000,
             shutdown_timeout: Duration::from_secs(30),
+            timer_tick: Duration::from_millis(100),
         }
     }
 }
@@ -167,6 +171,7 @@ where
             stats: Arc::clone(&stats),
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
+            timer_tick: config.timer_tick,
             runtime: config.runtime.clone(),
             blocking: blocking.clone(),
         };
@@ -200,6 +205,7 @@ struct WorkerSetup {
     stats: Arc<WorkerStats>,
     max_connections: usize,
     shutdown_timeout: Duration,
+    timer_tick: Duration,
     runtime: RuntimeConfig,
     blocking: runtime::BlockingPool,
 }
@@ -245,7 +251,12 @@ async fn worker_main<F, A>(
     F: Fn(&WorkerInfo) -> A,
     A: WorkerApp,
 {
-    let state = Rc::new(WorkerState::new(info.index, setup.max_connections, setup.stats));
+    let state = Rc::new(WorkerState::new(
+        info.index,
+        setup.max_connections,
+        setup.stats,
+        setup.timer_tick,
+    ));
     let mut listeners = Vec::with_capacity(setup.listeners.len());
     for l in setup.listeners {
         match monoio::net::TcpListener::from_std(l) {
@@ -274,6 +285,7 @@ async fn worker_main<F, A>(
     for (index, listener) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(index, listener, Rc::clone(&app), Rc::clone(&state)));
     }
+    monoio::spawn(run_sweeper(Rc::clone(&state)));
 
     // A byte, or the handle's end of the pair closing, means stop.
     let (_, _) = stop.read(vec![0u8; 1]).await;

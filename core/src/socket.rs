@@ -3,7 +3,7 @@
 use std::{
     io,
     mem::MaybeUninit,
-    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd},
 };
 
 use socket2::SockRef;
@@ -23,29 +23,6 @@ pub fn is_quiet(socket: &impl AsRawFd) -> bool {
     match SockRef::from(&fd).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         Ok(_) => false,
-    }
-}
-
-/// A second descriptor for a socket, kept to shut the socket down from
-/// outside the tasks that own it (a tunnel's idle timeout ending the
-/// splices blocked on it).
-#[derive(Debug)]
-pub struct ShutdownHandle(OwnedFd);
-
-impl ShutdownHandle {
-    /// Duplicates the descriptor of `socket` (one `dup(2)`).
-    pub fn of(socket: &impl AsRawFd) -> io::Result<Self> {
-        #[allow(unsafe_code)]
-        // SAFETY: `socket` is borrowed for this call, so its descriptor is
-        // open; the duplicate is an independent descriptor owned by the handle.
-        let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
-        Ok(Self(fd.try_clone_to_owned()?))
-    }
-
-    /// Shuts the socket down in both directions: pending reads end and
-    /// pending writes fail, on every descriptor of the socket.
-    pub fn shutdown(&self) {
-        let _ = SockRef::from(&self.0).shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -72,17 +49,5 @@ mod tests {
         drop(server2);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!is_quiet(&client2), "closed by the peer");
-    }
-
-    #[test]
-    fn a_shutdown_handle_ends_the_socket_for_its_owner() {
-        use std::io::Read;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_server, _) = listener.accept().unwrap();
-        let handle = ShutdownHandle::of(&client).unwrap();
-        handle.shutdown();
-        let mut buf = [0u8; 1];
-        assert_eq!(client.read(&mut buf).unwrap(), 0, "reads see end of stream");
     }
 }

@@ -1,5 +1,6 @@
 //! Per-worker state: the live-connection registry, connection limits,
-//! counters and the drain that graceful shutdown runs.
+//! counters, per-connection deadlines, and the drain that graceful
+//! shutdown runs.
 //!
 //! A connection is registered when accepted and removed when its task ends;
 //! the engine marks it idle while it waits for the next request on a
@@ -8,11 +9,20 @@
 //! ones finish their request (the engine sees [`ConnCtx::is_draining`] and
 //! answers with `Connection: close`), and after the shutdown timeout closes
 //! whatever is left.
+//!
+//! Timeouts are deadlines, not timers: before it waits, a connection arms
+//! one deadline naming what it waits on ([`Wait`]), which costs two cell
+//! writes. One sweeper task per worker wakes every tick, reads a coarse
+//! clock, and shuts down the socket of every connection whose deadline has
+//! passed, which ends the pending operation; the engine then asks
+//! [`ConnCtx::expired`] which wait timed out. Nothing is armed in the
+//! runtime's timer wheel per request, and the connection futures carry no
+//! timer state.
 
 use std::{
     cell::{Cell, RefCell},
     future::Future,
-    os::fd::RawFd,
+    os::fd::{AsRawFd, RawFd},
     pin::Pin,
     rc::Rc,
     sync::{
@@ -20,6 +30,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use slab::Slab;
@@ -38,6 +49,8 @@ pub struct WorkerStats {
     pub active: AtomicU64,
     /// Requests the engine finished (answered or failed).
     pub requests: AtomicU64,
+    /// Waits that reached their deadline.
+    pub timeouts: AtomicU64,
 }
 
 impl WorkerStats {
@@ -90,9 +103,38 @@ impl Future for EventWait<'_> {
     }
 }
 
+/// What a connection waits on, and so what its deadline's expiry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The client's next bytes (a request head or body). Expiry shuts the
+    /// client socket's read side: the pending read sees end of stream, and
+    /// a 408 can still be written.
+    ClientRead,
+    /// The client taking our bytes. Expiry shuts the client socket down.
+    ClientWrite,
+    /// The upstream (taking the request, sending the response). Expiry
+    /// shuts the upstream socket down.
+    Upstream,
+    /// A tunnel with no traffic either way. Expiry shuts both sockets down.
+    Tunnel,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    /// Milliseconds on the worker's coarse clock.
+    at: u64,
+    wait: Wait,
+    /// How long the wait may take, for [`ConnCtx::refresh`].
+    limit_ms: u64,
+}
+
 struct ConnEntry {
     fd: RawFd,
     idle: bool,
+    armed: Option<Armed>,
+    /// The upstream socket a `Upstream` or `Tunnel` wait is on (-1: none).
+    upstream_fd: RawFd,
+    expired: Option<Wait>,
 }
 
 /// The state one worker shares between its accept loops and connections.
@@ -103,10 +145,14 @@ pub(crate) struct WorkerState {
     conns: RefCell<Slab<ConnEntry>>,
     pub(crate) draining: LocalEvent,
     pub(crate) all_closed: LocalEvent,
+    /// The coarse clock: milliseconds since `epoch`, updated every tick.
+    now_ms: Cell<u64>,
+    epoch: Instant,
+    tick_ms: u64,
 }
 
 impl WorkerState {
-    pub(crate) fn new(index: usize, max_connections: usize, stats: Arc<WorkerStats>) -> Self {
+    pub(crate) fn new(index: usize, max_connections: usize, stats: Arc<WorkerStats>, tick: Duration) -> Self {
         Self {
             index,
             max_connections,
@@ -114,6 +160,9 @@ impl WorkerState {
             conns: RefCell::new(Slab::new()),
             draining: LocalEvent::default(),
             all_closed: LocalEvent::default(),
+            now_ms: Cell::new(0),
+            epoch: Instant::now(),
+            tick_ms: tick.as_millis().clamp(1, 60_000) as u64,
         }
     }
 
@@ -125,7 +174,13 @@ impl WorkerState {
             WorkerStats::bump(&self.stats.rejected_over_limit);
             return None;
         }
-        let key = conns.insert(ConnEntry { fd, idle: false });
+        let key = conns.insert(ConnEntry {
+            fd,
+            idle: false,
+            armed: None,
+            upstream_fd: -1,
+            expired: None,
+        });
         self.stats.active.store(conns.len() as u64, Ordering::Relaxed);
         Some(ConnCtx {
             worker: Rc::clone(self),
@@ -146,31 +201,78 @@ impl WorkerState {
         }
     }
 
-    /// Closes idle connections (`only_idle`) or every connection.
+    /// Closes idle connections (`only_idle`) or every connection, with the
+    /// upstream sockets they wait on.
     pub(crate) fn close_connections(&self, only_idle: bool) {
         for (_, conn) in self.conns.borrow().iter() {
             if conn.idle || !only_idle {
-                shutdown_socket(conn.fd);
+                shutdown_socket(conn.fd, libc::SHUT_RDWR);
+                if conn.upstream_fd >= 0 {
+                    shutdown_socket(conn.upstream_fd, libc::SHUT_RDWR);
+                }
             }
         }
     }
-}
 
-/// Shuts a registered socket down in both directions so that its pending
-/// read or write completes and its task ends.
-#[allow(unsafe_code)]
-fn shutdown_socket(fd: RawFd) {
-    // SAFETY: `fd` belongs to a connection that is still registered. Its task
-    // removes the entry (ConnCtx's drop) right after the stream is dropped,
-    // with no await point in between, and this runs on the same thread, so
-    // the descriptor cannot have been closed or reused by the time we get
-    // here. shutdown(2) does not free the descriptor.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+    /// Advances the coarse clock and ends every wait whose deadline passed.
+    pub(crate) fn sweep(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.now_ms.set(now);
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            let Some(armed) = conn.armed else { continue };
+            if armed.at > now {
+                continue;
+            }
+            conn.armed = None;
+            conn.expired = Some(armed.wait);
+            WorkerStats::bump(&self.stats.timeouts);
+            match armed.wait {
+                Wait::ClientRead => shutdown_socket(conn.fd, libc::SHUT_RD),
+                Wait::ClientWrite => shutdown_socket(conn.fd, libc::SHUT_RDWR),
+                Wait::Upstream | Wait::Tunnel => {
+                    if conn.upstream_fd >= 0 {
+                        shutdown_socket(conn.upstream_fd, libc::SHUT_RDWR);
+                    }
+                    if armed.wait == Wait::Tunnel || conn.upstream_fd < 0 {
+                        shutdown_socket(conn.fd, libc::SHUT_RDWR);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sweeper's period.
+    pub(crate) fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// A deadline `limit` from now on the coarse clock: never early, at most
+    /// two ticks late.
+    fn deadline_after(&self, limit: Duration) -> (u64, u64) {
+        let limit_ms = limit.as_millis().min(u128::from(u64::MAX / 4)) as u64;
+        (self.now_ms.get() + limit_ms + self.tick_ms, limit_ms)
     }
 }
 
-/// A connection's handle on its worker: idle/busy marking and drain state.
+/// Shuts down a registered connection's socket (`how`: `SHUT_RD` or
+/// `SHUT_RDWR`) so that its pending read or write completes.
+#[allow(unsafe_code)]
+fn shutdown_socket(fd: RawFd, how: libc::c_int) {
+    // SAFETY: `fd` is a socket that a registered connection holds open: its
+    // client socket (the entry is removed, in ConnCtx's drop, right after
+    // the stream is dropped, with no await point in between), or the
+    // upstream socket of an armed deadline (the Deadline guard disarms it
+    // before the upstream stream can be dropped, again with no await point
+    // in between). This runs on the same thread, only while those tasks are
+    // suspended, so the descriptor cannot have been closed or reused.
+    // shutdown(2) does not free the descriptor.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// A connection's handle on its worker: idle/busy marking, drain state and
+/// deadlines.
 ///
 /// Dropping it unregisters the connection; keep it alive for as long as the
 /// socket is open.
@@ -179,15 +281,32 @@ pub struct ConnCtx {
     key: usize,
 }
 
+/// An armed deadline; disarmed when dropped.
+#[must_use = "the deadline is disarmed when this guard is dropped"]
+pub struct Deadline<'a> {
+    conn: &'a ConnCtx,
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        self.conn.update(|e| {
+            e.armed = None;
+            e.upstream_fd = -1;
+        });
+    }
+}
+
 impl ConnCtx {
+    fn update<R>(&self, f: impl FnOnce(&mut ConnEntry) -> R) -> Option<R> {
+        self.worker.conns.borrow_mut().get_mut(self.key).map(f)
+    }
+
     /// Marks the connection as waiting for a new request (`true`) or busy.
     ///
     /// Returns `false` when the connection should close instead of waiting,
     /// because the worker is draining.
     pub fn set_idle(&self, idle: bool) -> bool {
-        if let Some(conn) = self.worker.conns.borrow_mut().get_mut(self.key) {
-            conn.idle = idle;
-        }
+        self.update(|e| e.idle = idle);
         !(idle && self.worker.draining.is_fired())
     }
 
@@ -204,6 +323,46 @@ impl ConnCtx {
     /// Counts one finished request on this worker.
     pub fn count_request(&self) {
         WorkerStats::bump(&self.worker.stats.requests);
+    }
+
+    /// Arms a deadline: if the connection still waits on `wait` after
+    /// `limit`, the wait is ended (see [`Wait`]). Client waits only.
+    pub fn deadline(&self, wait: Wait, limit: Duration) -> Deadline<'_> {
+        self.arm(wait, limit, -1)
+    }
+
+    /// Arms a deadline on `upstream` for a [`Wait::Upstream`] or
+    /// [`Wait::Tunnel`] wait. The guard must be dropped before `upstream`
+    /// is (it is, when scoped around the await it bounds).
+    pub fn upstream_deadline(&self, wait: Wait, limit: Duration, upstream: &impl AsRawFd) -> Deadline<'_> {
+        self.arm(wait, limit, upstream.as_raw_fd())
+    }
+
+    fn arm(&self, wait: Wait, limit: Duration, upstream_fd: RawFd) -> Deadline<'_> {
+        let (at, limit_ms) = self.worker.deadline_after(limit);
+        self.update(|e| {
+            e.armed = Some(Armed { at, wait, limit_ms });
+            e.upstream_fd = upstream_fd;
+            e.expired = None;
+        });
+        Deadline { conn: self }
+    }
+
+    /// Pushes the armed deadline out by its full limit again (a tunnel
+    /// that just moved bytes is not idle).
+    pub fn refresh(&self) {
+        let now = self.worker.now_ms.get();
+        let tick = self.worker.tick_ms;
+        self.update(|e| {
+            if let Some(armed) = &mut e.armed {
+                armed.at = now + armed.limit_ms + tick;
+            }
+        });
+    }
+
+    /// The wait whose deadline expired since the last one was armed.
+    pub fn expired(&self) -> Option<Wait> {
+        self.update(|e| e.expired).flatten()
     }
 }
 
@@ -222,13 +381,33 @@ impl Drop for ConnCtx {
     }
 }
 
+/// Runs the worker's sweeper until the worker has drained.
+pub(crate) async fn run_sweeper(state: Rc<WorkerState>) {
+    loop {
+        monoio::time::sleep(state.tick()).await;
+        state.sweep();
+        if state.all_closed.is_fired() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn state(max: usize) -> Rc<WorkerState> {
+        Rc::new(WorkerState::new(
+            0,
+            max,
+            Arc::default(),
+            Duration::from_millis(10),
+        ))
+    }
+
     #[test]
     fn registry_enforces_the_limit_and_counts_rejections() {
-        let worker = Rc::new(WorkerState::new(0, 2, Arc::default()));
+        let worker = state(2);
         let a = worker.register(-1).unwrap();
         let _b = worker.register(-1).unwrap();
         assert!(worker.register(-1).is_none());
@@ -241,7 +420,7 @@ mod tests {
 
     #[test]
     fn idle_connections_are_told_to_close_once_draining() {
-        let worker = Rc::new(WorkerState::new(0, 8, Arc::default()));
+        let worker = state(8);
         let conn = worker.register(-1).unwrap();
         assert!(conn.set_idle(true));
         assert!(conn.set_idle(false));
@@ -250,5 +429,48 @@ mod tests {
         assert!(!conn.set_idle(true));
         drop(conn);
         assert!(worker.all_closed.is_fired());
+    }
+
+    #[test]
+    fn deadlines_expire_on_the_sweep_after_their_limit_and_end_the_wait() {
+        use std::{
+            io::Read,
+            net::{TcpListener, TcpStream},
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let worker = state(8);
+        let conn = worker.register(server.as_raw_fd()).unwrap();
+        {
+            let _armed = conn.deadline(Wait::ClientWrite, Duration::from_millis(30));
+            worker.sweep();
+            assert_eq!(conn.expired(), None, "not before its limit");
+            std::thread::sleep(Duration::from_millis(60));
+            worker.sweep();
+            assert_eq!(conn.expired(), Some(Wait::ClientWrite));
+        }
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "the socket was shut down");
+        // A dropped guard disarms: later sweeps leave the connection alone.
+        let _armed = conn.deadline(Wait::ClientRead, Duration::from_secs(3600));
+        assert_eq!(conn.expired(), None, "arming clears the last expiry");
+        drop(_armed);
+        worker.sweep();
+        assert_eq!(conn.expired(), None);
+        assert_eq!(worker.stats.timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn refresh_pushes_a_deadline_out() {
+        let worker = state(8);
+        let conn = worker.register(-1).unwrap();
+        let _armed = conn.deadline(Wait::Tunnel, Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(30));
+        worker.sweep();
+        conn.refresh();
+        std::thread::sleep(Duration::from_millis(30));
+        worker.sweep();
+        assert_eq!(conn.expired(), None, "refreshed 30 ms ago, limit 40 ms");
     }
 }

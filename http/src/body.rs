@@ -6,16 +6,16 @@
 //! re-framing (chunked in, or chunked out) builds each outgoing piece in a
 //! scratch buffer, so one read becomes one write.
 
-use std::time::Duration;
+use std::{os::fd::RawFd, time::Duration};
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use ringway_core::{Error, ErrorKind, Result, Side};
+use ringway_core::{ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
 
 use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
-    io::{io_error, read_some, timed, write_all, write_vec},
+    io::{io_error, read_some, write_all, write_vec, BorrowedRawFd},
 };
 
 /// How the body leaves the proxy.
@@ -29,7 +29,11 @@ pub(crate) enum OutFraming {
 }
 
 /// Where a body comes from and goes to, and how long each step may wait.
-pub(crate) struct BodyPath {
+pub(crate) struct BodyPath<'a> {
+    /// The client connection, whose deadline bounds each step.
+    pub(crate) conn: &'a ConnCtx,
+    /// The upstream socket (the source or the destination).
+    pub(crate) upstream: RawFd,
     /// The side the body is read from.
     pub(crate) from: Side,
     /// The side it is written to.
@@ -44,41 +48,51 @@ pub(crate) struct BodyPath {
     pub(crate) max_trailer_bytes: usize,
 }
 
-impl BodyPath {
+impl BodyPath<'_> {
+    /// Arms the deadline for reading from (`reading`) or writing to `side`.
+    fn arm(&self, side: Side, reading: bool) -> Deadline<'_> {
+        let limit = if reading {
+            self.read_timeout
+        } else {
+            self.write_timeout
+        };
+        match side {
+            Side::Upstream => {
+                self.conn
+                    .upstream_deadline(Wait::Upstream, limit, &BorrowedRawFd(self.upstream))
+            }
+            _ if reading => self.conn.deadline(Wait::ClientRead, limit),
+            _ => self.conn.deadline(Wait::ClientWrite, limit),
+        }
+    }
+
+    /// The error for a step that ended: its deadline's, if that expired.
+    fn outcome<T>(&self, result: std::io::Result<T>, side: Side, kind: ErrorKind) -> Result<T> {
+        if self.conn.expired().is_some() {
+            return Err(Error::new(kind, side, "timed out moving a body"));
+        }
+        result.map_err(io_error(side, "moving a body"))
+    }
+
     async fn fill<R: AsyncReadRent>(&self, src: &mut R, buf: &mut BytesMut, max: usize) -> Result<usize> {
-        timed(
-            self.read_timeout,
-            ErrorKind::ReadTimeout,
-            self.from,
-            "waiting for body bytes",
-            read_some(src, buf, max),
-        )
-        .await?
-        .map_err(io_error(self.from, "reading a body"))
+        let armed = self.arm(self.from, true);
+        let read = read_some(src, buf, max).await;
+        drop(armed);
+        self.outcome(read, self.from, ErrorKind::ReadTimeout)
     }
 
     async fn send<W: AsyncWriteRent>(&self, dst: &mut W, piece: BytesMut) -> Result<()> {
-        let (result, _) = timed(
-            self.write_timeout,
-            ErrorKind::WriteTimeout,
-            self.to,
-            "writing a body",
-            write_all(dst, piece),
-        )
-        .await?;
-        result.map_err(io_error(self.to, "writing a body"))
+        let armed = self.arm(self.to, false);
+        let (result, _) = write_all(dst, piece).await;
+        drop(armed);
+        self.outcome(result, self.to, ErrorKind::WriteTimeout)
     }
 
     async fn send_scratch<W: AsyncWriteRent>(&self, dst: &mut W, scratch: &mut Vec<u8>) -> Result<()> {
-        timed(
-            self.write_timeout,
-            ErrorKind::WriteTimeout,
-            self.to,
-            "writing a body",
-            write_vec(dst, scratch),
-        )
-        .await?
-        .map_err(io_error(self.to, "writing a body"))
+        let armed = self.arm(self.to, false);
+        let result = write_vec(dst, scratch).await;
+        drop(armed);
+        self.outcome(result, self.to, ErrorKind::WriteTimeout)
     }
 
     fn closed_early(&self) -> Error {

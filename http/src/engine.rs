@@ -16,6 +16,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    os::fd::AsRawFd,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -25,14 +26,14 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split},
     net::TcpStream,
 };
-use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side};
+use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use crate::{
     body::{BodyPath, OutFraming},
     buffers,
     chunked::{ChunkedDecoder, Decoded},
     head::{BodyFraming, RequestHead, ResponseHead, Version},
-    io::{io_error, read_some, timed, write_vec},
+    io::{io_error, read_some, write_vec},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
     tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
@@ -60,6 +61,7 @@ pub trait ClientStream:
         upstream: TcpStream,
         upstream_buf: BytesMut,
         options: TunnelOptions,
+        conn: &ConnCtx,
     ) -> impl Future<Output = TunnelBytes> {
         copy_tunnel(
             self,
@@ -68,6 +70,7 @@ pub trait ClientStream:
             upstream_buf,
             options.idle,
             options.chunk,
+            conn,
         )
     }
 }
@@ -85,9 +88,10 @@ impl ClientStream for TcpStream {
         upstream: TcpStream,
         upstream_buf: BytesMut,
         options: TunnelOptions,
+        conn: &ConnCtx,
     ) -> TunnelBytes {
         if options.splice {
-            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle).await
+            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
         } else {
             copy_tunnel(
                 self,
@@ -96,6 +100,7 @@ impl ClientStream for TcpStream {
                 upstream_buf,
                 options.idle,
                 options.chunk,
+                conn,
             )
             .await
         }
@@ -299,7 +304,7 @@ impl<H: Handler> Engine<H> {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
-                    let status = self.send_error(&mut io, &mut st.wbuf, &error).await;
+                    let status = self.send_error(&mut io, &mut st.wbuf, &error, conn).await;
                     self.log_failure(&client, &st.req, status, &error);
                     conn.count_request();
                     return;
@@ -328,7 +333,7 @@ impl<H: Handler> Engine<H> {
                     };
                     // Boxed: a tunnel's state is large and rare; kept inline it
                     // would size every connection's task for it.
-                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, options)).await;
+                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, options, conn)).await;
                     tracing::debug!(
                         listener = &*self.listener,
                         client = %client.peer,
@@ -383,13 +388,16 @@ impl<H: Handler> Engine<H> {
                 *rbuf = buffers::take_read(size);
                 read_some(io, rbuf, size).await
             };
-            let read = monoio::time::timeout(wait, next).await;
+            let armed = conn.deadline(Wait::ClientRead, wait);
+            let read = next.await;
+            drop(armed);
             conn.set_idle(false);
             st.wbuf = buffers::take_write(size);
             match read {
                 // A drain that began while this connection was idle has shut
-                // its socket down: whatever arrived cannot be answered.
-                Ok(Ok(n)) if n > 0 && !conn.is_draining() => {}
+                // its socket down: whatever arrived cannot be answered. An
+                // expired idle deadline did the same.
+                Ok(n) if n > 0 && !conn.is_draining() && conn.expired().is_none() => {}
                 // Closed, reset, idle timeout or drain: no request was begun.
                 _ => return Ok(false),
             }
@@ -416,14 +424,17 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        timed(
-            head_limit,
-            ErrorKind::ReadTimeout,
-            Side::Downstream,
-            "request head not received in time",
-            rest_of_head,
-        )
-        .await?
+        let armed = conn.deadline(Wait::ClientRead, head_limit);
+        let result = rest_of_head.await;
+        drop(armed);
+        if conn.expired().is_some() {
+            return Err(Error::new(
+                ErrorKind::ReadTimeout,
+                Side::Downstream,
+                "request head not received in time",
+            ));
+        }
+        result
     }
 
     async fn exchange<S: ClientStream>(
@@ -437,7 +448,7 @@ impl<H: Handler> Engine<H> {
         let result = match &route {
             Route::Upstream(addr) => self.proxy(io, st, client, conn, std::slice::from_ref(addr)).await,
             Route::Forward(addrs) => self.proxy(io, st, client, conn, addrs).await,
-            Route::Connect(addrs) => self.connect_tunnel(io, st, addrs).await,
+            Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
             Route::Reply(reply) => {
                 // An unread request body leaves the connection unusable.
                 let close = st.req.wants_close() || conn.is_draining() || st.req.body() != BodyFraming::None;
@@ -449,7 +460,7 @@ impl<H: Handler> Engine<H> {
                     close,
                     self.settings.proxy_headers.via,
                 );
-                let sent = self.write_client(io, &mut st.wbuf).await;
+                let sent = self.write_client(io, &mut st.wbuf, conn).await;
                 let outcome = if close || sent.is_err() {
                     Outcome::Close
                 } else {
@@ -464,7 +475,7 @@ impl<H: Handler> Engine<H> {
                 let status = if failure.responded {
                     0
                 } else {
-                    self.send_error(io, &mut st.wbuf, &failure.error).await
+                    self.send_error(io, &mut st.wbuf, &failure.error, conn).await
                 };
                 self.log_failure(client, &st.req, status, &failure.error);
                 (Outcome::Close, status)
@@ -530,15 +541,16 @@ impl<H: Handler> Engine<H> {
         let retryable = body_in_head && req.method().is_idempotent();
         let mut retried = false;
         loop {
-            let sent = timed(
-                t.upstream_response,
-                ErrorKind::WriteTimeout,
-                Side::Upstream,
-                "sending the request upstream",
-                write_vec(&mut up.stream, wbuf),
-            )
-            .await
-            .map_err(Failure::before)?;
+            let armed = conn.upstream_deadline(Wait::Upstream, t.upstream_response, &up.stream);
+            let sent = write_vec(&mut up.stream, wbuf).await;
+            drop(armed);
+            if conn.expired().is_some() {
+                return Err(Failure::before(Error::new(
+                    ErrorKind::WriteTimeout,
+                    Side::Upstream,
+                    "the upstream did not take the request in time",
+                )));
+            }
             if let Err(e) = sent {
                 if up.reused && retryable && !retried {
                     retried = true;
@@ -552,9 +564,13 @@ impl<H: Handler> Engine<H> {
             if !body_in_head {
                 if req.expects_continue() && rbuf.is_empty() {
                     let mut cont = CONTINUE.to_vec();
-                    self.write_client(io, &mut cont).await.map_err(Failure::before)?;
+                    self.write_client(io, &mut cont, conn)
+                        .await
+                        .map_err(Failure::before)?;
                 }
                 let path = BodyPath {
+                    conn,
+                    upstream: up.stream.as_raw_fd(),
                     from: Side::Downstream,
                     to: Side::Upstream,
                     read_timeout: t.client_io,
@@ -571,7 +587,7 @@ impl<H: Handler> Engine<H> {
                     .await
                     .map_err(Failure::before)?;
             }
-            match self.read_response_head(&mut up, resp).await {
+            match self.read_response_head(&mut up, resp, conn).await {
                 Ok(()) => break,
                 Err(e)
                     if e.kind() == ErrorKind::ConnectionClosed
@@ -609,7 +625,7 @@ impl<H: Handler> Engine<H> {
                 };
                 response_head(wbuf, &switching, &s.proxy_headers);
                 end_head(wbuf);
-                self.write_client(io, wbuf).await.map_err(Failure::after)?;
+                self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
                 resp.clear();
                 return Ok((Outcome::Upgrade(up), 101));
             }
@@ -627,10 +643,10 @@ impl<H: Handler> Engine<H> {
                 };
                 response_head(wbuf, &interim, &s.proxy_headers);
                 end_head(wbuf);
-                self.write_client(io, wbuf).await.map_err(Failure::before)?;
+                self.write_client(io, wbuf, conn).await.map_err(Failure::before)?;
             }
             resp.clear();
-            self.read_response_head(&mut up, resp)
+            self.read_response_head(&mut up, resp, conn)
                 .await
                 .map_err(Failure::before)?;
         }
@@ -673,9 +689,11 @@ impl<H: Handler> Engine<H> {
             _ => false,
         };
         resp.clear();
-        self.write_client(io, wbuf).await.map_err(Failure::after)?;
+        self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
         if !body_in_head {
             let path = BodyPath {
+                conn,
+                upstream: up.stream.as_raw_fd(),
                 from: Side::Upstream,
                 to: Side::Downstream,
                 read_timeout: t.upstream_response,
@@ -708,6 +726,7 @@ impl<H: Handler> Engine<H> {
         io: &mut S,
         st: &mut ConnBuffers,
         candidates: &[SocketAddr],
+        conn: &ConnCtx,
     ) -> std::result::Result<(Outcome, u16), Failure> {
         let s = &self.settings;
         if st.req.body() != BodyFraming::None {
@@ -723,14 +742,20 @@ impl<H: Handler> Engine<H> {
             .await
             .map_err(Failure::before)?;
         let mut established = ESTABLISHED.to_vec();
-        self.write_client(io, &mut established)
+        self.write_client(io, &mut established, conn)
             .await
             .map_err(Failure::after)?;
         Ok((Outcome::Upgrade(up), 200))
     }
 
-    async fn read_response_head(&self, up: &mut UpstreamConn, resp: &mut ResponseHead) -> Result<()> {
+    async fn read_response_head(
+        &self,
+        up: &mut UpstreamConn,
+        resp: &mut ResponseHead,
+        conn: &ConnCtx,
+    ) -> Result<()> {
         let s = &self.settings;
+        let armed = conn.upstream_deadline(Wait::Upstream, s.timeouts.upstream_response, &up.stream);
         let read = async {
             loop {
                 if !up.rbuf.is_empty() && resp.parse(&mut up.rbuf, &s.limits)? {
@@ -748,31 +773,46 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        timed(
-            s.timeouts.upstream_response,
-            ErrorKind::ReadTimeout,
-            Side::Upstream,
-            "upstream response head not received in time",
-            read,
-        )
-        .await?
+        let result = read.await;
+        drop(armed);
+        if conn.expired().is_some() {
+            return Err(Error::new(
+                ErrorKind::ReadTimeout,
+                Side::Upstream,
+                "upstream response head not received in time",
+            ));
+        }
+        result
     }
 
-    async fn write_client<S: ClientStream>(&self, io: &mut S, buf: &mut Vec<u8>) -> Result<()> {
-        timed(
-            self.settings.timeouts.client_io,
-            ErrorKind::WriteTimeout,
-            Side::Downstream,
-            "client did not take the response in time",
-            write_vec(io, buf),
-        )
-        .await?
-        .map_err(io_error(Side::Downstream, "writing to the client"))
+    async fn write_client<S: ClientStream>(
+        &self,
+        io: &mut S,
+        buf: &mut Vec<u8>,
+        conn: &ConnCtx,
+    ) -> Result<()> {
+        let armed = conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io);
+        let written = write_vec(io, buf).await;
+        drop(armed);
+        if conn.expired().is_some() {
+            return Err(Error::new(
+                ErrorKind::WriteTimeout,
+                Side::Downstream,
+                "client did not take the response in time",
+            ));
+        }
+        written.map_err(io_error(Side::Downstream, "writing to the client"))
     }
 
     /// Answers an error with its status (connection closing), or nothing
     /// when the client is gone. Returns the status sent, 0 for none.
-    async fn send_error<S: ClientStream>(&self, io: &mut S, wbuf: &mut Vec<u8>, error: &Error) -> u16 {
+    async fn send_error<S: ClientStream>(
+        &self,
+        io: &mut S,
+        wbuf: &mut Vec<u8>,
+        error: &Error,
+        conn: &ConnCtx,
+    ) -> u16 {
         let Some(status) = status_for(error) else {
             return 0;
         };
@@ -785,7 +825,7 @@ impl<H: Handler> Engine<H> {
             true,
             self.settings.proxy_headers.via,
         );
-        let _ = self.write_client(io, wbuf).await;
+        let _ = self.write_client(io, wbuf, conn).await;
         status
     }
 

@@ -270,6 +270,8 @@ fn test_server_config(
         listeners: vec![ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address"))],
         max_connections,
         shutdown_timeout,
+        // Short, so that tests of timeouts stay quick.
+        timer_tick: Duration::from_millis(20),
     }
 }
 
