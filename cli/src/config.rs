@@ -25,7 +25,7 @@ use ringway_http::{
         pac::Pac,
     },
     EngineSettings, ForwardSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders, RouteSpec,
-    RouteTable, Timeouts, MAX_HEADERS_CAP,
+    RouteTable, Timeouts, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 use serde::Deserialize;
 
@@ -590,7 +590,14 @@ impl Validator {
             1 << 20,
             limits_default.max_uri_bytes,
         );
-        let buffer_size = bounded(self, "buffer_size", http.buffer_size, 4096, 1 << 20, 16 * 1024);
+        let buffer_size = bounded(
+            self,
+            "buffer_size",
+            http.buffer_size,
+            4096,
+            1 << 20,
+            DEFAULT_BUFFER_SIZE,
+        );
         let t = Timeouts::default();
         let timeouts = Timeouts {
             connect: self.duration(

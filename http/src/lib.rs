@@ -28,7 +28,9 @@ mod write;
 pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route, TunnelOptions};
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
-pub use limits::{EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, MAX_HEADERS_CAP};
+pub use limits::{
+    EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
+};
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reverse::{ReverseHandler, RouteSpec, RouteTable};
 pub use tunnel::TunnelBytes;
