@@ -38,14 +38,31 @@ PEERS = HERE / "peers"
 RESULTS = ROOT / "benches" / "results"
 
 ORIGIN_PORT = 18000
-PORTS = {"ringway": 18080, "nginx": 18081, "haproxy": 18082}
-SIZES = {"16B": 16, "4KiB": 4096, "64KiB": 65536, "1MiB": 1 << 20}
+PORTS = {
+    "ringway": 18080,
+    "nginx": 18081,
+    "haproxy": 18082,
+    "squid": 18083,
+    "tinyproxy": 18084,
+    "ringway-forward": 18085,
+}
+SIZES = {"16B": 16, "4KiB": 4096, "64KiB": 65536, "1MiB": 1 << 20, "256MiB": 256 << 20}
 TICK = os.sysconf("SC_CLK_TCK")
 
 TOOLS = {
     "wrk": "wrk",
     "nginx": "nginx",
     "haproxy": "haproxy",
+    "squid": "squid",
+    "tinyproxy": "tinyproxy",
+    "curl": "curl",
+}
+
+# Which proxies each suite compares.
+SUITES = {
+    "reverse": ["ringway", "nginx", "haproxy"],
+    "forward": ["ringway-forward", "squid", "tinyproxy"],
+    "connect": ["ringway-forward", "squid"],
 }
 
 
@@ -178,6 +195,84 @@ servers = ["127.0.0.1:{ORIGIN_PORT}"]
     path = PEERS / "ringway.toml"
     path.write_text(conf)
     return path
+
+
+def write_ringway_forward(tmp, workers):
+    conf = f"""# ringway as a forward proxy for the comparison (see compare.py).
+[runtime]
+workers = {workers}
+pin_cpus = true
+
+[log]
+level = "warn"
+access_log = false       # like the peers
+
+[[listener]]
+name = "outbound"
+listen = "127.0.0.1:{PORTS['ringway-forward']}"
+mode = "forward"
+acl = "bench"
+
+[acl.bench]
+default = "deny"
+block_private = true
+private_allow = ["127.0.0.1/32"]     # the origin is on loopback
+connect_ports = [{ORIGIN_PORT}]
+
+[[acl.bench.rule]]
+action = "allow"
+src = ["127.0.0.0/8"]
+"""
+    path = PEERS / "ringway-forward.toml"
+    path.write_text(conf)
+    return path
+
+
+def write_squid(tmp, workers, cpus):
+    run = tmp / "squid"
+    run.mkdir(exist_ok=True)
+    run.chmod(0o777)
+    smp = f"workers {workers}\ncpu_affinity_map process_numbers={','.join(str(i + 1) for i in range(workers))} cores={','.join(str(c + 1) for c in cpus)}\n" if workers > 1 else ""
+    conf = f"""# Squid as a forward proxy for the comparison: no cache (proxying is
+# what is compared), no access log, persistent connections both sides.
+http_port 127.0.0.1:{PORTS['squid']}
+{smp}acl localnet src 127.0.0.0/8
+acl origin_port port {ORIGIN_PORT}
+acl CONNECT method CONNECT
+http_access deny CONNECT !origin_port
+http_access allow localnet
+http_access deny all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log $TMP/squid/cache.log
+pid_filename $TMP/squid/squid.pid
+coredump_dir $TMP/squid
+shutdown_lifetime 1 seconds
+client_persistent_connections on
+server_persistent_connections on
+"""
+    (PEERS / "squid.conf").write_text(conf)
+    real = tmp / "squid.conf"
+    real.write_text(conf.replace("$TMP", str(tmp)))
+    return real
+
+
+def write_tinyproxy(tmp):
+    conf = f"""# tinyproxy as a forward proxy for the comparison.
+Port {PORTS['tinyproxy']}
+Listen 127.0.0.1
+Timeout 600
+MaxClients 1000
+Allow 127.0.0.1
+ConnectPort {ORIGIN_PORT}
+LogLevel Critical
+PidFile "$TMP/tinyproxy.pid"
+"""
+    (PEERS / "tinyproxy.conf").write_text(conf)
+    real = tmp / "tinyproxy.conf"
+    real.write_text(conf.replace("$TMP", str(tmp)))
+    return real
 
 
 def write_nginx(tmp, workers, cpus):
@@ -338,6 +433,15 @@ def start_peer(name, tmp, workers, cpus, ringway_bin):
     if name == "haproxy":
         conf = write_haproxy(tmp, workers, cpus)
         return Proc(name, [tool("haproxy"), "-db", "-f", str(conf)], cpus, PORTS[name])
+    if name == "ringway-forward":
+        conf = write_ringway_forward(tmp, workers)
+        return Proc(name, [str(ringway_bin), "run", "--config", str(conf)], cpus, PORTS[name])
+    if name == "squid":
+        conf = write_squid(tmp, workers, cpus)
+        return Proc(name, [tool("squid"), "-N", "-f", str(conf)], cpus, PORTS[name])
+    if name == "tinyproxy":
+        conf = write_tinyproxy(tmp)
+        return Proc(name, [tool("tinyproxy"), "-d", "-c", str(conf)], cpus, PORTS[name])
     die(f"unknown peer {name}")
 
 
@@ -359,22 +463,26 @@ def parse_wrk(out):
             lat[lm.group(1)] = float(lm.group(2)) * scale
     if not m or not total:
         die("could not read wrk's output:\n" + out)
-    bad = int(errors.group(1)) if errors else 0
-    if sock:
-        bad += sum(int(x) for x in sock.groups()[:3])
+    bad_status = int(errors.group(1)) if errors else 0
+    socket_errors = sum(int(x) for x in sock.groups()[:3]) if sock else 0
     return {
         "rps": float(m.group(1)),
         "requests": int(total.group(1)),
         "p50_us": lat.get("50"),
         "p99_us": lat.get("99"),
-        "errors": bad,
+        # Non-2xx answers make a run meaningless; socket errors (a proxy
+        # closing keep-alive connections, as tinyproxy does) are reported.
+        "bad_status": bad_status,
+        "errors": bad_status + socket_errors,
     }
 
 
-def run_wrk(url, conns, seconds, load_cpus, close=False):
+def run_wrk(url, conns, seconds, load_cpus, close=False, script=None):
     argv = ["taskset", "-c", ",".join(map(str, load_cpus)), tool("wrk"), "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
+    if script:
+        argv += ["-s", str(script)]
     argv.append(url)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
     return parse_wrk(out), " ".join(argv[3:])
@@ -383,24 +491,35 @@ def run_wrk(url, conns, seconds, load_cpus, close=False):
 # ---------------------------------------------------------------- scenarios
 
 
-def scenarios(quick):
-    if quick:
-        return [("keep-alive 16B c64", "/16B", 64, False)]
-    return [
-        ("keep-alive 16B c64", "/16B", 64, False),
-        ("keep-alive 16B c8", "/16B", 8, False),
-        ("keep-alive 4KiB c64", "/4KiB", 64, False),
-        ("keep-alive 64KiB c64", "/64KiB", 64, False),
-        ("keep-alive 1MiB c8", "/1MiB", 8, False),
-        ("new connection per request 16B c64", "/16B", 64, True),
-    ]
+def scenarios(suite, quick):
+    if suite == "reverse":
+        if quick:
+            return [("keep-alive 16B c64", "/16B", 64, False)]
+        return [
+            ("keep-alive 16B c64", "/16B", 64, False),
+            ("keep-alive 16B c8", "/16B", 8, False),
+            ("keep-alive 4KiB c64", "/4KiB", 64, False),
+            ("keep-alive 64KiB c64", "/64KiB", 64, False),
+            ("keep-alive 1MiB c8", "/1MiB", 8, False),
+            ("new connection per request 16B c64", "/16B", 64, True),
+        ]
+    if suite == "forward":
+        return [("forward absolute-form 16B c64", "/16B", 64, False)]
+    return []
 
 
-def measure(peer, scenario, seconds, load_cpus):
+def absolute_form_script(tmp, path):
+    """A wrk script that sends absolute-form requests, as browsers do to a proxy."""
+    script = tmp / "absolute-form.lua"
+    script.write_text(f'wrk.path = "http://127.0.0.1:{ORIGIN_PORT}{path}"\n')
+    return script
+
+
+def measure(peer, scenario, seconds, load_cpus, script=None):
     name, path, conns, close = scenario
     url = f"http://127.0.0.1:{peer.port}{path}"
     before = peer.cpu_seconds()
-    result, cmd = run_wrk(url, conns, seconds, load_cpus, close)
+    result, cmd = run_wrk(url, conns, seconds, load_cpus, close, script)
     after = peer.cpu_seconds()
     result["cpu_us_per_req"] = (after - before) * 1e6 / max(result["requests"], 1)
     result["cmd"] = cmd
@@ -440,6 +559,41 @@ def idle_memory(peer, count):
     return (after - before) * 1024 / count
 
 
+def curl_rate(url, load_cpus, proxy=None, tunnel=False):
+    """Bytes per second of one download with curl (through a CONNECT tunnel
+    when `tunnel`)."""
+    argv = ["taskset", "-c", ",".join(map(str, load_cpus)), tool("curl"), "-s", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}"]
+    if proxy:
+        argv += ["-x", proxy]
+    if tunnel:
+        argv.append("-p")
+    argv.append(url)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout.split()
+    if len(out) != 2 or int(float(out[1])) != SIZES["256MiB"]:
+        die(f"download failed: {' '.join(argv)} -> {out}")
+    return float(out[0]), " ".join(argv[3:])
+
+
+def measure_connect_bulk(peers, running, rounds, load_cpus):
+    """CONNECT tunnel bulk throughput, interleaved with the direct download."""
+    url = f"http://127.0.0.1:{ORIGIN_PORT}/256MiB"
+    rates = {p: [] for p in peers}
+    cpu = {p: [] for p in peers}
+    direct = []
+    cmd = ""
+    for rnd in range(rounds):
+        for p in peers:
+            before = running[p].cpu_seconds()
+            rate, cmd = curl_rate(url, load_cpus, f"http://127.0.0.1:{running[p].port}", tunnel=True)
+            cpu[p].append((running[p].cpu_seconds() - before) / (SIZES["256MiB"] / 2**30))
+            rates[p].append(rate)
+            print(f"[CONNECT bulk 256MiB] round {rnd + 1} {p}: {rate / 2**20:.0f} MiB/s", flush=True)
+        rate, _ = curl_rate(url, load_cpus)
+        direct.append(rate)
+        print(f"[CONNECT bulk 256MiB] round {rnd + 1} direct: {rate / 2**20:.0f} MiB/s", flush=True)
+    return {p: (median(rates[p]), median(cpu[p])) for p in peers}, median(direct), cmd
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -457,6 +611,8 @@ def versions(ringway_bin):
         "ringway": first_line([str(ringway_bin), "--version"]),
         "nginx": first_line([tool("nginx"), "-v"]),
         "haproxy": first_line([tool("haproxy"), "-v"]),
+        "squid": first_line([tool("squid"), "-v"]) if shutil.which("squid") or Path("/usr/sbin/squid").exists() else "-",
+        "tinyproxy": first_line([tool("tinyproxy"), "-v"]) if shutil.which("tinyproxy") else "-",
         "wrk": first_line([tool("wrk"), "-v"]),
     }
 
@@ -486,42 +642,61 @@ def fmt(v, digits=1):
     return f"{v:.{digits}f}"
 
 
-def report(args, table, direct, vers, mach, proxy_cpus, load_cpus, stamp, memory):
+def report(args, tables, direct, connect, vers, mach, proxy_cpus, load_cpus, stamp, memory):
     lines = [
-        f"# ringway vs nginx vs HAProxy: reverse proxy, {args.workers} worker(s)",
+        f"# ringway side by side: {args.workers} worker(s) per proxy",
         "",
         f"- date: {mach['date']}",
         f"- machine: {mach['cpu']}, {mach['cpus']} CPUs, Linux {mach['kernel']}",
-        f"- proxies pinned to CPU {','.join(map(str, proxy_cpus))}; wrk (1 thread) and the origin (nginx, 1 worker) on CPU {','.join(map(str, load_cpus))}",
+        f"- proxies pinned to CPU {','.join(map(str, proxy_cpus))}; wrk (1 thread), curl and the origin (nginx, 1 worker) on CPU {','.join(map(str, load_cpus))}",
         f"- {args.rounds} rounds of {args.seconds}s per proxy and scenario, interleaved; medians shown",
         "- versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()),
         f"- command: `benches/compare/compare.py {' '.join(sys.argv[1:])}`",
         "- configs: `benches/compare/peers/`",
         "",
         "CPU µs/req is the proxy's own CPU time (utime+stime of all its processes) per completed request: "
-        "the figure that stays honest when wrk or the origin, not the proxy, is the bottleneck.",
+        "the figure that stays honest when wrk or the origin, not the proxy, is the bottleneck. "
+        "Errors are socket errors seen by wrk (tinyproxy closes every client connection after one "
+        "response, so each of its requests counts one); a run with any non-2xx answer is refused.",
         "",
     ]
-    for scenario, rows in table.items():
-        d = direct.get(scenario)
+    for scenario, rows in tables.items():
+        others = [p for p in rows if not p.startswith("ringway")]
         lines.append(f"## {scenario}")
         lines.append("")
-        lines.append("| proxy | req/s | p50 µs | p99 µs | CPU µs/req | CPU vs nginx | CPU vs HAProxy | req/s vs best peer | errors |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        peers_rps = [rows[p]["rps"] for p in rows if p != "ringway" and rows[p]["rps"]]
-        best_peer = max(peers_rps) if peers_rps else None
+        header = "| proxy | req/s | p50 µs | p99 µs | CPU µs/req | " + " | ".join(f"CPU vs {o}" for o in others) + " | req/s vs best peer | errors |"
+        lines.append(header)
+        lines.append("|" + "---|" * (header.count("|") - 1))
+        best = max((rows[o]["rps"] for o in others if rows[o]["rps"]), default=None)
         for peer, r in rows.items():
-            vs_nginx = r["cpu"] / rows["nginx"]["cpu"] if "nginx" in rows and rows["nginx"]["cpu"] else None
-            vs_ha = r["cpu"] / rows["haproxy"]["cpu"] if "haproxy" in rows and rows["haproxy"]["cpu"] else None
-            vs_best = r["rps"] / best_peer if best_peer else None
+            ratios = [fmt(r["cpu"] / rows[o]["cpu"], 2) if rows[o]["cpu"] else "-" for o in others]
+            vs_best = r["rps"] / best if best else None
             lines.append(
                 f"| {peer} | {fmt(r['rps'])} | {fmt(r['p50'])} | {fmt(r['p99'])} | {fmt(r['cpu'], 2)} | "
-                f"{fmt(vs_nginx, 2)} | {fmt(vs_ha, 2)} | {fmt(vs_best, 2)} | {r['errors']} |"
+                + " | ".join(ratios)
+                + f" | {fmt(vs_best, 2)} | {r['errors']} |"
             )
+        d = direct.get(scenario)
         if d:
-            lines.append(f"| direct (wrk → origin) | {fmt(d['rps'])} | {fmt(d['p50'])} | {fmt(d['p99'])} | - | - | - | - | {d['errors']} |")
+            lines.append(
+                f"| direct (wrk → origin) | {fmt(d['rps'])} | {fmt(d['p50'])} | {fmt(d['p99'])} | - | "
+                + " | ".join("-" for _ in others)
+                + f" | - | {d['errors']} |"
+            )
         lines.append("")
         lines.append(f"wrk: `{rows[next(iter(rows))]['cmd']}`")
+        lines.append("")
+    if connect:
+        rates, direct_rate, cmd = connect
+        lines.append("## CONNECT tunnel bulk throughput (256 MiB download through the tunnel)")
+        lines.append("")
+        lines.append("| proxy | MiB/s | vs direct | proxy CPU s per GiB |")
+        lines.append("|---|---|---|---|")
+        for peer, (rate, cpu) in rates.items():
+            lines.append(f"| {peer} | {rate / 2**20:,.0f} | {rate / direct_rate:.2f} | {cpu:.3f} |")
+        lines.append(f"| direct (curl → origin) | {direct_rate / 2**20:,.0f} | 1.00 | - |")
+        lines.append("")
+        lines.append(f"curl: `{cmd}`")
         lines.append("")
     if memory:
         lines.append(f"## Memory: {args.idle_connections:,} idle keep-alive client connections")
@@ -532,18 +707,28 @@ def report(args, table, direct, vers, mach, proxy_cpus, load_cpus, stamp, memory
             lines.append(f"| {peer} | {per_conn / 1024:.2f} KiB |")
         lines.append("")
     md = "\n".join(lines) + "\n"
-    svg = chart(table)
     base = RESULTS / f"compare-{stamp}"
-    base.with_suffix(".md").write_text(md + f"\n![chart]({base.name}.svg)\n")
-    base.with_suffix(".svg").write_text(svg)
+    if tables:
+        base.with_suffix(".svg").write_text(chart(tables))
+        md += f"\n![chart]({base.name}.svg)\n"
+    base.with_suffix(".md").write_text(md)
     return base.with_suffix(".md"), md
 
 
 def chart(table):
     """A grouped bar chart of CPU µs per request, one group per scenario."""
-    colors = {"ringway": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1c7ed6"}
+    colors = {
+        "ringway": "#d9480f",
+        "ringway-forward": "#d9480f",
+        "nginx": "#2b8a3e",
+        "haproxy": "#1c7ed6",
+        "squid": "#7048e8",
+        "tinyproxy": "#868e96",
+    }
     scen = list(table)
-    peers = list(next(iter(table.values())))
+    peers = []
+    for rows in table.values():
+        peers += [p for p in rows if p not in peers]
     vmax = max(r["cpu"] or 0 for rows in table.values() for r in rows.values()) or 1
     bar, gap, group_gap, left, top, height = 26, 4, 40, 60, 40, 260
     group_w = len(peers) * (bar + gap) + group_gap
@@ -556,6 +741,8 @@ def chart(table):
     for i, s in enumerate(scen):
         x0 = left + i * group_w
         for j, p in enumerate(peers):
+            if p not in table[s]:
+                continue
             v = table[s][p]["cpu"] or 0
             h = v / vmax * height
             x = x0 + j * (bar + gap)
@@ -576,30 +763,77 @@ def chart(table):
 # ---------------------------------------------------------------- main
 
 
+def run_suite(suite, args, running, load_cpus, tmp):
+    """Runs a wrk suite; returns {scenario: {peer: medians}} and the direct figures."""
+    peers = [p for p in SUITES[suite] if p in running]
+    tables, direct = {}, {}
+    chosen = [c.strip() for c in args.scenarios.split(",") if c.strip()]
+    for scenario in scenarios(suite, args.quick):
+        name, path = scenario[0], scenario[1]
+        if chosen and not any(c in name for c in chosen):
+            continue
+        script = absolute_form_script(tmp, path) if suite == "forward" else None
+        samples = {p: [] for p in peers}
+        direct_samples = []
+        for rnd in range(args.rounds):
+            for p in peers:
+                r = measure(running[p], scenario, args.seconds, load_cpus, script)
+                if r["bad_status"] or (p.startswith("ringway") and r["errors"]):
+                    die(f"{p} had {r['errors']} errors in [{name}]: not a valid measurement")
+                samples[p].append(r)
+                print(
+                    f"[{name}] round {rnd + 1} {p}: {r['rps']:.0f} req/s, {r['cpu_us_per_req']:.2f} CPU µs/req, p99 {fmt(r['p99_us'])} µs",
+                    flush=True,
+                )
+            d, _ = run_wrk(f"http://127.0.0.1:{ORIGIN_PORT}{path}", scenario[2], args.seconds, load_cpus, scenario[3])
+            direct_samples.append(d)
+        tables[name] = {
+            p: {
+                "rps": median([x["rps"] for x in samples[p]]),
+                "p50": median([x["p50_us"] for x in samples[p]]),
+                "p99": median([x["p99_us"] for x in samples[p]]),
+                "cpu": median([x["cpu_us_per_req"] for x in samples[p]]),
+                "errors": sum(x["errors"] for x in samples[p]),
+                "cmd": samples[p][0]["cmd"],
+            }
+            for p in peers
+        }
+        direct[name] = {
+            "rps": median([x["rps"] for x in direct_samples]),
+            "p50": median([x["p50_us"] for x in direct_samples]),
+            "p99": median([x["p99_us"] for x in direct_samples]),
+            "errors": sum(x["errors"] for x in direct_samples),
+        }
+    return tables, direct
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one short round of the keep-alive scenario")
+    ap.add_argument("--quick", action="store_true", help="one short round of the reverse keep-alive scenario")
+    ap.add_argument("--suites", default="reverse,forward,connect", help="reverse, forward (absolute-form), connect (bulk)")
     ap.add_argument("--workers", type=int, default=1, help="workers for every proxy (default 1)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--peers", default="ringway,nginx,haproxy")
     ap.add_argument("--ringway", default=str(ROOT / "target" / "release" / "ringway"), help="the ringway binary")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
     ap.add_argument("--idle-connections", type=int, default=10000, help="connections for the idle-memory scenario (0: skip)")
-    ap.add_argument("--scenarios", default="", help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--scenarios", default="", help="comma-separated parts of scenario names to run (default: all)")
     args = ap.parse_args()
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     if args.quick:
-        args.rounds, args.seconds = 1, 5
-
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    check_tools(["wrk", "nginx"] + [p for p in peers if p in TOOLS])
+        args.rounds, args.seconds, suites, args.idle_connections = 1, 5, ["reverse"], 0
+    for suite in suites:
+        if suite not in SUITES:
+            die(f"unknown suite {suite!r}: expected one of {', '.join(SUITES)}")
+    peers = sorted({p for s in suites for p in SUITES[s]}, key=list(PORTS).index)
+    check_tools(sorted({"wrk", "nginx", "curl"} | {p for p in peers if p in TOOLS}))
     for port in [ORIGIN_PORT] + [PORTS[p] for p in peers]:
         if not port_free(port):
             die(f"127.0.0.1:{port} is in use; stop whatever listens there")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "ringway"], cwd=ROOT, check=True)
     ringway_bin = Path(args.ringway)
-    if "ringway" in peers and not ringway_bin.exists():
+    if not ringway_bin.exists():
         die(f"{ringway_bin} not found (build with cargo build --release)")
 
     proxy_cpus, load_cpus = cpu_split(args.workers)
@@ -609,57 +843,29 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="ringway-compare-"))
     origin_conf = write_origin(tmp, load_cpus)
     origin = Proc("origin", [tool("nginx"), "-c", str(origin_conf), "-e", str(tmp / "origin-error.log")], load_cpus[-1:], ORIGIN_PORT)
-    for scenario in scenarios(args.quick):
-        check, _ = run_wrk(f"http://127.0.0.1:{ORIGIN_PORT}{scenario[1]}", 1, 1, load_cpus)
-        if check["errors"] or not check["requests"]:
+    for path in sorted({sc[1] for s in suites for sc in scenarios(s, args.quick)}):
+        check, _ = run_wrk(f"http://127.0.0.1:{ORIGIN_PORT}{path}", 1, 1, load_cpus)
+        if check["bad_status"] or not check["requests"]:
             origin.stop()
-            die(f"the origin does not answer {scenario[1]} with 2xx; see {tmp}/origin-error.log")
+            die(f"the origin does not answer {path} with 2xx; see {tmp}/origin-error.log")
     running = {}
     try:
         for p in peers:
             running[p] = start_peer(p, tmp, args.workers, proxy_cpus, ringway_bin)
-        table, direct = {}, {}
-        chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-        for scenario in scenarios(args.quick):
-            name = scenario[0]
-            if chosen and not any(c in name for c in chosen):
+        tables, direct, connect = {}, {}, None
+        for suite in suites:
+            if suite == "connect":
+                connect = measure_connect_bulk(SUITES["connect"], running, args.rounds, load_cpus)
                 continue
-            samples = {p: [] for p in peers}
-            direct_samples = []
-            for rnd in range(args.rounds):
-                for p in peers:
-                    r = measure(running[p], scenario, args.seconds, load_cpus)
-                    if r["errors"]:
-                        die(f"{p} answered {r['errors']} requests with errors in [{name}]: not a valid measurement")
-                    samples[p].append(r)
-                    print(f"[{name}] round {rnd + 1} {p}: {r['rps']:.0f} req/s, {r['cpu_us_per_req']:.2f} CPU µs/req, p99 {fmt(r['p99_us'])} µs, errors {r['errors']}", flush=True)
-                d, _ = run_wrk(f"http://127.0.0.1:{ORIGIN_PORT}{scenario[1]}", scenario[2], args.seconds, load_cpus, scenario[3])
-                direct_samples.append(d)
-            table[name] = {
-                p: {
-                    "rps": median([s["rps"] for s in samples[p]]),
-                    "p50": median([s["p50_us"] for s in samples[p]]),
-                    "p99": median([s["p99_us"] for s in samples[p]]),
-                    "cpu": median([s["cpu_us_per_req"] for s in samples[p]]),
-                    "errors": sum(s["errors"] for s in samples[p]),
-                    "cmd": samples[p][0]["cmd"],
-                }
-                for p in peers
-            }
-            direct[name] = {
-                "rps": median([d["rps"] for d in direct_samples]),
-                "p50": median([d["p50_us"] for d in direct_samples]),
-                "p99": median([d["p99_us"] for d in direct_samples]),
-                "errors": sum(d["errors"] for d in direct_samples),
-            }
+            t, d = run_suite(suite, args, running, load_cpus, tmp)
+            tables.update(t)
+            direct.update(d)
         memory = {}
-        if not args.quick and args.idle_connections:
-            for p in peers:
-                if p == "haproxy":
-                    continue  # its maxconn fits this machine's fd limit only below 10,000
+        if "reverse" in suites and args.idle_connections:
+            for p in ["ringway", "nginx"]:
                 memory[p] = idle_memory(running[p], args.idle_connections)
                 print(f"[idle memory] {p}: {memory[p]:.0f} bytes per idle keep-alive connection", flush=True)
-        path, md = report(args, table, direct, versions(ringway_bin), machine(), proxy_cpus, load_cpus, stamp, memory)
+        path, md = report(args, tables, direct, connect, versions(ringway_bin), machine(), proxy_cpus, load_cpus, stamp, memory)
         print(md)
         print(f"written: {path}")
     finally:
