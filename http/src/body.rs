@@ -139,11 +139,18 @@ impl BodyPath<'_> {
         output: OutFraming,
     ) -> Result<u64> {
         let mut remaining = total;
+        // Reads double while they fill, up to four buffers: a large body
+        // moves in large pieces, a small one never grows a buffer.
+        let mut chunk = self.chunk;
         while remaining > 0 {
             if buf.is_empty() {
-                let want = remaining.min(self.chunk as u64) as usize;
-                if self.fill(src, buf, want).await? == 0 {
+                let want = remaining.min(chunk as u64) as usize;
+                let got = self.fill(src, buf, want).await?;
+                if got == 0 {
                     return Err(self.closed_early());
+                }
+                if got == chunk && chunk < 4 * self.chunk {
+                    chunk *= 2;
                 }
             }
             let take = remaining.min(buf.len() as u64) as usize;

@@ -32,6 +32,7 @@ use crate::{
     body::{BodyPath, OutFraming},
     buffers,
     chunked::{ChunkedDecoder, Decoded},
+    gather::write_head_and_body,
     head::{BodyFraming, RequestHead, ResponseHead, Version},
     io::{io_error, read_some, write_vec},
     limits::EngineSettings,
@@ -254,6 +255,13 @@ impl Drop for ConnBuffers {
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Body bytes up to this size are copied behind the head; larger ones are
+/// gathered with the head by writev.
+const GATHER_ABOVE: usize = 4096;
+
+/// Extra room in the read of a response head, for a typical head.
+const HEAD_ROOM: usize = 4096;
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// Serves client connections for one listener on one worker.
@@ -678,19 +686,40 @@ impl<H: Handler> Engine<H> {
         };
         response_head(wbuf, &to_client, &s.proxy_headers);
         end_head(wbuf);
-        let body_in_head = match input {
-            BodyFraming::None => true,
-            BodyFraming::Length(n) if n <= s.buffer_size as u64 && up.rbuf.len() as u64 >= n => {
-                let n = n as usize;
-                wbuf.extend_from_slice(&up.rbuf[..n]);
-                up.rbuf.advance(n);
-                true
-            }
-            _ => false,
+        // The body bytes that came with the head leave with it, in one
+        // write: small ones copied behind the head, larger ones gathered
+        // with writev (no copy). What remains is relayed.
+        let mut input = input;
+        let in_hand = match input {
+            BodyFraming::Length(n) => (n as usize).min(up.rbuf.len()),
+            _ => 0,
         };
+        if in_hand > 0 && in_hand <= GATHER_ABOVE {
+            wbuf.extend_from_slice(&up.rbuf[..in_hand]);
+            up.rbuf.advance(in_hand);
+        }
         resp.clear();
-        self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
-        if !body_in_head {
+        if in_hand > GATHER_ABOVE {
+            let body = up.rbuf.split_to(in_hand);
+            let armed = conn.deadline(Wait::ClientWrite, t.client_io);
+            let (sent, head) = write_head_and_body(io, std::mem::take(wbuf), body).await;
+            drop(armed);
+            *wbuf = head;
+            if conn.expired().is_some() || sent.is_err() {
+                return Err(Failure::after(Error::new(
+                    ErrorKind::WriteTimeout,
+                    Side::Downstream,
+                    "client did not take the response",
+                )));
+            }
+        } else {
+            self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
+        }
+        if let BodyFraming::Length(n) = input {
+            input = BodyFraming::Length(n - in_hand as u64);
+        }
+        let body_done = matches!(input, BodyFraming::None | BodyFraming::Length(0));
+        if !body_done {
             let path = BodyPath {
                 conn,
                 upstream: up.stream.as_raw_fd(),
@@ -761,7 +790,9 @@ impl<H: Handler> Engine<H> {
                 if !up.rbuf.is_empty() && resp.parse(&mut up.rbuf, &s.limits)? {
                     return Ok(());
                 }
-                let n = read_some(&mut up.stream, &mut up.rbuf, s.buffer_size)
+                // A head's worth more than the buffer size: a body of exactly
+                // the buffer size then arrives with its head in one read.
+                let n = read_some(&mut up.stream, &mut up.rbuf, s.buffer_size + HEAD_ROOM)
                     .await
                     .map_err(upstream_read_error)?;
                 if n == 0 {
