@@ -287,6 +287,14 @@ pub struct Deadline<'a> {
     conn: &'a ConnCtx,
 }
 
+impl Deadline<'_> {
+    /// Disarms the deadline; returns whether it expired while armed (and so
+    /// ended the wait it bounded).
+    pub fn finish(self) -> bool {
+        self.conn.expired().is_some()
+    }
+}
+
 impl Drop for Deadline<'_> {
     fn drop(&mut self) {
         self.conn.update(|e| {

@@ -15,7 +15,7 @@ use ringway_core::{ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
 use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
-    io::{io_error, read_some, write_all, write_vec, BorrowedRawFd},
+    io::{bounded, io_error, read_some, write_all, write_vec, BorrowedRawFd},
 };
 
 /// How the body leaves the proxy.
@@ -66,33 +66,43 @@ impl BodyPath<'_> {
         }
     }
 
-    /// The error for a step that ended: its deadline's, if that expired.
-    fn outcome<T>(&self, result: std::io::Result<T>, side: Side, kind: ErrorKind) -> Result<T> {
-        if self.conn.expired().is_some() {
-            return Err(Error::new(kind, side, "timed out moving a body"));
-        }
-        result.map_err(io_error(side, "moving a body"))
-    }
-
     async fn fill<R: AsyncReadRent>(&self, src: &mut R, buf: &mut BytesMut, max: usize) -> Result<usize> {
-        let armed = self.arm(self.from, true);
-        let read = read_some(src, buf, max).await;
-        drop(armed);
-        self.outcome(read, self.from, ErrorKind::ReadTimeout)
+        let (side, armed) = (self.from, self.arm(self.from, true));
+        bounded(
+            armed,
+            ErrorKind::ReadTimeout,
+            side,
+            "timed out waiting for body bytes",
+            read_some(src, buf, max),
+        )
+        .await?
+        .map_err(io_error(side, "reading a body"))
     }
 
     async fn send<W: AsyncWriteRent>(&self, dst: &mut W, piece: BytesMut) -> Result<()> {
-        let armed = self.arm(self.to, false);
-        let (result, _) = write_all(dst, piece).await;
-        drop(armed);
-        self.outcome(result, self.to, ErrorKind::WriteTimeout)
+        let (side, armed) = (self.to, self.arm(self.to, false));
+        let (result, _) = bounded(
+            armed,
+            ErrorKind::WriteTimeout,
+            side,
+            "timed out writing a body",
+            write_all(dst, piece),
+        )
+        .await?;
+        result.map_err(io_error(side, "writing a body"))
     }
 
     async fn send_scratch<W: AsyncWriteRent>(&self, dst: &mut W, scratch: &mut Vec<u8>) -> Result<()> {
-        let armed = self.arm(self.to, false);
-        let result = write_vec(dst, scratch).await;
-        drop(armed);
-        self.outcome(result, self.to, ErrorKind::WriteTimeout)
+        let (side, armed) = (self.to, self.arm(self.to, false));
+        bounded(
+            armed,
+            ErrorKind::WriteTimeout,
+            side,
+            "timed out writing a body",
+            write_vec(dst, scratch),
+        )
+        .await?
+        .map_err(io_error(side, "writing a body"))
     }
 
     fn closed_early(&self) -> Error {

@@ -34,7 +34,7 @@ use crate::{
     chunked::{ChunkedDecoder, Decoded},
     gather::write_head_and_body,
     head::{BodyFraming, RequestHead, ResponseHead, Version},
-    io::{io_error, read_some, write_vec},
+    io::{bounded, io_error, read_some, write_vec},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
     tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
@@ -432,17 +432,14 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        let armed = conn.deadline(Wait::ClientRead, head_limit);
-        let result = rest_of_head.await;
-        drop(armed);
-        if conn.expired().is_some() {
-            return Err(Error::new(
-                ErrorKind::ReadTimeout,
-                Side::Downstream,
-                "request head not received in time",
-            ));
-        }
-        result
+        bounded(
+            conn.deadline(Wait::ClientRead, head_limit),
+            ErrorKind::ReadTimeout,
+            Side::Downstream,
+            "request head not received in time",
+            rest_of_head,
+        )
+        .await?
     }
 
     async fn exchange<S: ClientStream>(
@@ -549,16 +546,15 @@ impl<H: Handler> Engine<H> {
         let retryable = body_in_head && req.method().is_idempotent();
         let mut retried = false;
         loop {
-            let armed = conn.upstream_deadline(Wait::Upstream, t.upstream_response, &up.stream);
-            let sent = write_vec(&mut up.stream, wbuf).await;
-            drop(armed);
-            if conn.expired().is_some() {
-                return Err(Failure::before(Error::new(
-                    ErrorKind::WriteTimeout,
-                    Side::Upstream,
-                    "the upstream did not take the request in time",
-                )));
-            }
+            let sent = bounded(
+                conn.upstream_deadline(Wait::Upstream, t.upstream_response, &up.stream),
+                ErrorKind::WriteTimeout,
+                Side::Upstream,
+                "the upstream did not take the request in time",
+                write_vec(&mut up.stream, wbuf),
+            )
+            .await
+            .map_err(Failure::before)?;
             if let Err(e) = sent {
                 if up.reused && retryable && !retried {
                     retried = true;
@@ -701,17 +697,18 @@ impl<H: Handler> Engine<H> {
         resp.clear();
         if in_hand > GATHER_ABOVE {
             let body = up.rbuf.split_to(in_hand);
-            let armed = conn.deadline(Wait::ClientWrite, t.client_io);
-            let (sent, head) = write_head_and_body(io, std::mem::take(wbuf), body).await;
-            drop(armed);
+            let (sent, head) = bounded(
+                conn.deadline(Wait::ClientWrite, t.client_io),
+                ErrorKind::WriteTimeout,
+                Side::Downstream,
+                "client did not take the response in time",
+                write_head_and_body(io, std::mem::take(wbuf), body),
+            )
+            .await
+            .map_err(Failure::after)?;
             *wbuf = head;
-            if conn.expired().is_some() || sent.is_err() {
-                return Err(Failure::after(Error::new(
-                    ErrorKind::WriteTimeout,
-                    Side::Downstream,
-                    "client did not take the response",
-                )));
-            }
+            sent.map_err(io_error(Side::Downstream, "writing to the client"))
+                .map_err(Failure::after)?;
         } else {
             self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
         }
@@ -804,16 +801,14 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        let result = read.await;
-        drop(armed);
-        if conn.expired().is_some() {
-            return Err(Error::new(
-                ErrorKind::ReadTimeout,
-                Side::Upstream,
-                "upstream response head not received in time",
-            ));
-        }
-        result
+        bounded(
+            armed,
+            ErrorKind::ReadTimeout,
+            Side::Upstream,
+            "upstream response head not received in time",
+            read,
+        )
+        .await?
     }
 
     async fn write_client<S: ClientStream>(
@@ -822,17 +817,15 @@ impl<H: Handler> Engine<H> {
         buf: &mut Vec<u8>,
         conn: &ConnCtx,
     ) -> Result<()> {
-        let armed = conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io);
-        let written = write_vec(io, buf).await;
-        drop(armed);
-        if conn.expired().is_some() {
-            return Err(Error::new(
-                ErrorKind::WriteTimeout,
-                Side::Downstream,
-                "client did not take the response in time",
-            ));
-        }
-        written.map_err(io_error(Side::Downstream, "writing to the client"))
+        bounded(
+            conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io),
+            ErrorKind::WriteTimeout,
+            Side::Downstream,
+            "client did not take the response in time",
+            write_vec(io, buf),
+        )
+        .await?
+        .map_err(io_error(Side::Downstream, "writing to the client"))
     }
 
     /// Answers an error with its status (connection closing), or nothing

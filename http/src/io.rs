@@ -8,7 +8,7 @@ use monoio::{
     buf::{IoBuf, IoBufMut},
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
 };
-use ringway_core::{Error, ErrorKind, Result, Side};
+use ringway_core::{Deadline, Error, ErrorKind, Result, Side};
 
 /// Reads at most `max` more bytes, appending them to `buf`.
 ///
@@ -39,7 +39,24 @@ pub(crate) async fn write_vec<W: AsyncWriteRent>(io: &mut W, scratch: &mut Vec<u
     result
 }
 
-/// Runs `fut` for at most `limit`; past it, fails with `kind` on `side`.
+/// Awaits `fut` while `deadline` is armed; fails with `kind` on `side` when
+/// the deadline expired first (the worker's sweep then ended the wait).
+pub(crate) async fn bounded<T>(
+    deadline: Deadline<'_>,
+    kind: ErrorKind,
+    side: Side,
+    context: &'static str,
+    fut: impl Future<Output = T>,
+) -> Result<T> {
+    let out = fut.await;
+    if deadline.finish() {
+        return Err(Error::new(kind, side, context));
+    }
+    Ok(out)
+}
+
+/// Runs `fut` for at most `limit` on a runtime timer (rare waits only, such
+/// as connecting); past it, fails with `kind` on `side`.
 pub(crate) async fn timed<T>(
     limit: Duration,
     kind: ErrorKind,
