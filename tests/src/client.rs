@@ -158,7 +158,12 @@ pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Op
 
 fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, counter: Option<&AtomicUsize>) -> io::Result<usize> {
     let mut chunk = [0u8; 16384];
-    let n = stream.read(&mut chunk)?;
+    let n = loop {
+        match stream.read(&mut chunk) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
     buf.extend_from_slice(&chunk[..n]);
     if let Some(c) = counter {
         c.fetch_add(n, Ordering::SeqCst);
