@@ -131,24 +131,15 @@ impl ProxySetup {
         let groups = self.groups;
         let settings = self.settings;
         let pool = self.pool;
-        let handle = ringway_core::start(server, move |worker| {
+        launch(server, move |worker| {
             let handler = ReverseHandler::new(routes.clone(), &groups, worker.index);
-            let pool = Rc::new(UpstreamPool::new(pool));
-            TestApp {
-                engine: TestEngine::Reverse(Engine::new(
-                    "test",
-                    handler,
-                    engine_settings(&settings, worker),
-                    pool,
-                )),
-            }
+            TestEngine::Reverse(Engine::new(
+                "test",
+                handler,
+                engine_settings(&settings, worker),
+                Rc::new(UpstreamPool::new(pool)),
+            ))
         })
-        .expect("proxy starts");
-        let addr = handle.local_addrs()[0];
-        TestProxy {
-            handle: Some(handle),
-            addr,
-        }
     }
 }
 
@@ -229,29 +220,34 @@ impl ForwardSetup {
         });
         let forward_settings = self.settings;
         let server = test_server_config(self.driver, 10_000, Duration::from_secs(10));
-        let handle = ringway_core::start(server, move |worker| {
+        launch(server, move |worker| {
             let handler = ForwardHandler::new(settings.clone(), Rc::new(Resolver::new(dns.clone())));
-            let pool = Rc::new(UpstreamPool::new(PoolSettings::default()));
-            TestApp {
-                engine: TestEngine::Forward(Engine::new(
-                    "outbound",
-                    handler,
-                    engine_settings(&forward_settings, worker),
-                    pool,
-                )),
-            }
+            TestEngine::Forward(Engine::new(
+                "outbound",
+                handler,
+                engine_settings(&forward_settings, worker),
+                Rc::new(UpstreamPool::new(PoolSettings::default())),
+            ))
         })
-        .expect("proxy starts");
-        let addr = handle.local_addrs()[0];
-        TestProxy {
-            handle: Some(handle),
-            addr,
-        }
     }
 }
 
 /// A listener's settings as the binary's factory makes them for `worker`:
 /// tunnels splice on the epoll driver only.
+/// Starts workers that each serve with the engine `make` builds for them.
+fn launch<F>(server: ServerConfig, make: F) -> TestProxy
+where
+    F: Fn(&ringway_core::WorkerInfo) -> TestEngine + Send + Sync + 'static,
+{
+    let handle =
+        ringway_core::start(server, move |worker| TestApp { engine: make(worker) }).expect("proxy starts");
+    let addr = handle.local_addrs()[0];
+    TestProxy {
+        handle: Some(handle),
+        addr,
+    }
+}
+
 fn engine_settings(settings: &EngineSettings, worker: &ringway_core::WorkerInfo) -> EngineSettings {
     EngineSettings {
         splice_tunnels: worker.driver == ringway_core::DriverKind::Legacy,
