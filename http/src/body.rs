@@ -1,7 +1,8 @@
 //! Streaming a message body from one connection to another.
 //!
 //! A body is never collected: it moves through the source's read buffer in
-//! pieces of at most the buffer size. Content-Length input written as is
+//! pieces that start at the buffer size and grow to four buffers while
+//! reads keep filling them. Content-Length input written as is
 //! goes out without a copy (the read buffer's bytes are written directly);
 //! re-framing (chunked in, or chunked out) builds each outgoing piece in a
 //! scratch buffer, so one read becomes one write.
@@ -15,7 +16,7 @@ use ringway_core::{ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
 use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
-    io::{bounded, io_error, read_some, write_all, write_vec, BorrowedRawFd},
+    io::{bounded, io_error, read_some, write_all, write_vec, BorrowedRawFd, GrowingReads},
 };
 
 /// How the body leaves the proxy.
@@ -42,7 +43,8 @@ pub(crate) struct BodyPath<'a> {
     pub(crate) read_timeout: Duration,
     /// Longest wait for the receiver to take a piece.
     pub(crate) write_timeout: Duration,
-    /// Size of one read.
+    /// Size of the first read; later ones grow up to four times this while
+    /// they fill.
     pub(crate) chunk: usize,
     /// Limit on a chunked body's trailer section.
     pub(crate) max_trailer_bytes: usize,
@@ -66,17 +68,32 @@ impl BodyPath<'_> {
         }
     }
 
-    async fn fill<R: AsyncReadRent>(&self, src: &mut R, buf: &mut BytesMut, max: usize) -> Result<usize> {
+    /// The read sizes of one body: from the buffer size up to four buffers.
+    fn reads(&self) -> GrowingReads {
+        GrowingReads::new(self.chunk, 4 * self.chunk)
+    }
+
+    /// Reads at most `limit` more body bytes, and at most what `reads` asks.
+    async fn fill<R: AsyncReadRent>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        reads: &mut GrowingReads,
+        limit: u64,
+    ) -> Result<usize> {
         let (side, armed) = (self.from, self.arm(self.from, true));
-        bounded(
+        let want = limit.min(reads.size() as u64) as usize;
+        let got = bounded(
             armed,
             ErrorKind::ReadTimeout,
             side,
             "timed out waiting for body bytes",
-            read_some(src, buf, max),
+            read_some(src, buf, want),
         )
         .await?
-        .map_err(io_error(side, "reading a body"))
+        .map_err(io_error(side, "reading a body"))?;
+        reads.record(got);
+        Ok(got)
     }
 
     async fn send<W: AsyncWriteRent>(&self, dst: &mut W, piece: BytesMut) -> Result<()> {
@@ -133,57 +150,33 @@ impl BodyPath<'_> {
     {
         match input {
             BodyFraming::None => Ok(0),
-            BodyFraming::Length(n) => self.relay_length(src, buf, dst, scratch, n, output).await,
+            BodyFraming::Length(n) => {
+                debug_assert_eq!(output, OutFraming::Raw, "Content-Length bodies are not re-framed");
+                self.relay_length(src, buf, dst, n).await
+            }
             BodyFraming::UntilClose => self.relay_until_close(src, buf, dst, scratch, output).await,
             BodyFraming::Chunked => self.relay_chunked(src, buf, dst, scratch, output).await,
         }
     }
 
+    /// Content-Length input leaves as it came (the engine never re-frames
+    /// it): each read is written straight from the read buffer.
     async fn relay_length<R: AsyncReadRent, W: AsyncWriteRent>(
         &self,
         src: &mut R,
         buf: &mut BytesMut,
         dst: &mut W,
-        scratch: &mut Vec<u8>,
         total: u64,
-        output: OutFraming,
     ) -> Result<u64> {
         let mut remaining = total;
-        // Reads double while they fill, up to four buffers: a large body
-        // moves in large pieces, a small one never grows a buffer.
-        let mut chunk = self.chunk;
+        let mut reads = self.reads();
         while remaining > 0 {
-            if buf.is_empty() {
-                let want = remaining.min(chunk as u64) as usize;
-                let got = self.fill(src, buf, want).await?;
-                if got == 0 {
-                    return Err(self.closed_early());
-                }
-                if got == chunk && chunk < 4 * self.chunk {
-                    chunk *= 2;
-                }
+            if buf.is_empty() && self.fill(src, buf, &mut reads, remaining).await? == 0 {
+                return Err(self.closed_early());
             }
             let take = remaining.min(buf.len() as u64) as usize;
             remaining -= take as u64;
-            let piece = buf.split_to(take);
-            match output {
-                OutFraming::Raw => self.send(dst, piece).await?,
-                OutFraming::Chunked => {
-                    scratch.clear();
-                    write_chunk_header(scratch, piece.len());
-                    scratch.extend_from_slice(&piece);
-                    scratch.extend_from_slice(b"\r\n");
-                    if remaining == 0 {
-                        write_last_chunk(scratch, None);
-                    }
-                    self.send_scratch(dst, scratch).await?;
-                }
-            }
-        }
-        if total == 0 && output == OutFraming::Chunked {
-            scratch.clear();
-            write_last_chunk(scratch, None);
-            self.send_scratch(dst, scratch).await?;
+            self.send(dst, buf.split_to(take)).await?;
         }
         Ok(total)
     }
@@ -197,8 +190,9 @@ impl BodyPath<'_> {
         output: OutFraming,
     ) -> Result<u64> {
         let mut moved = 0u64;
+        let mut reads = self.reads();
         loop {
-            if buf.is_empty() && self.fill(src, buf, self.chunk).await? == 0 {
+            if buf.is_empty() && self.fill(src, buf, &mut reads, u64::MAX).await? == 0 {
                 break;
             }
             let piece = buf.split();
@@ -231,6 +225,7 @@ impl BodyPath<'_> {
         output: OutFraming,
     ) -> Result<u64> {
         let mut decoder = ChunkedDecoder::new(self.from, self.max_trailer_bytes);
+        let mut reads = self.reads();
         let mut moved = 0u64;
         scratch.clear();
         loop {
@@ -251,7 +246,7 @@ impl BodyPath<'_> {
                         self.send_scratch(dst, scratch).await?;
                         scratch.clear();
                     }
-                    if self.fill(src, buf, self.chunk).await? == 0 {
+                    if self.fill(src, buf, &mut reads, u64::MAX).await? == 0 {
                         return Err(self.closed_early());
                     }
                 }

@@ -7,7 +7,7 @@
 //! Each worker is one thread, so the lists are thread-locals: no lock, no
 //! sharing, and nothing to wire through the engine.
 
-use std::cell::RefCell;
+use std::{cell::RefCell, thread::LocalKey};
 
 use bytes::BytesMut;
 
@@ -34,17 +34,8 @@ pub(crate) fn take_read(size: usize) -> BytesMut {
 
 /// Gives back a read buffer whose contents are no longer needed.
 pub(crate) fn give_read(buf: BytesMut, size: usize) {
-    // Buffers that grew far past the usual size (a huge head) are freed
-    // rather than kept.
-    if buf.capacity() == 0 || buf.capacity() > 4 * size {
-        return;
-    }
-    READ_BUFFERS.with(|list| {
-        let mut list = list.borrow_mut();
-        if list.len() < MAX_KEPT {
-            list.push(buf);
-        }
-    });
+    let capacity = buf.capacity();
+    keep(&READ_BUFFERS, buf, capacity, size);
 }
 
 /// An empty write buffer with room for at least `size` bytes.
@@ -58,10 +49,17 @@ pub(crate) fn take_write(size: usize) -> Vec<u8> {
 
 /// Gives back a write buffer.
 pub(crate) fn give_write(buf: Vec<u8>, size: usize) {
-    if buf.capacity() == 0 || buf.capacity() > 4 * size {
+    let capacity = buf.capacity();
+    keep(&WRITE_BUFFERS, buf, capacity, size);
+}
+
+/// Puts `buf` on `list` unless it holds nothing, grew far past the usual
+/// `size` (a huge head, a long transfer), or the list is full.
+fn keep<B: 'static>(list: &'static LocalKey<RefCell<Vec<B>>>, buf: B, capacity: usize, size: usize) {
+    if capacity == 0 || capacity > 4 * size {
         return;
     }
-    WRITE_BUFFERS.with(|list| {
+    list.with(|list| {
         let mut list = list.borrow_mut();
         if list.len() < MAX_KEPT {
             list.push(buf);

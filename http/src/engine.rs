@@ -64,15 +64,7 @@ pub trait ClientStream:
         options: TunnelOptions,
         conn: &ConnCtx,
     ) -> impl Future<Output = TunnelBytes> {
-        copy_tunnel(
-            self,
-            client_buf,
-            upstream,
-            upstream_buf,
-            options.idle,
-            options.chunk,
-            conn,
-        )
+        copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn)
     }
 }
 
@@ -94,16 +86,7 @@ impl ClientStream for TcpStream {
         if options.splice {
             splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
         } else {
-            copy_tunnel(
-                self,
-                client_buf,
-                upstream,
-                upstream_buf,
-                options.idle,
-                options.chunk,
-                conn,
-            )
-            .await
+            copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
         }
     }
 }
@@ -113,8 +96,6 @@ impl ClientStream for TcpStream {
 pub struct TunnelOptions {
     /// Close the tunnel after this long with no bytes either way.
     pub idle: Duration,
-    /// Bytes per read when copying.
-    pub chunk: usize,
     /// Splice between sockets instead of copying (epoll driver only).
     pub splice: bool,
 }
@@ -336,7 +317,6 @@ impl<H: Handler> Engine<H> {
                     drop(st);
                     let options = TunnelOptions {
                         idle: self.settings.timeouts.tunnel_idle,
-                        chunk: size,
                         splice: self.settings.splice_tunnels,
                     };
                     // Boxed: a tunnel's state is large and rare; kept inline it
@@ -398,14 +378,14 @@ impl<H: Handler> Engine<H> {
             };
             let armed = conn.deadline(Wait::ClientRead, wait);
             let read = next.await;
-            drop(armed);
+            let expired = armed.finish();
             conn.set_idle(false);
             st.wbuf = buffers::take_write(size);
             match read {
                 // A drain that began while this connection was idle has shut
                 // its socket down: whatever arrived cannot be answered. An
                 // expired idle deadline did the same.
-                Ok(n) if n > 0 && !conn.is_draining() && conn.expired().is_none() => {}
+                Ok(n) if n > 0 && !conn.is_draining() && !expired => {}
                 // Closed, reset, idle timeout or drain: no request was begun.
                 _ => return Ok(false),
             }
@@ -567,8 +547,10 @@ impl<H: Handler> Engine<H> {
             }
             if !body_in_head {
                 if req.expects_continue() && rbuf.is_empty() {
-                    let mut cont = CONTINUE.to_vec();
-                    self.write_client(io, &mut cont, conn)
+                    // `scratch` is free until the body relay uses it.
+                    scratch.clear();
+                    scratch.extend_from_slice(CONTINUE);
+                    self.write_client(io, scratch, conn)
                         .await
                         .map_err(Failure::before)?;
                 }
@@ -767,8 +749,9 @@ impl<H: Handler> Engine<H> {
             .connect(candidates, s.timeouts.connect, s.buffer_size)
             .await
             .map_err(Failure::before)?;
-        let mut established = ESTABLISHED.to_vec();
-        self.write_client(io, &mut established, conn)
+        st.wbuf.clear();
+        st.wbuf.extend_from_slice(ESTABLISHED);
+        self.write_client(io, &mut st.wbuf, conn)
             .await
             .map_err(Failure::after)?;
         Ok((Outcome::Upgrade(up), 200))

@@ -1,5 +1,6 @@
 //! Small I/O steps shared by the engine: appending reads into a `BytesMut`,
-//! whole writes, and the timeouts that bound them.
+//! read sizes that grow with a transfer, whole writes, and the timeouts that
+//! bound them.
 
 use std::{future::Future, io, time::Duration};
 
@@ -24,6 +25,36 @@ pub(crate) async fn read_some<R: AsyncReadRent>(
     let (result, slice) = io.read(owned.slice_mut(len..len + max)).await;
     *buf = slice.into_inner();
     result
+}
+
+/// The size of the next read of a transfer: it doubles each time a read
+/// fills it, up to `max`, so a large transfer moves in large pieces while a
+/// small one never grows its buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GrowingReads {
+    size: usize,
+    max: usize,
+}
+
+impl GrowingReads {
+    pub(crate) fn new(start: usize, max: usize) -> Self {
+        Self {
+            size: start.max(1),
+            max: max.max(start),
+        }
+    }
+
+    /// How many bytes the next read asks for.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Notes a read that returned `got` bytes.
+    pub(crate) fn record(&mut self, got: usize) {
+        if got >= self.size && self.size < self.max {
+            self.size = (self.size * 2).min(self.max);
+        }
+    }
 }
 
 /// Writes all of `buf`, giving the buffer back whatever happens.
@@ -83,4 +114,22 @@ impl std::os::fd::AsRawFd for BorrowedRawFd {
 /// Maps an I/O error on an established connection to ringway's error.
 pub(crate) fn io_error(side: Side, context: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |e| Error::new(ErrorKind::Io, side, context).with_cause(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GrowingReads;
+
+    #[test]
+    fn reads_double_only_while_they_fill_and_stop_at_the_cap() {
+        let mut reads = GrowingReads::new(16, 64);
+        reads.record(10);
+        assert_eq!(reads.size(), 16, "a short read does not grow");
+        reads.record(16);
+        assert_eq!(reads.size(), 32);
+        reads.record(32);
+        reads.record(64);
+        reads.record(64);
+        assert_eq!(reads.size(), 64, "capped");
+    }
 }

@@ -29,7 +29,7 @@ use monoio::{
 };
 use ringway_core::{ConnCtx, Wait};
 
-use crate::io::{read_some, write_all};
+use crate::io::{read_some, write_all, GrowingReads};
 
 /// Bytes moved each way by a finished tunnel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +51,6 @@ pub(crate) async fn copy_tunnel<C>(
     upstream: TcpStream,
     upstream_buf: BytesMut,
     idle: Duration,
-    chunk: usize,
     conn: &ConnCtx,
 ) -> TunnelBytes
 where
@@ -62,8 +61,8 @@ where
     let _armed = conn.upstream_deadline(Wait::Tunnel, idle, &upstream);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
-    let up = copy_one_way(&mut client_read, client_buf, &mut upstream_write, chunk, conn);
-    let down = copy_one_way(&mut upstream_read, upstream_buf, &mut client_write, chunk, conn);
+    let up = copy_one_way(&mut client_read, client_buf, &mut upstream_write, conn);
+    let down = copy_one_way(&mut upstream_read, upstream_buf, &mut client_write, conn);
     let (upstream, downstream) = monoio::join!(up, down);
     TunnelBytes { upstream, downstream }
 }
@@ -150,11 +149,10 @@ async fn copy_one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     from: &mut R,
     mut buf: BytesMut,
     to: &mut W,
-    _chunk: usize,
     conn: &ConnCtx,
 ) -> u64 {
     let mut moved = 0u64;
-    let mut chunk = TUNNEL_CHUNK_MIN;
+    let mut reads = GrowingReads::new(TUNNEL_CHUNK_MIN, TUNNEL_CHUNK_MAX);
     loop {
         if !buf.is_empty() {
             moved += buf.len() as u64;
@@ -166,13 +164,11 @@ async fn copy_one_way<R: AsyncReadRent, W: AsyncWriteRent>(
             }
             conn.refresh();
         }
-        match read_some(from, &mut buf, chunk).await {
+        match read_some(from, &mut buf, reads.size()).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 conn.refresh();
-                if n == chunk && chunk < TUNNEL_CHUNK_MAX {
-                    chunk *= 2;
-                }
+                reads.record(n);
             }
         }
     }
