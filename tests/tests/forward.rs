@@ -618,6 +618,8 @@ fn url_regex_matches_every_spelling_of_a_url(driver: DriverChoice) {
         format!("http://ALLOWED.Test.:{port}/ads"),
         format!("http://allowed.test:{port}/%61ds"),
         format!("HTTP://allowed.test:{port}/%61%64s?q"),
+        format!("http://allowed.test:{port}/news/../ads"),
+        format!("http://allowed.test:{port}/./%2e%2e/ads"),
     ] {
         assert!(denied_by(&get(&p, &target, "")).contains("no ads"), "{target}");
     }

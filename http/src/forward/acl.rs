@@ -479,9 +479,11 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
 }
 
 /// `http://host[:port]/path`, with the normalised host, the port only when
-/// not 80, and percent-encoded unreserved characters decoded (RFC 3986
-/// 6.2.2.2), so that spelling variants of one URL all match alike.
-pub(crate) fn canonical_url(out: &mut Vec<u8>, dest: &Destination, path: &[u8]) {
+/// not 80, percent-encoded unreserved characters decoded (RFC 3986
+/// 6.2.2.2) and dot-segments removed (5.2.4), so that every spelling of a
+/// path an origin would resolve alike (`/ads`, `/%61ds`, `/x/../ads`,
+/// `/./ads`, `/%2e%2e/ads`) matches alike. The query is decoded only.
+pub(crate) fn canonical_url(out: &mut Vec<u8>, dest: &Destination, target: &[u8]) {
     use std::io::Write;
     out.clear();
     out.extend_from_slice(b"http://");
@@ -489,14 +491,42 @@ pub(crate) fn canonical_url(out: &mut Vec<u8>, dest: &Destination, path: &[u8]) 
     if dest.port != 80 {
         let _ = write!(out, ":{}", dest.port);
     }
-    if path.first() != Some(&b'/') {
+    let query_at = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let (path, query) = target.split_at(query_at);
+    let path = path.strip_prefix(b"/").unwrap_or(path);
+    let base = out.len();
+    let mut ends_in_dot = false;
+    for segment in path.split(|&b| b == b'/') {
+        let start = out.len();
+        out.push(b'/');
+        push_decoded(out, segment);
+        ends_in_dot = match &out[start + 1..] {
+            b"." => {
+                out.truncate(start);
+                true
+            }
+            b".." => {
+                out.truncate(start);
+                let parent = out[base..].iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(base + parent);
+                true
+            }
+            _ => false,
+        };
+    }
+    if ends_in_dot || out.len() == base {
         out.push(b'/');
     }
+    push_decoded(out, query);
+}
+
+/// Appends `text` with percent-encoded unreserved characters decoded.
+fn push_decoded(out: &mut Vec<u8>, text: &[u8]) {
+    let hex = |b: u8| (b as char).to_digit(16);
     let mut i = 0;
-    while i < path.len() {
-        if path[i] == b'%' && i + 2 < path.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+    while i < text.len() {
+        if text[i] == b'%' && i + 2 < text.len() {
+            if let (Some(h), Some(l)) = (hex(text[i + 1]), hex(text[i + 2])) {
                 let c = (h * 16 + l) as u8;
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                     out.push(c);
@@ -505,7 +535,7 @@ pub(crate) fn canonical_url(out: &mut Vec<u8>, dest: &Destination, path: &[u8]) 
                 }
             }
         }
-        out.push(path[i]);
+        out.push(text[i]);
         i += 1;
     }
 }
@@ -561,6 +591,34 @@ fn matches(m: &Matcher, req: &AclRequest<'_>, addrs: Option<&[IpAddr]>) -> Optio
 mod tests {
     use super::*;
     use crate::forward::host::parse_authority;
+
+    #[test]
+    fn canonical_urls_decode_unreserved_bytes_and_resolve_dot_segments() {
+        let dest = parse_authority(b"Example.TEST:8080", Some(80)).unwrap();
+        let canon = |target: &str| {
+            let mut out = Vec::new();
+            canonical_url(&mut out, &dest, target.as_bytes());
+            String::from_utf8(out).unwrap()
+        };
+        let base = "http://example.test:8080";
+        for (target, want) in [
+            ("/ads", "/ads"),
+            ("/%61%64s", "/ads"),
+            ("/x/../ads", "/ads"),
+            ("/./ads", "/ads"),
+            ("/%2e%2E/ads", "/ads"),
+            ("/a/b/%2e%2e", "/a/"),
+            ("/a/./", "/a/"),
+            ("/../../ads", "/ads"),
+            ("/a//b", "/a//b"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a/..?q=/../%61", "/?q=/../a"),
+            ("", "/"),
+            ("*", "/*"),
+        ] {
+            assert_eq!(canon(target), format!("{base}{want}"), "{target}");
+        }
+    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()

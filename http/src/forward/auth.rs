@@ -10,10 +10,13 @@
 //! field that never reaches the upstream.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     collections::HashMap,
     rc::Rc,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -160,25 +163,29 @@ pub struct Authenticator {
     auth: Arc<BasicAuth>,
     granted: RefCell<HashMap<CredentialKey, (Rc<User>, Instant)>>,
     refused: RefCell<HashMap<CredentialKey, Instant>>,
-    pending: Cell<usize>,
+    /// bcrypt runs queued or running for this worker.
+    pending: Arc<AtomicUsize>,
 }
 
-/// Counts a bcrypt verification in flight; uncounts it when dropped, even
-/// if the request is abandoned.
-struct Pending<'a>(&'a Cell<usize>);
+/// Counts a bcrypt verification from when it is queued until the blocking
+/// pool has finished it: the guard travels with the job, so a client that
+/// gives up (closes its connection) does not free its place while the
+/// work it started still runs.
+struct Pending(Arc<AtomicUsize>);
 
-impl<'a> Pending<'a> {
-    fn enter(count: &'a Cell<usize>) -> Option<Self> {
-        (count.get() < MAX_PENDING).then(|| {
-            count.set(count.get() + 1);
-            Pending(count)
+impl Pending {
+    fn enter(count: &Arc<AtomicUsize>) -> Option<Self> {
+        // Only the worker increments; the pool only decrements.
+        (count.load(Ordering::Acquire) < MAX_PENDING).then(|| {
+            count.fetch_add(1, Ordering::AcqRel);
+            Pending(Arc::clone(count))
         })
     }
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -189,7 +196,7 @@ impl Authenticator {
             auth,
             granted: RefCell::new(HashMap::new()),
             refused: RefCell::new(HashMap::new()),
-            pending: Cell::new(0),
+            pending: Arc::default(),
         }
     }
 
@@ -228,9 +235,12 @@ impl Authenticator {
             }
             PasswordHash::Bcrypt(hash) => {
                 // Overloaded: refuse without remembering the refusal.
-                let _pending = Pending::enter(&self.pending)?;
-                let verified =
-                    monoio::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await;
+                let pending = Pending::enter(&self.pending)?;
+                let verified = monoio::spawn_blocking(move || {
+                    let _pending = pending;
+                    bcrypt::verify(password, &hash).unwrap_or(false)
+                })
+                .await;
                 verified.unwrap_or(false)
             }
         };
@@ -317,6 +327,42 @@ mod tests {
         let e = Htpasswd::parse("carol:$apr1$abc$def\n").unwrap_err();
         assert!(e.starts_with("line 1: unsupported hash"), "{e}");
         assert!(Htpasswd::parse("nocolon\n").unwrap_err().starts_with("line 1"));
+    }
+
+    #[test]
+    fn an_abandoned_bcrypt_run_stays_counted_until_it_ends() {
+        // Cost 12: a few hundred milliseconds, far longer than the checks
+        // below take.
+        let hash = bcrypt::hash("s3cret", 12).unwrap();
+        let users = Htpasswd::parse(&format!("bob:{hash}\n")).unwrap();
+        let auth = Authenticator::new(Arc::new(BasicAuth::new(
+            "staff".into(),
+            "ringway".into(),
+            users,
+            &HashMap::new(),
+        )));
+        block_on(async {
+            let header = basic("bob:s3cret");
+            let mut attempt = Box::pin(auth.authenticate(Some(&header)));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                std::future::Future::poll(attempt.as_mut(), &mut cx).is_pending(),
+                "bcrypt queued"
+            );
+            // The client goes away: its future is dropped, the job is not.
+            drop(attempt);
+            assert_eq!(auth.pending.load(Ordering::Acquire), 1, "still counted");
+        });
+        let mut polls = 0;
+        while auth.pending.load(Ordering::Acquire) != 0 && polls < 3000 {
+            std::thread::sleep(Duration::from_millis(10));
+            polls += 1;
+        }
+        assert_eq!(
+            auth.pending.load(Ordering::Acquire),
+            0,
+            "released when the job ended"
+        );
     }
 
     #[test]
