@@ -29,7 +29,7 @@ use ringway_http::{
 };
 use serde::Deserialize;
 
-use crate::locate::{line_of, KeyPath};
+use crate::locate::{key_at, line_of, KeyPath};
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -55,7 +55,7 @@ pub(crate) struct ConfigFile {
 
 /// A value or a list of values (`"a"` or `["a", "b"]`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a value or a list of values")]
 pub(crate) enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
@@ -74,11 +74,26 @@ impl<T> OneOrMany<T> {
             OneOrMany::Many(v) => v,
         }
     }
+
+    /// Each item with the key an error about it names: `at` itself for a
+    /// single value, `at[i]` for the items of a list.
+    pub(crate) fn keyed<'a>(&'a self, at: &'a KeyPath) -> impl Iterator<Item = (KeyPath, &'a T)> + 'a {
+        let one = matches!(self, OneOrMany::One(_));
+        self.items()
+            .iter()
+            .enumerate()
+            .map(move |(i, item)| (if one { at.clone() } else { at.index(i) }, item))
+    }
+}
+
+/// The items of a list with their keys `at[i]`.
+fn indexed<'a, T>(at: &'a KeyPath, items: &'a [T]) -> impl Iterator<Item = (KeyPath, &'a T)> + 'a {
+    items.iter().enumerate().map(move |(i, item)| (at.index(i), item))
 }
 
 /// A port (`443`) or a range (`"1025-65535"`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a port number or a range such as \"1025-65535\"")]
 pub(crate) enum PortValue {
     Number(i64),
     Text(String),
@@ -140,7 +155,7 @@ pub(crate) struct DnsSection {
 
 /// `workers = 4` or `workers = "auto"`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a number of workers or \"auto\"")]
 pub(crate) enum Workers {
     Count(i64),
     Word(String),
@@ -346,13 +361,13 @@ pub(crate) fn forward_quick(listen: SocketAddr, acl_file: Option<&Path>) -> Resu
 /// Deserialises `source`, turning a syntax or type error into a located one.
 fn from_toml<T: serde::de::DeserializeOwned>(file: &Path, source: &str) -> Result<T, ConfigErrors> {
     toml::from_str(source).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| source[..s.start.min(source.len())].matches('\n').count() + 1);
+        let start = e.span().map(|s| s.start.min(source.len()));
+        let line = start.map(|at| source[..at].matches('\n').count() + 1);
+        let key = start.and_then(|at| key_at(source, at));
         ConfigErrors(vec![ConfigError {
             file: file.to_owned(),
             line,
-            key: String::new(),
+            key: key.map(|k| k.to_string()).unwrap_or_default(),
             message: e.message().trim().to_owned(),
         }])
     })
@@ -741,18 +756,23 @@ impl Validator {
                 }
             }
             let mut settings = settings.clone();
-            settings.proxy_headers.forwarded = self.forwarded(
-                at.key("forwarded"),
-                l.forwarded.as_ref(),
-                settings.proxy_headers.forwarded,
-            );
             if let Some(via) = l.via {
                 settings.proxy_headers.via = via;
             }
             let mode_name = l.mode.as_deref().unwrap_or("reverse");
             self.check_mode_keys(l, mode_name, &at);
             let mode = match mode_name {
-                "reverse" => self.reverse_routes(l, &by_name, &at),
+                // `[http] forwarded` and a listener's `forwarded` shape what a
+                // reverse proxy tells its servers; a forward proxy follows
+                // Squid's `forwarded_for` instead.
+                "reverse" => {
+                    settings.proxy_headers.forwarded = self.forwarded(
+                        at.key("forwarded"),
+                        l.forwarded.as_ref(),
+                        settings.proxy_headers.forwarded,
+                    );
+                    self.reverse_routes(l, &by_name, &at)
+                }
                 "forward" => {
                     settings.proxy_headers.forwarded = match l.forwarded_for.as_deref() {
                         None | Some("append") => ForwardedStyle::AppendFor,
@@ -909,20 +929,20 @@ impl Validator {
         }
     }
 
-    fn nets(&mut self, at: &KeyPath, items: &[String]) -> Vec<IpNet> {
-        let mut nets = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
+    fn nets<'a>(&mut self, items: impl Iterator<Item = (KeyPath, &'a String)>) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (key, item) in items {
             match item.parse::<IpNet>() {
                 Ok(net) => nets.push(net),
-                Err(e) => self.problem(at.index(i), e),
+                Err(e) => self.problem(key, e),
             }
         }
         nets
     }
 
-    fn ports(&mut self, at: &KeyPath, items: &[PortValue]) -> PortSet {
-        let mut ranges = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
+    fn ports<'a>(&mut self, items: impl Iterator<Item = (KeyPath, &'a PortValue)>) -> PortSet {
+        let mut ranges = Vec::new();
+        for (key, item) in items {
             let parsed = match item {
                 PortValue::Number(n) => match u16::try_from(*n) {
                     Ok(p) if p > 0 => Ok((p, p)),
@@ -932,43 +952,55 @@ impl Validator {
             };
             match parsed {
                 Ok(range) => ranges.push(range),
-                Err(e) => self.problem(at.index(i), e),
+                Err(e) => self.problem(key, e),
             }
         }
         PortSet::new(ranges)
     }
 
-    fn regexes(&mut self, at: &KeyPath, items: &[String]) -> Option<regex::RegexSet> {
-        for (i, item) in items.iter().enumerate() {
-            if let Err(e) = regex::Regex::new(item) {
-                self.problem(at.index(i), format!("invalid regular expression: {e}"));
-                return None;
+    /// Compiles `value`'s patterns into one set with `build`. Each pattern
+    /// is first compiled alone, the same way, so that an error names its
+    /// item; a set that fails only as a whole (over the size limit) is an
+    /// error too. Never a rule that silently lost its matcher.
+    fn regex_set<S>(
+        &mut self,
+        at: &KeyPath,
+        value: &OneOrMany<String>,
+        build: impl Fn(&[String]) -> Result<S, regex::Error>,
+    ) -> Option<S> {
+        let mut valid = true;
+        for (key, item) in value.keyed(at) {
+            if let Err(e) = build(std::slice::from_ref(item)) {
+                self.problem(key, format!("invalid regular expression: {e}"));
+                valid = false;
             }
         }
-        regex::RegexSet::new(items).ok()
-    }
-
-    /// The key of the `i`-th item of a value written as one item or a list.
-    fn item_key<T>(at: &KeyPath, value: &OneOrMany<T>, i: usize) -> KeyPath {
-        match value {
-            OneOrMany::One(_) => at.clone(),
-            OneOrMany::Many(_) => at.index(i),
+        if !valid {
+            return None;
+        }
+        match build(value.items()) {
+            Ok(set) => Some(set),
+            Err(e) => {
+                self.problem(
+                    at.clone(),
+                    format!("the patterns cannot be compiled together: {e}"),
+                );
+                None
+            }
         }
     }
 
     fn domains(&mut self, rat: &KeyPath, r: &RuleSection) -> DomainSet {
         let mut set = DomainSet::new();
         if let Some(domains) = &r.dst_domain {
-            for (j, d) in domains.items().iter().enumerate() {
+            for (key, d) in domains.keyed(&rat.key("dst_domain")) {
                 if set.insert(d).is_err() {
-                    let key = Self::item_key(&rat.key("dst_domain"), domains, j);
                     self.problem(key, format!("invalid domain {d:?}"));
                 }
             }
         }
         if let Some(files) = &r.dst_domain_file {
-            for (j, file) in files.items().iter().enumerate() {
-                let key = Self::item_key(&rat.key("dst_domain_file"), files, j);
+            for (key, file) in files.keyed(&rat.key("dst_domain_file")) {
                 let path = self.base.join(file);
                 let loaded = std::fs::File::open(&path)
                     .and_then(|f| set.extend_from_reader(std::io::BufReader::with_capacity(1 << 16, f)));
@@ -992,9 +1024,9 @@ impl Validator {
 
     fn acl(&mut self, name: &str, a: &AclSection, at: &KeyPath) -> Option<Acl> {
         let default = self.action(at.key("default"), a.default.as_deref(), Action::Deny);
-        let private_allow = self.nets(&at.key("private_allow"), &a.private_allow);
+        let private_allow = self.nets(indexed(&at.key("private_allow"), &a.private_allow));
         let connect_ports = match &a.connect_ports {
-            Some(ports) => self.ports(&at.key("connect_ports"), ports),
+            Some(ports) => self.ports(indexed(&at.key("connect_ports"), ports)),
             None => PortSet::new(vec![(443, 443)]),
         };
         let mut rules = Vec::with_capacity(a.rules.len());
@@ -1010,42 +1042,39 @@ impl Validator {
             let action = self.action(rat.key("action"), Some(action_text), Action::Deny);
             let mut matchers = Vec::new();
             if let Some(src) = &r.src {
-                matchers.push(Matcher::Src(self.nets(&rat.key("src"), src.items())));
+                matchers.push(Matcher::Src(self.nets(src.keyed(&rat.key("src")))));
             }
             if r.dst_domain.is_some() || r.dst_domain_file.is_some() {
                 matchers.push(Matcher::DstDomain(Arc::new(self.domains(&rat, r))));
             }
             if let Some(res) = &r.dst_regex {
-                if let Some(set) = self.regexes(&rat.key("dst_regex"), res.items()) {
+                if let Some(set) = self.regex_set(&rat.key("dst_regex"), res, |p| regex::RegexSet::new(p)) {
                     matchers.push(Matcher::DstRegex(set));
                 }
             }
             if let Some(ips) = &r.dst_ip {
-                matchers.push(Matcher::DstIp(self.nets(&rat.key("dst_ip"), ips.items())));
+                matchers.push(Matcher::DstIp(self.nets(ips.keyed(&rat.key("dst_ip")))));
             }
             if let Some(ports) = &r.dst_port {
-                matchers.push(Matcher::DstPort(self.ports(&rat.key("dst_port"), ports.items())));
+                matchers.push(Matcher::DstPort(self.ports(ports.keyed(&rat.key("dst_port")))));
             }
             if let Some(methods) = &r.method {
-                for (j, m) in methods.items().iter().enumerate() {
+                for (key, m) in methods.keyed(&rat.key("method")) {
                     if m.is_empty()
                         || !m
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     {
-                        let key = Self::item_key(&rat.key("method"), methods, j);
                         self.problem(key, format!("invalid method {m:?}"));
                     }
                 }
                 matchers.push(Matcher::Method(methods.items().to_vec()));
             }
             if let Some(res) = &r.url_regex {
-                // Validated one by one for the error's key, then compiled to
-                // match URLs as bytes (a URL need not be UTF-8).
-                if self.regexes(&rat.key("url_regex"), res.items()).is_some() {
-                    if let Ok(set) = regex::bytes::RegexSet::new(res.items()) {
-                        matchers.push(Matcher::UrlRegex(set));
-                    }
+                // Matched against URLs as bytes: a URL need not be UTF-8.
+                let build = |p: &[String]| regex::bytes::RegexSet::new(p);
+                if let Some(set) = self.regex_set(&rat.key("url_regex"), res, build) {
+                    matchers.push(Matcher::UrlRegex(set));
                 }
             }
             if let Some(users) = &r.user {
@@ -1056,10 +1085,10 @@ impl Validator {
             }
             if let Some(times) = &r.time {
                 let mut windows = Vec::new();
-                for (j, t) in times.items().iter().enumerate() {
+                for (key, t) in times.keyed(&rat.key("time")) {
                     match t.parse::<TimeWindow>() {
                         Ok(w) => windows.push(w),
-                        Err(e) => self.problem(Self::item_key(&rat.key("time"), times, j), e),
+                        Err(e) => self.problem(key, e),
                     }
                 }
                 matchers.push(Matcher::Time(windows));
@@ -1129,11 +1158,11 @@ impl Validator {
         }
         for (name, addrs) in &d.hosts {
             let mut ips = Vec::new();
-            for (i, a) in addrs.items().iter().enumerate() {
+            let name_at = at.key("hosts").key(name);
+            for (key, a) in addrs.keyed(&name_at) {
                 match a.parse::<IpAddr>() {
                     Ok(ip) => ips.push(ip),
                     Err(_) => {
-                        let key = Self::item_key(&at.key("hosts").key(name), addrs, i);
                         self.problem(key, format!("invalid address {a:?}"));
                     }
                 }
@@ -1181,6 +1210,7 @@ impl Validator {
             return None;
         }
         let mut specs = Vec::new();
+        let mut spec_keys = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
             let rat = at.key("route").index(j);
             let Some(upstream) = r.upstream.as_deref() else {
@@ -1199,13 +1229,13 @@ impl Validator {
                 path_prefix: r.path_prefix.clone().unwrap_or_else(|| "/".to_owned()),
                 upstream: index,
             };
-            // Check each route alone first so that the error names its key.
+            // Each route alone first, so that every malformed one is reported.
             if let Err(e) = RouteTable::new(std::slice::from_ref(&spec)) {
-                let key = if e.contains("host") { "host" } else { "path_prefix" };
-                self.problem(rat.key(key), e);
+                self.problem(rat.key(e.field.key()), e.message);
                 continue;
             }
             specs.push(spec);
+            spec_keys.push(rat);
         }
         match RouteTable::new(&specs) {
             Ok(table) => Some(ListenerMode::Reverse {
@@ -1213,7 +1243,10 @@ impl Validator {
                 route_count: specs.len(),
             }),
             Err(e) => {
-                self.problem(at.key("route"), e);
+                let key = spec_keys
+                    .get(e.route)
+                    .map_or_else(|| at.key("route"), |k| k.key(e.field.key()));
+                self.problem(key, e.message);
                 None
             }
         }
@@ -1313,6 +1346,67 @@ servers = ["127.0.0.1:9000", "127.0.0.1:9001"]
         assert!(
             e.iter()
                 .any(|m| m.starts_with("t.toml:19: upstream[0].servers[1]:")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_their_key() {
+        let e = errors(&MINIMAL.replace("workers = 2", "workers = true"));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("t.toml:3: runtime.workers: ") && e[0].contains("\"auto\""),
+            "{}",
+            e[0]
+        );
+        let e = errors(&MINIMAL.replace("pin_cpus = true", "pin_cpus = true\npin_cpu = false"));
+        assert!(e[0].starts_with("t.toml:6: runtime.pin_cpu: "), "{}", e[0]);
+    }
+
+    #[test]
+    fn route_errors_name_the_route_and_field() {
+        let e = errors(&MINIMAL.replace("path_prefix = \"/\"", "path_prefix = \"ghost\""));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("listener[0].route[0].path_prefix: "), "{}", e[0]);
+        let twice = MINIMAL.replace(
+            "[[upstream]]",
+            "[[listener.route]]\nhost = \"*.example.com\"\nupstream = \"app\"\n\n[[upstream]]",
+        );
+        let e = errors(&twice);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("listener[0].route[1].path_prefix: "), "{}", e[0]);
+        assert!(e[0].contains("routed twice"), "{}", e[0]);
+    }
+
+    #[test]
+    fn every_bad_pattern_of_a_rule_is_reported() {
+        let source = r#"
+[[listener]]
+name = "out"
+mode = "forward"
+listen = "127.0.0.1:0"
+acl = "a"
+
+[acl.a]
+default = "allow"
+
+[[acl.a.rule]]
+action = "deny"
+dst_regex = ["(", "ok", "["]
+url_regex = "(?P<"
+"#;
+        let e = errors(source);
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(
+            e[0].contains("acl.a.rule[0].dst_regex[0]: invalid regular expression"),
+            "{e:#?}"
+        );
+        assert!(
+            e[1].contains("acl.a.rule[0].dst_regex[2]: invalid regular expression"),
+            "{e:#?}"
+        );
+        assert!(
+            e[2].contains("acl.a.rule[0].url_regex: invalid regular expression"),
             "{e:#?}"
         );
     }

@@ -2,7 +2,9 @@
 //!
 //! Validation names the key it rejects as a path (`listener[0].route[1].upstream`);
 //! this module walks the same path through a span-preserving parse of the
-//! file and returns the line of the deepest part it finds.
+//! file and returns the line of the deepest part it finds; and, the other
+//! way round, names the key written at a byte offset (where a syntax or
+//! type error points).
 
 use std::fmt;
 
@@ -101,6 +103,52 @@ pub(crate) fn line_of(source: &str, path: &KeyPath) -> Option<usize> {
     offset.map(|o| source[..o.min(source.len())].matches('\n').count() + 1)
 }
 
+/// The key written last at or before byte `offset` of `source`: the key
+/// (or list item) a deserialisation error at `offset` is about.
+pub(crate) fn key_at(source: &str, offset: usize) -> Option<KeyPath> {
+    let doc = toml_edit::Document::parse(source).ok()?;
+    let mut starts = Vec::new();
+    collect_keys(doc.as_table(), &KeyPath::root(), &mut starts);
+    starts
+        .into_iter()
+        .filter(|(start, _)| *start <= offset)
+        .max_by_key(|(start, _)| *start)
+        .map(|(_, path)| path)
+}
+
+/// Every key, table of an array of tables and array item under `table`,
+/// with the offset where it is written.
+fn collect_keys(table: &dyn toml_edit::TableLike, at: &KeyPath, out: &mut Vec<(usize, KeyPath)>) {
+    for (name, _) in table.iter() {
+        let Some((key, item)) = table.get_key_value(name) else {
+            continue;
+        };
+        let path = at.key(name);
+        if let Some(span) = key.span() {
+            out.push((span.start, path.clone()));
+        }
+        if let Some(tables) = item.as_array_of_tables() {
+            for (i, t) in tables.iter().enumerate() {
+                if let Some(span) = t.span() {
+                    out.push((span.start, path.index(i)));
+                }
+                collect_keys(t, &path.index(i), out);
+            }
+        } else if let Some(values) = item.as_array() {
+            for (i, v) in values.iter().enumerate() {
+                if let Some(span) = v.span() {
+                    out.push((span.start, path.index(i)));
+                }
+                if let Some(inline) = v.as_inline_table() {
+                    collect_keys(inline, &path.index(i), out);
+                }
+            }
+        } else if let Some(inner) = item.as_table_like() {
+            collect_keys(inner, &path, out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +175,12 @@ mod tests {
             line_of(SOURCE, &root.key("upstream").index(0).key("servers").index(1)),
             Some(16)
         );
+        // And back: the key written at an offset.
+        let at = |needle: &str| key_at(SOURCE, SOURCE.find(needle).unwrap()).map(|k| k.to_string());
+        assert_eq!(at("2\n\n[[listener]]").as_deref(), Some("runtime.workers"));
+        assert_eq!(at("\"b\"").as_deref(), Some("listener[1].name"));
+        assert_eq!(at("\"x\"").as_deref(), Some("listener[1].route[0].upstream"));
+        assert_eq!(at("\"2\"").as_deref(), Some("upstream[0].servers[1]"));
         // A missing key reports its deepest parent.
         assert_eq!(
             line_of(SOURCE, &root.key("listener").index(0).key("listen")),

@@ -35,6 +35,6 @@ pub use limits::{
     EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 pub use pool::{PoolSettings, UpstreamPool};
-pub use reverse::{ReverseHandler, RouteSpec, RouteTable};
+pub use reverse::{ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
 pub use tunnel::TunnelBytes;
 pub use write::write_upstream_head;

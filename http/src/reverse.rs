@@ -55,6 +55,44 @@ impl PathRoutes {
     }
 }
 
+/// Why a route table was refused: which route, which of its fields, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    /// Index of the route in the list given to [`RouteTable::new`].
+    pub route: usize,
+    /// The field at fault.
+    pub field: RouteField,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A field of a [`RouteSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteField {
+    /// The host pattern.
+    Host,
+    /// The path prefix.
+    PathPrefix,
+}
+
+impl RouteField {
+    /// The configuration key of the field.
+    pub fn key(self) -> &'static str {
+        match self {
+            RouteField::Host => "host",
+            RouteField::PathPrefix => "path_prefix",
+        }
+    }
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RouteError {}
+
 /// Compiled routes of a listener.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -67,12 +105,20 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Compiles `routes`; fails on a malformed host pattern or path prefix,
-    /// or on two routes for the same host and prefix.
-    pub fn new(routes: &[RouteSpec]) -> Result<Self, String> {
+    /// or on two routes for the same host and prefix (naming the second).
+    pub fn new(routes: &[RouteSpec]) -> Result<Self, RouteError> {
         let mut table = RouteTable::default();
-        for route in routes {
+        for (index, route) in routes.iter().enumerate() {
+            let error = |field, message| RouteError {
+                route: index,
+                field,
+                message,
+            };
             if !route.path_prefix.starts_with('/') {
-                return Err(format!("path_prefix {:?} must start with '/'", route.path_prefix));
+                return Err(error(
+                    RouteField::PathPrefix,
+                    format!("path_prefix {:?} must start with '/'", route.path_prefix),
+                ));
             }
             let paths = match route.host.as_deref() {
                 None => &mut table.any,
@@ -94,7 +140,10 @@ impl RouteTable {
                             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
                         })
                     {
-                        return Err(format!("invalid host pattern {pattern:?}"));
+                        return Err(error(
+                            RouteField::Host,
+                            format!("invalid host pattern {pattern:?}"),
+                        ));
                     }
                     match suffix {
                         None => table.exact.entry(pattern.as_bytes().into()).or_default(),
@@ -116,7 +165,9 @@ impl RouteTable {
                     }
                 }
             };
-            paths.insert(&route.path_prefix, route.upstream)?;
+            paths
+                .insert(&route.path_prefix, route.upstream)
+                .map_err(|message| error(RouteField::PathPrefix, message))?;
         }
         table
             .suffixes
@@ -283,10 +334,22 @@ mod tests {
     }
 
     #[test]
-    fn bad_routes_are_refused() {
-        assert!(RouteTable::new(&[route(None, "x", 0)]).is_err());
-        assert!(RouteTable::new(&[route(Some("a b"), "/", 0)]).is_err());
-        assert!(RouteTable::new(&[route(Some("*.*.a"), "/", 0)]).is_err());
-        assert!(RouteTable::new(&[route(None, "/", 0), route(None, "/", 1)]).is_err());
+    fn bad_routes_are_refused_naming_route_and_field() {
+        let refused = |routes: &[RouteSpec]| {
+            let e = RouteTable::new(routes).unwrap_err();
+            (e.route, e.field)
+        };
+        assert_eq!(refused(&[route(None, "x", 0)]), (0, RouteField::PathPrefix));
+        // "ghost" holds the word "host"; the field is still the prefix.
+        assert_eq!(
+            refused(&[route(Some("ghost.test"), "ghost", 0)]),
+            (0, RouteField::PathPrefix)
+        );
+        assert_eq!(refused(&[route(Some("a b"), "/", 0)]), (0, RouteField::Host));
+        assert_eq!(refused(&[route(Some("*.*.a"), "/", 0)]), (0, RouteField::Host));
+        assert_eq!(
+            refused(&[route(None, "/", 0), route(None, "/", 1)]),
+            (1, RouteField::PathPrefix)
+        );
     }
 }
