@@ -103,8 +103,8 @@ fn report(
         request.user.unwrap_or("-")
     );
     let _ = writeln!(out, "to:       {} port {}", dest.host, dest.port);
-    for (ip, permitted) in &decision.checked {
-        let verdict = if *permitted {
+    for (ip, permitted) in decision.checked(acl) {
+        let verdict = if permitted {
             "permitted"
         } else {
             "blocked (private; not in private_allow)"

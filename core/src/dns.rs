@@ -104,6 +104,8 @@ struct CacheEntry {
 /// A worker's resolver and cache.
 pub struct Resolver {
     config: Arc<DnsConfig>,
+    /// The configuration's static answers, shared without copying.
+    hosts: HashMap<Box<str>, Rc<[IpAddr]>>,
     cache: RefCell<HashMap<Box<str>, CacheEntry>>,
     random: std::collections::hash_map::RandomState,
     counter: std::cell::Cell<u64>,
@@ -120,8 +122,14 @@ const EDNS_PAYLOAD: u16 = 1232;
 impl Resolver {
     /// A resolver with an empty cache.
     pub fn new(config: Arc<DnsConfig>) -> Self {
+        let hosts = config
+            .hosts
+            .iter()
+            .map(|(name, addrs)| (Box::from(name.as_str()), Rc::from(addrs.as_slice())))
+            .collect();
         Self {
             config,
+            hosts,
             cache: RefCell::new(HashMap::new()),
             random: std::collections::hash_map::RandomState::new(),
             counter: std::cell::Cell::new(0),
@@ -136,8 +144,8 @@ impl Resolver {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return Ok(Rc::from([ip]));
         }
-        if let Some(addrs) = self.config.hosts.get(name) {
-            return Ok(Rc::from(addrs.as_slice()));
+        if let Some(addrs) = self.hosts.get(name) {
+            return Ok(Rc::clone(addrs));
         }
         let now = Instant::now();
         if let Some(entry) = self.cache.borrow().get(name) {

@@ -685,6 +685,15 @@ impl RequestHead {
             .map(|h| h.value)
     }
 
+    /// The first value of a field ringway classified as `kind` when it
+    /// parsed the head (no name comparison). Not for [`HeaderKind::Other`].
+    pub fn field(&self, kind: HeaderKind) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.kind == kind)
+            .map(|f| f.value.get(&self.raw))
+    }
+
     /// The first value of the field `name` as a `Bytes` slice (no copy).
     pub fn header_bytes(&self, name: &str) -> Option<Bytes> {
         self.fields

@@ -33,7 +33,7 @@ pub struct IpNet {
 impl IpNet {
     /// Whether `ip` is in the network (IPv4-mapped IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, unmap(ip)) {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
@@ -70,7 +70,7 @@ impl FromStr for IpNet {
                 .filter(|&p| p <= max)
                 .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
         };
-        let mapped = addr.is_ipv6() && unmap(addr).is_ipv4();
+        let mapped = addr.is_ipv6() && addr.to_canonical().is_ipv4();
         if mapped && prefix < 96 {
             // ::ffff:a.b.c.d/64 would quietly become an IPv4 /0.
             return Err(format!(
@@ -78,7 +78,7 @@ impl FromStr for IpNet {
             ));
         }
         Ok(IpNet {
-            addr: unmap(addr),
+            addr: addr.to_canonical(),
             prefix: if mapped { prefix - 96 } else { prefix },
         })
     }
@@ -90,13 +90,6 @@ impl fmt::Display for IpNet {
     }
 }
 
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Whether a destination address is one a forward proxy must not reach by
 /// default: loopback, private (RFC 1918), link-local (cloud metadata at
 /// 169.254.169.254 included), CGNAT, "this network", reserved, benchmarking,
@@ -105,7 +98,7 @@ fn unmap(ip: IpAddr) -> IpAddr {
 /// NAT64, 6to4) are judged by that address; Teredo and local-use NAT64,
 /// whose targets cannot be judged, are refused.
 pub fn is_private(ip: IpAddr) -> bool {
-    match unmap(ip) {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => is_private_v4(v4),
         IpAddr::V6(v6) => {
             let segments = v6.segments();

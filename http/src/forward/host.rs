@@ -168,10 +168,7 @@ pub fn parse_host(host: &[u8]) -> Result<Host, HostError> {
     if let [b'[', inner @ .., b']'] = host {
         let text = std::str::from_utf8(inner).map_err(|_| HostError::BadHost)?;
         let ip: Ipv6Addr = text.parse().map_err(|_| HostError::BadHost)?;
-        return Ok(Host::Ip(match ip.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(ip),
-        }));
+        return Ok(Host::Ip(IpAddr::V6(ip).to_canonical()));
     }
     let host = host.strip_suffix(b".").unwrap_or(host);
     if host.is_empty() {

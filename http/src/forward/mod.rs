@@ -32,7 +32,7 @@ use self::{
 };
 use crate::{
     engine::{ClientInfo, Handler, LocalReply, Route},
-    head::{absolute_form_authority, Method, RequestHead},
+    head::{absolute_form_authority, HeaderKind, Method, RequestHead},
     write::origin_form,
 };
 
@@ -138,7 +138,7 @@ impl Handler for ForwardHandler {
         }
 
         let user = match &self.auth {
-            Some(auth) => match auth.authenticate(req.header("proxy-authorization")).await {
+            Some(auth) => match auth.authenticate(req.field(HeaderKind::ProxyAuthorization)).await {
                 Some(user) => Some(user),
                 None => {
                     return Route::Reply(
@@ -165,7 +165,6 @@ impl Handler for ForwardHandler {
             Err(e) => return Self::bad_request(&e.to_string()),
         };
 
-        let no_groups = Vec::new();
         let request = AclRequest {
             src: client.peer.ip(),
             dest: &dest,
@@ -173,7 +172,7 @@ impl Handler for ForwardHandler {
             connect,
             path: (!connect).then(|| origin_form(target).0),
             user: user.as_deref().map(|u| u.name.as_str()),
-            groups: user.as_deref().map_or(&no_groups, |u| &u.groups),
+            groups: user.as_deref().map_or(&[], |u| &u.groups),
         };
         match decide(&self.settings.acl, &self.resolver, &request).await.outcome {
             Outcome::Allow { addrs, .. } if connect => Route::Connect(addrs),
@@ -196,9 +195,36 @@ impl Handler for ForwardHandler {
 pub struct Decision {
     /// The outcome.
     pub outcome: Outcome,
-    /// Every address the destination resolved to, and whether
-    /// `block_private` let it through (empty when nothing was resolved).
-    pub checked: Vec<(IpAddr, bool)>,
+    /// What the destination resolved to, if it was resolved.
+    pub resolved: Option<Rc<[IpAddr]>>,
+}
+
+impl Decision {
+    fn new(outcome: Outcome, resolved: Option<Rc<[IpAddr]>>) -> Self {
+        Self { outcome, resolved }
+    }
+
+    /// Every resolved address with whether it may be connected to: inside
+    /// the allowing rule's `dst_ip` (if it has one) and let through by
+    /// `block_private`. For `ringway acl explain`; requests do not need it.
+    pub fn checked(&self, acl: &Acl) -> Vec<(IpAddr, bool)> {
+        let rule = match self.outcome {
+            Outcome::Allow { rule, .. } => rule,
+            _ => None,
+        };
+        self.resolved
+            .iter()
+            .flat_map(|addrs| addrs.iter())
+            .map(|&ip| (ip, admits(acl, rule, ip)))
+            .collect()
+    }
+}
+
+/// Whether `ip` may be connected to after `rule` (or the default) allowed
+/// the request: a rule that allowed because of `dst_ip` allows only the
+/// addresses it covers, whatever else the name resolved to.
+fn admits(acl: &Acl, rule: Option<usize>, ip: IpAddr) -> bool {
+    rule.is_none_or(|r| acl.rule_admits(r, ip)) && acl.permits_address(ip)
 }
 
 /// Allowed (with where to connect), denied, or not resolvable.
@@ -234,53 +260,33 @@ pub async fn decide(acl: &Acl, resolver: &Resolver, request: &AclRequest<'_>) ->
         match acl.decide(request, resolved.as_deref()) {
             Verdict::NeedAddresses if resolved.is_none() => match resolve().await {
                 Ok(addrs) => resolved = Some(addrs),
-                Err(why) => {
-                    return Decision {
-                        outcome: Outcome::Unresolvable(why),
-                        checked: Vec::new(),
-                    }
-                }
+                Err(why) => return Decision::new(Outcome::Unresolvable(why), None),
             },
             // A second request for addresses cannot happen: they are known.
             Verdict::NeedAddresses => break None,
             Verdict::Allow(rule) => break rule,
-            Verdict::Deny(reason) => {
-                let checked = resolved
-                    .iter()
-                    .flat_map(|a| a.iter())
-                    .map(|&ip| (ip, acl.permits_address(ip)))
-                    .collect();
-                return Decision {
-                    outcome: Outcome::Deny(reason),
-                    checked,
-                };
-            }
+            Verdict::Deny(reason) => return Decision::new(Outcome::Deny(reason), resolved),
         }
     };
     let addrs = match resolved {
         Some(addrs) => addrs,
         None => match resolve().await {
             Ok(addrs) => addrs,
-            Err(why) => {
-                return Decision {
-                    outcome: Outcome::Unresolvable(why),
-                    checked: Vec::new(),
-                }
-            }
+            Err(why) => return Decision::new(Outcome::Unresolvable(why), None),
         },
     };
-    // A rule that allowed because of `dst_ip` allows only the addresses it
-    // covers, whatever else the name resolved to.
-    let admitted = |ip: IpAddr| rule.is_none_or(|r| acl.rule_admits(r, ip));
-    let checked: Vec<(IpAddr, bool)> = addrs
-        .iter()
-        .map(|&ip| (ip, admitted(ip) && acl.permits_address(ip)))
-        .collect();
-    let permitted: Rc<[SocketAddr]> = checked
-        .iter()
-        .filter(|(_, ok)| *ok)
-        .map(|&(ip, _)| SocketAddr::new(ip, dest.port))
-        .collect();
+    let to_socket = |&ip: &IpAddr| SocketAddr::new(ip, dest.port);
+    // Usually every address passes: then the list is built in one
+    // allocation, straight from the resolved one.
+    let permitted: Rc<[SocketAddr]> = if addrs.iter().all(|&ip| admits(acl, rule, ip)) {
+        addrs.iter().map(to_socket).collect()
+    } else {
+        addrs
+            .iter()
+            .filter(|&&ip| admits(acl, rule, ip))
+            .map(to_socket)
+            .collect()
+    };
     let outcome = match addrs.first() {
         Some(&first) if permitted.is_empty() => Outcome::Deny(DenyReason::Private(first)),
         None => Outcome::Unresolvable("no address".into()),
@@ -289,7 +295,7 @@ pub async fn decide(acl: &Acl, resolver: &Resolver, request: &AclRequest<'_>) ->
             addrs: permitted,
         },
     };
-    Decision { outcome, checked }
+    Decision::new(outcome, Some(addrs))
 }
 
 fn html_escape(text: &str) -> Cow<'_, str> {
