@@ -305,17 +305,24 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The most workers a configuration or the command line may ask for.
+pub(crate) const MAX_WORKERS: usize = 1024;
+
 /// Reads, parses and validates the file at `path`.
 pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let source = std::fs::read_to_string(path).map_err(|e| {
+    parse(path, &read_source(path)?)
+}
+
+/// The text of a configuration file, or an error naming it.
+fn read_source(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_owned(),
             line: None,
             key: String::new(),
             message: format!("cannot read the file: {e}"),
         }])
-    })?;
-    parse(path, &source)
+    })
 }
 
 /// Parses and validates `source`, read from `file`.
@@ -336,19 +343,12 @@ pub(crate) fn forward_quick(listen: SocketAddr, acl_file: Option<&Path>) -> Resu
     let Some(path) = acl_file else {
         return Ok(config);
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }])
-    })?;
+    let text = read_source(path)?;
     let section: AclSection = from_toml(path, &text)?;
     let mut v = Validator::for_file(path);
     let acl = v.acl("file", &section, &KeyPath::root());
     v.finish(path, &text)?;
-    if let (Some(acl), Some(listener)) = (acl, config.listeners.first_mut()) {
+    if let Some(listener) = config.listeners.first_mut() {
         if let ListenerMode::Forward { settings } = &mut listener.mode {
             let mut updated = (**settings).clone();
             updated.acl = Arc::new(acl);
@@ -479,9 +479,8 @@ impl Validator {
         let upstreams = self.upstreams(&user.upstreams, &root.key("upstream"));
         let mut acls: BTreeMap<String, Arc<Acl>> = BTreeMap::new();
         for (name, section) in &user.acl {
-            if let Some(acl) = self.acl(name, section, &root.key("acl").key(name)) {
-                acls.insert(name.clone(), Arc::new(acl));
-            }
+            let acl = self.acl(name, section, &root.key("acl").key(name));
+            acls.insert(name.clone(), Arc::new(acl));
         }
         let mut auths: BTreeMap<String, Arc<BasicAuth>> = BTreeMap::new();
         for (name, section) in &user.auth {
@@ -513,10 +512,10 @@ impl Validator {
         match &rt.workers {
             None => {}
             Some(Workers::Word(w)) if w == "auto" => {}
-            Some(Workers::Count(n)) if (1..=1024).contains(n) => config.workers = *n as usize,
+            Some(Workers::Count(n)) if (1..=MAX_WORKERS as i64).contains(n) => config.workers = *n as usize,
             Some(_) => self.problem(
                 path.key("workers"),
-                "expected a number from 1 to 1024, or \"auto\"",
+                format!("expected a number from 1 to {MAX_WORKERS}, or \"auto\""),
             ),
         }
         if let Some(driver) = &rt.driver {
@@ -1022,7 +1021,7 @@ impl Validator {
         set
     }
 
-    fn acl(&mut self, name: &str, a: &AclSection, at: &KeyPath) -> Option<Acl> {
+    fn acl(&mut self, name: &str, a: &AclSection, at: &KeyPath) -> Acl {
         let default = self.action(at.key("default"), a.default.as_deref(), Action::Deny);
         let private_allow = self.nets(indexed(&at.key("private_allow"), &a.private_allow));
         let connect_ports = match &a.connect_ports {
@@ -1099,14 +1098,14 @@ impl Validator {
                 matchers,
             });
         }
-        Some(Acl {
+        Acl {
             name: name.to_owned(),
             default,
             block_private: a.block_private.unwrap_or(true),
             private_allow,
             connect_ports,
             rules,
-        })
+        }
     }
 
     fn auth(&mut self, name: &str, a: &AuthSection, at: &KeyPath) -> Option<BasicAuth> {

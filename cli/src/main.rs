@@ -127,7 +127,11 @@ impl Tuning {
         config.runtime.driver = self.driver.parse::<DriverChoice>().map_err(anyhow::Error::msg)?;
         config.runtime.pin_cpus = !self.no_pin;
         if let Some(n) = self.workers {
-            anyhow::ensure!((1..=1024).contains(&n), "--workers must be from 1 to 1024");
+            anyhow::ensure!(
+                (1..=config::MAX_WORKERS).contains(&n),
+                "--workers must be from 1 to {}",
+                config::MAX_WORKERS
+            );
             config.runtime.workers = n;
         }
         for l in &mut config.listeners {
