@@ -19,29 +19,58 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+/// `ringway check --config PATH`.
+fn check(path: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .expect("run")
+}
+
 #[test]
 fn check_accepts_every_example() {
+    // Each example's summary names what it configures.
+    let expected = [
+        (
+            "default.toml",
+            "listener \"outbound\": 127.0.0.1:3128 forward, acl \"built-in\"",
+        ),
+        (
+            "forward.toml",
+            "listener \"outbound\": 127.0.0.1:3128 forward, acl \"corp\" (4 rules, default Deny",
+        ),
+        (
+            "minimal.toml",
+            "listener \"web\": 127.0.0.1:8080 reverse, 1 routes",
+        ),
+        (
+            "reverse.toml",
+            "listener \"web\": 127.0.0.1:8080 reverse, 3 routes",
+        ),
+    ];
     let mut checked = 0;
     for entry in std::fs::read_dir(examples_dir()).expect("examples/") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(BIN)
-                .arg("check")
-                .arg("--config")
-                .arg(&path)
-                .output()
-                .expect("run");
+            let out = check(&path);
             assert!(
                 out.status.success(),
                 "{} failed: {}",
                 path.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(": ok"), "{stdout}");
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some((_, line)) = expected.iter().find(|(file, _)| *file == name) {
+                assert!(stdout.contains(line), "{name}: {stdout}");
+            }
             checked += 1;
         }
     }
-    assert!(checked >= 3, "examples/ holds the commented configs");
+    assert!(checked >= expected.len(), "examples/ holds the commented configs");
 }
 
 #[test]
@@ -50,12 +79,7 @@ fn check_reports_file_line_and_key() {
         "bad.toml",
         "[runtime]\nworkers = 0\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n[[listener.route]]\nupstream = \"missing\"\n",
     );
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();

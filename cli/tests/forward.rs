@@ -141,6 +141,38 @@ fn curl_via(proxy: &Running, extra: &[&str], url: &str) -> (i32, String, String,
     )
 }
 
+/// Sends `CONNECT target` straight to `proxy`; returns the response head.
+fn raw_connect(proxy: &Running, target: &str, extra: &str) -> String {
+    let mut c = TcpStream::connect(proxy.addr).expect("connect to the proxy");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    c.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").as_bytes())
+        .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).expect("read") == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// `ringway acl explain` of `targets` on the listener "outbound" of
+/// `config`: one report per target.
+fn explain(config: &std::path::Path, targets: &[&str]) -> Vec<String> {
+    let out = Command::new(BIN)
+        .args(["acl", "explain", "--config"])
+        .arg(config)
+        .args(["--listener", "outbound"])
+        .args(targets)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let reports: Vec<String> = text.split("\n\n").map(str::to_owned).collect();
+    assert_eq!(reports.len(), targets.len(), "{text}");
+    reports
+}
+
 #[test]
 fn curl_through_the_forward_proxy_http_https_auth_and_denials() {
     let (tls, cert) = tls_origin();
@@ -164,8 +196,11 @@ fn curl_through_the_forward_proxy_http_https_auth_and_denials() {
         .iter()
         .all(|s| s.header("proxy-authorization").is_none()));
 
-    // No credentials: 407, for CONNECT and plain HTTP alike.
+    // No credentials, or a wrong password: 407, for CONNECT and plain
+    // HTTP alike.
     let (_, _, code, _) = curl_via(&proxy, &[], &url);
+    assert_eq!(code, "407");
+    let (_, _, code, _) = curl_via(&proxy, &["--proxy-user", "alice:wrong"], &url);
     assert_eq!(code, "407");
     let tls_url = format!("https://allowed.test:{}/", tls.port());
     let (_, _, _, connect) = curl_via(&proxy, &["--cacert", cacert], &tls_url);
@@ -181,50 +216,61 @@ fn curl_through_the_forward_proxy_http_https_auth_and_denials() {
     );
     let (_, _, _, connect) = curl_via(&proxy, &creds, "https://allowed.test:22/");
     assert_eq!(connect, "403");
+    let auth = format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode("alice:wonder")
+    );
+    let head = raw_connect(&proxy, "allowed.test:22", &auth);
+    assert!(
+        head.starts_with("HTTP/1.1 403")
+            && head.contains("X-Ringway-Denied: listener=outbound; connect_ports"),
+        "{head}"
+    );
     // A private destination after resolution.
-    let (_, _, code, _) = curl_via(&proxy, &creds, "http://internal.test:8080/");
+    let (_, body, code, _) = curl_via(&proxy, &creds, "http://internal.test:8080/");
     assert_eq!(code, "403");
+    assert!(body.contains("block_private"), "{body}");
 }
 
 #[test]
 fn acl_explain_prints_the_decision_the_rule_and_the_addresses() {
     let config = forward_config("explain", false, "");
-    let explain = |target: &str| {
-        let out = Command::new(BIN)
-            .args([
-                "acl",
-                "explain",
-                "--config",
-                config.to_str().unwrap(),
-                "--listener",
-                "outbound",
-                target,
-            ])
-            .output()
-            .expect("run");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
-    let out = explain("http://blocked.test/x");
-    assert!(
-        out.contains("decision: DENY (403): denied by rule 1 (no blocked) of acl \"corp\""),
-        "{out}"
+    let out = explain(
+        &config,
+        &[
+            "http://blocked.test/x",
+            "internal.test:443",
+            "allowed.test:8443",
+            "allowed.test:22",
+        ],
     );
-    let out = explain("internal.test:443");
-    assert!(out.contains("request:  CONNECT internal.test:443"), "{out}");
-    assert!(out.contains("address:  127.0.0.2 blocked"), "{out}");
     assert!(
-        out.contains("decision: DENY (403): destination address 127.0.0.2 is private"),
-        "{out}"
+        out[0].contains("decision: DENY (403): denied by rule 1 (no blocked) of acl \"corp\""),
+        "{}",
+        out[0]
     );
-    let out = explain("allowed.test:8443");
-    assert!(out.contains("address:  127.0.0.1 permitted"), "{out}");
     assert!(
-        out.contains("decision: ALLOW by rule 2; connects to 127.0.0.1:8443"),
-        "{out}"
+        out[1].contains("request:  CONNECT internal.test:443"),
+        "{}",
+        out[1]
     );
-    let out = explain("allowed.test:22");
-    assert!(out.contains("CONNECT to a port not in connect_ports"), "{out}");
+    assert!(out[1].contains("address:  127.0.0.2 blocked"), "{}", out[1]);
+    assert!(
+        out[1].contains("decision: DENY (403): destination address 127.0.0.2 is private"),
+        "{}",
+        out[1]
+    );
+    assert!(out[2].contains("address:  127.0.0.1 permitted"), "{}", out[2]);
+    assert!(
+        out[2].contains("decision: ALLOW by rule 2; connects to 127.0.0.1:8443"),
+        "{}",
+        out[2]
+    );
+    assert!(
+        out[3].contains("CONNECT to a port not in connect_ports"),
+        "{}",
+        out[3]
+    );
 }
 
 #[test]
@@ -257,22 +303,7 @@ fn a_million_domain_blocklist_loads_and_matches() {
         below_exact.as_str(),
         "ad1000001.network0.test:443",
     ];
-    let out = Command::new(BIN)
-        .args([
-            "acl",
-            "explain",
-            "--config",
-            config.to_str().unwrap(),
-            "--listener",
-            "outbound",
-        ])
-        .args(targets)
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let reports: Vec<&str> = text.split("\n\n").collect();
-    assert_eq!(reports.len(), targets.len(), "{text}");
+    let reports = explain(&config, &targets);
     for (report, target) in reports[..3].iter().zip(targets) {
         assert!(report.contains("rule 2 (blocklist)"), "{target}: {report}");
     }
@@ -301,7 +332,62 @@ fn no_arguments_runs_the_safe_forward_proxy_on_3128() {
     assert_eq!(code, "403");
     assert!(body.contains("block_private"), "{body}");
     let (_, _, _, connect) = curl_via(&proxy, &[], "https://127.0.0.1:8443/");
-    assert_eq!(connect, "403", "CONNECT only to 443");
+    assert_eq!(connect, "403");
+    // Refused for its port before its (private) address is looked at.
+    let head = raw_connect(&proxy, "127.0.0.1:8443", "");
+    assert!(
+        head.contains("X-Ringway-Denied: listener=outbound; connect_ports"),
+        "{head}"
+    );
     assert_eq!(origin.connections(), 0);
-    thread::sleep(Duration::from_millis(10));
+}
+
+#[test]
+fn forward_with_an_acl_file_enforces_it_and_locates_its_errors() {
+    let origin = Origin::start(|_| Reply::ok("reached"));
+    let acl = temp_file(
+        "quick-acl.toml",
+        "default = \"allow\"\nprivate_allow = [\"127.0.0.1/32\"]\n\n[[rule]]\nname = \"no ads\"\naction = \"deny\"\ndst_domain = [\".ads.test\"]\n",
+    );
+    let proxy = Running::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--acl-file",
+        acl.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--no-pin",
+    ]);
+    // The file's private_allow admits 127.0.0.1, which the built-in policy
+    // would refuse...
+    let (_, body, code, _) = curl_via(
+        &proxy,
+        &[],
+        &format!("http://127.0.0.1:{}/", origin.addr().port()),
+    );
+    assert_eq!((code.as_str(), body.as_str()), ("200", "reached"));
+    // ...and its rule denies before any name is resolved.
+    let (_, body, code, _) = curl_via(&proxy, &[], "http://banner.ads.test/");
+    assert_eq!(code, "403");
+    assert!(body.contains("rule 1 (no ads)"), "{body}");
+    drop(proxy);
+
+    let bad = temp_file(
+        "quick-acl-bad.toml",
+        "default = \"allow\"\n\n[[rule]]\naction = \"maybe\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["forward", "--listen", "127.0.0.1:0", "--acl-file"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4: rule[0].action: unknown action", bad.display())),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(acl);
+    let _ = std::fs::remove_file(bad);
 }

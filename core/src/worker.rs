@@ -480,5 +480,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         worker.sweep();
         assert_eq!(conn.expired(), None, "refreshed 30 ms ago, limit 40 ms");
+        // Still armed: with no further refresh it expires.
+        std::thread::sleep(Duration::from_millis(60));
+        worker.sweep();
+        assert_eq!(conn.expired(), Some(Wait::Tunnel));
     }
 }

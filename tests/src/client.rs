@@ -21,6 +21,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Whether the body came chunked.
     pub chunked: bool,
+    /// Trailer fields of a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -103,7 +105,9 @@ impl TestClient {
         let cl = response.header("content-length").map(str::to_owned);
         if te.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             response.chunked = true;
-            response.body = read_chunked(&mut self.stream, &mut self.buf, None)?;
+            let chunked = read_chunked(&mut self.stream, &mut self.buf, None)?;
+            response.body = chunked.body;
+            response.trailers = chunked.trailers;
         } else if let Some(cl) = cl {
             let n: usize = cl
                 .trim()
@@ -184,28 +188,53 @@ fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>, counter: Option<&AtomicU
     }
 }
 
+/// A chunked body as read: decoded, its trailer fields, and the bytes as
+/// they came on the wire (sizes, extensions, trailers and all).
+pub(crate) struct Chunked {
+    pub(crate) body: Vec<u8>,
+    pub(crate) trailers: Vec<(String, String)>,
+    pub(crate) wire: Vec<u8>,
+}
+
 fn read_chunked(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     counter: Option<&AtomicUsize>,
-) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
+) -> io::Result<Chunked> {
+    let mut out = Chunked {
+        body: Vec::new(),
+        trailers: Vec::new(),
+        wire: Vec::new(),
+    };
     loop {
         let line = read_line(stream, buf, counter)?;
+        out.wire.extend_from_slice(line.as_bytes());
+        out.wire.extend_from_slice(b"\r\n");
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
         if size == 0 {
             // Trailers until an empty line.
-            while !read_line(stream, buf, counter)?.is_empty() {}
-            return Ok(body);
+            loop {
+                let field = read_line(stream, buf, counter)?;
+                out.wire.extend_from_slice(field.as_bytes());
+                out.wire.extend_from_slice(b"\r\n");
+                if field.is_empty() {
+                    return Ok(out);
+                }
+                if let Some((name, value)) = field.split_once(':') {
+                    out.trailers
+                        .push((name.trim().to_owned(), value.trim().to_owned()));
+                }
+            }
         }
         while buf.len() < size + 2 {
             if fill(stream, buf, counter)? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
-        body.extend_from_slice(&buf[..size]);
+        out.body.extend_from_slice(&buf[..size]);
+        out.wire.extend_from_slice(&buf[..size + 2]);
         if &buf[size..size + 2] != b"\r\n" {
             return Err(io::Error::other("chunk without CRLF"));
         }
@@ -245,7 +274,10 @@ pub(crate) fn read_request(
     buf.drain(..consumed);
     if seen.header("transfer-encoding").is_some() {
         seen.chunked = true;
-        seen.body = read_chunked(stream, buf, Some(raw))?;
+        let chunked = read_chunked(stream, buf, Some(raw))?;
+        seen.body = chunked.body;
+        seen.trailers = chunked.trailers;
+        seen.wire_body = chunked.wire;
     } else if let Some(cl) = seen.header("content-length") {
         let n: usize = cl
             .trim()

@@ -342,6 +342,10 @@ pub struct Seen {
     pub body: Vec<u8>,
     /// Whether the body came chunked.
     pub chunked: bool,
+    /// Trailer fields of a chunked body.
+    pub trailers: Vec<(String, String)>,
+    /// A chunked body exactly as it came on the wire.
+    pub wire_body: Vec<u8>,
     /// Which connection (1-based, in accept order) carried it.
     pub connection: usize,
 }
@@ -493,7 +497,9 @@ fn serve_origin_conn(
     }
 }
 
-/// Reads from `stream` until it closes or `timeout` passes; returns the bytes.
+/// Reads from `stream` until the peer ends it (end of stream); returns the
+/// bytes. Panics when `timeout` passes first or the connection is reset: a
+/// caller asserting an orderly end must not pass on a stall.
 pub fn read_to_close(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
     let _ = stream.set_read_timeout(Some(timeout));
     let mut out = Vec::new();
@@ -503,7 +509,7 @@ pub fn read_to_close(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return out,
+            Err(e) => panic!("no orderly end of stream within {timeout:?}: {e}"),
         }
     }
 }

@@ -2,16 +2,17 @@
 
 use std::{
     io::{Read, Write},
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
 
-use ringway_balancer::UpstreamGroup;
 use ringway_core::DriverChoice;
 use ringway_http::RouteSpec;
 use ringway_tests::{both_drivers, read_to_close, refused_addr, Origin, ProxySetup, Reply, TestProxy};
 
 both_drivers!(
+    a_malformed_chunk_after_the_head_fails_the_request,
     content_length_bodies_pass_both_ways,
     chunked_request_is_reframed_and_chunked_response_relayed,
     close_delimited_response_is_chunked_for_http11_clients,
@@ -75,16 +76,46 @@ fn chunked_request_is_reframed_and_chunked_response_relayed(driver: DriverChoice
     let proxy = TestProxy::reverse(driver, &[origin.addr()]);
     let mut c = proxy.client();
     c.send(
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 9\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 9\r\nContent-Length: 3\r\n\r\n",
     );
     let r = c.response();
     assert_eq!(r.status, 200);
     assert!(r.chunked);
     assert_eq!(r.body, b"wikipedia");
+    assert_eq!(r.trailers, [("X-Trailer".to_owned(), "t".to_owned())]);
     let seen = &origin.seen()[0];
     assert!(seen.chunked, "the origin got a chunked body");
     assert_eq!(seen.body, b"wikipedia");
+    // Re-framed, not copied: the extension is gone, the trailer kept, and a
+    // framing field in the trailers dropped.
+    assert_eq!(
+        String::from_utf8_lossy(&seen.wire_body),
+        "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 9\r\n\r\n"
+    );
     assert_eq!(seen.header("content-length"), None);
+}
+
+fn a_malformed_chunk_after_the_head_fails_the_request(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n");
+    // The head and the good chunk are on their way upstream before the bad
+    // size arrives, so only the relay can catch it.
+    let mut waited = 0;
+    while origin.raw_bytes() == 0 && waited < 500 {
+        thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    assert!(origin.raw_bytes() > 0, "the request went upstream");
+    c.send(b"zz\r\nmore\r\n0\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 400);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert!(
+        origin.seen().is_empty(),
+        "the origin never got a complete request"
+    );
 }
 
 fn close_delimited_response_is_chunked_for_http11_clients(driver: DriverChoice) {
@@ -237,9 +268,13 @@ fn refused_upstream_is_502(driver: DriverChoice) {
 }
 
 fn stalled_origin_is_504(driver: DriverChoice) {
-    let origin = Origin::start(|_| {
-        thread::sleep(Duration::from_secs(3));
-        Reply::ok("late")
+    // Only the first connection stalls.
+    let origin = Origin::start(|req| {
+        if req.connection == 1 {
+            thread::sleep(Duration::from_secs(3));
+            return Reply::ok("late");
+        }
+        Reply::ok("fresh")
     });
     let mut setup = ProxySetup::new(driver, &[origin.addr()]);
     setup.settings.timeouts.upstream_response = Duration::from_millis(300);
@@ -248,6 +283,14 @@ fn stalled_origin_is_504(driver: DriverChoice) {
     let r = c.get("/");
     assert_eq!(r.status, 504);
     assert_eq!(r.text(), "504 Gateway Timeout\n");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert_eq!(proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed), 1);
+    // The timed-out upstream connection was not pooled: the next request
+    // goes out on a new one and gets its own answer, not the late one.
+    let mut c = proxy.client();
+    assert_eq!(c.get("/").text(), "fresh");
+    assert_eq!(origin.connections(), 2);
 }
 
 fn echo_upgrade(mut stream: std::net::TcpStream) {
@@ -288,6 +331,11 @@ fn upgrade_answered_101_becomes_a_tunnel(driver: DriverChoice) {
     // Half-close: the client's end reaches the origin, which closes, which reaches us.
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(read_to_close(&mut c.stream, Duration::from_secs(5)).is_empty());
+    assert_eq!(
+        proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed),
+        0,
+        "ended by the half-close, not a deadline"
+    );
 }
 
 fn upgrade_answered_200_stays_http(driver: DriverChoice) {
@@ -496,6 +544,13 @@ fn hop_by_hop_fields_stay_on_their_hop(driver: DriverChoice) {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-secret-resp"), None);
     assert_eq!(r.header("keep-alive"), None);
+    assert!(
+        !r.header("connection")
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .contains("x-secret"),
+        "the upstream's Connection field stayed on its hop"
+    );
     assert_eq!(r.header("via"), Some("1.1 ringway"));
     let seen = &origin.seen()[0];
     for gone in ["connection", "x-secret", "proxy-authorization", "te"] {
@@ -513,11 +568,28 @@ fn oversized_heads_get_431_and_long_targets_414(driver: DriverChoice) {
     setup.settings.limits.max_header_bytes = 4096;
     setup.settings.limits.max_headers = 10;
     setup.settings.limits.max_uri_bytes = 512;
-    setup.groups = vec![UpstreamGroup {
-        name: "app".into(),
-        servers: vec![origin.addr()],
-    }];
     let proxy = setup.start();
+
+    // At each limit, requests pass.
+    let mut c = proxy.client();
+    let ten: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+    c.send(format!("GET /{} HTTP/1.1\r\nHost: a\r\n{ten}\r\n", "u".repeat(511)).as_bytes());
+    assert_eq!(c.response().status, 200, "10 fields and a 512-byte target");
+    let head = |filler: usize| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(filler)
+        )
+    };
+    let fits = 4096 - head(0).len();
+    assert_eq!(head(fits).len(), 4096);
+    let mut c = proxy.client();
+    c.send(head(fits).as_bytes());
+    assert_eq!(c.response().status, 200, "a 4096-byte head");
+    assert_eq!(origin.seen().len(), 2);
+    let mut c = proxy.client();
+    c.send(head(fits + 1).as_bytes());
+    assert_eq!(c.response().status, 431, "one byte over");
 
     let mut c = proxy.client();
     c.send(format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(5000)).as_bytes());
@@ -529,9 +601,9 @@ fn oversized_heads_get_431_and_long_targets_414(driver: DriverChoice) {
     assert_eq!(c.response().status, 431);
 
     let mut c = proxy.client();
-    c.send(format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(600)).as_bytes());
-    assert_eq!(c.response().status, 414);
-    assert_eq!(origin.raw_bytes(), 0);
+    c.send(format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(512)).as_bytes());
+    assert_eq!(c.response().status, 414, "a 513-byte target");
+    assert_eq!(origin.seen().len(), 2, "nothing refused reached the origin");
 }
 
 fn status_line_without_reason_is_relayed(driver: DriverChoice) {
@@ -651,9 +723,23 @@ fn tunnel_to_a_client_that_stops_reading_is_closed(driver: DriverChoice) {
     let proxy = setup.start();
     let mut c = proxy.client();
     c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-    // The client reads nothing more.
+    assert_eq!(c.read_response(true).unwrap().status, 101);
+    // The tunnel works: a megabyte of the flood arrives...
+    let mut got = c.take_buffered().len();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < 1 << 20 {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(n > 0 && buf[..n].iter().all(|&b| b == b'w'));
+        got += n;
+    }
+    // ...then the client reads nothing more.
     let sent = ended_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the proxy closed the tunnel of a client that stopped reading");
-    assert!(sent > 0);
+    assert!(sent >= 1 << 20);
+    assert_eq!(
+        proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed),
+        1,
+        "the tunnel's deadline ended it"
+    );
 }
