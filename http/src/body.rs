@@ -83,14 +83,13 @@ impl BodyPath<'_> {
     ) -> Result<usize> {
         let (side, armed) = (self.from, self.arm(self.from, true));
         let want = limit.min(reads.size() as u64) as usize;
-        let got = bounded(
+        let got = bounded!(
             armed,
             ErrorKind::ReadTimeout,
             side,
             "timed out waiting for body bytes",
             read_some(src, buf, want),
-        )
-        .await?
+        )?
         .map_err(io_error(side, "reading a body"))?;
         reads.record(got);
         Ok(got)
@@ -98,27 +97,25 @@ impl BodyPath<'_> {
 
     async fn send<W: AsyncWriteRent>(&self, dst: &mut W, piece: BytesMut) -> Result<()> {
         let (side, armed) = (self.to, self.arm(self.to, false));
-        let (result, _) = bounded(
+        let (result, _) = bounded!(
             armed,
             ErrorKind::WriteTimeout,
             side,
             "timed out writing a body",
             write_all(dst, piece),
-        )
-        .await?;
+        )?;
         result.map_err(io_error(side, "writing a body"))
     }
 
     async fn send_scratch<W: AsyncWriteRent>(&self, dst: &mut W, scratch: &mut Vec<u8>) -> Result<()> {
         let (side, armed) = (self.to, self.arm(self.to, false));
-        bounded(
+        bounded!(
             armed,
             ErrorKind::WriteTimeout,
             side,
             "timed out writing a body",
             write_vec(dst, scratch),
-        )
-        .await?
+        )?
         .map_err(io_error(side, "writing a body"))
     }
 

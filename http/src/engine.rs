@@ -412,14 +412,13 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        bounded(
+        bounded!(
             conn.deadline(Wait::ClientRead, head_limit),
             ErrorKind::ReadTimeout,
             Side::Downstream,
             "request head not received in time",
             rest_of_head,
-        )
-        .await?
+        )?
     }
 
     async fn exchange<S: ClientStream>(
@@ -526,14 +525,13 @@ impl<H: Handler> Engine<H> {
         let retryable = body_in_head && req.method().is_idempotent();
         let mut retried = false;
         loop {
-            let sent = bounded(
+            let sent = bounded!(
                 conn.upstream_deadline(Wait::Upstream, t.upstream_response, &up.stream),
                 ErrorKind::WriteTimeout,
                 Side::Upstream,
                 "the upstream did not take the request in time",
                 write_vec(&mut up.stream, wbuf),
             )
-            .await
             .map_err(Failure::before)?;
             if let Err(e) = sent {
                 if up.reused && retryable && !retried {
@@ -679,14 +677,13 @@ impl<H: Handler> Engine<H> {
         resp.clear();
         if in_hand > GATHER_ABOVE {
             let body = up.rbuf.split_to(in_hand);
-            let (sent, head) = bounded(
+            let (sent, head) = bounded!(
                 conn.deadline(Wait::ClientWrite, t.client_io),
                 ErrorKind::WriteTimeout,
                 Side::Downstream,
                 "client did not take the response in time",
                 write_head_and_body(io, std::mem::take(wbuf), body),
             )
-            .await
             .map_err(Failure::after)?;
             *wbuf = head;
             sent.map_err(io_error(Side::Downstream, "writing to the client"))
@@ -784,14 +781,13 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        bounded(
+        bounded!(
             armed,
             ErrorKind::ReadTimeout,
             Side::Upstream,
             "upstream response head not received in time",
             read,
-        )
-        .await?
+        )?
     }
 
     async fn write_client<S: ClientStream>(
@@ -800,14 +796,13 @@ impl<H: Handler> Engine<H> {
         buf: &mut Vec<u8>,
         conn: &ConnCtx,
     ) -> Result<()> {
-        bounded(
+        bounded!(
             conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io),
             ErrorKind::WriteTimeout,
             Side::Downstream,
             "client did not take the response in time",
             write_vec(io, buf),
-        )
-        .await?
+        )?
         .map_err(io_error(Side::Downstream, "writing to the client"))
     }
 

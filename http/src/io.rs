@@ -9,7 +9,7 @@ use monoio::{
     buf::{IoBuf, IoBufMut},
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
 };
-use ringway_core::{Deadline, Error, ErrorKind, Result, Side};
+use ringway_core::{Error, ErrorKind, Result, Side};
 
 /// Reads at most `max` more bytes, appending them to `buf`.
 ///
@@ -70,21 +70,25 @@ pub(crate) async fn write_vec<W: AsyncWriteRent>(io: &mut W, scratch: &mut Vec<u
     result
 }
 
-/// Awaits `fut` while `deadline` is armed; fails with `kind` on `side` when
-/// the deadline expired first (the worker's sweep then ended the wait).
-pub(crate) async fn bounded<T>(
-    deadline: Deadline<'_>,
-    kind: ErrorKind,
-    side: Side,
-    context: &'static str,
-    fut: impl Future<Output = T>,
-) -> Result<T> {
-    let out = fut.await;
-    if deadline.finish() {
-        return Err(Error::new(kind, side, context));
-    }
-    Ok(out)
+/// Awaits `fut` while `deadline` (a [`ringway_core::Deadline`]) is armed;
+/// fails with `kind` on `side` when the deadline expired first (the
+/// worker's sweep then ended the wait). Evaluates to `Result<output>`.
+///
+/// A macro, not an async fn: an async fn would hold `fut` once as its
+/// argument and again as the future it awaits, and every connection's
+/// task is sized by its largest such state.
+macro_rules! bounded {
+    ($deadline:expr, $kind:expr, $side:expr, $context:expr, $fut:expr $(,)?) => {{
+        let armed = $deadline;
+        let out = $fut.await;
+        if armed.finish() {
+            Err(ringway_core::Error::new($kind, $side, $context))
+        } else {
+            Ok(out)
+        }
+    }};
 }
+pub(crate) use bounded;
 
 /// Runs `fut` for at most `limit` on a runtime timer (rare waits only, such
 /// as connecting); past it, fails with `kind` on `side`.
