@@ -11,7 +11,7 @@ use ringway_http::{
         host::{parse_authority, Destination},
         Outcome,
     },
-    ForwardSettings,
+    origin_form, ForwardSettings,
 };
 
 use crate::config::{Config, ListenerMode};
@@ -36,7 +36,9 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
             _ => None,
         })
         .ok_or_else(|| anyhow::anyhow!("no forward listener named {:?}", request.listener))?;
-    let (dest, connect, method) = destination(request)?;
+    let (dest, path) = destination(request)?;
+    let connect = path.is_none();
+    let method = if connect { "CONNECT" } else { request.method };
     let resolver = Resolver::new(config.dns.clone());
     let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
@@ -50,31 +52,29 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         dest: &dest,
         method: method.as_bytes(),
         connect,
-        path: (!connect).then(|| path_of(request.target).as_bytes()),
+        path,
         user: request.user,
         groups: &groups,
     };
     let decision = runtime.block_on(decide(&settings.acl, &Rc::new(resolver), &acl_request));
-    print!("{}", report(&settings, request, &dest, &method, &decision));
+    print!("{}", report(&settings, request, &dest, method, &decision));
     Ok(ExitCode::SUCCESS)
 }
 
-/// The path and query of an http:// URL ("/" when it has none).
-fn path_of(url: &str) -> &str {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    match rest.find(['/', '?']) {
-        Some(i) => &rest[i..],
-        None => "/",
-    }
-}
-
-fn destination(request: &Request<'_>) -> anyhow::Result<(Destination, bool, String)> {
+/// Where `request` goes, and the path of an http:// URL (`None`: the
+/// target is a CONNECT authority). URLs are split the way the proxy splits
+/// a request target.
+fn destination<'a>(request: &Request<'a>) -> anyhow::Result<(Destination, Option<&'a [u8]>)> {
     let target = request.target;
-    if let Some(rest) = target.strip_prefix("http://") {
-        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-        let dest = parse_authority(authority.as_bytes(), Some(80))
-            .map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
-        return Ok((dest, false, request.method.to_owned()));
+    let (path, authority) = origin_form(target.as_bytes());
+    if let Some(authority) = authority {
+        anyhow::ensure!(
+            target.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")),
+            "https:// URLs go through CONNECT: explain {target:?} as host:443"
+        );
+        let dest =
+            parse_authority(authority, Some(80)).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
+        return Ok((dest, Some(path)));
     }
     anyhow::ensure!(
         !target.contains("://"),
@@ -82,7 +82,7 @@ fn destination(request: &Request<'_>) -> anyhow::Result<(Destination, bool, Stri
     );
     let dest =
         parse_authority(target.as_bytes(), None).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
-    Ok((dest, true, "CONNECT".to_owned()))
+    Ok((dest, None))
 }
 
 fn report(

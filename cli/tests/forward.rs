@@ -242,6 +242,7 @@ fn acl_explain_prints_the_decision_the_rule_and_the_addresses() {
             "internal.test:443",
             "allowed.test:8443",
             "allowed.test:22",
+            "HTTP://Blocked.TEST./y",
         ],
     );
     assert!(

@@ -37,4 +37,4 @@ pub use limits::{
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reverse::{ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
 pub use tunnel::TunnelBytes;
-pub use write::write_upstream_head;
+pub use write::{origin_form, write_upstream_head};

@@ -23,7 +23,7 @@ const VIA: &[u8] = b"Via: 1.1 ringway\r\n";
 /// The origin-form of a request target: absolute-form loses its scheme and
 /// authority (RFC 9112 section 3.2.2); other forms stay as they are.
 /// Returns the target and, for absolute-form, the authority.
-pub(crate) fn origin_form(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+pub fn origin_form(target: &[u8]) -> (&[u8], Option<&[u8]>) {
     let Some(authority) = absolute_form_authority(target) else {
         return (target, None);
     };
