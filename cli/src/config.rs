@@ -196,6 +196,7 @@ pub(crate) struct HttpSection {
     pub(crate) upstream_keepalive_timeout: Option<String>,
     pub(crate) forwarded: Option<String>,
     pub(crate) via: Option<bool>,
+    pub(crate) splice: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -672,7 +673,7 @@ impl Validator {
             buffer_size,
             scheme: "http",
             access_log,
-            splice_tunnels: false,
+            splice: http.splice.unwrap_or(true),
         };
         (settings, pool)
     }

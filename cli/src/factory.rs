@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, rc::Rc};
 
 use monoio::net::TcpStream;
-use ringway_core::{dns::Resolver, ConnCtx, DriverKind, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 use ringway_http::{ClientInfo, Engine, ForwardHandler, ReverseHandler, UpstreamPool};
 
 use crate::config::{Config, ListenerMode};
@@ -62,8 +62,7 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
         .iter()
         .map(|l| {
             let name = &l.spec.name;
-            let mut engine_settings = l.settings.clone();
-            engine_settings.splice_tunnels = worker.driver == DriverKind::Legacy;
+            let engine_settings = l.settings.clone();
             let engine = match &l.mode {
                 ListenerMode::Reverse { routes, .. } => {
                     let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index);

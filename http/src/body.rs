@@ -6,6 +6,11 @@
 //! goes out without a copy (the read buffer's bytes are written directly);
 //! re-framing (chunked in, or chunked out) builds each outgoing piece in a
 //! scratch buffer, so one read becomes one write.
+//!
+//! Between two TCP sockets, the rest of a large body that leaves as it
+//! came (Content-Length, or close-delimited without re-framing) is spliced
+//! ([`crate::splice`]): once what was read with the head has been written,
+//! its bytes go from socket to socket through a pipe, never copied.
 
 use std::{os::fd::RawFd, time::Duration};
 
@@ -17,7 +22,12 @@ use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
     io::{bounded, io_error, read_some, write_all, write_vec, BorrowedRawFd, GrowingReads},
+    splice::{Blocked, End, NonBlocking, OneWay, SpliceSocket},
 };
+
+/// The least body left to move for a splice to pay: below it, the system
+/// calls to set it up cost more than copying.
+const SPLICE_ABOVE: u64 = 16 * 1024;
 
 /// How the body leaves the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +58,8 @@ pub(crate) struct BodyPath<'a> {
     pub(crate) chunk: usize,
     /// Limit on a chunked body's trailer section.
     pub(crate) max_trailer_bytes: usize,
+    /// Whether bodies between two TCP sockets splice.
+    pub(crate) splice: bool,
 }
 
 impl BodyPath<'_> {
@@ -119,6 +131,64 @@ impl BodyPath<'_> {
         .map_err(io_error(side, "writing a body"))
     }
 
+    /// Both sockets, when the rest of a body (`left` bytes at most) should
+    /// be spliced.
+    fn splice_fds<R: SpliceSocket, W: SpliceSocket>(
+        &self,
+        src: &R,
+        dst: &W,
+        left: u64,
+    ) -> Option<(RawFd, RawFd)> {
+        if !self.splice || left < SPLICE_ABOVE {
+            return None;
+        }
+        Some((src.splice_fd()?, dst.splice_fd()?))
+    }
+
+    /// Splices at most `limit` bytes from `src` to `dst`; returns the bytes
+    /// moved and whether the source ended first.
+    async fn splice<R: SpliceSocket, W: SpliceSocket>(
+        &self,
+        src: &R,
+        dst: &W,
+        (from, to): (RawFd, RawFd),
+        limit: u64,
+    ) -> Result<(u64, bool)> {
+        let prepare = |e| Error::new(ErrorKind::Io, Side::Internal, "preparing a splice").with_cause(e);
+        let _src_mode = NonBlocking::set(from).map_err(prepare)?;
+        let _dst_mode = NonBlocking::set(to).map_err(prepare)?;
+        let mut way = OneWay::new(from, to, limit).map_err(prepare)?;
+        loop {
+            match way.step() {
+                Ok(Blocked::Done) => return Ok((way.moved(), way.source_ended())),
+                Ok(Blocked::Read) => {
+                    let (side, armed) = (self.from, self.arm(self.from, true));
+                    bounded!(
+                        armed,
+                        ErrorKind::ReadTimeout,
+                        side,
+                        "timed out waiting for body bytes",
+                        src.splice_ready(false),
+                    )?
+                    .map_err(io_error(side, "reading a body"))?;
+                }
+                Ok(Blocked::Write) => {
+                    let (side, armed) = (self.to, self.arm(self.to, false));
+                    bounded!(
+                        armed,
+                        ErrorKind::WriteTimeout,
+                        side,
+                        "timed out writing a body",
+                        dst.splice_ready(true),
+                    )?
+                    .map_err(io_error(side, "writing a body"))?;
+                }
+                Err((End::Source, e)) => return Err(io_error(self.from, "reading a body")(e)),
+                Err((End::Destination, e)) => return Err(io_error(self.to, "writing a body")(e)),
+            }
+        }
+    }
+
     fn closed_early(&self) -> Error {
         Error::new(
             ErrorKind::ConnectionClosed,
@@ -142,8 +212,8 @@ impl BodyPath<'_> {
         output: OutFraming,
     ) -> Result<u64>
     where
-        R: AsyncReadRent,
-        W: AsyncWriteRent,
+        R: AsyncReadRent + SpliceSocket,
+        W: AsyncWriteRent + SpliceSocket,
     {
         match input {
             BodyFraming::None => Ok(0),
@@ -158,18 +228,31 @@ impl BodyPath<'_> {
 
     /// Content-Length input leaves as it came (the engine never re-frames
     /// it): each read is written straight from the read buffer.
-    async fn relay_length<R: AsyncReadRent, W: AsyncWriteRent>(
+    async fn relay_length<R, W>(
         &self,
         src: &mut R,
         buf: &mut BytesMut,
         dst: &mut W,
         total: u64,
-    ) -> Result<u64> {
+    ) -> Result<u64>
+    where
+        R: AsyncReadRent + SpliceSocket,
+        W: AsyncWriteRent + SpliceSocket,
+    {
         let mut remaining = total;
         let mut reads = self.reads();
         while remaining > 0 {
-            if buf.is_empty() && self.fill(src, buf, &mut reads, remaining).await? == 0 {
-                return Err(self.closed_early());
+            if buf.is_empty() {
+                if let Some(fds) = self.splice_fds(src, dst, remaining) {
+                    let (moved, ended) = self.splice(src, dst, fds, remaining).await?;
+                    if ended && moved < remaining {
+                        return Err(self.closed_early());
+                    }
+                    return Ok(total);
+                }
+                if self.fill(src, buf, &mut reads, remaining).await? == 0 {
+                    return Err(self.closed_early());
+                }
             }
             let take = remaining.min(buf.len() as u64) as usize;
             remaining -= take as u64;
@@ -178,17 +261,27 @@ impl BodyPath<'_> {
         Ok(total)
     }
 
-    async fn relay_until_close<R: AsyncReadRent, W: AsyncWriteRent>(
+    async fn relay_until_close<R, W>(
         &self,
         src: &mut R,
         buf: &mut BytesMut,
         dst: &mut W,
         scratch: &mut Vec<u8>,
         output: OutFraming,
-    ) -> Result<u64> {
+    ) -> Result<u64>
+    where
+        R: AsyncReadRent + SpliceSocket,
+        W: AsyncWriteRent + SpliceSocket,
+    {
         let mut moved = 0u64;
         let mut reads = self.reads();
         loop {
+            if buf.is_empty() && output == OutFraming::Raw {
+                if let Some(fds) = self.splice_fds(src, dst, u64::MAX) {
+                    let (spliced, _) = self.splice(src, dst, fds, u64::MAX).await?;
+                    return Ok(moved + spliced);
+                }
+            }
             if buf.is_empty() && self.fill(src, buf, &mut reads, u64::MAX).await? == 0 {
                 break;
             }

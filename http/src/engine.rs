@@ -37,14 +37,16 @@ use crate::{
     io::{bounded, io_error, read_some, write_vec},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
+    splice::SpliceSocket,
     tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
     write::{end_head, local_response, request_head, response_head, ClientResponse, UpstreamRequest},
 };
 
 /// A client connection the engine can serve: a monoio stream that can be
-/// split into halves (for tunnels) and whose reads can be cancelled.
+/// split into halves (for tunnels), whose reads can be cancelled, and which
+/// may expose its socket for splicing.
 pub trait ClientStream:
-    AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + Sized + 'static
+    AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + SpliceSocket + Sized + 'static
 {
     /// Waits until a read would find data (or the end of the stream),
     /// without holding a buffer. The default returns at once.
@@ -84,7 +86,7 @@ impl ClientStream for TcpStream {
         conn: &ConnCtx,
     ) -> TunnelBytes {
         if options.splice {
-            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
+            splice_tunnel(self, client_buf, upstream, upstream_buf, options, conn).await
         } else {
             copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
         }
@@ -96,7 +98,7 @@ impl ClientStream for TcpStream {
 pub struct TunnelOptions {
     /// Close the tunnel after this long with no bytes either way.
     pub idle: Duration,
-    /// Splice between sockets instead of copying (epoll driver only).
+    /// Splice between TCP sockets instead of copying.
     pub splice: bool,
 }
 
@@ -317,7 +319,7 @@ impl<H: Handler> Engine<H> {
                     drop(st);
                     let options = TunnelOptions {
                         idle: self.settings.timeouts.tunnel_idle,
-                        splice: self.settings.splice_tunnels,
+                        splice: self.settings.splice,
                     };
                     // Boxed: a tunnel's state is large and rare; kept inline it
                     // would size every connection's task for it.
@@ -561,6 +563,7 @@ impl<H: Handler> Engine<H> {
                     write_timeout: t.upstream_response,
                     chunk: s.buffer_size,
                     max_trailer_bytes: s.limits.max_header_bytes,
+                    splice: s.splice,
                 };
                 let out = if framing == BodyFraming::Chunked {
                     OutFraming::Chunked
@@ -705,6 +708,7 @@ impl<H: Handler> Engine<H> {
                 write_timeout: t.client_io,
                 chunk: s.buffer_size,
                 max_trailer_bytes: s.limits.max_header_bytes,
+                splice: s.splice,
             };
             Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
                 .await

@@ -10,8 +10,8 @@
 //!   proxy authentication, safe destination parsing and the PAC file.
 //! - [`UpstreamPool`]: the worker's idle upstream connections.
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
-// One module (gather) implements monoio's unsafe IoVecBuf trait; the rest
-// of the crate has no unsafe code.
+// Two modules use unsafe code: gather implements monoio's unsafe IoVecBuf
+// trait, splice calls splice(2) and pipe2(2); the rest of the crate has none.
 #![deny(unsafe_code)]
 
 mod body;
@@ -25,6 +25,7 @@ mod io;
 mod limits;
 mod pool;
 mod reverse;
+mod splice;
 mod tunnel;
 mod write;
 
@@ -36,5 +37,6 @@ pub use limits::{
 };
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reverse::{ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
+pub use splice::SpliceSocket;
 pub use tunnel::TunnelBytes;
 pub use write::{origin_form, write_upstream_head};

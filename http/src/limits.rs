@@ -122,9 +122,9 @@ pub struct EngineSettings {
     pub scheme: &'static str,
     /// Log one line per request at target `ringway::access`.
     pub access_log: bool,
-    /// Splice tunnels between TCP sockets (set for the epoll driver; under
-    /// io_uring every splice would occupy a kernel worker thread).
-    pub splice_tunnels: bool,
+    /// Move tunnels and large bodies between two TCP sockets with splice(2),
+    /// never copying them into user space.
+    pub splice: bool,
 }
 
 impl Default for EngineSettings {
@@ -136,7 +136,7 @@ impl Default for EngineSettings {
             buffer_size: DEFAULT_BUFFER_SIZE,
             scheme: "http",
             access_log: false,
-            splice_tunnels: false,
+            splice: true,
         }
     }
 }

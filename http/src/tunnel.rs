@@ -10,26 +10,24 @@
 //! worker's sweeper shuts both sockets down, which ends both directions.
 //!
 //! Two implementations: [`splice_tunnel`] between two TCP sockets moves
-//! bytes socket → pipe → socket with `splice(2)`, never copying them into
-//! user space. It is used with the epoll driver only: io_uring runs every
-//! splice on a kernel worker thread (it cannot splice without blocking), so
-//! each idle tunnel would hold such a thread. [`copy_tunnel`] works with
-//! any client stream, through buffers.
+//! bytes socket → pipe → socket with `splice(2)` (see [`crate::splice`]),
+//! never copying them into user space. [`copy_tunnel`] works with any
+//! client stream, through buffers.
 
-use std::time::Duration;
+use std::{os::fd::AsRawFd, time::Duration};
 
 use bytes::BytesMut;
 use monoio::{
-    io::{
-        as_fd::{AsReadFd, AsWriteFd},
-        splice::{SpliceDestination, SpliceSource},
-        AsyncReadRent, AsyncWriteRent, Splitable,
-    },
+    io::{AsyncReadRent, AsyncWriteRent, Splitable},
     net::TcpStream,
 };
 use ringway_core::{ConnCtx, Wait};
 
-use crate::io::{read_some, write_all, GrowingReads};
+use crate::{
+    engine::TunnelOptions,
+    io::{read_some, write_all, GrowingReads},
+    splice::{shutdown_write, Blocked, NonBlocking, OneWay, SpliceSocket},
+};
 
 /// Bytes moved each way by a finished tunnel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,10 +71,10 @@ pub(crate) async fn splice_tunnel(
     client_buf: BytesMut,
     mut upstream: TcpStream,
     upstream_buf: BytesMut,
-    idle: Duration,
+    options: TunnelOptions,
     conn: &ConnCtx,
 ) -> TunnelBytes {
-    let _armed = conn.upstream_deadline(Wait::Tunnel, idle, &upstream);
+    let _armed = conn.upstream_deadline(Wait::Tunnel, options.idle, &upstream);
     let mut moved = TunnelBytes {
         upstream: client_buf.len() as u64,
         downstream: upstream_buf.len() as u64,
@@ -87,50 +85,46 @@ pub(crate) async fn splice_tunnel(
             return moved;
         }
     }
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut upstream_read, mut upstream_write) = upstream.into_split();
-    let up = splice_one_way(&mut client_read, &mut upstream_write, conn);
-    let down = splice_one_way(&mut upstream_read, &mut client_write, conn);
+    let (Ok(_client_nb), Ok(_upstream_nb)) = (
+        NonBlocking::set(client.as_raw_fd()),
+        NonBlocking::set(upstream.as_raw_fd()),
+    ) else {
+        return moved;
+    };
+    let up = splice_one_way(&client, &upstream, conn);
+    let down = splice_one_way(&upstream, &client, conn);
     let (up, down) = monoio::join!(up, down);
     moved.upstream += up;
     moved.downstream += down;
     moved
 }
 
-/// Splices one direction (socket → pipe → socket) until its source ends.
-async fn splice_one_way<R: AsReadFd, W: AsWriteFd + AsyncWriteRent>(
-    from: &mut R,
-    to: &mut W,
-    conn: &ConnCtx,
-) -> u64 {
-    const PIPE_CHUNK: u32 = 1 << 16;
-    let Ok((mut pipe_read, mut pipe_write)) = monoio::net::unix::new_pipe() else {
-        let _ = to.shutdown().await;
+/// Splices one direction until its source ends or either socket fails
+/// (the tunnel's deadline shuts both down), then half-closes.
+async fn splice_one_way(from: &TcpStream, to: &TcpStream, conn: &ConnCtx) -> u64 {
+    let Ok(mut way) = OneWay::new(from.as_raw_fd(), to.as_raw_fd(), u64::MAX) else {
+        shutdown_write(to.as_raw_fd());
         return 0;
     };
-    let mut moved = 0u64;
-    'transfer: loop {
-        let n = match from.splice_to_pipe(&mut pipe_write, PIPE_CHUNK).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    loop {
+        let before = way.moved();
+        let step = way.step();
+        if way.moved() != before {
+            // A slow but moving receiver is not idle.
+            conn.refresh();
+        }
+        let ready = match step {
+            Ok(Blocked::Read) => from.splice_ready(false).await,
+            Ok(Blocked::Write) => to.splice_ready(true).await,
+            Ok(Blocked::Done) | Err(_) => break,
         };
-        conn.refresh();
-        let mut left = n;
-        while left > 0 {
-            match to.splice_from_pipe(&mut pipe_read, left).await {
-                Ok(0) | Err(_) => break 'transfer,
-                Ok(written) => {
-                    left -= written;
-                    moved += u64::from(written);
-                    // A slow but moving receiver is not idle.
-                    conn.refresh();
-                }
-            }
+        if ready.is_err() {
+            break;
         }
     }
     // Half-close: the other side sees our end of stream.
-    let _ = to.shutdown().await;
-    moved
+    shutdown_write(to.as_raw_fd());
+    way.moved()
 }
 
 /// The smallest and largest read of a copying tunnel direction.

@@ -136,7 +136,7 @@ impl ProxySetup {
             TestEngine::Reverse(Engine::new(
                 "test",
                 handler,
-                engine_settings(&settings, worker),
+                settings.clone(),
                 Rc::new(UpstreamPool::new(pool)),
             ))
         })
@@ -225,15 +225,13 @@ impl ForwardSetup {
             TestEngine::Forward(Engine::new(
                 "outbound",
                 handler,
-                engine_settings(&forward_settings, worker),
+                forward_settings.clone(),
                 Rc::new(UpstreamPool::new(PoolSettings::default())),
             ))
         })
     }
 }
 
-/// A listener's settings as the binary's factory makes them for `worker`:
-/// tunnels splice on the epoll driver only.
 /// Starts workers that each serve with the engine `make` builds for them.
 fn launch<F>(server: ServerConfig, make: F) -> TestProxy
 where
@@ -245,13 +243,6 @@ where
     TestProxy {
         handle: Some(handle),
         addr,
-    }
-}
-
-fn engine_settings(settings: &EngineSettings, worker: &ringway_core::WorkerInfo) -> EngineSettings {
-    EngineSettings {
-        splice_tunnels: worker.driver == ringway_core::DriverKind::Legacy,
-        ..settings.clone()
     }
 }
 

@@ -17,6 +17,9 @@ both_drivers!(
     chunked_request_is_reframed_and_chunked_response_relayed,
     close_delimited_response_is_chunked_for_http11_clients,
     large_bodies_stream_both_ways,
+    large_response_cut_short_closes_the_client_connection,
+    large_close_delimited_response_reaches_an_http10_client,
+    large_response_to_a_client_that_stops_reading_times_out,
     upstream_connections_are_reused,
     pipelined_requests_are_answered_in_order,
     round_robin_spreads_requests_over_two_origins,
@@ -181,6 +184,100 @@ fn large_bodies_stream_both_ways(driver: DriverChoice) {
     assert_eq!(r.status, 200);
     assert!(r.body == body, "chunked body changed in transit");
     assert_eq!(origin.seen()[1].body.len(), body.len());
+
+    // Large bodies (spliced between the sockets) leave both connections
+    // usable: a small request follows on the same two.
+    assert_eq!(c.get("/after").status, 200);
+    assert_eq!(origin.seen()[2].target, "/after");
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one upstream connection carried all three"
+    );
+}
+
+/// The head of a response announcing `len` body bytes, then `sent` of them.
+fn truncated_response(len: usize, sent: usize) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    out.extend_from_slice(&pattern(sent, 3));
+    out
+}
+
+fn large_response_cut_short_closes_the_client_connection(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::BytesThenClose(truncated_response(4 << 20, 1 << 20)));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.send(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    let error = c.read_response(false).expect_err("the body is short");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::UnexpectedEof,
+        "the proxy closed the connection rather than leave the client waiting: {error}"
+    );
+}
+
+fn large_close_delimited_response_reaches_an_http10_client(driver: DriverChoice) {
+    let body = pattern(3 << 20, 11);
+    let mut reply = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+    reply.extend_from_slice(&body);
+    let origin = Origin::start(move |_| Reply::BytesThenClose(reply.clone()));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut c = proxy.client();
+    c.send(b"GET /big HTTP/1.0\r\nHost: a\r\n\r\n");
+    let raw = read_to_close(&mut c.stream, Duration::from_secs(10));
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding"),
+        "an HTTP/1.0 client gets the body as it came"
+    );
+    assert_eq!(raw.len() - head_end, body.len());
+    assert!(raw[head_end..] == body[..], "body changed in transit");
+}
+
+fn large_response_to_a_client_that_stops_reading_times_out(driver: DriverChoice) {
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<u64>();
+    let ended_tx = std::sync::Mutex::new(ended_tx);
+    let origin = Origin::start(move |_| {
+        let ended = ended_tx.lock().unwrap().clone();
+        Reply::Raw(Box::new(move |mut s: std::net::TcpStream| {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n")
+                .unwrap();
+            let chunk = vec![b'z'; 64 * 1024];
+            let mut sent = 0u64;
+            // Sends until the proxy gives up on the client.
+            while s.write_all(&chunk).is_ok() {
+                sent += chunk.len() as u64;
+            }
+            let _ = ended.send(sent);
+        }))
+    });
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.timeouts.client_io = Duration::from_millis(400);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    c.send(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response(true).unwrap().status, 200);
+    // The body flows: a megabyte arrives...
+    let mut got = c.take_buffered().len();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < 1 << 20 {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(n > 0 && buf[..n].iter().all(|&b| b == b'z'));
+        got += n;
+    }
+    // ...then the client takes nothing more, and the proxy lets go of
+    // both connections.
+    let sent = ended_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proxy closed the upstream of a client that stopped reading");
+    assert!(sent >= 1 << 20);
+    assert_eq!(
+        proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed),
+        1,
+        "the client write deadline ended it"
+    );
 }
 
 fn upstream_connections_are_reused(driver: DriverChoice) {
