@@ -332,10 +332,8 @@ mod tests {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        assert!(
-            unsafe { libc::poll(&mut pfd, 1, 10_000) } == 1,
-            "socket never became ready"
-        );
+        let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(ready, 1, "socket never became ready");
     }
 
     /// Runs a transfer to its end, waiting with poll(2) as a driver would.

@@ -220,7 +220,7 @@ impl ForwardSetup {
         });
         let forward_settings = self.settings;
         let server = test_server_config(self.driver, 10_000, Duration::from_secs(10));
-        launch(server, move |worker| {
+        launch(server, move |_| {
             let handler = ForwardHandler::new(settings.clone(), Rc::new(Resolver::new(dns.clone())));
             TestEngine::Forward(Engine::new(
                 "outbound",
