@@ -51,12 +51,19 @@ pub struct WorkerStats {
     pub requests: AtomicU64,
     /// Waits that reached their deadline.
     pub timeouts: AtomicU64,
+    /// Body and tunnel bytes moved socket to socket with splice(2).
+    pub spliced_bytes: AtomicU64,
 }
 
 impl WorkerStats {
     /// Adds one to `counter` (single writer: a relaxed load and store).
     pub fn bump(counter: &AtomicU64) {
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Self::add(counter, 1);
+    }
+
+    /// Adds `n` to `counter` (single writer).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 }
 
@@ -331,6 +338,11 @@ impl ConnCtx {
     /// Counts one finished request on this worker.
     pub fn count_request(&self) {
         WorkerStats::bump(&self.worker.stats.requests);
+    }
+
+    /// Counts bytes moved with splice(2).
+    pub fn count_spliced(&self, bytes: u64) {
+        WorkerStats::add(&self.worker.stats.spliced_bytes, bytes);
     }
 
     /// Arms a deadline: if the connection still waits on `wait` after

@@ -22,7 +22,7 @@ use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
     io::{bounded, io_error, read_some, write_all, write_vec, BorrowedRawFd, GrowingReads},
-    splice::{Blocked, End, NonBlocking, OneWay, SpliceSocket},
+    splice::{yield_turn, Blocked, End, NonBlocking, OneWay, SpliceSocket},
 };
 
 /// The least body left to move for a splice to pay: below it, the system
@@ -131,36 +131,43 @@ impl BodyPath<'_> {
         .map_err(io_error(side, "writing a body"))
     }
 
-    /// Both sockets, when the rest of a body (`left` bytes at most) should
-    /// be spliced.
-    fn splice_fds<R: SpliceSocket, W: SpliceSocket>(
-        &self,
-        src: &R,
-        dst: &W,
-        left: u64,
-    ) -> Option<(RawFd, RawFd)> {
+    /// A splice of the rest of a body (`left` bytes at most), when both
+    /// ends are TCP sockets, enough is left, and a pipe can be had;
+    /// otherwise the body is copied.
+    fn splice_way<R: SpliceSocket, W: SpliceSocket>(&self, src: &R, dst: &W, left: u64) -> Option<OneWay> {
         if !self.splice || left < SPLICE_ABOVE {
             return None;
         }
-        Some((src.splice_fd()?, dst.splice_fd()?))
+        OneWay::new(src.splice_fd()?, dst.splice_fd()?, left).ok()
     }
 
-    /// Splices at most `limit` bytes from `src` to `dst`; returns the bytes
-    /// moved and whether the source ended first.
+    /// Runs `way` from `src` to `dst`; returns the bytes moved and whether
+    /// the source ended first.
     async fn splice<R: SpliceSocket, W: SpliceSocket>(
         &self,
         src: &R,
         dst: &W,
-        (from, to): (RawFd, RawFd),
-        limit: u64,
+        mut way: OneWay,
     ) -> Result<(u64, bool)> {
+        let result = self.drive(src, dst, &mut way).await;
+        self.conn.count_spliced(way.moved());
+        result.map(|()| (way.moved(), way.source_ended()))
+    }
+
+    async fn drive<R: SpliceSocket, W: SpliceSocket>(
+        &self,
+        src: &R,
+        dst: &W,
+        way: &mut OneWay,
+    ) -> Result<()> {
+        let (from, to) = way.ends();
         let prepare = |e| Error::new(ErrorKind::Io, Side::Internal, "preparing a splice").with_cause(e);
         let _src_mode = NonBlocking::set(from).map_err(prepare)?;
         let _dst_mode = NonBlocking::set(to).map_err(prepare)?;
-        let mut way = OneWay::new(from, to, limit).map_err(prepare)?;
         loop {
             match way.step() {
-                Ok(Blocked::Done) => return Ok((way.moved(), way.source_ended())),
+                Ok(Blocked::Done) => return Ok(()),
+                Ok(Blocked::Turn) => yield_turn().await,
                 Ok(Blocked::Read) => {
                     let (side, armed) = (self.from, self.arm(self.from, true));
                     bounded!(
@@ -243,8 +250,8 @@ impl BodyPath<'_> {
         let mut reads = self.reads();
         while remaining > 0 {
             if buf.is_empty() {
-                if let Some(fds) = self.splice_fds(src, dst, remaining) {
-                    let (moved, ended) = self.splice(src, dst, fds, remaining).await?;
+                if let Some(way) = self.splice_way(src, dst, remaining) {
+                    let (moved, ended) = self.splice(src, dst, way).await?;
                     if ended && moved < remaining {
                         return Err(self.closed_early());
                     }
@@ -277,8 +284,8 @@ impl BodyPath<'_> {
         let mut reads = self.reads();
         loop {
             if buf.is_empty() && output == OutFraming::Raw {
-                if let Some(fds) = self.splice_fds(src, dst, u64::MAX) {
-                    let (spliced, _) = self.splice(src, dst, fds, u64::MAX).await?;
+                if let Some(way) = self.splice_way(src, dst, u64::MAX) {
+                    let (spliced, _) = self.splice(src, dst, way).await?;
                     return Ok(moved + spliced);
                 }
             }

@@ -86,7 +86,7 @@ impl ClientStream for TcpStream {
         conn: &ConnCtx,
     ) -> TunnelBytes {
         if options.splice {
-            splice_tunnel(self, client_buf, upstream, upstream_buf, options, conn).await
+            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
         } else {
             copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
         }

@@ -102,13 +102,19 @@ fn set_status_flags(fd: RawFd, flags: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// The pipe size asked for: a 1 MiB body moves in four round trips rather
-/// than sixteen. The kernel may grant less (`pipe-max-size`, per-user pipe
-/// limits); splicing works with any size.
-const PIPE_SIZE: libc::c_int = 256 * 1024;
-/// Pipes a worker keeps for reuse; more may be open while more transfers
-/// run, and are closed when they end.
-const FREE_PIPES_KEPT: usize = 16;
+/// The pipe size asked for: a 1 MiB body moves in eight round trips rather
+/// than sixteen. The kernel may grant less (`pipe-max-size`, and past
+/// `pipe-user-pages-soft` a user's new pipes get two pages); splicing
+/// works with any size.
+const PIPE_SIZE: libc::c_int = 128 * 1024;
+/// Pipes a worker keeps for reuse. A transfer holds a pipe only while
+/// bytes are in it (an idle tunnel holds none), so few are open at once.
+const FREE_PIPES_KEPT: usize = 8;
+/// The most bytes one [`OneWay::step`] moves before it lets the worker's
+/// other tasks run.
+const STEP_BUDGET: u64 = 1 << 20;
+/// The read that steps over what splice cannot (see [`OneWay::step`]).
+const STALL_READ: usize = 4096;
 
 thread_local! {
     static FREE_PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
@@ -198,6 +204,8 @@ pub(crate) enum Blocked {
     Read,
     /// The destination takes nothing more for now.
     Write,
+    /// Nothing: the step used its budget; let other tasks run first.
+    Turn,
     /// The transfer is over: its length moved, or the source ended (see
     /// [`OneWay::source_ended`]).
     Done,
@@ -213,7 +221,9 @@ pub(crate) enum End {
 }
 
 /// One direction of a splice transfer, from one socket to another, of at
-/// most `limit` bytes.
+/// most a given length.
+///
+/// It holds a pipe from the worker's free list only while bytes are in it.
 pub(crate) struct OneWay {
     pipe: Option<Pipe>,
     from: RawFd,
@@ -227,12 +237,15 @@ pub(crate) struct OneWay {
     /// The last read took less than it asked: the source is likely dry,
     /// so wait for it rather than make a call that would block.
     dry: bool,
+    /// The last step ended waiting for the source to be readable.
+    waited_for_read: bool,
     ended: bool,
 }
 
 impl OneWay {
     /// A transfer of at most `limit` bytes (`u64::MAX`: until the source
-    /// ends), with a pipe from the worker's free list.
+    /// ends). Fails when no pipe can be had (out of descriptors): the
+    /// caller then copies instead.
     pub(crate) fn new(from: RawFd, to: RawFd, limit: u64) -> io::Result<Self> {
         Ok(Self {
             pipe: Some(Pipe::take()?),
@@ -242,8 +255,14 @@ impl OneWay {
             in_pipe: 0,
             moved: 0,
             dry: false,
+            waited_for_read: false,
             ended: false,
         })
+    }
+
+    /// The source and destination sockets.
+    pub(crate) fn ends(&self) -> (RawFd, RawFd) {
+        (self.from, self.to)
     }
 
     /// Bytes written to the destination so far.
@@ -256,13 +275,19 @@ impl OneWay {
         self.ended
     }
 
-    /// Moves what can move without blocking; says what it waits for.
+    /// Moves what can move without blocking, up to a budget; says what it
+    /// waits for.
+    ///
+    /// When the source was reported readable and splice still finds
+    /// nothing, the data starts at TCP urgent data, which splice will not
+    /// pass (and poll keeps reporting): one plain read steps over it, as a
+    /// copying proxy would, so the transfer cannot spin.
     pub(crate) fn step(&mut self) -> Result<Blocked, (End, io::Error)> {
-        let Some(pipe) = &self.pipe else {
-            return Ok(Blocked::Done);
-        };
+        let after_wait = std::mem::take(&mut self.waited_for_read);
+        let budget_end = self.moved + STEP_BUDGET;
         loop {
             if self.in_pipe > 0 {
+                let pipe = self.pipe.as_ref().expect("a pipe holds the bytes");
                 match splice(pipe.read.as_raw_fd(), self.to, self.in_pipe)
                     .map_err(|e| (End::Destination, e))?
                 {
@@ -276,35 +301,101 @@ impl OneWay {
                 continue;
             }
             if self.remaining == 0 || self.ended {
+                self.release_pipe();
                 return Ok(Blocked::Done);
             }
-            if self.dry {
-                self.dry = false;
-                return Ok(Blocked::Read);
+            if self.moved >= budget_end {
+                return Ok(Blocked::Turn);
             }
+            if std::mem::take(&mut self.dry) {
+                return Ok(self.wait_for_read());
+            }
+            let pipe = match self.pipe.take() {
+                Some(pipe) => pipe,
+                None => Pipe::take().map_err(|e| (End::Source, e))?,
+            };
             let want = self.remaining.min(pipe.capacity as u64) as usize;
-            match splice(self.from, pipe.write.as_raw_fd(), want).map_err(|e| (End::Source, e))? {
+            let read = splice(self.from, pipe.write.as_raw_fd(), want);
+            let read = match read {
+                Ok(None) if after_wait => step_over(self.from, &pipe, want),
+                other => other,
+            };
+            self.pipe = Some(pipe);
+            match read.map_err(|e| (End::Source, e))? {
                 Some(0) => self.ended = true,
                 Some(n) => {
                     self.remaining -= n as u64;
                     self.in_pipe = n;
                     self.dry = n < want;
                 }
-                None => return Ok(Blocked::Read),
+                None => return Ok(self.wait_for_read()),
+            }
+        }
+    }
+
+    /// Gives the (empty) pipe back while the transfer waits for its source.
+    fn wait_for_read(&mut self) -> Blocked {
+        self.release_pipe();
+        self.waited_for_read = true;
+        Blocked::Read
+    }
+
+    fn release_pipe(&mut self) {
+        if self.in_pipe == 0 {
+            if let Some(pipe) = self.pipe.take() {
+                pipe.give();
             }
         }
     }
 }
 
+/// Reads up to 4 KiB with a plain `recv` (which steps over urgent data)
+/// and puts them into the empty pipe.
+fn step_over(from: RawFd, pipe: &Pipe, want: usize) -> io::Result<Option<usize>> {
+    let mut buf = [0u8; STALL_READ];
+    let len = want.min(STALL_READ);
+    // SAFETY: `buf` has room for `len` bytes.
+    let got = unsafe { libc::recv(from, buf.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+    if got < 0 {
+        let error = io::Error::last_os_error();
+        return if error.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(error)
+        };
+    }
+    let got = got as usize;
+    if got == 0 {
+        return Ok(Some(0));
+    }
+    // The pipe is empty and holds at least a page: the write is whole.
+    // SAFETY: `buf[..got]` is initialised.
+    let put = unsafe { libc::write(pipe.write.as_raw_fd(), buf.as_ptr().cast(), got) };
+    if put != got as isize {
+        return Err(io::Error::other("a pipe did not take a 4 KiB write"));
+    }
+    Ok(Some(got))
+}
+
 impl Drop for OneWay {
     fn drop(&mut self) {
         // A pipe that still holds bytes is closed with them.
-        if let Some(pipe) = self.pipe.take() {
-            if self.in_pipe == 0 {
-                pipe.give();
-            }
-        }
+        self.release_pipe();
     }
+}
+
+/// Lets the worker's other tasks run once: wakes itself and yields.
+pub(crate) async fn yield_turn() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -343,6 +434,7 @@ mod tests {
                 Blocked::Done => return,
                 Blocked::Read => wait(from, false),
                 Blocked::Write => wait(to, true),
+                Blocked::Turn => {}
             }
         }
     }

@@ -24,9 +24,8 @@ use monoio::{
 use ringway_core::{ConnCtx, Wait};
 
 use crate::{
-    engine::TunnelOptions,
     io::{read_some, write_all, GrowingReads},
-    splice::{shutdown_write, Blocked, NonBlocking, OneWay, SpliceSocket},
+    splice::{shutdown_write, yield_turn, Blocked, NonBlocking, OneWay, SpliceSocket},
 };
 
 /// Bytes moved each way by a finished tunnel.
@@ -65,16 +64,23 @@ where
     TunnelBytes { upstream, downstream }
 }
 
-/// Splices between two TCP sockets until both directions end.
+/// Splices between two TCP sockets until both directions end; copies
+/// when no pipes can be had (out of descriptors).
 pub(crate) async fn splice_tunnel(
     mut client: TcpStream,
     client_buf: BytesMut,
     mut upstream: TcpStream,
     upstream_buf: BytesMut,
-    options: TunnelOptions,
+    idle: Duration,
     conn: &ConnCtx,
 ) -> TunnelBytes {
-    let _armed = conn.upstream_deadline(Wait::Tunnel, options.idle, &upstream);
+    let (client_fd, upstream_fd) = (client.as_raw_fd(), upstream.as_raw_fd());
+    let ways = OneWay::new(client_fd, upstream_fd, u64::MAX)
+        .and_then(|up| Ok((up, OneWay::new(upstream_fd, client_fd, u64::MAX)?)));
+    let Ok((up_way, down_way)) = ways else {
+        return copy_tunnel(client, client_buf, upstream, upstream_buf, idle, conn).await;
+    };
+    let _armed = conn.upstream_deadline(Wait::Tunnel, idle, &upstream);
     let mut moved = TunnelBytes {
         upstream: client_buf.len() as u64,
         downstream: upstream_buf.len() as u64,
@@ -85,15 +91,14 @@ pub(crate) async fn splice_tunnel(
             return moved;
         }
     }
-    let (Ok(_client_nb), Ok(_upstream_nb)) = (
-        NonBlocking::set(client.as_raw_fd()),
-        NonBlocking::set(upstream.as_raw_fd()),
-    ) else {
+    let (Ok(_client_mode), Ok(_upstream_mode)) = (NonBlocking::set(client_fd), NonBlocking::set(upstream_fd))
+    else {
         return moved;
     };
-    let up = splice_one_way(&client, &upstream, conn);
-    let down = splice_one_way(&upstream, &client, conn);
+    let up = splice_one_way(up_way, &client, &upstream, conn);
+    let down = splice_one_way(down_way, &upstream, &client, conn);
     let (up, down) = monoio::join!(up, down);
+    conn.count_spliced(up + down);
     moved.upstream += up;
     moved.downstream += down;
     moved
@@ -101,11 +106,7 @@ pub(crate) async fn splice_tunnel(
 
 /// Splices one direction until its source ends or either socket fails
 /// (the tunnel's deadline shuts both down), then half-closes.
-async fn splice_one_way(from: &TcpStream, to: &TcpStream, conn: &ConnCtx) -> u64 {
-    let Ok(mut way) = OneWay::new(from.as_raw_fd(), to.as_raw_fd(), u64::MAX) else {
-        shutdown_write(to.as_raw_fd());
-        return 0;
-    };
+async fn splice_one_way(mut way: OneWay, from: &TcpStream, to: &TcpStream, conn: &ConnCtx) -> u64 {
     loop {
         let before = way.moved();
         let step = way.step();
@@ -116,6 +117,10 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream, conn: &ConnCtx) -> u64
         let ready = match step {
             Ok(Blocked::Read) => from.splice_ready(false).await,
             Ok(Blocked::Write) => to.splice_ready(true).await,
+            Ok(Blocked::Turn) => {
+                yield_turn().await;
+                Ok(())
+            }
             Ok(Blocked::Done) | Err(_) => break,
         };
         if ready.is_err() {

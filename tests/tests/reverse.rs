@@ -27,6 +27,9 @@ both_drivers!(
     refused_upstream_is_502,
     stalled_origin_is_504,
     upgrade_answered_101_becomes_a_tunnel,
+    upgrade_tunnel_copies_when_splice_is_off,
+    large_bodies_are_copied_when_splice_is_off,
+    request_pipelined_behind_a_large_body_is_answered,
     upgrade_answered_200_stays_http,
     graceful_shutdown_finishes_the_in_flight_request,
     ambiguous_requests_get_400_and_reach_no_upstream,
@@ -194,6 +197,59 @@ fn large_bodies_stream_both_ways(driver: DriverChoice) {
         1,
         "one upstream connection carried all three"
     );
+    // The Content-Length bodies (the first upload, both echoes) were
+    // spliced, but for the bytes read with their heads; the chunked upload
+    // was re-framed, so copied.
+    let spliced = spliced(&proxy);
+    let len = body.len() as u64;
+    assert!(
+        (3 * len * 9 / 10..=3 * len).contains(&spliced),
+        "spliced {spliced} bytes"
+    );
+}
+
+fn large_bodies_are_copied_when_splice_is_off(driver: DriverChoice) {
+    let origin = Origin::echo();
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.splice = false;
+    let proxy = setup.start();
+    let body = pattern(3 << 20, 5);
+    let mut c = proxy.client();
+    let mut request = format!(
+        "PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let mut writer = c.stream.try_clone().expect("clone");
+    let sender = thread::spawn(move || writer.write_all(&request).unwrap());
+    let r = c.response();
+    sender.join().unwrap();
+    assert!(r.body == body, "body changed in transit");
+    assert_eq!(spliced(&proxy), 0);
+}
+
+fn request_pipelined_behind_a_large_body_is_answered(driver: DriverChoice) {
+    let origin = Origin::start(|req| Reply::ok(format!("{} {} {}", req.method, req.target, req.body.len())));
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let body = pattern(2 << 20, 9);
+    let mut c = proxy.client();
+    // The body and the next request leave in one write: the splice must
+    // stop at the body's end and leave the next head to the parser.
+    let mut bytes = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut writer = c.stream.try_clone().expect("clone");
+    let sender = thread::spawn(move || writer.write_all(&bytes).unwrap());
+    assert_eq!(c.response().text(), format!("POST /upload {}", body.len()));
+    assert_eq!(c.response().text(), "GET /next 0");
+    sender.join().unwrap();
+    assert!(origin.seen()[0].body == body, "body changed in transit");
+    assert!(spliced(&proxy) > 0, "the body was spliced");
 }
 
 /// The head of a response announcing `len` body bytes, then `sent` of them.
@@ -410,6 +466,56 @@ fn echo_upgrade(mut stream: std::net::TcpStream) {
 fn upgrade_answered_101_becomes_a_tunnel(driver: DriverChoice) {
     let origin = Origin::start(|_| Reply::Raw(Box::new(echo_upgrade)));
     let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    check_upgrade_tunnel(&proxy, &origin);
+    assert!(
+        wait_until(|| spliced(&proxy) > 0),
+        "the tunnel between two TCP sockets spliced"
+    );
+}
+
+fn upgrade_tunnel_copies_when_splice_is_off(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::Raw(Box::new(echo_upgrade)));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.splice = false;
+    let proxy = setup.start();
+    check_upgrade_tunnel(&proxy, &origin);
+    assert_eq!(spliced(&proxy), 0);
+}
+
+/// Bytes the proxy's first worker moved with splice(2).
+fn spliced(proxy: &TestProxy) -> u64 {
+    proxy.handle().stats()[0].spliced_bytes.load(Ordering::Relaxed)
+}
+
+/// Whether `condition` holds within 5 s (counters are updated when a
+/// transfer's task finishes, just after its last bytes leave).
+fn wait_until(condition: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        if Instant::now() > until {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Sends `normal`, then one byte of TCP urgent data, then `after`.
+#[allow(unsafe_code)] // std cannot send urgent data (MSG_OOB)
+fn send_with_urgent_byte(stream: &std::net::TcpStream, normal: &[u8], after: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let mut s = stream;
+    s.write_all(normal).unwrap();
+    // SAFETY: a one-byte buffer on an open socket.
+    let sent = unsafe { libc::send(stream.as_raw_fd(), b"U".as_ptr().cast(), 1, libc::MSG_OOB) };
+    assert_eq!(sent, 1);
+    s.write_all(after).unwrap();
+}
+
+/// A WebSocket upgrade through `proxy` to the echoing `origin`: raw bytes
+/// both ways (urgent data stepped over, as by any TCP reader), then a
+/// half-close from the client that ends the tunnel.
+fn check_upgrade_tunnel(proxy: &TestProxy, origin: &Origin) {
     let mut c = proxy.client();
     c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     let r = c.read_response(true).unwrap();
@@ -425,6 +531,13 @@ fn upgrade_answered_101_becomes_a_tunnel(driver: DriverChoice) {
         c.stream.read_exact(&mut got).unwrap();
         assert_eq!(got, msg);
     }
+    // Urgent data is not part of the stream; the bytes around it pass (a
+    // splice stalls at the urgent mark, and must not spin there).
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    send_with_urgent_byte(&c.stream, b"before", b"after");
+    let mut got = vec![0u8; 11];
+    c.stream.read_exact(&mut got).unwrap();
+    assert_eq!(got, b"beforeafter");
     // Half-close: the client's end reaches the origin, which closes, which reaches us.
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(read_to_close(&mut c.stream, Duration::from_secs(5)).is_empty());
