@@ -107,6 +107,13 @@ fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    // No immediate ACK for a request: its response, which follows, carries
+    // the ACK. Without this a new connection, which starts in quick-ACK
+    // mode, sends one pure ACK segment per request (HAProxy does the same
+    // for HTTP listeners). Set after listen(), which resets it; accepted
+    // sockets inherit it. Bulk uploads still get an ACK for every second
+    // full segment.
+    socket.set_quickack(false)?;
     Ok(socket.into())
 }
 
@@ -124,6 +131,15 @@ mod tests {
         for worker in &sockets {
             assert_eq!(worker[0].local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn listeners_do_not_ack_requests_on_their_own() {
+        // listen() resets the ACK mode: it must be set after, or accepted
+        // connections send a pure ACK segment before every first response.
+        let spec = ListenerSpec::new("t", "127.0.0.1:0".parse().unwrap());
+        let (sockets, _) = bind_all(&[spec], 1).unwrap();
+        assert!(!socket2::SockRef::from(&sockets[0][0]).quickack().unwrap());
     }
 
     #[test]
