@@ -30,6 +30,10 @@ both_drivers!(
     upgrade_tunnel_copies_when_splice_is_off,
     large_bodies_are_copied_when_splice_is_off,
     request_pipelined_behind_a_large_body_is_answered,
+    slow_request_head_gets_408,
+    idle_keep_alive_connection_is_closed,
+    client_that_stops_sending_its_body_gets_408,
+    upstream_that_never_accepts_is_504,
     upgrade_answered_200_stays_http,
     graceful_shutdown_finishes_the_in_flight_request,
     ambiguous_requests_get_400_and_reach_no_upstream,
@@ -952,4 +956,79 @@ fn tunnel_to_a_client_that_stops_reading_is_closed(driver: DriverChoice) {
         1,
         "the tunnel's deadline ended it"
     );
+}
+
+/// The first worker's count of waits that reached their deadline.
+fn timeouts(proxy: &TestProxy) -> u64 {
+    proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed)
+}
+
+fn slow_request_head_gets_408(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.timeouts.client_head = Duration::from_millis(300);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    // Slowloris: a head that never ends.
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n");
+    let raw = read_to_close(&mut c.stream, Duration::from_secs(10));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(origin.seen().is_empty(), "nothing reached the origin");
+    assert_eq!(timeouts(&proxy), 1);
+}
+
+fn idle_keep_alive_connection_is_closed(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.timeouts.idle = Duration::from_millis(300);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    assert_eq!(c.get("/").status, 200);
+    // Quiet after its response: closed without a word.
+    assert!(read_to_close(&mut c.stream, Duration::from_secs(10)).is_empty());
+    assert_eq!(timeouts(&proxy), 1);
+}
+
+fn client_that_stops_sending_its_body_gets_408(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.settings.timeouts.client_io = Duration::from_millis(300);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nonly this");
+    let raw = read_to_close(&mut c.stream, Duration::from_secs(10));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(origin.seen().is_empty(), "the origin never got a whole request");
+    assert_eq!(timeouts(&proxy), 1);
+}
+
+fn upstream_that_never_accepts_is_504(driver: DriverChoice) {
+    // A listener whose accept queue is full: the kernel drops further
+    // SYNs, so a connect neither succeeds nor is refused.
+    let full = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = full.local_addr().unwrap();
+    // SAFETY: listen(2) on a socket this test owns, to shrink its queue.
+    #[allow(unsafe_code)]
+    let shrunk = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&full), 0) };
+    assert_eq!(shrunk, 0);
+    let mut queued = Vec::new();
+    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        queued.push(s);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let mut setup = ProxySetup::new(driver, &[addr]);
+    setup.settings.timeouts.connect = Duration::from_millis(300);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = c.get("/");
+    assert_eq!(r.status, 504);
 }
