@@ -34,6 +34,8 @@ both_drivers!(
     idle_keep_alive_connection_is_closed,
     client_that_stops_sending_its_body_gets_408,
     upstream_that_never_accepts_is_504,
+    pool_keeps_at_most_its_idle_limit,
+    pool_drops_connections_idle_past_their_timeout,
     upgrade_answered_200_stays_http,
     graceful_shutdown_finishes_the_in_flight_request,
     ambiguous_requests_get_400_and_reach_no_upstream,
@@ -1031,4 +1033,57 @@ fn upstream_that_never_accepts_is_504(driver: DriverChoice) {
     c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let r = c.get("/");
     assert_eq!(r.status, 504);
+}
+
+/// Sends `count` requests on as many client connections at once, against
+/// an origin that answers slowly, so that each needs its own upstream
+/// connection; all must answer 200.
+fn concurrent_requests(proxy: &TestProxy, count: usize) {
+    let clients: Vec<_> = (0..count)
+        .map(|_| {
+            let mut c = proxy.client();
+            c.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+            c
+        })
+        .collect();
+    for mut c in clients {
+        assert_eq!(c.response().status, 200);
+    }
+}
+
+fn pool_keeps_at_most_its_idle_limit(driver: DriverChoice) {
+    let origin = Origin::start(|_| {
+        thread::sleep(Duration::from_millis(200));
+        Reply::ok("x")
+    });
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.pool.max_idle_per_server = 1;
+    let proxy = setup.start();
+    concurrent_requests(&proxy, 3);
+    assert_eq!(
+        origin.connections(),
+        3,
+        "three requests at once, three connections"
+    );
+    // One of the three was kept; the next three at once reuse it and open two.
+    concurrent_requests(&proxy, 3);
+    assert_eq!(origin.connections(), 5);
+}
+
+fn pool_drops_connections_idle_past_their_timeout(driver: DriverChoice) {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    setup.pool.idle_timeout = Duration::from_millis(200);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(origin.connections(), 1, "reused while fresh");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(
+        origin.connections(),
+        2,
+        "a connection idle past the timeout is not reused"
+    );
 }
