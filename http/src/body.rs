@@ -168,32 +168,40 @@ impl BodyPath<'_> {
             match way.step() {
                 Ok(Blocked::Done) => return Ok(()),
                 Ok(Blocked::Turn) => yield_turn().await,
-                Ok(Blocked::Read) => {
-                    let (side, armed) = (self.from, self.arm(self.from, true));
-                    bounded!(
-                        armed,
-                        ErrorKind::ReadTimeout,
-                        side,
-                        "timed out waiting for body bytes",
-                        src.splice_ready(false),
-                    )?
-                    .map_err(io_error(side, "reading a body"))?;
-                }
-                Ok(Blocked::Write) => {
-                    let (side, armed) = (self.to, self.arm(self.to, false));
-                    bounded!(
-                        armed,
-                        ErrorKind::WriteTimeout,
-                        side,
-                        "timed out writing a body",
-                        dst.splice_ready(true),
-                    )?
-                    .map_err(io_error(side, "writing a body"))?;
-                }
+                Ok(Blocked::Read) => self.splice_wait(src, false).await?,
+                Ok(Blocked::Write) => self.splice_wait(dst, true).await?,
                 Err((End::Source, e)) => return Err(io_error(self.from, "reading a body")(e)),
                 Err((End::Destination, e)) => return Err(io_error(self.to, "writing a body")(e)),
             }
         }
+    }
+
+    /// Waits, within the step's deadline, until `socket` (the source, or
+    /// the destination when `write`) is ready for the splice to go on.
+    async fn splice_wait<T: SpliceSocket>(&self, socket: &T, write: bool) -> Result<()> {
+        let (side, kind, late, failed) = if write {
+            (
+                self.to,
+                ErrorKind::WriteTimeout,
+                "timed out writing a body",
+                "writing a body",
+            )
+        } else {
+            (
+                self.from,
+                ErrorKind::ReadTimeout,
+                "timed out waiting for body bytes",
+                "reading a body",
+            )
+        };
+        bounded!(
+            self.arm(side, !write),
+            kind,
+            side,
+            late,
+            socket.splice_ready(write)
+        )?
+        .map_err(io_error(side, failed))
     }
 
     fn closed_early(&self) -> Error {

@@ -299,16 +299,32 @@ fn large_close_delimited_response_reaches_an_http10_client(driver: DriverChoice)
 }
 
 fn large_response_to_a_client_that_stops_reading_times_out(driver: DriverChoice) {
+    flood_a_client_that_stops_reading(
+        driver,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n",
+        b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n",
+        |setup| setup.settings.timeouts.client_io = Duration::from_millis(400),
+    );
+}
+
+/// An origin answers `head` to `request`, then sends bytes until the proxy
+/// lets go of it; the client reads a megabyte of them, then nothing more.
+/// The proxy, set up by `configure`, must end both connections by a
+/// deadline.
+fn flood_a_client_that_stops_reading(
+    driver: DriverChoice,
+    head: &'static [u8],
+    request: &[u8],
+    configure: impl FnOnce(&mut ProxySetup),
+) {
     let (ended_tx, ended_rx) = std::sync::mpsc::channel::<u64>();
     let ended_tx = std::sync::Mutex::new(ended_tx);
     let origin = Origin::start(move |_| {
         let ended = ended_tx.lock().unwrap().clone();
         Reply::Raw(Box::new(move |mut s: std::net::TcpStream| {
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n")
-                .unwrap();
+            s.write_all(head).unwrap();
             let chunk = vec![b'z'; 64 * 1024];
             let mut sent = 0u64;
-            // Sends until the proxy gives up on the client.
             while s.write_all(&chunk).is_ok() {
                 sent += chunk.len() as u64;
             }
@@ -316,12 +332,12 @@ fn large_response_to_a_client_that_stops_reading_times_out(driver: DriverChoice)
         }))
     });
     let mut setup = ProxySetup::new(driver, &[origin.addr()]);
-    setup.settings.timeouts.client_io = Duration::from_millis(400);
+    configure(&mut setup);
     let proxy = setup.start();
     let mut c = proxy.client();
-    c.send(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(c.read_response(true).unwrap().status, 200);
-    // The body flows: a megabyte arrives...
+    c.send(request);
+    assert!(c.read_response(true).unwrap().status < 300);
+    // The bytes flow: a megabyte arrives...
     let mut got = c.take_buffered().len();
     let mut buf = vec![0u8; 64 * 1024];
     while got < 1 << 20 {
@@ -335,11 +351,7 @@ fn large_response_to_a_client_that_stops_reading_times_out(driver: DriverChoice)
         .recv_timeout(Duration::from_secs(10))
         .expect("the proxy closed the upstream of a client that stopped reading");
     assert!(sent >= 1 << 20);
-    assert_eq!(
-        proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed),
-        1,
-        "the client write deadline ended it"
-    );
+    assert_eq!(timeouts(&proxy), 1, "a deadline ended it");
 }
 
 fn upstream_connections_are_reused(driver: DriverChoice) {
@@ -916,47 +928,11 @@ fn idle_pooled_connection_closed_by_the_server_is_not_used(driver: DriverChoice)
 }
 
 fn tunnel_to_a_client_that_stops_reading_is_closed(driver: DriverChoice) {
-    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<u64>();
-    let ended_tx = std::sync::Mutex::new(ended_tx);
-    let origin = Origin::start(move |_| {
-        let ended = ended_tx.lock().unwrap().clone();
-        Reply::Raw(Box::new(move |mut s: std::net::TcpStream| {
-            s.write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            )
-            .unwrap();
-            let chunk = vec![b'w'; 64 * 1024];
-            let mut sent = 0u64;
-            // Floods until the proxy gives up on the tunnel.
-            while s.write_all(&chunk).is_ok() {
-                sent += chunk.len() as u64;
-            }
-            let _ = ended.send(sent);
-        }))
-    });
-    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
-    setup.settings.timeouts.tunnel_idle = Duration::from_millis(400);
-    let proxy = setup.start();
-    let mut c = proxy.client();
-    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-    assert_eq!(c.read_response(true).unwrap().status, 101);
-    // The tunnel works: a megabyte of the flood arrives...
-    let mut got = c.take_buffered().len();
-    let mut buf = vec![0u8; 64 * 1024];
-    while got < 1 << 20 {
-        let n = c.stream.read(&mut buf).unwrap();
-        assert!(n > 0 && buf[..n].iter().all(|&b| b == b'w'));
-        got += n;
-    }
-    // ...then the client reads nothing more.
-    let sent = ended_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the proxy closed the tunnel of a client that stopped reading");
-    assert!(sent >= 1 << 20);
-    assert_eq!(
-        proxy.handle().stats()[0].timeouts.load(Ordering::Relaxed),
-        1,
-        "the tunnel's deadline ended it"
+    flood_a_client_that_stops_reading(
+        driver,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        |setup| setup.settings.timeouts.tunnel_idle = Duration::from_millis(400),
     );
 }
 
