@@ -182,6 +182,9 @@ pub trait Handler: 'static {
 enum Outcome {
     KeepAlive,
     Close,
+    /// Close, but the client may still be sending a request body the proxy
+    /// did not read: linger first (see [`Engine::linger`]).
+    CloseUnread,
     Upgrade(UpstreamConn),
 }
 
@@ -311,6 +314,10 @@ impl<H: Handler> Engine<H> {
             match outcome {
                 Outcome::KeepAlive => {}
                 Outcome::Close => return,
+                Outcome::CloseUnread => {
+                    self.linger(&mut io, &mut st.rbuf, conn).await;
+                    return;
+                }
                 Outcome::Upgrade(up) => {
                     let UpstreamConn {
                         stream, rbuf, addr, ..
@@ -345,6 +352,38 @@ impl<H: Handler> Engine<H> {
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Closes a connection whose client may still be sending a request
+    /// body that was not read, as nginx's lingering close does: the
+    /// sending side is shut, then whatever arrives is read and dropped
+    /// until the client closes, is quiet for 5 s, or 30 s have passed.
+    /// Closing at once would make the client's kernel answer its next
+    /// bytes with a reset, which can destroy the response before the
+    /// client has read it.
+    async fn linger<S: ClientStream>(&self, io: &mut S, rbuf: &mut BytesMut, conn: &ConnCtx) {
+        const QUIET: Duration = Duration::from_secs(5);
+        const TOTAL: Duration = Duration::from_secs(30);
+        let size = self.settings.buffer_size;
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let until = Instant::now() + TOTAL;
+        if rbuf.capacity() == 0 {
+            *rbuf = buffers::take_read(size);
+        }
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || conn.is_draining() {
+                return;
+            }
+            rbuf.clear();
+            let armed = conn.deadline(Wait::ClientRead, QUIET.min(left));
+            let read = read_some(io, rbuf, size).await;
+            if armed.finish() || !matches!(read, Ok(n) if n > 0) {
+                return;
             }
         }
     }
@@ -437,7 +476,8 @@ impl<H: Handler> Engine<H> {
             Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
             Route::Reply(reply) => {
                 // An unread request body leaves the connection unusable.
-                let close = st.req.wants_close() || conn.is_draining() || st.req.body() != BodyFraming::None;
+                let unread = st.req.body() != BodyFraming::None;
+                let close = st.req.wants_close() || conn.is_draining() || unread;
                 st.wbuf.clear();
                 local_response(
                     &mut st.wbuf,
@@ -447,10 +487,11 @@ impl<H: Handler> Engine<H> {
                     self.settings.proxy_headers.via,
                 );
                 let sent = self.write_client(io, &mut st.wbuf, conn).await;
-                let outcome = if close || sent.is_err() {
-                    Outcome::Close
-                } else {
-                    Outcome::KeepAlive
+                let outcome = match (close, sent.is_ok()) {
+                    (_, false) => Outcome::Close,
+                    (true, true) if unread => Outcome::CloseUnread,
+                    (true, true) => Outcome::Close,
+                    (false, true) => Outcome::KeepAlive,
                 };
                 return (outcome, reply.status);
             }
@@ -526,6 +567,8 @@ impl<H: Handler> Engine<H> {
         };
         let retryable = body_in_head && req.method().is_idempotent();
         let mut retried = false;
+        // The upstream answered before taking the whole request body.
+        let mut body_cut = false;
         loop {
             let sent = bounded!(
                 conn.upstream_deadline(Wait::Upstream, t.upstream_response, &up.stream),
@@ -570,9 +613,24 @@ impl<H: Handler> Engine<H> {
                 } else {
                     OutFraming::Raw
                 };
-                Box::pin(path.relay(io, rbuf, &mut up.stream, scratch, framing, out))
-                    .await
-                    .map_err(Failure::before)?;
+                let relayed = Box::pin(path.relay(io, rbuf, &mut up.stream, scratch, framing, out)).await;
+                if let Err(e) = relayed {
+                    // The upstream stopped taking the body. It may have
+                    // answered early (401, 413) and closed: that answer,
+                    // when one came, is the client's, and the client
+                    // connection closes after it (its body was not all
+                    // read). Without one, the failure stands.
+                    if e.side() != Side::Upstream {
+                        return Err(Failure::before(e));
+                    }
+                    match self.read_response_head(&mut up, resp, conn).await {
+                        Ok(()) if resp.status() >= 200 => {
+                            body_cut = true;
+                            break;
+                        }
+                        _ => return Err(Failure::before(e)),
+                    }
+                }
             }
             match self.read_response_head(&mut up, resp, conn).await {
                 Ok(()) => break,
@@ -640,8 +698,8 @@ impl<H: Handler> Engine<H> {
 
         let status = resp.status();
         let input = resp.body(req.method());
-        let upstream_reusable = resp.keeps_alive() && input != BodyFraming::UntilClose;
-        let mut close = req.wants_close() || conn.is_draining();
+        let upstream_reusable = resp.keeps_alive() && input != BodyFraming::UntilClose && !body_cut;
+        let mut close = req.wants_close() || conn.is_draining() || body_cut;
         let (output, out) = match input {
             BodyFraming::None => (BodyFraming::None, OutFraming::Raw),
             BodyFraming::Length(n) => (BodyFraming::Length(n), OutFraming::Raw),
@@ -717,7 +775,12 @@ impl<H: Handler> Engine<H> {
         if upstream_reusable {
             self.pool.put(up, s.buffer_size);
         }
-        Ok((if close { Outcome::Close } else { Outcome::KeepAlive }, status))
+        let outcome = match (close, body_cut) {
+            (_, true) => Outcome::CloseUnread,
+            (true, false) => Outcome::Close,
+            (false, false) => Outcome::KeepAlive,
+        };
+        Ok((outcome, status))
     }
 
     async fn reconnect(&self, addr: SocketAddr) -> std::result::Result<UpstreamConn, Failure> {

@@ -36,6 +36,7 @@ both_drivers!(
     upstream_that_never_accepts_is_504,
     pool_keeps_at_most_its_idle_limit,
     pool_drops_connections_idle_past_their_timeout,
+    early_answer_to_an_upload_reaches_the_client,
     upgrade_answered_200_stays_http,
     graceful_shutdown_finishes_the_in_flight_request,
     ambiguous_requests_get_400_and_reach_no_upstream,
@@ -1062,4 +1063,50 @@ fn pool_drops_connections_idle_past_their_timeout(driver: DriverChoice) {
         2,
         "a connection idle past the timeout is not reused"
     );
+}
+
+fn early_answer_to_an_upload_reaches_the_client(driver: DriverChoice) {
+    // The origin refuses the upload after its head and closes at once,
+    // leaving the body unread (its kernel resets the connection).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    let origin = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        s.write_all(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
+        )
+        .unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let proxy = TestProxy::reverse(driver, &[origin_addr]);
+    let mut c = proxy.client();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = pattern(8 << 20, 1);
+    c.send(
+        format!(
+            "PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response(true).unwrap().status, 100);
+    let mut writer = c.stream.try_clone().expect("clone");
+    // The proxy stops reading the body; the rest of it may not go out.
+    let sender = thread::spawn(move || {
+        let _ = writer.write_all(&body);
+    });
+    let r = c.response();
+    assert_eq!(r.status, 413, "the origin's answer, not a 502");
+    assert_eq!(r.body, b"too big\n");
+    assert_eq!(r.header("connection"), Some("close"));
+    // The connection closes: what is left of the body is not a request.
+    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+    let _ = read_to_close(&mut c.stream, Duration::from_secs(10));
+    sender.join().unwrap();
+    assert!(origin.join().unwrap().starts_with("PUT /up HTTP/1.1\r\n"));
 }
