@@ -4,7 +4,8 @@
 //! Order of answers: the configuration's static `hosts`, then `/etc/hosts`,
 //! then the cache, then the DNS servers (A and AAAA queries sent together
 //! from a fresh socket with a random ID, each server tried in turn within
-//! the timeout). Positive answers are cached for their smallest TTL and
+//! the timeout; an answer truncated over UDP is asked again over TCP, as
+//! RFC 7766 says, since it may lack addresses). Positive answers are cached for their smallest TTL and
 //! negative ones (NXDOMAIN, or no address) for the SOA's negative TTL, both
 //! capped by `cache_ttl`. Each worker owns its [`Resolver`] and its cache:
 //! no lock on the request path.
@@ -20,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monoio::net::udp::UdpSocket;
+use monoio::{
+    io::{AsyncReadRentExt, AsyncWriteRentExt},
+    net::{udp::UdpSocket, TcpStream},
+};
 
 use crate::error::{Error, ErrorKind, Result, Side};
 
@@ -242,6 +246,7 @@ impl Resolver {
         };
         let mut pending = [true, true];
         let mut failed = [false, false];
+        let mut truncated = [false, false];
         let mut nxdomain = false;
         let mut buf = vec![0u8; EDNS_PAYLOAD as usize];
         while pending.iter().any(|&p| p) {
@@ -259,21 +264,23 @@ impl Resolver {
             }
             pending[slot] = false;
             match parsed.rcode {
-                // A truncated answer may lack addresses: not trusted.
-                RCODE_OK if parsed.truncated => failed[slot] = true,
-                RCODE_OK => {}
+                // A truncated answer may lack addresses: asked again over TCP.
+                RCODE_OK if parsed.truncated => truncated[slot] = true,
+                RCODE_OK => self.add_addresses(&mut answer, slot, parsed),
                 RCODE_NXDOMAIN => nxdomain = true,
                 _ => failed[slot] = true,
             }
-            if failed[slot] {
+        }
+        for slot in 0..2 {
+            if !truncated[slot] {
                 continue;
             }
-            answer.ttl = answer.ttl.min(parsed.ttl.unwrap_or(self.config.negative_ttl));
-            // A records first: IPv4 is tried before IPv6.
-            if slot == 0 {
-                answer.addrs.splice(0..0, parsed.addrs);
-            } else {
-                answer.addrs.extend(parsed.addrs);
+            match self.query_tcp(server, name, qtypes[slot]).await {
+                Ok(parsed) if parsed.rcode == RCODE_OK && !parsed.truncated => {
+                    self.add_addresses(&mut answer, slot, parsed)
+                }
+                Ok(parsed) if parsed.rcode == RCODE_NXDOMAIN => nxdomain = true,
+                _ => failed[slot] = true,
             }
         }
         // One family failing (a server refusing AAAA, say) leaves the other's
@@ -290,6 +297,50 @@ impl Resolver {
         }
         answer.addrs.truncate(MAX_ADDRESSES);
         Ok(answer)
+    }
+
+    /// Adds one query's addresses (`slot` 0: A, 1: AAAA) to `answer`.
+    fn add_addresses(&self, answer: &mut Answer, slot: usize, parsed: Parsed) {
+        answer.ttl = answer.ttl.min(parsed.ttl.unwrap_or(self.config.negative_ttl));
+        // A records first: IPv4 is tried before IPv6.
+        if slot == 0 {
+            answer.addrs.splice(0..0, parsed.addrs);
+        } else {
+            answer.addrs.extend(parsed.addrs);
+        }
+    }
+
+    /// One query over TCP (two-byte length, then the message), for an
+    /// answer that did not fit in UDP.
+    async fn query_tcp(&self, server: SocketAddr, name: &str, qtype: u16) -> Result<Parsed> {
+        let fail = |context: &'static str| {
+            move |e: io::Error| Error::new(ErrorKind::ConnectFailed, Side::Upstream, context).with_cause(e)
+        };
+        let mut stream = TcpStream::connect_addr(server)
+            .await
+            .map_err(fail("connecting to a DNS server over TCP"))?;
+        let id = self.random_u16();
+        let query = encode_query(id, name, qtype);
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&query);
+        let (sent, _) = stream.write_all(framed).await;
+        sent.map_err(fail("sending a DNS query over TCP"))?;
+        let len = stream
+            .read_u16()
+            .await
+            .map_err(fail("receiving a DNS answer over TCP"))?;
+        let (got, msg) = stream.read_exact(vec![0u8; usize::from(len)]).await;
+        got.map_err(fail("receiving a DNS answer over TCP"))?;
+        parse_response(&msg, name)
+            .filter(|parsed| parsed.id == id && parsed.qtype == qtype)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ConnectFailed,
+                    Side::Upstream,
+                    "malformed DNS answer over TCP",
+                )
+            })
     }
 }
 
@@ -511,7 +562,10 @@ fn parse_response(msg: &[u8], qname: &str) -> Option<Parsed> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::UdpSocket as StdUdp;
+    use std::{
+        io::{Read, Write},
+        net::UdpSocket as StdUdp,
+    };
 
     use super::*;
 
@@ -685,13 +739,62 @@ mod tests {
         let resolver = Resolver::new(config(vec![server]));
         assert!(
             block_on(resolver.resolve("big.test")).is_err(),
-            "truncated: failure, not an answer"
+            "truncated, and no TCP server to ask: failure, not an answer"
         );
         let query = encode_query(1, "x.test", TYPE_A);
         assert_eq!(
             &query[query.len() - 11..query.len() - 8],
             &[0, 0, 41],
             "EDNS0 OPT record sent"
+        );
+    }
+
+    #[test]
+    fn truncated_answers_are_asked_again_over_tcp() {
+        // Over UDP: a truncated A answer holding one of the three addresses.
+        let udp_answer = |qtype, q: &[u8]| {
+            Some(match qtype {
+                TYPE_A => {
+                    let mut r = respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 1])]);
+                    r[2] |= 0x02; // TC
+                    r
+                }
+                _ => respond(q, 0, &[]),
+            })
+        };
+        // Over TCP, on the same port (tried again while a TCP socket holds
+        // the port the UDP one got): the whole answer.
+        let (server, tcp) = (0..20)
+            .find_map(|_| {
+                let (server, _) = fake_server(udp_answer);
+                std::net::TcpListener::bind(server).ok().map(|tcp| (server, tcp))
+            })
+            .expect("a port free for both UDP and TCP");
+        let asked = std::thread::spawn(move || {
+            let (mut s, _) = tcp.accept().unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).unwrap();
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut query).unwrap();
+            let all: Vec<_> = (1..=3).map(|i| (TYPE_A, 60, vec![127, 0, 0, i])).collect();
+            let reply = respond(&query, 0, &all);
+            s.write_all(&(reply.len() as u16).to_be_bytes()).unwrap();
+            s.write_all(&reply).unwrap();
+            qtype_of(&query)
+        });
+        let resolver = Resolver::new(config(vec![server]));
+        assert_eq!(
+            &*block_on(resolver.resolve("many.test")).unwrap(),
+            &[
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([127, 0, 0, 2]),
+                IpAddr::from([127, 0, 0, 3])
+            ]
+        );
+        assert_eq!(
+            asked.join().unwrap(),
+            TYPE_A,
+            "only the truncated query went over TCP"
         );
     }
 
