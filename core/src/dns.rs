@@ -199,23 +199,64 @@ impl Resolver {
             "no DNS server configured",
         );
         for &server in &self.config.servers {
-            let query = self.query_one(server, name);
-            match monoio::time::timeout(self.config.timeout, query).await {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) => last = e,
-                Err(_) => {
-                    last = Error::new(
-                        ErrorKind::ConnectTimeout,
-                        Side::Upstream,
-                        "DNS server did not answer in time",
-                    )
-                }
+            match self.query_one(server, name).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = e,
             }
         }
         Err(last)
     }
 
+    /// Asks `server` for A and AAAA over UDP, then over TCP for an answer
+    /// that came truncated; each within the timeout.
     async fn query_one(&self, server: SocketAddr, name: &str) -> Result<Answer> {
+        let udp = monoio::time::timeout(self.config.timeout, self.query_udp(server, name)).await;
+        let Ok(udp) = udp else {
+            return Err(Error::new(
+                ErrorKind::ConnectTimeout,
+                Side::Upstream,
+                "DNS server did not answer in time",
+            ));
+        };
+        let Queried {
+            mut answer,
+            mut failed,
+            truncated,
+            mut nxdomain,
+        } = udp?;
+        for slot in 0..2 {
+            if !truncated[slot] {
+                continue;
+            }
+            // A server that cannot be reached over TCP fails this query
+            // only: the other family's answer stands.
+            let tcp = self.query_tcp(server, name, QTYPES[slot]);
+            match monoio::time::timeout(self.config.timeout, tcp).await {
+                Ok(Ok(parsed)) if parsed.rcode == RCODE_OK && !parsed.truncated => {
+                    self.add_addresses(&mut answer, slot, parsed)
+                }
+                Ok(Ok(parsed)) if parsed.rcode == RCODE_NXDOMAIN => nxdomain = true,
+                _ => failed[slot] = true,
+            }
+        }
+        // One family failing (a server refusing AAAA, say) leaves the other's
+        // addresses usable; both failing is a failure, not "no address".
+        if failed == [true, true] || (answer.addrs.is_empty() && failed.contains(&true) && !nxdomain) {
+            return Err(Error::new(
+                ErrorKind::ConnectFailed,
+                Side::Upstream,
+                "DNS server failed to answer",
+            ));
+        }
+        if nxdomain {
+            answer.addrs.clear();
+        }
+        answer.addrs.truncate(MAX_ADDRESSES);
+        Ok(answer)
+    }
+
+    /// The UDP exchange of [`Resolver::query_one`].
+    async fn query_udp(&self, server: SocketAddr, name: &str) -> Result<Queried> {
         let fail = |context: &'static str| {
             move |e: io::Error| Error::new(ErrorKind::ConnectFailed, Side::Upstream, context).with_cause(e)
         };
@@ -235,7 +276,7 @@ impl Resolver {
             second = self.random_u16();
         }
         let ids = [first, second];
-        let qtypes = [TYPE_A, TYPE_AAAA];
+        let qtypes = QTYPES;
         for (id, qtype) in ids.iter().zip(qtypes) {
             let (sent, _) = socket.send(encode_query(*id, name, qtype)).await;
             sent.map_err(fail("sending a DNS query"))?;
@@ -271,32 +312,12 @@ impl Resolver {
                 _ => failed[slot] = true,
             }
         }
-        for slot in 0..2 {
-            if !truncated[slot] {
-                continue;
-            }
-            match self.query_tcp(server, name, qtypes[slot]).await {
-                Ok(parsed) if parsed.rcode == RCODE_OK && !parsed.truncated => {
-                    self.add_addresses(&mut answer, slot, parsed)
-                }
-                Ok(parsed) if parsed.rcode == RCODE_NXDOMAIN => nxdomain = true,
-                _ => failed[slot] = true,
-            }
-        }
-        // One family failing (a server refusing AAAA, say) leaves the other's
-        // addresses usable; both failing is a failure, not "no address".
-        if failed == [true, true] || (answer.addrs.is_empty() && failed.contains(&true) && !nxdomain) {
-            return Err(Error::new(
-                ErrorKind::ConnectFailed,
-                Side::Upstream,
-                "DNS server failed to answer",
-            ));
-        }
-        if nxdomain {
-            answer.addrs.clear();
-        }
-        answer.addrs.truncate(MAX_ADDRESSES);
-        Ok(answer)
+        Ok(Queried {
+            answer,
+            failed,
+            truncated,
+            nxdomain,
+        })
     }
 
     /// Adds one query's addresses (`slot` 0: A, 1: AAAA) to `answer`.
@@ -342,6 +363,17 @@ impl Resolver {
                 )
             })
     }
+}
+
+/// The two queries of a lookup, A then AAAA.
+const QTYPES: [u16; 2] = [TYPE_A, TYPE_AAAA];
+
+/// What the UDP exchange learned, per query (A, AAAA).
+struct Queried {
+    answer: Answer,
+    failed: [bool; 2],
+    truncated: [bool; 2],
+    nxdomain: bool,
 }
 
 fn no_address(name: &str) -> Error {
@@ -795,6 +827,38 @@ mod tests {
             asked.join().unwrap(),
             TYPE_A,
             "only the truncated query went over TCP"
+        );
+    }
+
+    #[test]
+    fn a_tcp_server_that_never_answers_fails_only_the_truncated_query() {
+        let udp_answer = |qtype, q: &[u8]| {
+            Some(match qtype {
+                TYPE_A => {
+                    let mut r = respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 1])]);
+                    r[2] |= 0x02; // TC
+                    r
+                }
+                _ => respond(q, 0, &[(TYPE_AAAA, 60, Ipv6Addr::LOCALHOST.octets().to_vec())]),
+            })
+        };
+        // Accepts over TCP, then says nothing.
+        let (server, tcp) = (0..20)
+            .find_map(|_| {
+                let (server, _) = fake_server(udp_answer);
+                std::net::TcpListener::bind(server).ok().map(|tcp| (server, tcp))
+            })
+            .expect("a port free for both UDP and TCP");
+        let _silent = std::thread::spawn(move || {
+            let held = tcp.accept();
+            std::thread::sleep(Duration::from_secs(2));
+            drop(held);
+        });
+        let resolver = Resolver::new(config(vec![server]));
+        assert_eq!(
+            &*block_on(resolver.resolve("v6.test")).unwrap(),
+            &[IpAddr::from(Ipv6Addr::LOCALHOST)],
+            "the AAAA answer stands"
         );
     }
 

@@ -124,6 +124,10 @@ pub enum Wait {
     Upstream,
     /// A tunnel with no traffic either way. Expiry shuts both sockets down.
     Tunnel,
+    /// A closing connection's wait for the client to stop sending a body
+    /// that was not read. Expiry shuts the read side, and is not counted
+    /// as a timeout: ending the wait is the plan.
+    Linger,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -232,9 +236,11 @@ impl WorkerState {
             }
             conn.armed = None;
             conn.expired = Some(armed.wait);
-            WorkerStats::bump(&self.stats.timeouts);
+            if armed.wait != Wait::Linger {
+                WorkerStats::bump(&self.stats.timeouts);
+            }
             match armed.wait {
-                Wait::ClientRead => shutdown_socket(conn.fd, libc::SHUT_RD),
+                Wait::ClientRead | Wait::Linger => shutdown_socket(conn.fd, libc::SHUT_RD),
                 Wait::ClientWrite => shutdown_socket(conn.fd, libc::SHUT_RDWR),
                 Wait::Upstream | Wait::Tunnel => {
                     if conn.upstream_fd >= 0 {

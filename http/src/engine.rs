@@ -315,7 +315,7 @@ impl<H: Handler> Engine<H> {
                 Outcome::KeepAlive => {}
                 Outcome::Close => return,
                 Outcome::CloseUnread => {
-                    self.linger(&mut io, &mut st.rbuf, conn).await;
+                    self.linger(&mut io, &mut st, conn).await;
                     return;
                 }
                 Outcome::Upgrade(up) => {
@@ -362,30 +362,32 @@ impl<H: Handler> Engine<H> {
     /// until the client closes, is quiet for 5 s, or 30 s have passed.
     /// Closing at once would make the client's kernel answer its next
     /// bytes with a reset, which can destroy the response before the
-    /// client has read it.
-    async fn linger<S: ClientStream>(&self, io: &mut S, rbuf: &mut BytesMut, conn: &ConnCtx) {
+    /// client has read it. The connection's buffers are given back first
+    /// (it reads into 4 KiB), and it counts as idle: a drain ends it at
+    /// once.
+    async fn linger<S: ClientStream>(&self, io: &mut S, st: &mut ConnBuffers, conn: &ConnCtx) {
         const QUIET: Duration = Duration::from_secs(5);
         const TOTAL: Duration = Duration::from_secs(30);
-        let size = self.settings.buffer_size;
-        if io.shutdown().await.is_err() {
+        const SINK: usize = 4096;
+        st.release_buffers();
+        if io.shutdown().await.is_err() || !conn.set_idle(true) {
             return;
         }
         let until = Instant::now() + TOTAL;
-        if rbuf.capacity() == 0 {
-            *rbuf = buffers::take_read(size);
-        }
+        let mut sink = BytesMut::with_capacity(SINK);
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || conn.is_draining() {
-                return;
+            if left.is_zero() {
+                break;
             }
-            rbuf.clear();
-            let armed = conn.deadline(Wait::ClientRead, QUIET.min(left));
-            let read = read_some(io, rbuf, size).await;
-            if armed.finish() || !matches!(read, Ok(n) if n > 0) {
-                return;
+            sink.clear();
+            let armed = conn.deadline(Wait::Linger, QUIET.min(left));
+            let read = read_some(io, &mut sink, SINK).await;
+            if armed.finish() || conn.is_draining() || !matches!(read, Ok(n) if n > 0) {
+                break;
             }
         }
+        conn.set_idle(false);
     }
 
     /// Reads and parses the next request head. `Ok(false)`: the connection
@@ -476,7 +478,16 @@ impl<H: Handler> Engine<H> {
             Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
             Route::Reply(reply) => {
                 // An unread request body leaves the connection unusable.
-                let unread = st.req.body() != BodyFraming::None;
+                // A body that is all here is dropped; one still arriving
+                // leaves the connection unusable.
+                let unread = match st.req.body() {
+                    BodyFraming::None => false,
+                    BodyFraming::Length(n) if st.rbuf.len() as u64 >= n => {
+                        st.rbuf.advance(n as usize);
+                        false
+                    }
+                    _ => true,
+                };
                 let close = st.req.wants_close() || conn.is_draining() || unread;
                 st.wbuf.clear();
                 local_response(
@@ -505,7 +516,16 @@ impl<H: Handler> Engine<H> {
                     self.send_error(io, &mut st.wbuf, &failure.error, conn).await
                 };
                 self.log_failure(client, &st.req, status, &failure.error);
-                (Outcome::Close, status)
+                // The client may still be sending the request's body.
+                let unread = status != 0 && st.req.body() != BodyFraming::None;
+                (
+                    if unread {
+                        Outcome::CloseUnread
+                    } else {
+                        Outcome::Close
+                    },
+                    status,
+                )
             }
         }
     }
@@ -623,13 +643,11 @@ impl<H: Handler> Engine<H> {
                     if e.side() != Side::Upstream {
                         return Err(Failure::before(e));
                     }
-                    match self.read_response_head(&mut up, resp, conn).await {
-                        Ok(()) if resp.status() >= 200 => {
-                            body_cut = true;
-                            break;
-                        }
-                        _ => return Err(Failure::before(e)),
+                    if self.read_final_head(&mut up, resp, conn).await.is_err() {
+                        return Err(Failure::before(e));
                     }
+                    body_cut = true;
+                    break;
                 }
             }
             match self.read_response_head(&mut up, resp, conn).await {
@@ -819,6 +837,31 @@ impl<H: Handler> Engine<H> {
             .await
             .map_err(Failure::after)?;
         Ok((Outcome::Upgrade(up), 200))
+    }
+
+    /// Reads response heads until a final one (interim 1xx answers are
+    /// dropped; a 101 is not final and fails).
+    async fn read_final_head(
+        &self,
+        up: &mut UpstreamConn,
+        resp: &mut ResponseHead,
+        conn: &ConnCtx,
+    ) -> Result<()> {
+        loop {
+            resp.clear();
+            self.read_response_head(up, resp, conn).await?;
+            match resp.status() {
+                101 => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidHttp,
+                        Side::Upstream,
+                        "101 in answer to an unfinished request",
+                    ))
+                }
+                100..=199 => {}
+                _ => return Ok(()),
+            }
+        }
     }
 
     async fn read_response_head(

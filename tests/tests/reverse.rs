@@ -37,6 +37,7 @@ both_drivers!(
     pool_keeps_at_most_its_idle_limit,
     pool_drops_connections_idle_past_their_timeout,
     early_answer_to_an_upload_reaches_the_client,
+    early_answer_after_a_100_reaches_the_client,
     upgrade_answered_200_stays_http,
     graceful_shutdown_finishes_the_in_flight_request,
     ambiguous_requests_get_400_and_reach_no_upstream,
@@ -1066,8 +1067,18 @@ fn pool_drops_connections_idle_past_their_timeout(driver: DriverChoice) {
 }
 
 fn early_answer_to_an_upload_reaches_the_client(driver: DriverChoice) {
-    // The origin refuses the upload after its head and closes at once,
-    // leaving the body unread (its kernel resets the connection).
+    early_answer_reaches_the_client(driver, b"");
+}
+
+fn early_answer_after_a_100_reaches_the_client(driver: DriverChoice) {
+    early_answer_reaches_the_client(driver, b"HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+/// The origin sends `interim`, then refuses the upload after its head and
+/// closes at once, leaving the body unread (its kernel resets the
+/// connection). The client gets the refusal, not a 502, and a lingering
+/// close rather than a reset.
+fn early_answer_reaches_the_client(driver: DriverChoice, interim: &'static [u8]) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin_addr = listener.local_addr().unwrap();
     let origin = thread::spawn(move || {
