@@ -643,7 +643,8 @@ impl<H: Handler> Engine<H> {
                     if e.side() != Side::Upstream {
                         return Err(Failure::before(e));
                     }
-                    if self.read_final_head(&mut up, resp, conn).await.is_err() {
+                    // Interim answers before it (a 100) are dealt with below.
+                    if self.read_response_head(&mut up, resp, conn).await.is_err() {
                         return Err(Failure::before(e));
                     }
                     body_cut = true;
@@ -837,31 +838,6 @@ impl<H: Handler> Engine<H> {
             .await
             .map_err(Failure::after)?;
         Ok((Outcome::Upgrade(up), 200))
-    }
-
-    /// Reads response heads until a final one (interim 1xx answers are
-    /// dropped; a 101 is not final and fails).
-    async fn read_final_head(
-        &self,
-        up: &mut UpstreamConn,
-        resp: &mut ResponseHead,
-        conn: &ConnCtx,
-    ) -> Result<()> {
-        loop {
-            resp.clear();
-            self.read_response_head(up, resp, conn).await?;
-            match resp.status() {
-                101 => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidHttp,
-                        Side::Upstream,
-                        "101 in answer to an unfinished request",
-                    ))
-                }
-                100..=199 => {}
-                _ => return Ok(()),
-            }
-        }
     }
 
     async fn read_response_head(

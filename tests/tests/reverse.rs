@@ -1088,10 +1088,11 @@ fn early_answer_reaches_the_client(driver: DriverChoice, interim: &'static [u8])
         while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
             head.push(byte[0]);
         }
-        s.write_all(
+        let mut answer = interim.to_vec();
+        answer.extend_from_slice(
             b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
-        )
-        .unwrap();
+        );
+        s.write_all(&answer).unwrap();
         String::from_utf8_lossy(&head).into_owned()
     });
     let proxy = TestProxy::reverse(driver, &[origin_addr]);
