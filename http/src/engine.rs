@@ -314,10 +314,7 @@ impl<H: Handler> Engine<H> {
             match outcome {
                 Outcome::KeepAlive => {}
                 Outcome::Close => return,
-                Outcome::CloseUnread => {
-                    self.linger(&mut io, &mut st, conn).await;
-                    return;
-                }
+                Outcome::CloseUnread => break,
                 Outcome::Upgrade(up) => {
                     let UpstreamConn {
                         stream, rbuf, addr, ..
@@ -354,6 +351,11 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
+        // Lingering starts with the connection's buffers given back; it is
+        // boxed, and comes after the loop with nothing else alive: as a
+        // step of the loop it made every connection's task 150 bytes larger.
+        drop(st);
+        Box::pin(self.linger(&mut io, conn)).await;
     }
 
     /// Closes a connection whose client may still be sending a request
@@ -362,14 +364,13 @@ impl<H: Handler> Engine<H> {
     /// until the client closes, is quiet for 5 s, or 30 s have passed.
     /// Closing at once would make the client's kernel answer its next
     /// bytes with a reset, which can destroy the response before the
-    /// client has read it. The connection's buffers are given back first
-    /// (it reads into 4 KiB), and it counts as idle: a drain ends it at
-    /// once.
-    async fn linger<S: ClientStream>(&self, io: &mut S, st: &mut ConnBuffers, conn: &ConnCtx) {
+    /// client has read it. The connection's buffers are given back by
+    /// then (it reads into 4 KiB), and it counts as idle: a drain ends it
+    /// at once.
+    async fn linger<S: ClientStream>(&self, io: &mut S, conn: &ConnCtx) {
         const QUIET: Duration = Duration::from_secs(5);
         const TOTAL: Duration = Duration::from_secs(30);
         const SINK: usize = 4096;
-        st.release_buffers();
         if io.shutdown().await.is_err() || !conn.set_idle(true) {
             return;
         }
@@ -633,21 +634,10 @@ impl<H: Handler> Engine<H> {
                 } else {
                     OutFraming::Raw
                 };
-                let relayed = Box::pin(path.relay(io, rbuf, &mut up.stream, scratch, framing, out)).await;
-                if let Err(e) = relayed {
-                    // The upstream stopped taking the body. It may have
-                    // answered early (401, 413) and closed: that answer,
-                    // when one came, is the client's, and the client
-                    // connection closes after it (its body was not all
-                    // read). Without one, the failure stands.
-                    if e.side() != Side::Upstream {
-                        return Err(Failure::before(e));
-                    }
-                    // Interim answers before it (a 100) are dealt with below.
-                    if self.read_response_head(&mut up, resp, conn).await.is_err() {
-                        return Err(Failure::before(e));
-                    }
-                    body_cut = true;
+                // Boxed: its state is large and only uploads need it.
+                let relay = self.send_body(path, io, rbuf, &mut up, resp, scratch, (framing, out));
+                body_cut = Box::pin(relay).await.map_err(Failure::before)?;
+                if body_cut {
                     break;
                 }
             }
@@ -838,6 +828,35 @@ impl<H: Handler> Engine<H> {
             .await
             .map_err(Failure::after)?;
         Ok((Outcome::Upgrade(up), 200))
+    }
+
+    /// Relays a request body upstream. When the upstream stops taking it,
+    /// it may have answered early (401, 413) and closed: that answer, when
+    /// one came, is the client's (`Ok(true)`, its head in `resp`; interim
+    /// answers before it are dealt with by the caller), and the client
+    /// connection closes after it, its body not all read. Without one, the
+    /// failure stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_body<S: ClientStream>(
+        &self,
+        path: BodyPath<'_>,
+        io: &mut S,
+        rbuf: &mut BytesMut,
+        up: &mut UpstreamConn,
+        resp: &mut ResponseHead,
+        scratch: &mut Vec<u8>,
+        (input, output): (BodyFraming, OutFraming),
+    ) -> Result<bool> {
+        let Err(e) = path.relay(io, rbuf, &mut up.stream, scratch, input, output).await else {
+            return Ok(false);
+        };
+        if e.side() != Side::Upstream {
+            return Err(e);
+        }
+        match self.read_response_head(up, resp, path.conn).await {
+            Ok(()) => Ok(true),
+            Err(_) => Err(e),
+        }
     }
 
     async fn read_response_head(
