@@ -781,27 +781,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn truncated_answers_are_asked_again_over_tcp() {
-        // Over UDP: a truncated A answer holding one of the three addresses.
-        let udp_answer = |qtype, q: &[u8]| {
+    /// A fake server whose UDP answer to A is truncated (127.0.0.1 only)
+    /// and to AAAA carries `aaaa`, and a TCP listener on the same port
+    /// (tried again while a TCP socket holds the port the UDP one got).
+    fn truncating_server(aaaa: Option<Ipv6Addr>) -> (SocketAddr, std::net::TcpListener) {
+        let udp_answer = move |qtype, q: &[u8]| {
             Some(match qtype {
                 TYPE_A => {
                     let mut r = respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 1])]);
                     r[2] |= 0x02; // TC
                     r
                 }
-                _ => respond(q, 0, &[]),
+                _ => {
+                    let records: Vec<_> = aaaa
+                        .iter()
+                        .map(|a| (TYPE_AAAA, 60, a.octets().to_vec()))
+                        .collect();
+                    respond(q, 0, &records)
+                }
             })
         };
-        // Over TCP, on the same port (tried again while a TCP socket holds
-        // the port the UDP one got): the whole answer.
-        let (server, tcp) = (0..20)
+        (0..20)
             .find_map(|_| {
                 let (server, _) = fake_server(udp_answer);
                 std::net::TcpListener::bind(server).ok().map(|tcp| (server, tcp))
             })
-            .expect("a port free for both UDP and TCP");
+            .expect("a port free for both UDP and TCP")
+    }
+
+    #[test]
+    fn truncated_answers_are_asked_again_over_tcp() {
+        // Over TCP: the whole answer, three addresses.
+        let (server, tcp) = truncating_server(None);
         let asked = std::thread::spawn(move || {
             let (mut s, _) = tcp.accept().unwrap();
             let mut len = [0u8; 2];
@@ -832,23 +843,8 @@ mod tests {
 
     #[test]
     fn a_tcp_server_that_never_answers_fails_only_the_truncated_query() {
-        let udp_answer = |qtype, q: &[u8]| {
-            Some(match qtype {
-                TYPE_A => {
-                    let mut r = respond(q, 0, &[(TYPE_A, 60, vec![127, 0, 0, 1])]);
-                    r[2] |= 0x02; // TC
-                    r
-                }
-                _ => respond(q, 0, &[(TYPE_AAAA, 60, Ipv6Addr::LOCALHOST.octets().to_vec())]),
-            })
-        };
         // Accepts over TCP, then says nothing.
-        let (server, tcp) = (0..20)
-            .find_map(|_| {
-                let (server, _) = fake_server(udp_answer);
-                std::net::TcpListener::bind(server).ok().map(|tcp| (server, tcp))
-            })
-            .expect("a port free for both UDP and TCP");
+        let (server, tcp) = truncating_server(Some(Ipv6Addr::LOCALHOST));
         let _silent = std::thread::spawn(move || {
             let held = tcp.accept();
             std::thread::sleep(Duration::from_secs(2));
