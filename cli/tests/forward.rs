@@ -245,33 +245,33 @@ fn acl_explain_prints_the_decision_the_rule_and_the_addresses() {
             "HTTP://Blocked.TEST./y",
         ],
     );
-    assert!(
-        out[0].contains("decision: DENY (403): denied by rule 1 (no blocked) of acl \"corp\""),
-        "{}",
-        out[0]
-    );
-    assert!(
-        out[1].contains("request:  CONNECT internal.test:443"),
-        "{}",
-        out[1]
-    );
-    assert!(out[1].contains("address:  127.0.0.2 blocked"), "{}", out[1]);
-    assert!(
-        out[1].contains("decision: DENY (403): destination address 127.0.0.2 is private"),
-        "{}",
-        out[1]
-    );
-    assert!(out[2].contains("address:  127.0.0.1 permitted"), "{}", out[2]);
-    assert!(
-        out[2].contains("decision: ALLOW by rule 2; connects to 127.0.0.1:8443"),
-        "{}",
-        out[2]
-    );
-    assert!(
-        out[3].contains("CONNECT to a port not in connect_ports"),
-        "{}",
-        out[3]
-    );
+    let expected: [(usize, &str); 8] = [
+        (
+            0,
+            "decision: DENY (403): denied by rule 1 (no blocked) of acl \"corp\"",
+        ),
+        (1, "request:  CONNECT internal.test:443"),
+        (1, "address:  127.0.0.2 blocked"),
+        (
+            1,
+            "decision: DENY (403): destination address 127.0.0.2 is private",
+        ),
+        (2, "address:  127.0.0.1 permitted"),
+        (2, "decision: ALLOW by rule 2; connects to 127.0.0.1:8443"),
+        (3, "CONNECT to a port not in connect_ports"),
+        // Case and a trailing dot do not get a name past its rule.
+        (
+            4,
+            "decision: DENY (403): denied by rule 1 (no blocked) of acl \"corp\"",
+        ),
+    ];
+    for (target, line) in expected {
+        assert!(
+            out[target].contains(line),
+            "{line:?} missing from:\n{}",
+            out[target]
+        );
+    }
 }
 
 #[test]

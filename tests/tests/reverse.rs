@@ -944,20 +944,35 @@ fn timeouts(proxy: &TestProxy) -> u64 {
 }
 
 fn slow_request_head_gets_408(driver: DriverChoice) {
+    // Slowloris: a head that never ends.
+    partial_request_gets_408(
+        driver,
+        |t| t.client_head = Duration::from_millis(300),
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n",
+    );
+}
+
+/// A client sends `partial` and nothing more: once the timeout `limit`
+/// sets runs out it gets a 408 and a closed connection, counted as one
+/// timeout, and nothing reaches the origin.
+fn partial_request_gets_408(
+    driver: DriverChoice,
+    limit: impl FnOnce(&mut ringway_http::Timeouts),
+    partial: &[u8],
+) {
     let origin = Origin::start(|_| Reply::ok("x"));
     let mut setup = ProxySetup::new(driver, &[origin.addr()]);
-    setup.settings.timeouts.client_head = Duration::from_millis(300);
+    limit(&mut setup.settings.timeouts);
     let proxy = setup.start();
     let mut c = proxy.client();
-    // Slowloris: a head that never ends.
-    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n");
+    c.send(partial);
     let raw = read_to_close(&mut c.stream, Duration::from_secs(10));
     assert!(
         raw.starts_with(b"HTTP/1.1 408 "),
         "{}",
         String::from_utf8_lossy(&raw)
     );
-    assert!(origin.seen().is_empty(), "nothing reached the origin");
+    assert!(origin.seen().is_empty(), "nothing whole reached the origin");
     assert_eq!(timeouts(&proxy), 1);
 }
 
@@ -974,20 +989,11 @@ fn idle_keep_alive_connection_is_closed(driver: DriverChoice) {
 }
 
 fn client_that_stops_sending_its_body_gets_408(driver: DriverChoice) {
-    let origin = Origin::start(|_| Reply::ok("x"));
-    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
-    setup.settings.timeouts.client_io = Duration::from_millis(300);
-    let proxy = setup.start();
-    let mut c = proxy.client();
-    c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nonly this");
-    let raw = read_to_close(&mut c.stream, Duration::from_secs(10));
-    assert!(
-        raw.starts_with(b"HTTP/1.1 408 "),
-        "{}",
-        String::from_utf8_lossy(&raw)
+    partial_request_gets_408(
+        driver,
+        |t| t.client_io = Duration::from_millis(300),
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nonly this",
     );
-    assert!(origin.seen().is_empty(), "the origin never got a whole request");
-    assert_eq!(timeouts(&proxy), 1);
 }
 
 fn upstream_that_never_accepts_is_504(driver: DriverChoice) {
