@@ -22,7 +22,7 @@
 use std::{
     cell::{Cell, RefCell},
     future::Future,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::RawFd,
     pin::Pin,
     rc::Rc,
     sync::{
@@ -360,8 +360,8 @@ impl ConnCtx {
     /// Arms a deadline on `upstream` for a [`Wait::Upstream`] or
     /// [`Wait::Tunnel`] wait. The guard must be dropped before `upstream`
     /// is (it is, when scoped around the await it bounds).
-    pub fn upstream_deadline(&self, wait: Wait, limit: Duration, upstream: &impl AsRawFd) -> Deadline<'_> {
-        self.arm(wait, limit, upstream.as_raw_fd())
+    pub fn upstream_deadline(&self, wait: Wait, limit: Duration, upstream: RawFd) -> Deadline<'_> {
+        self.arm(wait, limit, upstream)
     }
 
     fn arm(&self, wait: Wait, limit: Duration, upstream_fd: RawFd) -> Deadline<'_> {
@@ -420,6 +420,8 @@ pub(crate) async fn run_sweeper(state: Rc<WorkerState>) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     fn state(max: usize) -> Rc<WorkerState> {

@@ -21,7 +21,7 @@ use ringway_core::{ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
 use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
-    io::{bounded, io_error, read_some, write_all, write_vec, BorrowedRawFd, GrowingReads},
+    io::{bounded, io_error, read_some, write_all, write_vec, GrowingReads},
     splice::{yield_turn, Blocked, End, NonBlocking, OneWay, SpliceSocket},
 };
 
@@ -71,10 +71,7 @@ impl BodyPath<'_> {
             self.write_timeout
         };
         match side {
-            Side::Upstream => {
-                self.conn
-                    .upstream_deadline(Wait::Upstream, limit, &BorrowedRawFd(self.upstream))
-            }
+            Side::Upstream => self.conn.upstream_deadline(Wait::Upstream, limit, self.upstream),
             _ if reading => self.conn.deadline(Wait::ClientRead, limit),
             _ => self.conn.deadline(Wait::ClientWrite, limit),
         }

@@ -19,16 +19,23 @@ thread_local! {
     static WRITE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty read buffer with room for at least `size` bytes.
+/// Room a read buffer has past the configured size, for a typical head: a
+/// response head and a body of exactly the buffer size arrive in one read
+/// (the engine reads `size + HEAD_ROOM` for response heads).
+pub(crate) const HEAD_ROOM: usize = 4096;
+
+/// An empty read buffer with room for at least `size + HEAD_ROOM` bytes:
+/// every read buffer is made at that one size, so none has to grow (and
+/// the free list does not drift to doubled buffers).
 pub(crate) fn take_read(size: usize) -> BytesMut {
     let found = READ_BUFFERS.with(|list| list.borrow_mut().pop());
     match found {
         Some(mut buf) => {
             buf.clear();
-            buf.reserve(size);
+            buf.reserve(size + HEAD_ROOM);
             buf
         }
-        None => BytesMut::with_capacity(size),
+        None => BytesMut::with_capacity(size + HEAD_ROOM),
     }
 }
 

@@ -30,7 +30,7 @@ use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use crate::{
     body::{BodyPath, OutFraming},
-    buffers,
+    buffers::{self, HEAD_ROOM},
     chunked::{ChunkedDecoder, Decoded},
     gather::write_head_and_body,
     head::{BodyFraming, RequestHead, ResponseHead, Version},
@@ -246,8 +246,6 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// gathered with the head by writev.
 const GATHER_ABOVE: usize = 4096;
 
-/// Extra room in the read of a response head, for a typical head.
-const HEAD_ROOM: usize = 4096;
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// Serves client connections for one listener on one worker.
@@ -592,7 +590,7 @@ impl<H: Handler> Engine<H> {
         let mut body_cut = false;
         loop {
             let sent = bounded!(
-                conn.upstream_deadline(Wait::Upstream, t.upstream_response, &up.stream),
+                conn.upstream_deadline(Wait::Upstream, t.upstream_response, up.stream.as_raw_fd()),
                 ErrorKind::WriteTimeout,
                 Side::Upstream,
                 "the upstream did not take the request in time",
@@ -866,7 +864,11 @@ impl<H: Handler> Engine<H> {
         conn: &ConnCtx,
     ) -> Result<()> {
         let s = &self.settings;
-        let armed = conn.upstream_deadline(Wait::Upstream, s.timeouts.upstream_response, &up.stream);
+        let armed = conn.upstream_deadline(
+            Wait::Upstream,
+            s.timeouts.upstream_response,
+            up.stream.as_raw_fd(),
+        );
         let read = async {
             loop {
                 if !up.rbuf.is_empty() && resp.parse(&mut up.rbuf, &s.limits)? {

@@ -104,17 +104,6 @@ pub(crate) async fn timed<T>(
         .map_err(|_| Error::new(kind, side, context))
 }
 
-/// A socket named by its descriptor, for arming an upstream deadline
-/// where only the descriptor is at hand; the socket must stay open for as
-/// long as the deadline is armed.
-pub(crate) struct BorrowedRawFd(pub(crate) std::os::fd::RawFd);
-
-impl std::os::fd::AsRawFd for BorrowedRawFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
 /// Maps an I/O error on an established connection to ringway's error.
 pub(crate) fn io_error(side: Side, context: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |e| Error::new(ErrorKind::Io, side, context).with_cause(e)

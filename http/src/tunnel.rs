@@ -55,7 +55,7 @@ where
     C::OwnedRead: AsyncReadRent,
     C::OwnedWrite: AsyncWriteRent,
 {
-    let _armed = conn.upstream_deadline(Wait::Tunnel, idle, &upstream);
+    let _armed = conn.upstream_deadline(Wait::Tunnel, idle, upstream.as_raw_fd());
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
     let up = copy_one_way(&mut client_read, client_buf, &mut upstream_write, conn);
@@ -80,7 +80,7 @@ pub(crate) async fn splice_tunnel(
     let Ok((up_way, down_way)) = ways else {
         return copy_tunnel(client, client_buf, upstream, upstream_buf, idle, conn).await;
     };
-    let _armed = conn.upstream_deadline(Wait::Tunnel, idle, &upstream);
+    let _armed = conn.upstream_deadline(Wait::Tunnel, idle, upstream.as_raw_fd());
     let mut moved = TunnelBytes {
         upstream: client_buf.len() as u64,
         downstream: upstream_buf.len() as u64,
