@@ -813,6 +813,7 @@ mod tests {
     fn truncated_answers_are_asked_again_over_tcp() {
         // Over TCP: the whole answer, three addresses.
         let (server, tcp) = truncating_server(None);
+        let second = tcp.try_clone().unwrap();
         let asked = std::thread::spawn(move || {
             let (mut s, _) = tcp.accept().unwrap();
             let mut len = [0u8; 2];
@@ -834,26 +835,39 @@ mod tests {
                 IpAddr::from([127, 0, 0, 3])
             ]
         );
+        assert_eq!(asked.join().unwrap(), TYPE_A, "the truncated query went over TCP");
+        second.set_nonblocking(true).unwrap();
         assert_eq!(
-            asked.join().unwrap(),
-            TYPE_A,
+            second.accept().map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
             "only the truncated query went over TCP"
         );
     }
 
     #[test]
     fn a_tcp_server_that_never_answers_fails_only_the_truncated_query() {
-        // Accepts over TCP, then says nothing.
+        // Accepts over TCP, then says nothing until the lookup is over.
         let (server, tcp) = truncating_server(Some(Ipv6Addr::LOCALHOST));
-        let _silent = std::thread::spawn(move || {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let silent = std::thread::spawn(move || {
             let held = tcp.accept();
-            std::thread::sleep(Duration::from_secs(2));
+            let _ = released.recv_timeout(Duration::from_secs(30));
             drop(held);
         });
-        let resolver = Resolver::new(config(vec![server]));
+        let (done, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let resolver = Resolver::new(config(vec![server]));
+            let _ = done.send(block_on(resolver.resolve("v6.test")).map(|a| a.to_vec()));
+        });
+        // Only the TCP query's own timeout (300 ms) can end the wait.
+        let answer = answer.recv_timeout(Duration::from_secs(10));
+        let _ = release.send(());
+        silent.join().unwrap();
         assert_eq!(
-            &*block_on(resolver.resolve("v6.test")).unwrap(),
-            &[IpAddr::from(Ipv6Addr::LOCALHOST)],
+            answer
+                .expect("the lookup ended while the TCP server stayed silent")
+                .unwrap(),
+            vec![IpAddr::from(Ipv6Addr::LOCALHOST)],
             "the AAAA answer stands"
         );
     }

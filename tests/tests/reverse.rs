@@ -298,6 +298,10 @@ fn large_close_delimited_response_reaches_an_http10_client(driver: DriverChoice)
     );
     assert_eq!(raw.len() - head_end, body.len());
     assert!(raw[head_end..] == body[..], "body changed in transit");
+    assert!(
+        spliced(&proxy) >= 2 << 20,
+        "a body that ends at close is spliced too"
+    );
 }
 
 fn large_response_to_a_client_that_stops_reading_times_out(driver: DriverChoice) {
@@ -354,6 +358,17 @@ fn flood_a_client_that_stops_reading(
         .expect("the proxy closed the upstream of a client that stopped reading");
     assert!(sent >= 1 << 20);
     assert_eq!(timeouts(&proxy), 1, "a deadline ended it");
+    // The client connection ends too: what it had not read, then its end
+    // (or a reset, as the proxy closed with bytes unsent).
+    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the client connection stayed open: {e}"),
+        }
+    }
 }
 
 fn upstream_connections_are_reused(driver: DriverChoice) {
@@ -485,7 +500,11 @@ fn echo_upgrade(mut stream: std::net::TcpStream) {
 
 fn upgrade_answered_101_becomes_a_tunnel(driver: DriverChoice) {
     let origin = Origin::start(|_| Reply::Raw(Box::new(echo_upgrade)));
-    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
+    // Short, so that a half-close that does not end the tunnel shows as a
+    // timeout within the test's wait.
+    setup.settings.timeouts.tunnel_idle = Duration::from_secs(2);
+    let proxy = setup.start();
     check_upgrade_tunnel(&proxy, &origin);
     assert!(
         wait_until(|| spliced(&proxy) > 0),
@@ -497,8 +516,14 @@ fn upgrade_tunnel_copies_when_splice_is_off(driver: DriverChoice) {
     let origin = Origin::start(|_| Reply::Raw(Box::new(echo_upgrade)));
     let mut setup = ProxySetup::new(driver, &[origin.addr()]);
     setup.settings.splice = false;
+    setup.settings.timeouts.tunnel_idle = Duration::from_secs(2);
     let proxy = setup.start();
     check_upgrade_tunnel(&proxy, &origin);
+    // Counted when the tunnel's task ends, after the client saw its end.
+    assert!(wait_until(|| proxy.handle().stats()[0]
+        .active
+        .load(Ordering::Relaxed)
+        == 0));
     assert_eq!(spliced(&proxy), 0);
 }
 
@@ -1014,7 +1039,9 @@ fn upstream_that_never_accepts_is_504(driver: DriverChoice) {
     setup.settings.timeouts.connect = Duration::from_millis(300);
     let proxy = setup.start();
     let mut c = proxy.client();
-    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Well past the 300 ms connect timeout, and short of the 5 s default:
+    // a connect that ignored the setting would not answer in time.
+    c.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let r = c.get("/");
     assert_eq!(r.status, 504);
 }
