@@ -5,13 +5,8 @@ use std::{fmt::Write as _, net::IpAddr, process::ExitCode, rc::Rc};
 
 use ringway_core::dns::Resolver;
 use ringway_http::{
-    forward::{
-        acl::AclRequest,
-        decide,
-        host::{parse_authority, Destination},
-        Outcome,
-    },
-    origin_form, ForwardSettings,
+    forward::{acl::AclRequest, decide, host::Destination, split_target, Outcome},
+    ForwardSettings,
 };
 
 use crate::config::{Config, ListenerMode};
@@ -62,27 +57,12 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
 }
 
 /// Where `request` goes, and the path of an http:// URL (`None`: the
-/// target is a CONNECT authority). URLs are split the way the proxy splits
-/// a request target.
+/// target is a CONNECT authority): split as the proxy splits a request
+/// target.
 fn destination<'a>(request: &Request<'a>) -> anyhow::Result<(Destination, Option<&'a [u8]>)> {
     let target = request.target;
-    let (path, authority) = origin_form(target.as_bytes());
-    if let Some(authority) = authority {
-        anyhow::ensure!(
-            target.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")),
-            "https:// URLs go through CONNECT: explain {target:?} as host:443"
-        );
-        let dest =
-            parse_authority(authority, Some(80)).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
-        return Ok((dest, Some(path)));
-    }
-    anyhow::ensure!(
-        !target.contains("://"),
-        "only http:// URLs or host:port (CONNECT) targets"
-    );
-    let dest =
-        parse_authority(target.as_bytes(), None).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
-    Ok((dest, None))
+    let connect = !target.contains("://");
+    split_target(target.as_bytes(), connect).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))
 }
 
 fn report(

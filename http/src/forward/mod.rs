@@ -32,7 +32,7 @@ use self::{
 };
 use crate::{
     engine::{ClientInfo, Handler, LocalReply, Route},
-    head::{absolute_form_authority, HeaderKind, Method, RequestHead},
+    head::{HeaderKind, Method, RequestHead},
     write::origin_form,
 };
 
@@ -149,20 +149,9 @@ impl Handler for ForwardHandler {
             None => None,
         };
 
-        let parsed = if connect {
-            parse_authority(target, None)
-        } else {
-            match absolute_form_authority(target) {
-                Some(_) if target[..5].eq_ignore_ascii_case(b"https") => {
-                    return Self::bad_request("use CONNECT for https:// URLs");
-                }
-                Some(authority) => parse_authority(authority, Some(80)),
-                None => return Self::bad_request("unsupported request target"),
-            }
-        };
-        let dest = match parsed {
-            Ok(dest) => dest,
-            Err(e) => return Self::bad_request(&e.to_string()),
+        let (dest, path) = match split_target(target, connect) {
+            Ok(split) => split,
+            Err(e) => return Self::bad_request(&e),
         };
 
         let request = AclRequest {
@@ -170,7 +159,7 @@ impl Handler for ForwardHandler {
             dest: &dest,
             method: req.method_bytes(),
             connect,
-            path: (!connect).then(|| origin_form(target).0),
+            path,
             user: user.as_deref().map(|u| u.name.as_str()),
             groups: user.as_deref().map_or(&[], |u| &u.groups),
         };
@@ -190,17 +179,60 @@ impl Handler for ForwardHandler {
     }
 }
 
+/// Where a forward request goes, and for an `http://` URL its origin-form
+/// path: CONNECT targets are `host:port`, other requests absolute-form
+/// `http://` URLs (https goes through CONNECT). The target is split once,
+/// as the engine splits it when it forwards the request. Shared by the
+/// handler and `ringway acl explain`.
+pub fn split_target(target: &[u8], connect: bool) -> Result<(Destination, Option<&[u8]>), Cow<'static, str>> {
+    if connect {
+        let dest = parse_authority(target, None).map_err(|e| e.to_string())?;
+        return Ok((dest, None));
+    }
+    let (path, Some(authority)) = origin_form(target) else {
+        return Err("unsupported request target".into());
+    };
+    if !target
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"http://"))
+    {
+        return Err("use CONNECT for https:// URLs".into());
+    }
+    let dest = parse_authority(authority, Some(80)).map_err(|e| e.to_string())?;
+    Ok((dest, Some(path)))
+}
+
 /// What the forward proxy decided for one request.
 #[derive(Debug, Clone)]
 pub struct Decision {
     /// The outcome.
     pub outcome: Outcome,
     /// What the destination resolved to, if it was resolved.
-    pub resolved: Option<Rc<[IpAddr]>>,
+    pub resolved: Option<Addresses>,
+}
+
+/// A destination's addresses: an IP literal's own (no allocation), or a
+/// name's from the resolver.
+#[derive(Debug, Clone)]
+pub enum Addresses {
+    /// The target was this IP address.
+    Literal(IpAddr),
+    /// The target was a name that resolved to these.
+    Resolved(Rc<[IpAddr]>),
+}
+
+impl Addresses {
+    /// The addresses, in the order they are tried.
+    pub fn as_slice(&self) -> &[IpAddr] {
+        match self {
+            Addresses::Literal(ip) => std::slice::from_ref(ip),
+            Addresses::Resolved(addrs) => addrs,
+        }
+    }
 }
 
 impl Decision {
-    fn new(outcome: Outcome, resolved: Option<Rc<[IpAddr]>>) -> Self {
+    fn new(outcome: Outcome, resolved: Option<Addresses>) -> Self {
         Self { outcome, resolved }
     }
 
@@ -214,7 +246,7 @@ impl Decision {
         };
         self.resolved
             .iter()
-            .flat_map(|addrs| addrs.iter())
+            .flat_map(|addrs| addrs.as_slice())
             .map(|&ip| (ip, admits(acl, rule, ip)))
             .collect()
     }
@@ -249,15 +281,19 @@ pub enum Outcome {
 /// every resolved address. Shared by the handler and `ringway acl explain`.
 pub async fn decide(acl: &Acl, resolver: &Resolver, request: &AclRequest<'_>) -> Decision {
     let dest = request.dest;
-    let mut resolved: Option<Rc<[IpAddr]>> = None;
+    let mut resolved: Option<Addresses> = None;
     let resolve = || async {
         match &dest.host {
-            Host::Ip(ip) => Ok(Rc::from([*ip])),
-            Host::Name(name) => resolver.resolve(name.as_str()).await.map_err(|e| e.to_string()),
+            Host::Ip(ip) => Ok(Addresses::Literal(*ip)),
+            Host::Name(name) => resolver
+                .resolve(name.as_str())
+                .await
+                .map(Addresses::Resolved)
+                .map_err(|e| e.to_string()),
         }
     };
     let rule = loop {
-        match acl.decide(request, resolved.as_deref()) {
+        match acl.decide(request, resolved.as_ref().map(Addresses::as_slice)) {
             Verdict::NeedAddresses if resolved.is_none() => match resolve().await {
                 Ok(addrs) => resolved = Some(addrs),
                 Err(why) => return Decision::new(Outcome::Unresolvable(why), None),
@@ -275,19 +311,19 @@ pub async fn decide(acl: &Acl, resolver: &Resolver, request: &AclRequest<'_>) ->
             Err(why) => return Decision::new(Outcome::Unresolvable(why), None),
         },
     };
+    let all = addrs.as_slice();
     let to_socket = |&ip: &IpAddr| SocketAddr::new(ip, dest.port);
     // Usually every address passes: then the list is built in one
     // allocation, straight from the resolved one.
-    let permitted: Rc<[SocketAddr]> = if addrs.iter().all(|&ip| admits(acl, rule, ip)) {
-        addrs.iter().map(to_socket).collect()
+    let permitted: Rc<[SocketAddr]> = if all.iter().all(|&ip| admits(acl, rule, ip)) {
+        all.iter().map(to_socket).collect()
     } else {
-        addrs
-            .iter()
+        all.iter()
             .filter(|&&ip| admits(acl, rule, ip))
             .map(to_socket)
             .collect()
     };
-    let outcome = match addrs.first() {
+    let outcome = match all.first() {
         Some(&first) if permitted.is_empty() => Outcome::Deny(DenyReason::Private(first)),
         None => Outcome::Unresolvable("no address".into()),
         Some(_) => Outcome::Allow {
@@ -314,4 +350,26 @@ fn html_escape(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_target, Host};
+
+    #[test]
+    fn targets_split_once_into_destination_and_path() {
+        let (dest, path) = split_target(b"HTTP://Example.Test:8080/a?b", false).unwrap();
+        assert!(matches!(&dest.host, Host::Name(name) if name.as_str() == "example.test"));
+        assert_eq!(dest.port, 8080);
+        assert_eq!(path, Some(&b"/a?b"[..]));
+        let (dest, path) = split_target(b"http://127.0.0.1", false).unwrap();
+        assert_eq!((dest.port, path), (80, Some(&b"/"[..])));
+        let (dest, path) = split_target(b"example.test:443", true).unwrap();
+        assert_eq!((dest.port, path), (443, None));
+        assert!(split_target(b"https://example.test/", false)
+            .unwrap_err()
+            .contains("CONNECT"));
+        assert!(split_target(b"/origin/form", false).is_err());
+        assert!(split_target(b"http://user@example.test/", false).is_err());
+    }
 }
