@@ -656,7 +656,6 @@ impl Validator {
                 http.upstream_keepalive_timeout.as_ref(),
                 pool_default.idle_timeout,
             ),
-            check_after: pool_default.check_after,
         };
         let proxy_headers = ProxyHeaders {
             forwarded: self.forwarded(

@@ -32,6 +32,10 @@ pub enum ErrorKind {
     ExpectationFailed,
     /// The peer closed the connection before a complete message.
     ConnectionClosed,
+    /// The peer reset the connection (`ECONNRESET`, or `EPIPE` after its
+    /// FIN): its socket was gone when our bytes reached it, so it did not
+    /// read them.
+    ConnectionReset,
     /// An I/O error on an established connection.
     Io,
     /// Connecting to an upstream failed (refused, unreachable, reset).

@@ -26,6 +26,63 @@ pub fn is_quiet(socket: &impl AsRawFd) -> bool {
     }
 }
 
+/// Whether the peer reset a connected socket: its pending error is
+/// `ECONNRESET`, or `EPIPE` (a reset after the peer's FIN). Reading the
+/// error clears it.
+///
+/// A reset can sit behind a FIN that a read already returned as end of
+/// stream: the peer closed, then our bytes reached its closed socket and
+/// its kernel answered with a reset, so nothing there read them.
+pub fn was_reset(socket: &impl AsRawFd) -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: as in `is_quiet`: `socket` stays borrowed while `fd` lives.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    matches!(
+        SockRef::from(&fd).take_error(),
+        Ok(Some(e)) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
+    )
+}
+
+/// What a connected TCP socket's kernel knows of the bytes it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentState {
+    /// Segments sent and not yet acknowledged by the peer.
+    pub unacked: u32,
+    /// The smoothed round-trip time.
+    pub rtt: std::time::Duration,
+}
+
+/// Reads `TCP_INFO`: whether the peer has acknowledged everything sent,
+/// and the round-trip time. `None` when the socket is not TCP.
+pub fn sent_state(socket: &impl AsRawFd) -> Option<SentState> {
+    let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    #[allow(unsafe_code)]
+    // SAFETY: `info` is a writable `tcp_info` of `len` bytes, which is what
+    // TCP_INFO fills (at most `len` bytes; the kernel reports how many),
+    // and the descriptor is `socket`'s, borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: zero-initialised, then filled by the kernel: every bit
+    // pattern is a valid `tcp_info` (plain integers).
+    let info = unsafe { info.assume_init() };
+    Some(SentState {
+        unacked: info.tcpi_unacked,
+        rtt: std::time::Duration::from_micros(u64::from(info.tcpi_rtt)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -49,5 +106,21 @@ mod tests {
         drop(server2);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!is_quiet(&client2), "closed by the peer");
+    }
+
+    #[test]
+    fn tells_a_reset_behind_a_fin() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!was_reset(&client));
+        drop(server);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!was_reset(&client), "a FIN alone is no reset");
+        assert_eq!(sent_state(&client).map(|s| s.unacked), Some(0));
+        // Bytes to the closed socket are answered with a reset.
+        client.write_all(b"x").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(was_reset(&client));
     }
 }

@@ -336,6 +336,13 @@ impl ConnCtx {
         self.worker.draining.is_fired()
     }
 
+    /// The worker's coarse clock: milliseconds since the worker started,
+    /// advanced by every sweep (so at most one tick behind). Reading it
+    /// costs no system call.
+    pub fn clock_ms(&self) -> u64 {
+        self.worker.now_ms.get()
+    }
+
     /// Index of the worker serving this connection.
     pub fn worker_index(&self) -> usize {
         self.worker.index

@@ -557,7 +557,7 @@ impl<H: Handler> Engine<H> {
         }
         let mut up = self
             .pool
-            .get(candidates, t.connect, s.buffer_size)
+            .get(candidates, t.connect, s.buffer_size, conn.clock_ms())
             .await
             .map_err(Failure::before)?;
         let addr = up.addr;
@@ -584,7 +584,7 @@ impl<H: Handler> Engine<H> {
             }
             _ => false,
         };
-        let retryable = body_in_head && req.method().is_idempotent();
+        let idempotent = req.method().is_idempotent();
         let mut retried = false;
         // The upstream answered before taking the whole request body.
         let mut body_cut = false;
@@ -598,7 +598,10 @@ impl<H: Handler> Engine<H> {
             )
             .map_err(Failure::before)?;
             if let Err(e) = sent {
-                if up.reused && retryable && !retried {
+                // A reused connection that cannot take the head was reset
+                // before the request reached it; the body, if any, is still
+                // the client's to send. Any method goes again.
+                if up.reused && !retried {
                     retried = true;
                     up = self.reconnect(addr).await?;
                     continue;
@@ -642,11 +645,11 @@ impl<H: Handler> Engine<H> {
             match self.read_response_head(&mut up, resp, conn).await {
                 Ok(()) => break,
                 Err(e)
-                    if e.kind() == ErrorKind::ConnectionClosed
+                    if !retried
                         && up.reused
-                        && retryable
-                        && !retried
-                        && up.rbuf.is_empty() =>
+                        && body_in_head
+                        && up.rbuf.is_empty()
+                        && Box::pin(retry_on(&e, idempotent, &up.stream)).await =>
                 {
                     retried = true;
                     up = self.reconnect(addr).await?;
@@ -780,7 +783,7 @@ impl<H: Handler> Engine<H> {
                 .map_err(Failure::after)?;
         }
         if upstream_reusable {
-            self.pool.put(up, s.buffer_size);
+            self.pool.put(up, s.buffer_size, conn.clock_ms());
         }
         let outcome = match (close, body_cut) {
             (_, true) => Outcome::CloseUnread,
@@ -996,10 +999,46 @@ fn precheck_chunked(received: &BytesMut, max_trailer_bytes: usize) -> Result<()>
     }
 }
 
+/// Whether a request that failed with `error` on a reused connection,
+/// sent whole and with no response byte back, goes again on a fresh one.
+///
+/// After a reset, whatever the method: the upstream's socket was gone when
+/// the request reached it, so nothing read it. After a plain close, an
+/// idempotent request always (as nginx and HAProxy do); any other only
+/// when the close turns out to have raced the request: the upstream's FIN
+/// left before the request arrived, so the request is still unacknowledged
+/// and the upstream's kernel answers it with a reset, which is waited for
+/// (a few round trips at most). A close that acknowledged the request may
+/// have followed its processing, and stands.
+async fn retry_on(error: &Error, idempotent: bool, upstream: &TcpStream) -> bool {
+    use ringway_core::socket::{sent_state, was_reset};
+    match error.kind() {
+        ErrorKind::ConnectionReset => return true,
+        ErrorKind::ConnectionClosed if idempotent => return true,
+        ErrorKind::ConnectionClosed => {}
+        _ => return false,
+    }
+    const STEP: Duration = Duration::from_millis(1);
+    let started = Instant::now();
+    loop {
+        if was_reset(upstream) {
+            return true;
+        }
+        let Some(sent) = sent_state(upstream) else {
+            return false;
+        };
+        let wait = (sent.rtt * 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        if sent.unacked == 0 || started.elapsed() >= wait {
+            return false;
+        }
+        monoio::time::sleep(STEP).await;
+    }
+}
+
 fn upstream_read_error(e: io::Error) -> Error {
     let kind = match e.kind() {
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
-            ErrorKind::ConnectionClosed
+            ErrorKind::ConnectionReset
         }
         _ => ErrorKind::Io,
     };
@@ -1011,7 +1050,9 @@ fn upstream_read_error(e: io::Error) -> Error {
 fn status_for(error: &Error) -> Option<u16> {
     use ErrorKind as K;
     let status = match (error.kind(), error.side()) {
-        (K::ConnectionClosed | K::Io | K::WriteTimeout, Side::Downstream) => return None,
+        (K::ConnectionClosed | K::ConnectionReset | K::Io | K::WriteTimeout, Side::Downstream) => {
+            return None
+        }
         (K::InvalidHttp, Side::Downstream) => 400,
         (K::HeadTooLarge | K::TooManyHeaders, Side::Downstream) => 431,
         (K::UriTooLong, _) => 414,

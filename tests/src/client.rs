@@ -242,8 +242,9 @@ fn read_chunked(
     }
 }
 
-/// Reads one request from an origin's connection; `Ok(None)` at a clean close.
-pub(crate) fn read_request(
+/// Reads one request from an origin's connection (`raw` counts the
+/// bytes read); `Ok(None)` at a clean close.
+pub fn read_request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     raw: &AtomicUsize,
