@@ -44,6 +44,9 @@ pub enum ErrorKind {
     ConnectTimeout,
     /// A peer did not send the next bytes in time.
     ReadTimeout,
+    /// The client closed its connection while the proxy waited for the
+    /// upstream on its behalf (logged as 499, nginx's code for it).
+    ClientGone,
     /// A peer did not accept our bytes in time.
     WriteTimeout,
     /// No route matches the request.

@@ -21,4 +21,4 @@ pub use error::{Error, ErrorKind, OrErr, Result, Side};
 pub use listener::ListenerSpec;
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
 pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
-pub use worker::{ConnCtx, Deadline, Wait, WorkerStats};
+pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Wait, WorkerStats};

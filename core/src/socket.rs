@@ -26,6 +26,63 @@ pub fn is_quiet(socket: &impl AsRawFd) -> bool {
     }
 }
 
+/// What a non-blocking peek at a connected socket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    /// Bytes are waiting.
+    Data,
+    /// Nothing to read, the connection open.
+    Quiet,
+    /// End of stream: the peer shut its sending side (or closed).
+    End,
+    /// An error: reset, or the socket is unusable.
+    Gone,
+}
+
+/// Peeks at one byte of socket `fd` without waiting. The caller must own
+/// `fd` for the duration of the call.
+pub(crate) fn peek_fd(fd: std::os::fd::RawFd) -> Peeked {
+    let mut byte = 0u8;
+    #[allow(unsafe_code)]
+    // SAFETY: `byte` is one writable byte; `fd` is open for the call (the
+    // caller's contract). recv(2) reads at most one byte into it.
+    let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match n {
+        1.. => Peeked::Data,
+        0 => Peeked::End,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peeked::Quiet,
+        _ => Peeked::Gone,
+    }
+}
+
+/// Sends one byte on socket `fd` without waiting: `Ok(true)` sent,
+/// `Ok(false)` the send buffer is full. The caller must own `fd` for the
+/// duration of the call.
+pub(crate) fn send_byte_fd(fd: std::os::fd::RawFd, byte: u8) -> io::Result<bool> {
+    #[allow(unsafe_code)]
+    // SAFETY: one readable byte; `fd` is open for the call (the caller's
+    // contract). MSG_NOSIGNAL: a closed peer is an error, not SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            fd,
+            (&raw const byte).cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match n {
+        1.. => Ok(true),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Whether the peer reset a connected socket: its pending error is
 /// `ECONNRESET`, or `EPIPE` (a reset after the peer's FIN). Reading the
 /// error clears it.
@@ -34,11 +91,17 @@ pub fn is_quiet(socket: &impl AsRawFd) -> bool {
 /// stream: the peer closed, then our bytes reached its closed socket and
 /// its kernel answered with a reset, so nothing there read them.
 pub fn was_reset(socket: &impl AsRawFd) -> bool {
+    reset_fd(socket.as_raw_fd())
+}
+
+/// [`was_reset`] on a descriptor the caller keeps open for the call.
+pub(crate) fn reset_fd(fd: std::os::fd::RawFd) -> bool {
     #[allow(unsafe_code)]
-    // SAFETY: as in `is_quiet`: `socket` stays borrowed while `fd` lives.
-    let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    // SAFETY: `fd` is open for the duration of the call (the caller's
+    // contract), and `borrowed` lives only in this body.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     matches!(
-        SockRef::from(&fd).take_error(),
+        SockRef::from(&borrowed).take_error(),
         Ok(Some(e)) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
     )
 }

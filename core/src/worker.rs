@@ -18,6 +18,20 @@
 //! [`ConnCtx::expired`] which wait timed out. Nothing is armed in the
 //! runtime's timer wheel per request, and the connection futures carry no
 //! timer state.
+//!
+//! The same sweep watches clients that wait for an upstream's response
+//! ([`Wait::Response`]): a client that closes its connection meanwhile is
+//! noticed (one non-blocking peek, first after a tick, then at doubling
+//! intervals up to a second), and the upstream connection is shut down at
+//! once instead of being held for the whole upstream timeout. End of stream
+//! alone does not tell a client that left from one that only shut its
+//! sending side after a complete request (a half-close, which still reads
+//! the answer), so before any byte of the response went out the sweep sends
+//! the response's first byte itself, as a probe: a client that closed its
+//! socket answers it with a reset, a half-closed one reads it as the start
+//! of its response, and the engine sends the rest
+//! ([`ConnCtx::take_probe`]). Once the response has begun, a reset is the
+//! only sign looked for.
 
 use std::{
     cell::{Cell, RefCell},
@@ -53,6 +67,9 @@ pub struct WorkerStats {
     pub timeouts: AtomicU64,
     /// Body and tunnel bytes moved socket to socket with splice(2).
     pub spliced_bytes: AtomicU64,
+    /// Requests abandoned because their client closed its connection while
+    /// the upstream's response was awaited (logged as status 499).
+    pub client_aborts: AtomicU64,
 }
 
 impl WorkerStats {
@@ -128,6 +145,47 @@ pub enum Wait {
     /// that was not read. Expiry shuts the read side, and is not counted
     /// as a timeout: ending the wait is the plan.
     Linger,
+    /// The upstream's response (its head, or more of its body) once the
+    /// whole request was sent. Expiry shuts the upstream socket down, as
+    /// for [`Wait::Upstream`]; meanwhile the sweep watches the client (see
+    /// the module docs), and a client that left ends the wait the same way.
+    Response,
+}
+
+/// How a wait armed by a [`Deadline`] ended, when the sweep ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It reached its deadline.
+    Expired,
+    /// The client closed its connection during a [`Wait::Response`].
+    ClientLeft,
+}
+
+/// What the sweep may do to find out whether a client waiting for a
+/// response is still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWatch {
+    /// Look for a reset only: the response has begun (its bytes draw a
+    /// reset from a closed socket), or the stream cannot take a stray
+    /// byte (TLS).
+    ResetOnly,
+    /// Nothing of the response has gone out: at end of stream, send this
+    /// byte, the response's first, to tell a closed client from a
+    /// half-closed one.
+    Probe(u8),
+}
+
+/// The sweep's watch of one client (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    how: ClientWatch,
+    /// Coarse-clock milliseconds of the next look.
+    next_ms: u64,
+    /// The interval after that one.
+    every_ms: u64,
+    /// Whether to look at all (data waiting ends the watch: the client is
+    /// there, pipelining).
+    on: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,9 +201,17 @@ struct ConnEntry {
     fd: RawFd,
     idle: bool,
     armed: Option<Armed>,
-    /// The upstream socket a `Upstream` or `Tunnel` wait is on (-1: none).
+    /// The upstream socket a `Upstream`, `Response` or `Tunnel` wait is on
+    /// (-1: none).
     upstream_fd: RawFd,
     expired: Option<Wait>,
+    /// The client watch of an armed `Response` wait.
+    watch: Option<Watch>,
+    /// The client left during a `Response` wait.
+    client_left: bool,
+    /// The sweep sent the response's first byte as a probe; the engine has
+    /// not yet skipped it.
+    probed: bool,
 }
 
 /// The state one worker shares between its accept loops and connections.
@@ -191,6 +257,9 @@ impl WorkerState {
             armed: None,
             upstream_fd: -1,
             expired: None,
+            watch: None,
+            client_left: false,
+            probed: false,
         });
         self.stats.active.store(conns.len() as u64, Ordering::Relaxed);
         Some(ConnCtx {
@@ -225,32 +294,40 @@ impl WorkerState {
         }
     }
 
-    /// Advances the coarse clock and ends every wait whose deadline passed.
+    /// Advances the coarse clock, ends every wait whose deadline passed,
+    /// and looks at the clients of `Response` waits that are due.
     pub(crate) fn sweep(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.now_ms.set(now);
+        let max_every = (1000 / self.tick_ms).max(1) * self.tick_ms;
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             let Some(armed) = conn.armed else { continue };
             if armed.at > now {
+                if let Some(watch) = &mut conn.watch {
+                    if watch.on && watch.next_ms <= now {
+                        match look_at_client(conn.fd, watch, &mut conn.probed) {
+                            Look::Left => {
+                                conn.client_left = true;
+                                WorkerStats::bump(&self.stats.client_aborts);
+                                end_wait(conn, armed.wait);
+                            }
+                            Look::Soon => {
+                                watch.next_ms = now + self.tick_ms;
+                                watch.every_ms = self.tick_ms;
+                            }
+                            Look::Later => {
+                                watch.next_ms = now + watch.every_ms;
+                                watch.every_ms = (watch.every_ms * 2).min(max_every);
+                            }
+                        }
+                    }
+                }
                 continue;
             }
-            conn.armed = None;
-            conn.expired = Some(armed.wait);
             if armed.wait != Wait::Linger {
                 WorkerStats::bump(&self.stats.timeouts);
             }
-            match armed.wait {
-                Wait::ClientRead | Wait::Linger => shutdown_socket(conn.fd, libc::SHUT_RD),
-                Wait::ClientWrite => shutdown_socket(conn.fd, libc::SHUT_RDWR),
-                Wait::Upstream | Wait::Tunnel => {
-                    if conn.upstream_fd >= 0 {
-                        shutdown_socket(conn.upstream_fd, libc::SHUT_RDWR);
-                    }
-                    if armed.wait == Wait::Tunnel || conn.upstream_fd < 0 {
-                        shutdown_socket(conn.fd, libc::SHUT_RDWR);
-                    }
-                }
-            }
+            end_wait(conn, armed.wait);
         }
     }
 
@@ -264,6 +341,72 @@ impl WorkerState {
     fn deadline_after(&self, limit: Duration) -> (u64, u64) {
         let limit_ms = limit.as_millis().min(u128::from(u64::MAX / 4)) as u64;
         (self.now_ms.get() + limit_ms + self.tick_ms, limit_ms)
+    }
+}
+
+/// Ends a connection's armed wait: shuts down the socket it waits on, so
+/// that the pending operation completes, and records which wait ended.
+fn end_wait(conn: &mut ConnEntry, wait: Wait) {
+    conn.armed = None;
+    conn.watch = None;
+    conn.expired = Some(wait);
+    match wait {
+        Wait::ClientRead | Wait::Linger => shutdown_socket(conn.fd, libc::SHUT_RD),
+        Wait::ClientWrite => shutdown_socket(conn.fd, libc::SHUT_RDWR),
+        Wait::Upstream | Wait::Response | Wait::Tunnel => {
+            if conn.upstream_fd >= 0 {
+                shutdown_socket(conn.upstream_fd, libc::SHUT_RDWR);
+            }
+            if wait == Wait::Tunnel || conn.upstream_fd < 0 {
+                shutdown_socket(conn.fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+/// What one look at a waiting client found.
+enum Look {
+    /// It closed its connection.
+    Left,
+    /// Look again at the next tick (a probe went out; its reset, if one
+    /// comes, is a round trip away).
+    Soon,
+    /// Look again after the next interval.
+    Later,
+}
+
+/// Looks once at a client waiting for a response. Data waiting ends the
+/// watch (the client is there, pipelining); a quiet socket is looked at
+/// again later; end of stream draws the probe byte when the watch allows
+/// one, and is otherwise no proof: only a reset is.
+fn look_at_client(fd: RawFd, watch: &mut Watch, probed: &mut bool) -> Look {
+    use crate::socket::{peek_fd, reset_fd, send_byte_fd, Peeked};
+    match peek_fd(fd) {
+        Peeked::Data => {
+            watch.on = false;
+            Look::Later
+        }
+        Peeked::Quiet => Look::Later,
+        Peeked::Gone => Look::Left,
+        Peeked::End => match watch.how {
+            // A reset behind the FIN shows as the socket's error only: a
+            // peek keeps finding the FIN first.
+            ClientWatch::ResetOnly if reset_fd(fd) => Look::Left,
+            ClientWatch::ResetOnly => Look::Later,
+            ClientWatch::Probe(byte) => {
+                watch.how = ClientWatch::ResetOnly;
+                match send_byte_fd(fd, byte) {
+                    Ok(true) => {
+                        *probed = true;
+                        Look::Soon
+                    }
+                    // The send buffer is full: the client is not reading,
+                    // but still there.
+                    Ok(false) => Look::Later,
+                    Err(_) => Look::Left,
+                }
+            }
+        },
     }
 }
 
@@ -301,10 +444,19 @@ pub struct Deadline<'a> {
 }
 
 impl Deadline<'_> {
-    /// Disarms the deadline; returns whether it expired while armed (and so
-    /// ended the wait it bounded).
+    /// Disarms the deadline; returns whether the sweep ended the wait it
+    /// bounded (it expired, or the client left).
     pub fn finish(self) -> bool {
         self.conn.expired().is_some()
+    }
+
+    /// Disarms the deadline; returns how the sweep ended the wait, if it did.
+    pub fn ending(self) -> Option<Ending> {
+        self.conn.update(|e| match e.expired {
+            None => None,
+            Some(_) if e.client_left => Some(Ending::ClientLeft),
+            Some(_) => Some(Ending::Expired),
+        })?
     }
 }
 
@@ -313,6 +465,7 @@ impl Drop for Deadline<'_> {
         self.conn.update(|e| {
             e.armed = None;
             e.upstream_fd = -1;
+            e.watch = None;
         });
     }
 }
@@ -327,7 +480,11 @@ impl ConnCtx {
     /// Returns `false` when the connection should close instead of waiting,
     /// because the worker is draining.
     pub fn set_idle(&self, idle: bool) -> bool {
-        self.update(|e| e.idle = idle);
+        self.update(|e| {
+            e.idle = idle;
+            e.probed = false;
+            e.client_left = false;
+        });
         !(idle && self.worker.draining.is_fired())
     }
 
@@ -371,14 +528,51 @@ impl ConnCtx {
         self.arm(wait, limit, upstream)
     }
 
+    /// Arms a [`Wait::Response`] deadline on `upstream`, with the sweep
+    /// watching the client as `watch` allows (see the module docs). The
+    /// guard must be dropped before `upstream` is.
+    pub fn response_deadline(&self, limit: Duration, upstream: RawFd, watch: ClientWatch) -> Deadline<'_> {
+        let tick = self.worker.tick_ms;
+        let first = self.worker.now_ms.get() + tick;
+        self.arm_watched(
+            Wait::Response,
+            limit,
+            upstream,
+            Some(Watch {
+                how: watch,
+                next_ms: first,
+                every_ms: tick,
+                on: true,
+            }),
+        )
+    }
+
     fn arm(&self, wait: Wait, limit: Duration, upstream_fd: RawFd) -> Deadline<'_> {
+        self.arm_watched(wait, limit, upstream_fd, None)
+    }
+
+    fn arm_watched(
+        &self,
+        wait: Wait,
+        limit: Duration,
+        upstream_fd: RawFd,
+        watch: Option<Watch>,
+    ) -> Deadline<'_> {
         let (at, limit_ms) = self.worker.deadline_after(limit);
         self.update(|e| {
             e.armed = Some(Armed { at, wait, limit_ms });
             e.upstream_fd = upstream_fd;
             e.expired = None;
+            e.watch = watch;
         });
         Deadline { conn: self }
+    }
+
+    /// Whether the sweep sent the first byte of the response as a probe
+    /// (see the module docs); the engine then sends the response without
+    /// it. Clears the mark.
+    pub fn take_probe(&self) -> bool {
+        self.update(|e| std::mem::take(&mut e.probed)).unwrap_or(false)
     }
 
     /// Pushes the armed deadline out by its full limit again (a tunnel
@@ -494,6 +688,79 @@ mod tests {
         worker.sweep();
         assert_eq!(conn.expired(), None);
         assert_eq!(worker.stats.timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    /// A connected pair: (client, the proxy's socket for it).
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    /// Sweeps until the watch has had time for a look and its follow-up.
+    fn sweep_a_while(worker: &WorkerState) {
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(15));
+            worker.sweep();
+        }
+    }
+
+    #[test]
+    fn a_half_closed_client_gets_the_probe_byte_and_is_not_taken_for_gone() {
+        use std::io::Read;
+        let (mut client, server) = pair();
+        let worker = state(8);
+        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        sweep_a_while(&worker);
+        assert_eq!(armed.ending(), None, "still waiting");
+        assert!(conn.take_probe(), "the probe went out");
+        assert!(!conn.take_probe(), "taking it clears it");
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"H");
+        assert_eq!(worker.stats.client_aborts.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_closed_client_answers_the_probe_with_a_reset_and_ends_the_wait() {
+        let (client, server) = pair();
+        let worker = state(8);
+        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
+        drop(client);
+        sweep_a_while(&worker);
+        assert_eq!(armed.ending(), Some(Ending::ClientLeft));
+        assert_eq!(worker.stats.client_aborts.load(Ordering::Relaxed), 1);
+        assert_eq!(worker.stats.timeouts.load(Ordering::Relaxed), 0, "not a timeout");
+    }
+
+    #[test]
+    fn a_client_that_pipelines_is_not_watched_further_and_no_probe_goes_out() {
+        use std::io::Write;
+        let (mut client, server) = pair();
+        let worker = state(8);
+        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
+        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        sweep_a_while(&worker);
+        assert!(!conn.take_probe());
+        assert_eq!(armed.ending(), None);
+    }
+
+    #[test]
+    fn once_the_response_began_end_of_stream_draws_no_probe() {
+        let (client, server) = pair();
+        let worker = state(8);
+        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::ResetOnly);
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        sweep_a_while(&worker);
+        assert!(!conn.take_probe());
+        assert_eq!(armed.ending(), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{os::fd::RawFd, time::Duration};
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use ringway_core::{ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
+use ringway_core::{ClientWatch, ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
 
 use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
@@ -71,6 +71,12 @@ impl BodyPath<'_> {
             self.write_timeout
         };
         match side {
+            // Waiting for more of a response, whose head the client has:
+            // the sweep watches for a client that leaves meanwhile.
+            Side::Upstream if reading && self.to == Side::Downstream => {
+                self.conn
+                    .response_deadline(limit, self.upstream, ClientWatch::ResetOnly)
+            }
             Side::Upstream => self.conn.upstream_deadline(Wait::Upstream, limit, self.upstream),
             _ if reading => self.conn.deadline(Wait::ClientRead, limit),
             _ => self.conn.deadline(Wait::ClientWrite, limit),

@@ -26,7 +26,7 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split},
     net::TcpStream,
 };
-use ringway_core::{ConnCtx, Error, ErrorKind, Result, Side, Wait};
+use ringway_core::{ClientWatch, ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use crate::{
     body::{BodyPath, OutFraming},
@@ -39,7 +39,10 @@ use crate::{
     pool::{UpstreamConn, UpstreamPool},
     splice::SpliceSocket,
     tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
-    write::{end_head, local_response, request_head, response_head, ClientResponse, UpstreamRequest},
+    write::{
+        end_head, local_response, request_head, response_head, ClientResponse, UpstreamRequest,
+        RESPONSE_START,
+    },
 };
 
 /// A client connection the engine can serve: a monoio stream that can be
@@ -247,6 +250,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const GATHER_ABOVE: usize = 4096;
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+/// The status logged for a request whose client left before its answer
+/// (nginx's 499); nothing is sent.
+const CLIENT_GONE_STATUS: u16 = 499;
 
 /// Serves client connections for one listener on one worker.
 pub struct Engine<H> {
@@ -508,6 +515,11 @@ impl<H: Handler> Engine<H> {
         };
         match result {
             Ok(done) => done,
+            Err(failure) if failure.error.kind() == ErrorKind::ClientGone => {
+                // Nobody to answer; 499 in the logs, as nginx writes it.
+                self.log_failure(client, &st.req, CLIENT_GONE_STATUS, &failure.error);
+                (Outcome::Close, CLIENT_GONE_STATUS)
+            }
             Err(failure) => {
                 let status = if failure.responded {
                     0
@@ -586,6 +598,9 @@ impl<H: Handler> Engine<H> {
         };
         let idempotent = req.method().is_idempotent();
         let mut retried = false;
+        // Whether bytes of an answer (a 100 or another interim response)
+        // went to the client.
+        let mut began = false;
         // The upstream answered before taking the whole request body.
         let mut body_cut = false;
         loop {
@@ -618,6 +633,7 @@ impl<H: Handler> Engine<H> {
                     self.write_client(io, scratch, conn)
                         .await
                         .map_err(Failure::before)?;
+                    began = true;
                 }
                 let path = BodyPath {
                     conn,
@@ -642,7 +658,10 @@ impl<H: Handler> Engine<H> {
                     break;
                 }
             }
-            match self.read_response_head(&mut up, resp, conn).await {
+            // The whole request is sent: the client is watched while the
+            // upstream works on it.
+            let watch = client_watch(io, began);
+            match self.read_response_head(&mut up, resp, conn, Some(watch)).await {
                 Ok(()) => break,
                 Err(e)
                     if !retried
@@ -699,9 +718,10 @@ impl<H: Handler> Engine<H> {
                 response_head(wbuf, &interim, &s.proxy_headers);
                 end_head(wbuf);
                 self.write_client(io, wbuf, conn).await.map_err(Failure::before)?;
+                began = true;
             }
             resp.clear();
-            self.read_response_head(&mut up, resp, conn)
+            self.read_response_head(&mut up, resp, conn, Some(client_watch(io, began)))
                 .await
                 .map_err(Failure::before)?;
         }
@@ -747,6 +767,7 @@ impl<H: Handler> Engine<H> {
         }
         resp.clear();
         if in_hand > GATHER_ABOVE {
+            skip_probe(conn, wbuf);
             let body = up.rbuf.split_to(in_hand);
             let (sent, head) = bounded!(
                 conn.deadline(Wait::ClientWrite, t.client_io),
@@ -854,24 +875,28 @@ impl<H: Handler> Engine<H> {
         if e.side() != Side::Upstream {
             return Err(e);
         }
-        match self.read_response_head(up, resp, path.conn).await {
+        match self.read_response_head(up, resp, path.conn, None).await {
             Ok(()) => Ok(true),
             Err(_) => Err(e),
         }
     }
 
+    /// Reads the upstream's response head within the upstream timeout;
+    /// with `watch`, the request is complete and the sweep watches the
+    /// client meanwhile (a client that leaves ends the wait).
     async fn read_response_head(
         &self,
         up: &mut UpstreamConn,
         resp: &mut ResponseHead,
         conn: &ConnCtx,
+        watch: Option<ClientWatch>,
     ) -> Result<()> {
         let s = &self.settings;
-        let armed = conn.upstream_deadline(
-            Wait::Upstream,
-            s.timeouts.upstream_response,
-            up.stream.as_raw_fd(),
-        );
+        let (limit, fd) = (s.timeouts.upstream_response, up.stream.as_raw_fd());
+        let armed = match watch {
+            Some(watch) => conn.response_deadline(limit, fd, watch),
+            None => conn.upstream_deadline(Wait::Upstream, limit, fd),
+        };
         let read = async {
             loop {
                 if !up.rbuf.is_empty() && resp.parse(&mut up.rbuf, &s.limits)? {
@@ -900,12 +925,15 @@ impl<H: Handler> Engine<H> {
         )?
     }
 
+    /// Writes `buf` to the client, less the response's first byte when the
+    /// sweep already sent it as a probe.
     async fn write_client<S: ClientStream>(
         &self,
         io: &mut S,
         buf: &mut Vec<u8>,
         conn: &ConnCtx,
     ) -> Result<()> {
+        skip_probe(conn, buf);
         bounded!(
             conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io),
             ErrorKind::WriteTimeout,
@@ -969,6 +997,27 @@ impl<H: Handler> Engine<H> {
             status,
             micros = started.elapsed().as_micros() as u64,
         );
+    }
+}
+
+/// How the sweep may watch a client whose request is all sent: with the
+/// response's first byte as a probe while nothing of an answer went out
+/// and the stream is a plain socket (a TLS stream cannot take a stray
+/// byte), else for resets only.
+fn client_watch<S: ClientStream>(io: &S, began: bool) -> ClientWatch {
+    if began || io.splice_fd().is_none() {
+        ClientWatch::ResetOnly
+    } else {
+        ClientWatch::Probe(RESPONSE_START)
+    }
+}
+
+/// Drops the first byte of the response in `head` when the sweep already
+/// sent it to the client as a probe.
+fn skip_probe(conn: &ConnCtx, head: &mut Vec<u8>) {
+    if conn.take_probe() {
+        debug_assert_eq!(head.first(), Some(&RESPONSE_START));
+        head.remove(0);
     }
 }
 

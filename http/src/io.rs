@@ -72,7 +72,9 @@ pub(crate) async fn write_vec<W: AsyncWriteRent>(io: &mut W, scratch: &mut Vec<u
 
 /// Awaits `fut` while `deadline` (a [`ringway_core::Deadline`]) is armed;
 /// fails with `kind` on `side` when the deadline expired first (the
-/// worker's sweep then ended the wait). Evaluates to `Result<output>`.
+/// worker's sweep then ended the wait), or with [`ErrorKind::ClientGone`]
+/// when the sweep ended it because the client left. Evaluates to
+/// `Result<output>`.
 ///
 /// A macro, not an async fn: an async fn would hold `fut` once as its
 /// argument and again as the future it awaits, and every connection's
@@ -81,14 +83,23 @@ macro_rules! bounded {
     ($deadline:expr, $kind:expr, $side:expr, $context:expr, $fut:expr $(,)?) => {{
         let armed = $deadline;
         let out = $fut.await;
-        if armed.finish() {
-            Err(ringway_core::Error::new($kind, $side, $context))
-        } else {
-            Ok(out)
+        match armed.ending() {
+            None => Ok(out),
+            Some(ringway_core::Ending::Expired) => Err(ringway_core::Error::new($kind, $side, $context)),
+            Some(ringway_core::Ending::ClientLeft) => Err($crate::io::client_gone()),
         }
     }};
 }
 pub(crate) use bounded;
+
+/// The error of a wait that ended because the client left.
+pub(crate) fn client_gone() -> Error {
+    Error::new(
+        ErrorKind::ClientGone,
+        Side::Downstream,
+        "the client closed its connection while the upstream's response was awaited",
+    )
+}
 
 /// Runs `fut` for at most `limit` on a runtime timer (rare waits only, such
 /// as connecting); past it, fails with `kind` on `side`.

@@ -20,6 +20,10 @@ use crate::{
 
 const VIA: &[u8] = b"Via: 1.1 ringway\r\n";
 
+/// The first byte of every response ringway writes (`HTTP/1.1 ...`), which
+/// the worker's sweep may send ahead as a probe of a waiting client.
+pub(crate) const RESPONSE_START: u8 = b'H';
+
 /// The origin-form of a request target: absolute-form loses its scheme and
 /// authority (RFC 9112 section 3.2.2); other forms stay as they are.
 /// Returns the target and, for absolute-form, the authority.

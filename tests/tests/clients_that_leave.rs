@@ -1,0 +1,180 @@
+//! Clients that leave while the upstream works on their request, over real
+//! loopback sockets on both drivers: the upstream connection is closed at
+//! once (not held for the upstream timeout) and the request counts as a
+//! client abort (499), while a client that only shut its sending side
+//! after a complete request still gets its whole response.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use ringway_core::DriverChoice;
+use ringway_tests::{both_drivers, client, read_to_close, ProxySetup, TestProxy};
+
+both_drivers!(
+    clients_that_close_while_the_upstream_is_slow_release_it_at_once,
+    a_half_closed_client_still_gets_its_response,
+    a_client_that_resets_during_a_stalled_body_releases_the_upstream,
+);
+
+/// An origin that reads each request, sends `answer` (possibly nothing),
+/// then holds the connection until the proxy closes it; counts the
+/// connections the proxy closed.
+struct StallingOrigin {
+    addr: SocketAddr,
+    closed: Arc<AtomicUsize>,
+}
+
+impl StallingOrigin {
+    fn start(answer: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&closed);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let raw = AtomicUsize::new(0);
+                    if !matches!(client::read_request(&mut stream, &mut buf, &raw), Ok(Some(_))) {
+                        return;
+                    }
+                    let _ = stream.write_all(answer);
+                    // Held far longer than any test waits: only the proxy
+                    // can end it.
+                    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                    let mut byte = [0u8; 1];
+                    if matches!(stream.read(&mut byte), Ok(0) | Err(_)) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Self { addr, closed }
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+fn aborts(proxy: &TestProxy) -> u64 {
+    proxy.handle().stats()[0].client_aborts.load(Ordering::Relaxed)
+}
+
+fn active(proxy: &TestProxy) -> u64 {
+    proxy.handle().stats()[0].active.load(Ordering::Relaxed)
+}
+
+/// Waits up to `limit` for `done`; a liveness bound, far above the
+/// expected time and far below the upstream timeout the proxy runs with.
+fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// A proxy whose upstream timeout (10 minutes) no test outlasts.
+fn patient_proxy(driver: DriverChoice, origin: SocketAddr) -> TestProxy {
+    let mut setup = ProxySetup::new(driver, &[origin]);
+    setup.settings.timeouts.upstream_response = Duration::from_secs(600);
+    setup.start()
+}
+
+fn clients_that_close_while_the_upstream_is_slow_release_it_at_once(driver: DriverChoice) {
+    const CLIENTS: usize = 100;
+    let origin = StallingOrigin::start(b"");
+    let proxy = patient_proxy(driver, origin.addr);
+    for i in 0..CLIENTS {
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+    }
+    // Every client is gone now (dropped, closed); the proxy notices and
+    // closes their upstream connections long before the upstream timeout.
+    assert!(
+        eventually(Duration::from_secs(30), || origin.closed() == CLIENTS),
+        "upstream connections closed: {} of {CLIENTS}",
+        origin.closed()
+    );
+    assert!(eventually(Duration::from_secs(10), || active(&proxy) == 0));
+    assert_eq!(aborts(&proxy), CLIENTS as u64, "each counted as a client abort");
+}
+
+fn a_half_closed_client_still_gets_its_response(driver: DriverChoice) {
+    // The origin answers after a while, long enough for the sweep to see
+    // the client's end of stream and probe it several times.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let raw = AtomicUsize::new(0);
+                while let Ok(Some(_)) = client::read_request(&mut s, &mut buf, &raw) {
+                    thread::sleep(Duration::from_millis(400));
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow!");
+                }
+            });
+        }
+    });
+    let proxy = patient_proxy(driver, addr);
+    for version in ["1.1", "1.0"] {
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let got = read_to_close(&mut c, Duration::from_secs(20));
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "HTTP/{version}: {text:?}"
+        );
+        assert!(text.ends_with("\r\n\r\nslow!"), "HTTP/{version}: {text:?}");
+    }
+    // And an upstream that fails still gets its error to the client whole.
+    let refused = ringway_tests::refused_addr();
+    let proxy = patient_proxy(driver, refused);
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let got = read_to_close(&mut c, Duration::from_secs(20));
+    assert!(
+        got.starts_with(b"HTTP/1.1 502 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(aborts(&proxy), 0);
+}
+
+fn a_client_that_resets_during_a_stalled_body_releases_the_upstream(driver: DriverChoice) {
+    // The head and the start of a long body arrive, then nothing more.
+    let origin = StallingOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst bytes");
+    let proxy = patient_proxy(driver, origin.addr);
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut byte = [0u8; 1];
+    c.read_exact(&mut byte).unwrap();
+    // Closed with the rest of what arrived unread: the kernel resets.
+    thread::sleep(Duration::from_millis(100));
+    drop(c);
+    assert!(
+        eventually(Duration::from_secs(30), || origin.closed() == 1),
+        "the upstream connection was released"
+    );
+    assert!(eventually(Duration::from_secs(10), || active(&proxy) == 0));
+}
