@@ -294,7 +294,9 @@ fn init_logging(level: Option<&str>) {
 
 fn run(config: &Config) -> anyhow::Result<ExitCode> {
     init_logging(config.log_level.as_deref());
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    raise_descriptor_limit(config);
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]).context("installing signal handlers")?;
     let server = factory::start(config).context("starting")?;
     for (listener, addr) in config.listeners.iter().zip(server.local_addrs()) {
         match listener.mode {
@@ -307,16 +309,18 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Some(signal) = signals.forever().next() {
+    let stop = signals.forever().find(|&signal| !keeps_running(signal));
+    if let Some(signal) = stop {
         tracing::info!(
-            "signal {signal}: stopping; finishing in-flight requests (up to {:?})",
+            "signal {}: stopping; finishing in-flight requests (up to {:?})",
+            signal_name(signal),
             config.shutdown_timeout
         );
     }
     server.shutdown();
-    // A second signal while draining stops at once.
+    // A second stop signal while draining stops at once.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|signal| !keeps_running(signal)) {
             eprintln!("ringway: second signal, exiting now");
             std::process::exit(130);
         }
@@ -324,4 +328,66 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
     server.wait();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-file limit to the hard limit and says whether it covers
+/// the connection limit: each client connection may hold an upstream
+/// connection too, and each worker holds a few descriptors of its own.
+fn raise_descriptor_limit(config: &Config) {
+    let workers = config.runtime.workers as u64;
+    let needed = workers
+        .saturating_mul(config.max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64 * workers + 64);
+    match ringway_core::rlimit::raise_open_files() {
+        Ok(limit) => {
+            if limit.now > limit.before {
+                tracing::info!(
+                    "file descriptor limit raised from {} to {}",
+                    limit.before,
+                    limit.now
+                );
+            } else {
+                tracing::info!("file descriptor limit {}", limit.now);
+            }
+            if limit.now < needed {
+                tracing::warn!(
+                    "the file descriptor limit ({}) cannot cover {} workers x max_connections {} \
+                     (a client and an upstream descriptor each: {needed}); past it, new connections \
+                     wait in the accept queue. Raise the hard limit (LimitNOFILE= in a service file, \
+                     ulimit -Hn) or lower [runtime] max_connections",
+                    limit.now,
+                    workers,
+                    config.max_connections
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the file descriptor limit: {e}"),
+    }
+}
+
+/// Whether `signal` leaves ringway running (after saying what it does):
+/// SIGHUP and SIGUSR1, which `systemctl reload` and logrotate send, and
+/// SIGUSR2, must never stop a proxy that serves traffic.
+fn keeps_running(signal: i32) -> bool {
+    match signal {
+        SIGHUP => tracing::warn!(
+            "signal SIGHUP: received; live reload is not implemented yet, so the running \
+             configuration stays as it is (restart ringway to apply a changed file)"
+        ),
+        SIGUSR1 => {
+            tracing::info!("signal SIGUSR1: received; logs go to stderr, so there is no log file to reopen")
+        }
+        SIGUSR2 => tracing::info!("signal SIGUSR2: received and ignored"),
+        _ => return false,
+    }
+    true
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        _ => "?",
+    }
 }

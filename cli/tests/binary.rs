@@ -145,6 +145,66 @@ fn curl_through_the_binary_and_sigterm_exits_zero() {
     assert!(proxy.wait().success(), "SIGTERM: graceful exit 0");
 }
 
+#[test]
+fn reload_and_log_rotation_signals_do_not_stop_it() {
+    let origin = Origin::start(|_| Reply::ok("still here"));
+    let proxy = Running::reverse(origin.addr(), "1");
+    for (signal, said) in [
+        (
+            "HUP",
+            "signal SIGHUP: received; live reload is not implemented yet",
+        ),
+        ("USR1", "signal SIGUSR1: received"),
+        ("USR2", "signal SIGUSR2: received and ignored"),
+    ] {
+        proxy.signal(signal);
+        proxy.wait_for_log(said);
+        assert_eq!(curl(&[&proxy.url("/")]), "still here", "after SIG{signal}");
+    }
+    proxy.signal("TERM");
+    assert!(proxy.wait().success(), "SIGTERM still stops it, with exit 0");
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_running_out_backs_off_quietly() {
+    let origin = Origin::start(|_| Reply::ok("served"));
+    let upstream = origin.addr().to_string();
+    let mut command = Command::new("prlimit");
+    command.args(["--nofile=40:64", "--", BIN, "reverse", "--listen", "127.0.0.1:0"]);
+    command.args(["--upstream", &upstream, "--workers", "1", "--no-pin"]);
+    let proxy = Running::spawn(command);
+    proxy.wait_for_log("file descriptor limit raised from 40 to 64");
+    proxy.wait_for_log("cannot cover 1 workers x max_connections 100000");
+    // More connections than descriptors: accepts fail until they close.
+    let held: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(proxy.addr).ok())
+        .collect();
+    proxy.wait_for_log("accept failed");
+    thread::sleep(Duration::from_secs(2));
+    let failed = proxy.log_lines("accept failed");
+    assert!(
+        failed.len() <= 2,
+        "one line per 10 s, not one per failed accept: {failed:#?}"
+    );
+    assert!(failed[0].contains("out of file descriptors"), "{}", failed[0]);
+    drop(held);
+    // The backlog drains and the proxy serves again.
+    let mut served = String::new();
+    for _ in 0..50 {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &proxy.url("/")])
+            .output()
+            .expect("curl");
+        served = String::from_utf8_lossy(&out.stdout).into_owned();
+        if served == "served" {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served, "served");
+    proxy.wait_for_log("accepting again after failed accepts");
+}
+
 /// An origin that swallows uploads and serves a download of `size` bytes.
 fn bulk_origin(size: u64) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

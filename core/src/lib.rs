@@ -12,6 +12,7 @@
 pub mod dns;
 mod error;
 mod listener;
+pub mod rlimit;
 pub mod runtime;
 mod server;
 pub mod socket;

@@ -309,12 +309,22 @@ async fn worker_main<F, A>(
     tracing::info!(worker = state.index, "worker stopped");
 }
 
+/// How long the accept loop pauses after a failed accept: it doubles from
+/// the first to the last while accepts keep failing (out of descriptors or
+/// memory, where retrying at once would spin on the pending connection).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// At most one log line per this long about accepts that keep failing.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 async fn accept_loop<A: WorkerApp>(
     index: usize,
     listener: monoio::net::TcpListener,
     app: Rc<A>,
     state: Rc<WorkerState>,
 ) {
+    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut failures = AcceptFailures::default();
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -322,6 +332,8 @@ async fn accept_loop<A: WorkerApp>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                failures.recovered(state.index, index);
                 WorkerStats::bump(&state.stats.accepted);
                 let Some(conn) = state.register(stream.as_raw_fd()) else {
                     drop(stream);
@@ -336,10 +348,62 @@ async fn accept_loop<A: WorkerApp>(
                 });
             }
             Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning.
-                tracing::error!(listener = index, "accept failed: {e}");
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors or memory: back off instead of
+                // spinning, and say so once in a while, not per attempt.
+                WorkerStats::bump(&state.stats.accept_errors);
+                failures.failed(state.index, index, &e, backoff);
+                monoio::select! {
+                    _ = monoio::time::sleep(backoff) => {}
+                    _ = state.draining.wait() => return,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
             }
+        }
+    }
+}
+
+/// Failed accepts since the last log line about them.
+#[derive(Default)]
+struct AcceptFailures {
+    since_log: u64,
+    logged_at: Option<std::time::Instant>,
+    failing: bool,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, worker: usize, listener: usize, e: &io::Error, backoff: Duration) {
+        self.since_log += 1;
+        self.failing = true;
+        if self.logged_at.is_some_and(|at| at.elapsed() < ACCEPT_LOG_EVERY) {
+            return;
+        }
+        let hint = match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => {
+                " (out of file descriptors: raise the hard limit, LimitNOFILE= in a service file, or lower max_connections)"
+            }
+            _ => "",
+        };
+        tracing::error!(
+            worker,
+            listener,
+            failed = self.since_log,
+            "accept failed: {e}{hint}; pausing accepts for {backoff:?}, then backing off to {:?}",
+            ACCEPT_BACKOFF.1
+        );
+        self.since_log = 0;
+        self.logged_at = Some(std::time::Instant::now());
+    }
+
+    fn recovered(&mut self, worker: usize, listener: usize) {
+        if std::mem::take(&mut self.failing) {
+            tracing::warn!(
+                worker,
+                listener,
+                failed = self.since_log,
+                "accepting again after failed accepts"
+            );
+            self.since_log = 0;
+            self.logged_at = None;
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct WorkerStats {
     pub timeouts: AtomicU64,
     /// Body and tunnel bytes moved socket to socket with splice(2).
     pub spliced_bytes: AtomicU64,
+    /// Accepts that failed (out of descriptors or memory).
+    pub accept_errors: AtomicU64,
     /// Requests abandoned because their client closed its connection while
     /// the upstream's response was awaited (logged as status 499).
     pub client_aborts: AtomicU64,

@@ -8,8 +8,9 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The binary under test.
@@ -22,17 +23,26 @@ pub(crate) fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// A running `ringway` process and the address its first listener bound.
+/// A running `ringway` process, the address its first listener bound, and
+/// its log so far.
 pub(crate) struct Running {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Running {
     /// Starts `ringway ARGS` and waits for its "listener ... on ADDR" line.
     pub(crate) fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Running::spawn(command)
+    }
+
+    /// Starts `command` (ringway, or ringway under a wrapper such as
+    /// prlimit) and waits for its "listener ... on ADDR" line.
+    pub(crate) fn spawn(mut command: Command) -> Running {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -40,18 +50,44 @@ impl Running {
             .expect("spawn ringway");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let addr = loop {
             let line = lines
                 .next()
                 .expect("ringway exited before listening")
                 .expect("read log");
-            if let Some(rest) = line.split(" proxy on ").nth(1) {
-                break rest.trim().parse().expect("address in the log line");
+            let addr = line.split(" proxy on ").nth(1).map(|rest| rest.trim().parse());
+            log.lock().expect("log").push(line);
+            if let Some(addr) = addr {
+                break addr.expect("address in the log line");
             }
         };
         // Keep draining the log so the process never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Running { child, addr }
+        let kept = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().expect("log").push(line);
+            }
+        });
+        Running { child, addr, log }
+    }
+
+    /// The log lines so far that contain `needle`.
+    pub(crate) fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().expect("log");
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// Waits up to 10 s for a log line containing `needle`.
+    pub(crate) fn wait_for_log(&self, needle: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log_lines(needle).pop() {
+                return line;
+            }
+            assert!(Instant::now() < until, "no log line with {needle:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `ringway reverse` on a free port in front of `upstream`.
