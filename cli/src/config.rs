@@ -16,7 +16,7 @@ use std::{
 };
 
 use ringway_balancer::UpstreamGroup;
-use ringway_core::{dns::DnsConfig, DriverChoice, ListenerSpec, RuntimeConfig};
+use ringway_core::{dns::DnsConfig, DriverChoice, ListenerSpec, OwnAddresses, RuntimeConfig};
 use ringway_http::{
     forward::{
         acl::{Acl, Action, IpNet, Matcher, PortSet, Rule, TimeWindow},
@@ -25,7 +25,7 @@ use ringway_http::{
         pac::Pac,
     },
     EngineSettings, ForwardSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders, RouteSpec,
-    RouteTable, Timeouts, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
+    RouteTable, Timeouts, ViaName, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 use serde::Deserialize;
 
@@ -196,6 +196,8 @@ pub(crate) struct HttpSection {
     pub(crate) upstream_keepalive_timeout: Option<String>,
     pub(crate) forwarded: Option<String>,
     pub(crate) via: Option<bool>,
+    pub(crate) via_name: Option<String>,
+    pub(crate) allow_trace: Option<bool>,
     pub(crate) splice: Option<bool>,
 }
 
@@ -400,6 +402,11 @@ struct Validator {
     problems: Vec<(KeyPath, String)>,
     /// Directory that relative file names are taken from.
     base: PathBuf,
+    /// The proxy's name in `Via` (`[http] via_name`), for listeners that
+    /// turn `via` on.
+    via_name: ViaName,
+    /// Every upstream server, where it is configured.
+    servers: Vec<(KeyPath, SocketAddr)>,
 }
 
 impl Validator {
@@ -407,6 +414,8 @@ impl Validator {
         Self {
             problems: Vec::new(),
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            via_name: ViaName::default(),
+            servers: Vec::new(),
         }
     }
 
@@ -496,6 +505,7 @@ impl Validator {
             auths: &auths,
         };
         let listeners = self.listeners(&user.listeners, &named, &settings, &root.key("listener"));
+        self.no_upstream_is_a_listener(&listeners);
         Config {
             runtime,
             max_connections,
@@ -505,6 +515,35 @@ impl Validator {
             upstreams,
             pool,
             dns: Arc::new(dns),
+        }
+    }
+
+    /// An upstream server that is one of ringway's own listeners would send
+    /// every request back to the proxy, without end.
+    fn no_upstream_is_a_listener(&mut self, listeners: &[Listener]) {
+        let bound: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.spec.addr)
+            .filter(|a| a.port() != 0)
+            .collect();
+        let own = OwnAddresses::new(&bound);
+        let found: Vec<_> = self
+            .servers
+            .iter()
+            .filter(|(_, addr)| own.contains(*addr))
+            .cloned()
+            .collect();
+        for (at, addr) in found {
+            let listener = listeners
+                .iter()
+                .find(|l| OwnAddresses::new(&[l.spec.addr]).contains(addr))
+                .map_or("a listener", |l| l.spec.name.as_str());
+            self.problem(
+                at,
+                format!(
+                    "{addr} is ringway's own listener {listener:?}: requests would loop back to the proxy"
+                ),
+            );
         }
     }
 
@@ -657,13 +696,20 @@ impl Validator {
                 pool_default.idle_timeout,
             ),
         };
+        self.via_name = match &http.via_name {
+            None => default_via_name(),
+            Some(name) => ViaName::new(name).unwrap_or_else(|e| {
+                self.problem(path.key("via_name"), e);
+                ViaName::default()
+            }),
+        };
         let proxy_headers = ProxyHeaders {
             forwarded: self.forwarded(
                 path.key("forwarded"),
                 http.forwarded.as_ref(),
                 ForwardedStyle::XForwarded,
             ),
-            via: http.via.unwrap_or(true),
+            via: http.via.unwrap_or(true).then(|| self.via_name.clone()),
         };
         let settings = EngineSettings {
             limits,
@@ -673,6 +719,7 @@ impl Validator {
             scheme: "http",
             access_log,
             splice: http.splice.unwrap_or(true),
+            allow_trace: http.allow_trace.unwrap_or(false),
         };
         (settings, pool)
     }
@@ -695,7 +742,10 @@ impl Validator {
             let mut servers = Vec::new();
             for (j, server) in up.servers.iter().enumerate() {
                 match resolve_once(server) {
-                    Ok(addr) => servers.push(addr),
+                    Ok(addr) => {
+                        servers.push(addr);
+                        self.servers.push((at.key("servers").index(j), addr));
+                    }
                     Err(e) => self.problem(at.key("servers").index(j), e),
                 }
             }
@@ -756,7 +806,7 @@ impl Validator {
             }
             let mut settings = settings.clone();
             if let Some(via) = l.via {
-                settings.proxy_headers.via = via;
+                settings.proxy_headers.via = via.then(|| self.via_name.clone());
             }
             let mode_name = l.mode.as_deref().unwrap_or("reverse");
             self.check_mode_keys(l, mode_name, &at);
@@ -1253,6 +1303,19 @@ impl Validator {
 }
 
 /// The named sections listeners refer to.
+/// The name this instance gives itself in `Via` when none is configured:
+/// `ringway-` and eight hex digits hashed from the host name, so that two
+/// ringway proxies in a chain have different names (each recognises only
+/// its own entry as a loop) without the host name leaving the machine.
+fn default_via_name() -> ViaName {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // FNV-1a: stable across restarts and builds.
+    let hash = host.trim().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    ViaName::new(&format!("ringway-{hash:08x}")).unwrap_or_default()
+}
+
 struct Named<'a> {
     upstreams: &'a [UpstreamGroup],
     acls: &'a BTreeMap<String, Arc<Acl>>,
@@ -1347,6 +1410,44 @@ servers = ["127.0.0.1:9000", "127.0.0.1:9001"]
                 .any(|m| m.starts_with("t.toml:19: upstream[0].servers[1]:")),
             "{e:#?}"
         );
+    }
+
+    #[test]
+    fn an_upstream_that_is_ringways_own_listener_is_an_error() {
+        let e = errors(&MINIMAL.replace("127.0.0.1:9001", "127.0.0.1:8080"));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with(
+                "t.toml:19: upstream[0].servers[1]: 127.0.0.1:8080 is ringway's own listener \"web\""
+            ),
+            "{e:#?}"
+        );
+        // A wildcard listener covers the loopback addresses.
+        let wildcard = MINIMAL
+            .replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"")
+            .replace("127.0.0.1:9001", "127.0.0.3:8080");
+        assert_eq!(errors(&wildcard).len(), 1);
+    }
+
+    #[test]
+    fn via_name_and_trace_are_configurable() {
+        let c = parse(
+            Path::new("t.toml"),
+            &format!("{MINIMAL}\n[http]\nvia_name = \"edge-1\"\nallow_trace = true\n"),
+        )
+        .unwrap();
+        let settings = &c.listeners[0].settings;
+        assert_eq!(
+            settings.proxy_headers.via.as_ref().map(|v| v.name()),
+            Some("edge-1")
+        );
+        assert!(settings.allow_trace);
+        let default = parse(Path::new("t.toml"), MINIMAL).unwrap();
+        let name = default.listeners[0].settings.proxy_headers.via.clone().unwrap();
+        assert!(name.name().starts_with("ringway-"), "{}", name.name());
+        assert!(!default.listeners[0].settings.allow_trace);
+        let e = errors(&format!("{MINIMAL}\n[http]\nvia_name = \"two words\"\n"));
+        assert!(e[0].contains("http.via_name"), "{e:#?}");
     }
 
     #[test]

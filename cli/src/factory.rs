@@ -6,7 +6,7 @@
 //! handler (reverse: the route table and per-worker balancers; forward: the
 //! ACL, authentication and PAC settings) inside an HTTP engine.
 
-use std::{net::SocketAddr, rc::Rc};
+use std::{net::SocketAddr, rc::Rc, sync::Arc};
 
 use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
@@ -69,7 +69,11 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
                     ListenerEngine::Reverse(Engine::new(name, handler, engine_settings, Rc::clone(&pool)))
                 }
                 ListenerMode::Forward { settings } => {
-                    let handler = ForwardHandler::new(settings.clone(), Rc::clone(&resolver));
+                    let handler = ForwardHandler::new(
+                        settings.clone(),
+                        Rc::clone(&resolver),
+                        Arc::clone(&worker.own_addresses),
+                    );
                     ListenerEngine::Forward(Engine::new(name, handler, engine_settings, Rc::clone(&pool)))
                 }
             };

@@ -19,7 +19,7 @@ pub mod socket;
 mod worker;
 
 pub use error::{Error, ErrorKind, OrErr, Result, Side};
-pub use listener::ListenerSpec;
+pub use listener::{ListenerSpec, OwnAddresses};
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
 pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Wait, WorkerStats};

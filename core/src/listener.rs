@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
     thread,
     time::Duration,
 };
@@ -33,6 +33,45 @@ impl ListenerSpec {
             addr,
             backlog: 4096,
         }
+    }
+}
+
+/// The addresses at which this server answers: its listeners, with a
+/// wildcard listener (`0.0.0.0`, `::`) standing for every address of the
+/// host. A forward proxy refuses destinations among them (a loop), and a
+/// reverse proxy's upstream may not be one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OwnAddresses {
+    listeners: Vec<SocketAddr>,
+    /// The host's interface addresses, for wildcard listeners.
+    host_ips: Vec<IpAddr>,
+}
+
+impl OwnAddresses {
+    /// The addresses of `listeners` (bound: no port 0), with the host's
+    /// interface addresses read now.
+    pub fn new(listeners: &[SocketAddr]) -> Self {
+        Self {
+            listeners: listeners.to_vec(),
+            host_ips: crate::socket::host_addresses(),
+        }
+    }
+
+    /// Whether connecting to `dest` reaches one of these listeners.
+    /// Connecting to an unspecified address reaches the loopback one.
+    pub fn contains(&self, dest: SocketAddr) -> bool {
+        let ip = match dest.ip().to_canonical() {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        self.listeners.iter().any(|l| {
+            l.port() == dest.port()
+                && (l.ip().to_canonical() == ip
+                    || (l.ip().is_unspecified()
+                        && l.is_ipv4() == ip.is_ipv4()
+                        && (ip.is_loopback() || self.host_ips.contains(&ip))))
+        })
     }
 }
 
@@ -140,6 +179,31 @@ mod tests {
         let spec = ListenerSpec::new("t", "127.0.0.1:0".parse().unwrap());
         let (sockets, _) = bind_all(&[spec], 1).unwrap();
         assert!(!socket2::SockRef::from(&sockets[0][0]).quickack().unwrap());
+    }
+
+    #[test]
+    fn own_addresses_cover_wildcards_loopback_and_the_unspecified_address() {
+        let own = OwnAddresses {
+            listeners: vec!["127.0.0.1:3128".parse().unwrap(), "0.0.0.0:8080".parse().unwrap()],
+            host_ips: vec!["192.0.2.10".parse().unwrap()],
+        };
+        for hit in [
+            "127.0.0.1:3128",
+            "0.0.0.0:3128",
+            "[::ffff:127.0.0.1]:3128",
+            "127.0.0.5:8080",
+            "192.0.2.10:8080",
+        ] {
+            assert!(own.contains(hit.parse().unwrap()), "{hit}");
+        }
+        for miss in [
+            "127.0.0.2:3128",
+            "127.0.0.1:3129",
+            "192.0.2.11:8080",
+            "[::1]:8080",
+        ] {
+            assert!(!own.contains(miss.parse().unwrap()), "{miss}");
+        }
     }
 
     #[test]

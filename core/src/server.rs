@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use monoio::{io::AsyncReadRent, net::TcpStream};
 
 use crate::{
-    listener::{bind_all, ListenerSpec},
+    listener::{bind_all, ListenerSpec, OwnAddresses},
     runtime::{self, DriverKind, RuntimeConfig},
     worker::{run_sweeper, ConnCtx, WorkerState, WorkerStats},
 };
@@ -59,7 +59,7 @@ impl ServerConfig {
 }
 
 /// What a worker is, as told to the app factory and the start log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerInfo {
     /// Worker number, from 0.
     pub index: usize,
@@ -67,6 +67,8 @@ pub struct WorkerInfo {
     pub cpu: Option<usize>,
     /// The I/O driver the worker runs.
     pub driver: DriverKind,
+    /// The server's bound listening addresses (shared by all workers).
+    pub own_addresses: Arc<OwnAddresses>,
 }
 
 /// A worker's connection handler: one per worker, built on the worker thread.
@@ -145,6 +147,7 @@ where
 {
     let workers = config.runtime.workers.max(1);
     let (mut sockets, local_addrs) = bind_all(&config.listeners, workers)?;
+    let own_addresses = Arc::new(OwnAddresses::new(&local_addrs));
     let cpus = runtime::available_cpus();
     let factory = Arc::new(factory);
     let blocking = runtime::BlockingPool::new(config.runtime.blocking_threads.max(1));
@@ -174,6 +177,7 @@ where
             timer_tick: config.timer_tick,
             runtime: config.runtime.clone(),
             blocking: blocking.clone(),
+            own_addresses: Arc::clone(&own_addresses),
         };
         let factory = Arc::clone(&factory);
         let ready = ready_tx.clone();
@@ -208,6 +212,7 @@ struct WorkerSetup {
     timer_tick: Duration,
     runtime: RuntimeConfig,
     blocking: runtime::BlockingPool,
+    own_addresses: Arc<OwnAddresses>,
 }
 
 fn run_worker<F, A>(setup: WorkerSetup, factory: &F, ready: mpsc::Sender<io::Result<WorkerInfo>>)
@@ -225,12 +230,18 @@ where
     }
     let index = setup.index;
     let blocking = setup.blocking.clone();
+    let own_addresses = Arc::clone(&setup.own_addresses);
     let result = runtime::block_on(
         setup.runtime.driver,
         setup.runtime.ring_entries,
         &blocking,
         |driver| {
-            let info = WorkerInfo { index, cpu, driver };
+            let info = WorkerInfo {
+                index,
+                cpu,
+                driver,
+                own_addresses,
+            };
             worker_main(setup, info, factory, ready.clone())
         },
     );

@@ -26,6 +26,49 @@ pub fn is_quiet(socket: &impl AsRawFd) -> bool {
     }
 }
 
+/// The host's interface addresses (IPv4 and IPv6), from getifaddrs(3);
+/// empty when they cannot be read.
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    #[allow(unsafe_code)]
+    // SAFETY: getifaddrs writes a list head into `list` on success.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        #[allow(unsafe_code)]
+        // SAFETY: `entry` is a node of the list getifaddrs returned, which
+        // stays valid until freeifaddrs below; `ifa_addr` is null or points
+        // to a sockaddr whose family says which struct it is.
+        unsafe {
+            let addr = (*entry).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*addr.cast::<libc::sockaddr_in>();
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*addr.cast::<libc::sockaddr_in6>();
+                        out.push(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe {
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
 /// What a non-blocking peek at a connected socket found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peeked {
@@ -169,6 +212,11 @@ mod tests {
         drop(server2);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!is_quiet(&client2), "closed by the peer");
+    }
+
+    #[test]
+    fn the_host_has_its_loopback_address() {
+        assert!(host_addresses().contains(&"127.0.0.1".parse().unwrap()));
     }
 
     #[test]

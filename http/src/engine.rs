@@ -33,6 +33,7 @@ use crate::{
     buffers::{self, HEAD_ROOM},
     chunked::{ChunkedDecoder, Decoded},
     gather::write_head_and_body,
+    guard,
     head::{BodyFraming, RequestHead, ResponseHead, Version},
     io::{bounded, io_error, read_some, write_vec},
     limits::EngineSettings,
@@ -477,7 +478,10 @@ impl<H: Handler> Engine<H> {
         client: &ClientInfo,
         conn: &ConnCtx,
     ) -> (Outcome, u16) {
-        let route = self.handler.route(&st.req, client).await;
+        let route = match guard::answer(&st.req, &self.settings) {
+            Some(reply) => Route::Reply(reply),
+            None => self.handler.route(&st.req, client).await,
+        };
         let result = match &route {
             Route::Upstream(addr) => self.proxy(io, st, client, conn, std::slice::from_ref(addr)).await,
             Route::Forward(addrs) => self.proxy(io, st, client, conn, addrs).await,
@@ -501,7 +505,7 @@ impl<H: Handler> Engine<H> {
                     reply,
                     reason_phrase(reply.status),
                     close,
-                    self.settings.proxy_headers.via,
+                    self.settings.proxy_headers.via.as_ref(),
                 );
                 let sent = self.write_client(io, &mut st.wbuf, conn).await;
                 let outcome = match (close, sent.is_ok()) {
@@ -963,7 +967,7 @@ impl<H: Handler> Engine<H> {
             &reply,
             reason_phrase(status),
             true,
-            self.settings.proxy_headers.via,
+            self.settings.proxy_headers.via.as_ref(),
         );
         let _ = self.write_client(io, wbuf, conn).await;
         status
@@ -1138,6 +1142,7 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        508 => "Loop Detected",
         _ => "Error",
     }
 }

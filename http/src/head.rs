@@ -122,6 +122,8 @@ pub enum HeaderKind {
     Forwarded,
     /// `Via`
     Via,
+    /// `Max-Forwards`
+    MaxForwards,
 }
 
 impl HeaderKind {
@@ -138,6 +140,7 @@ impl HeaderKind {
             9 if is("forwarded") => HeaderKind::Forwarded,
             10 if is("connection") => HeaderKind::Connection,
             10 if is("keep-alive") => HeaderKind::KeepAlive,
+            12 if is("max-forwards") => HeaderKind::MaxForwards,
             14 if is("content-length") => HeaderKind::ContentLength,
             15 if is("x-forwarded-for") => HeaderKind::XForwardedFor,
             16 if is("proxy-connection") => HeaderKind::ProxyConnection,
@@ -253,6 +256,8 @@ struct FieldFacts {
     expect_continue: bool,
     expect_other: bool,
     upgrade: Option<Span>,
+    via: bool,
+    max_forwards: Option<Span>,
 }
 
 impl FieldFacts {
@@ -317,6 +322,8 @@ impl FieldFacts {
                     }
                 }
                 HeaderKind::Upgrade => facts.upgrade = Some(f.value),
+                HeaderKind::Via => facts.via = true,
+                HeaderKind::MaxForwards if facts.max_forwards.is_none() => facts.max_forwards = Some(f.value),
                 _ => {}
             }
         }
@@ -440,6 +447,8 @@ pub struct RequestHead {
     connection: ConnectionTokens,
     expect_continue: bool,
     upgrade: Option<Span>,
+    via: bool,
+    max_forwards: Option<Span>,
 }
 
 impl Default for RequestHead {
@@ -463,6 +472,8 @@ impl RequestHead {
             connection: ConnectionTokens::default(),
             expect_continue: false,
             upgrade: None,
+            via: false,
+            max_forwards: None,
         }
     }
 
@@ -584,6 +595,8 @@ impl RequestHead {
         self.connection = facts.connection;
         self.expect_continue = facts.expect_continue && version == Version::Http11;
         self.upgrade = facts.upgrade;
+        self.via = facts.via;
+        self.max_forwards = facts.max_forwards;
         self.raw = buf.split_to(len).freeze();
         Ok(true)
     }
@@ -667,6 +680,18 @@ impl RequestHead {
             (Some(p), None) if p.eq_ignore_ascii_case(b"websocket") => Some(value),
             _ => None,
         }
+    }
+
+    /// Whether the request carries a `Via` field (it came through a proxy).
+    pub fn has_via(&self) -> bool {
+        self.via
+    }
+
+    /// The first `Max-Forwards` field's value, if any: `Some(Err(()))`
+    /// when it is not a plain number (RFC 9110 section 7.6.2: `1*DIGIT`).
+    pub fn max_forwards(&self) -> Option<std::result::Result<u64, ()>> {
+        let value = self.max_forwards?.get(&self.raw);
+        Some(parse_content_length(value).ok_or(()))
     }
 
     /// Every header field, in order.

@@ -20,6 +20,7 @@ mod chunked;
 mod engine;
 pub mod forward;
 mod gather;
+mod guard;
 pub mod head;
 mod io;
 mod limits;
@@ -33,7 +34,8 @@ pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route, T
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use limits::{
-    EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
+    EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName, DEFAULT_BUFFER_SIZE,
+    MAX_HEADERS_CAP,
 };
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reverse::{ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};

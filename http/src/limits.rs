@@ -1,7 +1,7 @@
 //! The validated settings the engine runs with: size limits, timeouts and
 //! which proxy headers to add.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// The most header fields a head may carry, whatever the configuration says
 /// (the parser's field array lives on the stack).
@@ -88,20 +88,75 @@ pub enum ForwardedStyle {
 }
 
 /// The headers the proxy adds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyHeaders {
     /// Client-identifying headers to the upstream.
     pub forwarded: ForwardedStyle,
-    /// Add `Via: 1.1 ringway` in both directions.
-    pub via: bool,
+    /// The `Via` entry added in both directions (`None`: no `Via`, and no
+    /// loop check by `Via`).
+    pub via: Option<ViaName>,
 }
 
 impl Default for ProxyHeaders {
     fn default() -> Self {
         Self {
             forwarded: ForwardedStyle::XForwarded,
-            via: true,
+            via: Some(ViaName::default()),
         }
+    }
+}
+
+/// The name this proxy gives itself in `Via` (the received-by of RFC 9110
+/// section 7.6.3), which is also how it recognises a request that already
+/// went through it: a loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViaName {
+    /// `Via: 1.1 NAME\r\n`, written as is.
+    line: Arc<[u8]>,
+}
+
+impl Default for ViaName {
+    /// `ringway`.
+    fn default() -> Self {
+        Self::new("ringway").unwrap_or_else(|_| unreachable!("a valid token"))
+    }
+}
+
+impl ViaName {
+    /// A name of token characters (letters, digits, `-._~!$&'*+^`|`),
+    /// at most 64; `Err` says what is wrong with it.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let token = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'*+^`|".contains(c);
+        if name.is_empty() || name.len() > 64 || !name.chars().all(token) {
+            return Err(format!(
+                "{name:?} is not a Via name: 1 to 64 letters, digits and -._~!$&'*+^`|"
+            ));
+        }
+        Ok(Self {
+            line: format!("Via: 1.1 {name}\r\n").into_bytes().into(),
+        })
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        let line = &self.line[b"Via: 1.1 ".len()..self.line.len() - 2];
+        std::str::from_utf8(line).unwrap_or_default()
+    }
+
+    /// The whole `Via` field line.
+    pub(crate) fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// Whether a `Via` field value names this proxy among its entries
+    /// (`1.1 name`, `HTTP/1.1 name (comment)`, ...), ASCII case ignored.
+    pub fn is_in(&self, via_value: &[u8]) -> bool {
+        let name = self.name().as_bytes();
+        crate::head::list_elements(via_value).any(|entry| {
+            let mut words = entry.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty());
+            let _protocol = words.next();
+            words.next().is_some_and(|by| by.eq_ignore_ascii_case(name))
+        })
     }
 }
 
@@ -125,6 +180,9 @@ pub struct EngineSettings {
     /// Move tunnels and large bodies between two TCP sockets with splice(2),
     /// never copying them into user space.
     pub splice: bool,
+    /// Forward TRACE requests (off: they are answered 405, as nginx does,
+    /// since a TRACE echoes the client's cookies and credentials back).
+    pub allow_trace: bool,
 }
 
 impl Default for EngineSettings {
@@ -137,6 +195,7 @@ impl Default for EngineSettings {
             scheme: "http",
             access_log: false,
             splice: true,
+            allow_trace: false,
         }
     }
 }

@@ -193,7 +193,7 @@ impl ForwardSetup {
             settings: EngineSettings {
                 proxy_headers: ringway_http::ProxyHeaders {
                     forwarded: ForwardedStyle::AppendFor,
-                    via: true,
+                    via: Some(ringway_http::ViaName::default()),
                 },
                 ..EngineSettings::default()
             },
@@ -220,8 +220,12 @@ impl ForwardSetup {
         });
         let forward_settings = self.settings;
         let server = test_server_config(self.driver, 10_000, Duration::from_secs(10));
-        launch(server, move |_| {
-            let handler = ForwardHandler::new(settings.clone(), Rc::new(Resolver::new(dns.clone())));
+        launch(server, move |worker| {
+            let handler = ForwardHandler::new(
+                settings.clone(),
+                Rc::new(Resolver::new(dns.clone())),
+                Arc::clone(&worker.own_addresses),
+            );
             TestEngine::Forward(Engine::new(
                 "outbound",
                 handler,

@@ -611,7 +611,7 @@ fn anonymity_settings_control_x_forwarded_for_and_via(driver: DriverChoice) {
         let mut setup = ForwardSetup::new(driver, acl(vec![]));
         setup.hosts = hosts();
         setup.settings.proxy_headers.forwarded = style;
-        setup.settings.proxy_headers.via = false;
+        setup.settings.proxy_headers.via = None;
         let p = setup.start();
         assert_eq!(get(&p, &url, "X-Forwarded-For: 10.9.8.7\r\n").status, 200);
         let seen = origin.seen().pop().unwrap();

@@ -22,7 +22,7 @@ use std::{
     sync::Arc,
 };
 
-use ringway_core::dns::Resolver;
+use ringway_core::{dns::Resolver, OwnAddresses};
 
 use self::{
     acl::{Acl, AclRequest, DenyReason, Verdict},
@@ -57,17 +57,43 @@ pub struct ForwardHandler {
     settings: Arc<ForwardSettings>,
     resolver: Rc<Resolver>,
     auth: Option<Authenticator>,
+    own: Arc<OwnAddresses>,
 }
 
 impl ForwardHandler {
-    /// A handler for one worker, resolving names with that worker's `resolver`.
-    pub fn new(settings: Arc<ForwardSettings>, resolver: Rc<Resolver>) -> Self {
+    /// A handler for one worker, resolving names with that worker's
+    /// `resolver`; destinations among `own` (the server's own listening
+    /// addresses) are refused as loops.
+    pub fn new(settings: Arc<ForwardSettings>, resolver: Rc<Resolver>, own: Arc<OwnAddresses>) -> Self {
         let auth = settings.auth.clone().map(Authenticator::new);
         Self {
             settings,
             resolver,
             auth,
+            own,
         }
+    }
+
+    /// 508 for a destination that is one of this server's own listeners:
+    /// forwarding there would bring the request back to the proxy, and a
+    /// pipelined run of `CONNECT self` would nest tunnels without end.
+    fn loop_to_self(&self, dest: &Destination, addr: SocketAddr, client: &ClientInfo) -> Route {
+        tracing::info!(
+            target: "ringway::access",
+            listener = %self.settings.listener,
+            client = %client.peer,
+            dest = %format_args!("{}:{}", dest.host, dest.port),
+            status = 508,
+            "refused: {addr} is this proxy's own listening address"
+        );
+        Route::Reply(LocalReply::new(
+            508,
+            "text/plain; charset=utf-8",
+            format!(
+                "508 Loop Detected: {}:{} is this proxy itself ({addr})\n",
+                dest.host, dest.port
+            ),
+        ))
     }
 
     fn bad_request(message: &str) -> Route {
@@ -164,6 +190,10 @@ impl Handler for ForwardHandler {
             groups: user.as_deref().map_or(&[], |u| &u.groups),
         };
         match decide(&self.settings.acl, &self.resolver, &request).await.outcome {
+            Outcome::Allow { addrs, .. } if addrs.iter().any(|&a| self.own.contains(a)) => {
+                let own = addrs.iter().copied().find(|&a| self.own.contains(a));
+                self.loop_to_self(&dest, own.unwrap_or(addrs[0]), client)
+            }
             Outcome::Allow { addrs, .. } if connect => Route::Connect(addrs),
             Outcome::Allow { addrs, .. } => Route::Forward(addrs),
             Outcome::Deny(reason) => self.denied(reason, &dest, client),

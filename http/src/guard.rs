@@ -1,0 +1,185 @@
+//! Requests the engine answers itself, before the handler routes them:
+//!
+//! - a request that already went through this proxy (its `Via` names this
+//!   proxy, Squid's loop check) gets 508 Loop Detected;
+//! - TRACE gets 405 unless the listener forwards it (`allow_trace`): a
+//!   TRACE echoes the client's cookies and credentials back, which is what
+//!   cross-site tracing feeds on (nginx refuses it too);
+//! - OPTIONS and TRACE with `Max-Forwards: 0` are answered here, as by
+//!   their final recipient (RFC 9110 section 7.6.2); other values are
+//!   decremented when the request is forwarded, and a value that is not a
+//!   number gets 400.
+//!
+//! A request with none of these costs two flag tests.
+
+use std::fmt::Write;
+
+use crate::{
+    engine::LocalReply,
+    head::{HeaderKind, Method, RequestHead},
+    limits::EngineSettings,
+};
+
+/// The methods a 405 and an OPTIONS answer list.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
+/// The proxy's own answer to `req`, if it gives one.
+pub(crate) fn answer(req: &RequestHead, settings: &EngineSettings) -> Option<LocalReply> {
+    let method = req.method();
+    let options_or_trace = matches!(method, Method::Options | Method::Trace);
+    if !req.has_via() && !options_or_trace {
+        return None;
+    }
+    if let Some(via) = &settings.proxy_headers.via {
+        if req
+            .headers()
+            .any(|f| f.kind == HeaderKind::Via && via.is_in(f.value))
+        {
+            return Some(LocalReply::new(
+                508,
+                "text/plain; charset=utf-8",
+                format!(
+                    "508 Loop Detected: this request already went through this proxy (Via: {})\n",
+                    via.name()
+                ),
+            ));
+        }
+    }
+    if method == Method::Trace && !settings.allow_trace {
+        return Some(LocalReply::status(405).with_header("Allow", ALLOWED));
+    }
+    if !options_or_trace {
+        return None;
+    }
+    match req.max_forwards() {
+        None | Some(Ok(1..)) => None,
+        Some(Err(())) => Some(LocalReply::new(
+            400,
+            "text/plain; charset=utf-8",
+            "400 Bad Request: Max-Forwards is not a number\n",
+        )),
+        Some(Ok(0)) if method == Method::Options => {
+            Some(LocalReply::new(200, "text/plain; charset=utf-8", "").with_header("Allow", ALLOWED))
+        }
+        Some(Ok(0)) => Some(trace_echo(req)),
+    }
+}
+
+/// TRACE's answer as its final recipient: the request head as received,
+/// without the fields that carry credentials (RFC 9110 section 9.3.8).
+fn trace_echo(req: &RequestHead) -> LocalReply {
+    let mut echo = String::new();
+    let _ = write!(
+        echo,
+        "{} {} HTTP/1.1\r\n",
+        String::from_utf8_lossy(req.method_bytes()),
+        String::from_utf8_lossy(req.target())
+    );
+    for field in req.headers() {
+        let secret = ["authorization", "proxy-authorization", "cookie"]
+            .iter()
+            .any(|s| field.name.eq_ignore_ascii_case(s.as_bytes()));
+        if !secret {
+            let _ = write!(
+                echo,
+                "{}: {}\r\n",
+                String::from_utf8_lossy(field.name),
+                String::from_utf8_lossy(field.value)
+            );
+        }
+    }
+    echo.push_str("\r\n");
+    LocalReply::new(200, "message/http", echo)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::limits::{HttpLimits, ViaName};
+
+    fn head(raw: &str) -> RequestHead {
+        let mut h = RequestHead::new();
+        assert!(h
+            .parse(&mut BytesMut::from(raw.as_bytes()), &HttpLimits::default())
+            .unwrap());
+        h
+    }
+
+    fn answer_to(raw: &str, settings: &EngineSettings) -> Option<LocalReply> {
+        answer(&head(raw), settings)
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        let s = EngineSettings::default();
+        assert_eq!(answer_to("GET / HTTP/1.1\r\nHost: a\r\n\r\n", &s), None);
+        assert_eq!(
+            answer_to(
+                "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 other, 1.0 ringway-x\r\n\r\n",
+                &s
+            ),
+            None,
+            "another proxy's entry, and a name that only starts like ours"
+        );
+        assert_eq!(
+            answer_to("OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 3\r\n\r\n", &s),
+            None
+        );
+        assert_eq!(
+            answer_to("GET / HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n", &s),
+            None,
+            "Max-Forwards applies to OPTIONS and TRACE only"
+        );
+    }
+
+    #[test]
+    fn our_own_via_entry_is_a_loop() {
+        let mut s = EngineSettings::default();
+        s.proxy_headers.via = Some(ViaName::new("edge-7").unwrap());
+        for via in [
+            "1.1 edge-7",
+            "1.0 a, HTTP/1.1 EDGE-7 (ringway)",
+            "1.1 b,1.1 edge-7",
+        ] {
+            let r = answer_to(&format!("GET / HTTP/1.1\r\nHost: a\r\nVia: {via}\r\n\r\n"), &s).unwrap();
+            assert_eq!(r.status, 508, "{via}");
+        }
+        s.proxy_headers.via = None;
+        assert_eq!(
+            answer_to("GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 edge-7\r\n\r\n", &s),
+            None,
+            "without a Via of its own the proxy cannot tell"
+        );
+    }
+
+    #[test]
+    fn trace_is_refused_unless_allowed() {
+        let mut s = EngineSettings::default();
+        let r = answer_to("TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", &s).unwrap();
+        assert_eq!(r.status, 405);
+        assert!(r.headers.contains("Allow: GET,"));
+        s.allow_trace = true;
+        assert_eq!(answer_to("TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", &s), None);
+        let r = answer_to(
+            "TRACE /t HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nCookie: secret\r\nX-A: 1\r\n\r\n",
+            &s,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.content_type), (200, "message/http"));
+        assert!(r.body.starts_with("TRACE /t HTTP/1.1\r\n"), "{}", r.body);
+        assert!(r.body.contains("X-A: 1\r\n"));
+        assert!(!r.body.contains("secret"), "credentials are not echoed");
+    }
+
+    #[test]
+    fn max_forwards_zero_is_answered_and_garbage_refused() {
+        let s = EngineSettings::default();
+        let r = answer_to("OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n", &s).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.headers.contains("Allow: "));
+        let r = answer_to("OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: -1\r\n\r\n", &s).unwrap();
+        assert_eq!(r.status, 400);
+    }
+}
