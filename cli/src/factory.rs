@@ -39,6 +39,10 @@ impl WorkerApp for WorkerListeners {
             ListenerEngine::Forward(e) => Box::pin(e.serve(stream, client, &conn)).await,
         }
     }
+
+    fn housekeeping(&self) -> bool {
+        ringway_http::release_unused_buffers()
+    }
 }
 
 /// Starts the server described by `config`.

@@ -85,6 +85,14 @@ pub trait WorkerApp: 'static {
         peer: SocketAddr,
         conn: ConnCtx,
     ) -> impl Future<Output = ()>;
+
+    /// Runs on the worker about once a second, between connections' work,
+    /// for upkeep such as freeing buffers a flood left behind; returns
+    /// whether it freed memory (the worker then asks the allocator to give
+    /// free pages back to the system). The default does nothing.
+    fn housekeeping(&self) -> bool {
+        false
+    }
 }
 
 /// A running server.
@@ -296,7 +304,8 @@ async fn worker_main<F, A>(
     for (index, listener) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(index, listener, Rc::clone(&app), Rc::clone(&state)));
     }
-    monoio::spawn(run_sweeper(Rc::clone(&state)));
+    let upkeep = Rc::clone(&app);
+    monoio::spawn(run_sweeper(Rc::clone(&state), move || upkeep.housekeeping()));
 
     // A byte, or the handle's end of the pair closing, means stop.
     let (_, _) = stop.read(vec![0u8; 1]).await;

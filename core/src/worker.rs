@@ -222,6 +222,8 @@ pub(crate) struct WorkerState {
     pub(crate) max_connections: usize,
     pub(crate) stats: Arc<WorkerStats>,
     conns: RefCell<Slab<ConnEntry>>,
+    /// The most connections open at once since the sweeper last looked.
+    peak_conns: Cell<usize>,
     pub(crate) draining: LocalEvent,
     pub(crate) all_closed: LocalEvent,
     /// The coarse clock: milliseconds since `epoch`, updated every tick.
@@ -237,6 +239,7 @@ impl WorkerState {
             max_connections,
             stats,
             conns: RefCell::new(Slab::new()),
+            peak_conns: Cell::new(0),
             draining: LocalEvent::default(),
             all_closed: LocalEvent::default(),
             now_ms: Cell::new(0),
@@ -264,6 +267,9 @@ impl WorkerState {
             probed: false,
         });
         self.stats.active.store(conns.len() as u64, Ordering::Relaxed);
+        if conns.len() > self.peak_conns.get() {
+            self.peak_conns.set(conns.len());
+        }
         Some(ConnCtx {
             worker: Rc::clone(self),
             key,
@@ -610,14 +616,47 @@ impl Drop for ConnCtx {
     }
 }
 
-/// Runs the worker's sweeper until the worker has drained.
-pub(crate) async fn run_sweeper(state: Rc<WorkerState>) {
+/// Connections that must have closed since the last look for the worker
+/// to hand free memory back to the system.
+const TRIM_AFTER_CLOSED: usize = 256;
+
+/// Runs the worker's sweeper until the worker has drained, with
+/// `housekeeping` (which says whether it freed memory) about once a second.
+///
+/// Memory freed after a flood stays in the allocator, and so in the
+/// resident size, until the allocator is asked to give it back: that is
+/// done when housekeeping freed buffers, or when many connections closed
+/// since the last look (their tasks and head buffers are gone).
+pub(crate) async fn run_sweeper(state: Rc<WorkerState>, housekeeping: impl Fn() -> bool) {
+    let ticks_per_second = (1000 / state.tick_ms).max(1);
+    let mut ticks = 0;
     loop {
         monoio::time::sleep(state.tick()).await;
         state.sweep();
         if state.all_closed.is_fired() {
             return;
         }
+        ticks += 1;
+        if ticks % ticks_per_second == 0 {
+            let freed = housekeeping();
+            let now = state.connection_count();
+            let closed = state.peak_conns.replace(now).saturating_sub(now);
+            if freed || closed >= TRIM_AFTER_CLOSED {
+                give_pages_back();
+            }
+        }
+    }
+}
+
+/// Asks the allocator to return free pages to the system; glibc keeps
+/// them otherwise.
+fn give_pages_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is
+    // thread-safe and takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

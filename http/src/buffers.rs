@@ -6,6 +6,11 @@
 //! connections cost no buffer memory and a busy worker allocates none.
 //! Each worker is one thread, so the lists are thread-locals: no lock, no
 //! sharing, and nothing to wire through the engine.
+//!
+//! After a flood the lists would keep a thousand buffers each, and the
+//! allocator would keep their pages: [`release_unused`], run by the worker
+//! about once a second, frees the buffers no request took during the last
+//! period (and the worker then hands the freed pages back to the system).
 
 use std::{cell::RefCell, thread::LocalKey};
 
@@ -14,9 +19,54 @@ use bytes::BytesMut;
 /// Buffers kept per worker and kind; more are freed.
 const MAX_KEPT: usize = 1024;
 
+/// Buffers a list keeps however long they go unused.
+const MIN_KEPT: usize = 16;
+
+/// A free list, and the fewest buffers it held since it was last trimmed:
+/// that many were never needed.
+struct FreeList<B> {
+    buffers: Vec<B>,
+    low: usize,
+}
+
+impl<B> FreeList<B> {
+    const fn new() -> Self {
+        Self {
+            buffers: Vec::new(),
+            low: 0,
+        }
+    }
+
+    fn pop(&mut self) -> Option<B> {
+        let buf = self.buffers.pop();
+        self.low = self.low.min(self.buffers.len());
+        buf
+    }
+
+    /// Frees the buffers that went unused since the last trim, down to
+    /// `MIN_KEPT`; returns how many.
+    fn trim(&mut self) -> usize {
+        let unused = self.low.min(self.buffers.len().saturating_sub(MIN_KEPT));
+        let keep = self.buffers.len() - unused;
+        self.buffers.truncate(keep);
+        self.buffers.shrink_to(keep.max(MIN_KEPT));
+        self.low = self.buffers.len();
+        unused
+    }
+}
+
 thread_local! {
-    static READ_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    static WRITE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static READ_BUFFERS: RefCell<FreeList<BytesMut>> = const { RefCell::new(FreeList::new()) };
+    static WRITE_BUFFERS: RefCell<FreeList<Vec<u8>>> = const { RefCell::new(FreeList::new()) };
+}
+
+/// Frees this worker's buffers that no request took since the last call
+/// (a flood is over); returns whether any were freed, so that the caller
+/// hands the memory back to the system. Meant to run about once a second
+/// per worker.
+pub fn release_unused() -> bool {
+    let freed = READ_BUFFERS.with(|l| l.borrow_mut().trim()) + WRITE_BUFFERS.with(|l| l.borrow_mut().trim());
+    freed > 0
 }
 
 /// Room a read buffer has past the configured size, for a typical head: a
@@ -60,16 +110,17 @@ pub(crate) fn give_write(buf: Vec<u8>, size: usize) {
     keep(&WRITE_BUFFERS, buf, capacity, size);
 }
 
-/// Puts `buf` on `list` unless it holds nothing, grew far past the usual
-/// `size` (a huge head, a long transfer), or the list is full.
-fn keep<B: 'static>(list: &'static LocalKey<RefCell<Vec<B>>>, buf: B, capacity: usize, size: usize) {
-    if capacity == 0 || capacity > 4 * size {
+/// Puts `buf` on `list` unless it is smaller than the usual `size` (a
+/// small head buffer), grew far past it (a huge head, a long transfer), or
+/// the list is full.
+fn keep<B: 'static>(list: &'static LocalKey<RefCell<FreeList<B>>>, buf: B, capacity: usize, size: usize) {
+    if capacity < size.max(1) || capacity > 4 * size {
         return;
     }
     list.with(|list| {
         let mut list = list.borrow_mut();
-        if list.len() < MAX_KEPT {
-            list.push(buf);
+        if list.buffers.len() < MAX_KEPT {
+            list.buffers.push(buf);
         }
     });
 }
@@ -90,11 +141,35 @@ mod tests {
         give_read(BytesMut::with_capacity(1 << 20), 4096);
         let c = take_read(4096);
         assert!(c.capacity() < 1 << 20);
+        // Nor one smaller than the usual size.
+        give_read(BytesMut::with_capacity(100), 4096);
+        assert!(take_read(4096).capacity() >= 4096);
 
         let w = take_write(100);
         let wptr = w.as_ptr();
         give_write(w, 100);
         let again = take_write(100);
         assert_eq!(again.as_ptr(), wptr);
+    }
+
+    #[test]
+    fn buffers_unused_for_a_period_are_freed() {
+        let flood: Vec<_> = (0..200).map(|_| take_read(4096)).collect();
+        for b in flood {
+            give_read(b, 4096);
+        }
+        let kept = || READ_BUFFERS.with(|l| l.borrow().buffers.len());
+        release_unused();
+        let after_flood = kept();
+        assert!(
+            after_flood >= 200,
+            "the period saw them all in use: {after_flood}"
+        );
+        // A quiet period: the ones not taken are freed, down to the floor.
+        let b = take_read(4096);
+        give_read(b, 4096);
+        release_unused();
+        assert!(kept() <= MIN_KEPT + 1, "{}", kept());
+        assert!(kept() >= MIN_KEPT);
     }
 }

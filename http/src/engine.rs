@@ -227,6 +227,14 @@ struct ConnBuffers {
 }
 
 impl ConnBuffers {
+    /// Takes a write buffer, once a whole head is here: a connection whose
+    /// head is still arriving holds none.
+    fn take_write_buffer(&mut self) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = buffers::take_write(self.size);
+        }
+    }
+
     /// Gives the buffers back to the worker's free lists (the read buffer
     /// must hold nothing still needed).
     fn release_buffers(&mut self) {
@@ -245,6 +253,9 @@ impl Drop for ConnBuffers {
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The buffer a request head that arrives in pieces waits in.
+const SMALL_HEAD_BUFFER: usize = 4096;
 
 /// Body bytes up to this size are copied behind the head; larger ones are
 /// gathered with the head by writev.
@@ -430,7 +441,6 @@ impl<H: Handler> Engine<H> {
             let read = next.await;
             let expired = armed.finish();
             conn.set_idle(false);
-            st.wbuf = buffers::take_write(size);
             match read {
                 // A drain that began while this connection was idle has shut
                 // its socket down: whatever arrived cannot be answered. An
@@ -441,13 +451,23 @@ impl<H: Handler> Engine<H> {
             }
         }
         if st.req.parse(&mut st.rbuf, &s.limits)? {
+            st.take_write_buffer();
             return Ok(true);
         }
         let head_limit = started.map_or(t.client_head, |at| t.client_head.saturating_sub(at.elapsed()));
+        // A head that trickles in (slowloris, or a slow link) waits in a
+        // small buffer: thousands of them must not each hold a full one.
+        if st.rbuf.len() < SMALL_HEAD_BUFFER / 2 && st.rbuf.capacity() > SMALL_HEAD_BUFFER {
+            let mut small = BytesMut::with_capacity(SMALL_HEAD_BUFFER);
+            small.extend_from_slice(&st.rbuf);
+            buffers::give_read(std::mem::replace(&mut st.rbuf, small), s.buffer_size);
+        }
         let ConnBuffers { rbuf, req, .. } = st;
         let rest_of_head = async {
             loop {
-                let n = read_some(io, rbuf, s.buffer_size)
+                // No more than the buffer has room for, while it is small.
+                let room = (rbuf.capacity() - rbuf.len()).max(SMALL_HEAD_BUFFER / 4);
+                let n = read_some(io, rbuf, room.min(s.buffer_size))
                     .await
                     .map_err(io_error(Side::Downstream, "reading a request head"))?;
                 if n == 0 {
@@ -462,13 +482,15 @@ impl<H: Handler> Engine<H> {
                 }
             }
         };
-        bounded!(
+        let complete = bounded!(
             conn.deadline(Wait::ClientRead, head_limit),
             ErrorKind::ReadTimeout,
             Side::Downstream,
             "request head not received in time",
             rest_of_head,
-        )?
+        )??;
+        st.take_write_buffer();
+        Ok(complete)
     }
 
     async fn exchange<S: ClientStream>(

@@ -30,6 +30,7 @@ mod splice;
 mod tunnel;
 mod write;
 
+pub use buffers::release_unused as release_unused_buffers;
 pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route, TunnelOptions};
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};

@@ -162,6 +162,10 @@ impl WorkerApp for TestApp {
             TestEngine::Forward(e) => e.serve(stream, client, &conn).await,
         }
     }
+
+    fn housekeeping(&self) -> bool {
+        ringway_http::release_unused_buffers()
+    }
 }
 
 /// What a forward [`TestProxy`] is built from.
