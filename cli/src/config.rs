@@ -24,8 +24,8 @@ use ringway_http::{
         domains::DomainSet,
         pac::Pac,
     },
-    EngineSettings, ForwardSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders, RouteSpec,
-    RouteTable, Timeouts, ViaName, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
+    BodyRate, EngineSettings, ForwardSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders,
+    RouteSpec, RouteTable, Timeouts, ViaName, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 use serde::Deserialize;
 
@@ -99,6 +99,14 @@ pub(crate) enum PortValue {
     Text(String),
 }
 
+/// A size: a number of bytes, or a string such as `"10MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a number of bytes or a size such as \"10MiB\"")]
+pub(crate) enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AclSection {
@@ -169,6 +177,7 @@ pub(crate) struct RuntimeSection {
     pub(crate) pin_cpus: Option<bool>,
     pub(crate) ring_entries: Option<u32>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_ip: Option<u32>,
     pub(crate) shutdown_timeout: Option<String>,
 }
 
@@ -185,6 +194,9 @@ pub(crate) struct HttpSection {
     pub(crate) max_header_bytes: Option<usize>,
     pub(crate) max_headers: Option<usize>,
     pub(crate) max_uri_bytes: Option<usize>,
+    pub(crate) max_body: Option<SizeValue>,
+    pub(crate) min_body_rate: Option<u64>,
+    pub(crate) body_rate_window: Option<String>,
     pub(crate) buffer_size: Option<usize>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) upstream_timeout: Option<String>,
@@ -260,6 +272,7 @@ pub(crate) struct Listener {
 pub(crate) struct Config {
     pub(crate) runtime: RuntimeConfig,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: Option<u32>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) log_level: Option<String>,
     pub(crate) listeners: Vec<Listener>,
@@ -377,6 +390,30 @@ fn from_toml<T: serde::de::DeserializeOwned>(file: &Path, source: &str) -> Resul
 }
 
 /// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` (a whole number and a unit).
+/// Parses a size: plain bytes, or a number with `B`, `KiB`, `MiB`, `GiB`
+/// (or `KB`, `MB`, `GB`, taken as the same binary units, as nginx does).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected a number and a unit, like \"10MiB\""))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" | "k" => 1 << 10,
+        "M" | "MB" | "MiB" | "m" => 1 << 20,
+        "G" | "GB" | "GiB" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?}: use B, KiB, MiB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -509,6 +546,7 @@ impl Validator {
         Config {
             runtime,
             max_connections,
+            max_connections_per_ip: rt.max_connections_per_ip.filter(|&n| n > 0),
             shutdown_timeout,
             log_level: user.log.level.clone(),
             listeners,
@@ -644,6 +682,34 @@ impl Validator {
             1 << 20,
             limits_default.max_uri_bytes,
         );
+        limits.max_body = match &http.max_body {
+            None | Some(SizeValue::Bytes(0)) => None,
+            Some(SizeValue::Bytes(n)) => Some(*n),
+            Some(SizeValue::Text(text)) => match parse_size(text) {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.problem(path.key("max_body"), e);
+                    None
+                }
+            },
+        };
+        let rate_default = BodyRate::default();
+        let window = self.duration(
+            path.key("body_rate_window"),
+            http.body_rate_window.as_ref(),
+            rate_default.window,
+        );
+        if window.is_zero() {
+            self.problem(path.key("body_rate_window"), "must be longer than 0s");
+        }
+        limits.min_body_rate = match http.min_body_rate {
+            Some(0) => None,
+            rate => Some(BodyRate {
+                bytes_per_second: rate.unwrap_or(rate_default.bytes_per_second),
+                window: window.max(Duration::from_millis(1)),
+            }),
+        };
         let buffer_size = bounded(
             self,
             "buffer_size",
@@ -1509,6 +1575,46 @@ url_regex = "(?P<"
             e[2].contains("acl.a.rule[0].url_regex: invalid regular expression"),
             "{e:#?}"
         );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("1 GB"), Ok(1 << 30));
+        assert!(parse_size("10 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn body_and_per_address_limits() {
+        let c = parse(
+            Path::new("t.toml"),
+            &MINIMAL.replace(
+                "pin_cpus = true",
+                "pin_cpus = true\nmax_connections_per_ip = 50\n\n[http]\nmax_body = \"8MiB\"\nmin_body_rate = 1000\nbody_rate_window = \"5s\"",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.max_connections_per_ip, Some(50));
+        let limits = c.listeners[0].settings.limits;
+        assert_eq!(limits.max_body, Some(8 << 20));
+        assert_eq!(
+            limits.min_body_rate,
+            Some(BodyRate {
+                bytes_per_second: 1000,
+                window: Duration::from_secs(5)
+            })
+        );
+        let defaults = parse(Path::new("t.toml"), MINIMAL).unwrap();
+        assert_eq!(defaults.max_connections_per_ip, None);
+        assert_eq!(defaults.listeners[0].settings.limits.max_body, None);
+        assert_eq!(
+            defaults.listeners[0].settings.limits.min_body_rate,
+            Some(BodyRate::default())
+        );
+        let e = errors(&format!("{MINIMAL}\n[http]\nmax_body = \"lots\"\n"));
+        assert!(e[0].contains("http.max_body"), "{e:#?}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub(crate) fn start(config: &Config) -> std::io::Result<ServerHandle> {
         runtime: config.runtime.clone(),
         listeners: config.listeners.iter().map(|l| l.spec.clone()).collect(),
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
         shutdown_timeout: config.shutdown_timeout,
         timer_tick: std::time::Duration::from_millis(100),
     };

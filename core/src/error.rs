@@ -26,6 +26,8 @@ pub enum ErrorKind {
     TooManyHeaders,
     /// A request target longer than the configured limit.
     UriTooLong,
+    /// A request body larger than the configured limit.
+    BodyTooLarge,
     /// A method the listener does not serve (e.g. CONNECT on a reverse proxy).
     MethodNotAllowed,
     /// An `Expect` field with an expectation other than `100-continue`.

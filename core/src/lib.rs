@@ -12,6 +12,7 @@
 pub mod dns;
 mod error;
 mod listener;
+mod per_ip;
 pub mod rlimit;
 pub mod runtime;
 mod server;
@@ -20,6 +21,7 @@ mod worker;
 
 pub use error::{Error, ErrorKind, OrErr, Result, Side};
 pub use listener::{ListenerSpec, OwnAddresses};
+pub use per_ip::PerIpConnections;
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
 pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Wait, WorkerStats};

@@ -25,6 +25,7 @@ use monoio::{io::AsyncReadRent, net::TcpStream};
 
 use crate::{
     listener::{bind_all, ListenerSpec, OwnAddresses},
+    per_ip::PerIpConnections,
     runtime::{self, DriverKind, RuntimeConfig},
     worker::{run_sweeper, ConnCtx, WorkerState, WorkerStats},
 };
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     pub listeners: Vec<ListenerSpec>,
     /// Open connections per worker; past it new connections are closed at once.
     pub max_connections: usize,
+    /// Open connections per client address, all workers together; past it
+    /// the address's new connections are closed at once. `None`: no limit.
+    pub max_connections_per_ip: Option<u32>,
     /// How long a drain waits for in-flight requests before closing them.
     pub shutdown_timeout: Duration,
     /// Period of each worker's deadline sweep: timeouts fire at most two
@@ -52,6 +56,7 @@ impl ServerConfig {
             runtime: RuntimeConfig::default(),
             listeners,
             max_connections: 100_000,
+            max_connections_per_ip: None,
             shutdown_timeout: Duration::from_secs(30),
             timer_tick: Duration::from_millis(100),
         }
@@ -156,6 +161,9 @@ where
     let workers = config.runtime.workers.max(1);
     let (mut sockets, local_addrs) = bind_all(&config.listeners, workers)?;
     let own_addresses = Arc::new(OwnAddresses::new(&local_addrs));
+    let per_ip = config
+        .max_connections_per_ip
+        .map(|limit| Arc::new(PerIpConnections::new(limit)));
     let cpus = runtime::available_cpus();
     let factory = Arc::new(factory);
     let blocking = runtime::BlockingPool::new(config.runtime.blocking_threads.max(1));
@@ -181,6 +189,7 @@ where
             stop: stop_rx,
             stats: Arc::clone(&stats),
             max_connections: config.max_connections,
+            per_ip: per_ip.clone(),
             shutdown_timeout: config.shutdown_timeout,
             timer_tick: config.timer_tick,
             runtime: config.runtime.clone(),
@@ -216,6 +225,7 @@ struct WorkerSetup {
     stop: UnixStream,
     stats: Arc<WorkerStats>,
     max_connections: usize,
+    per_ip: Option<Arc<PerIpConnections>>,
     shutdown_timeout: Duration,
     timer_tick: Duration,
     runtime: RuntimeConfig,
@@ -273,6 +283,7 @@ async fn worker_main<F, A>(
     let state = Rc::new(WorkerState::new(
         info.index,
         setup.max_connections,
+        setup.per_ip,
         setup.stats,
         setup.timer_tick,
     ));
@@ -355,7 +366,7 @@ async fn accept_loop<A: WorkerApp>(
                 backoff = ACCEPT_BACKOFF.0;
                 failures.recovered(state.index, index);
                 WorkerStats::bump(&state.stats.accepted);
-                let Some(conn) = state.register(stream.as_raw_fd()) else {
+                let Some(conn) = state.register(stream.as_raw_fd(), peer.ip()) else {
                     drop(stream);
                     continue;
                 };

@@ -49,6 +49,8 @@ use std::{
 
 use slab::Slab;
 
+use crate::PerIpConnections;
+
 /// Counters of one worker, readable from any thread.
 ///
 /// Each counter has a single writer (its worker), so relaxed atomics cost no
@@ -59,6 +61,9 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Connections closed at once because the worker was at `max_connections`.
     pub rejected_over_limit: AtomicU64,
+    /// Connections closed at once because their client address was at
+    /// `max_connections_per_ip`.
+    pub rejected_per_ip: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
     /// Requests the engine finished (answered or failed).
@@ -211,6 +216,8 @@ struct ConnEntry {
     watch: Option<Watch>,
     /// The client left during a `Response` wait.
     client_left: bool,
+    /// The client address counted in the per-address table, if one is kept.
+    peer_ip: Option<std::net::IpAddr>,
     /// The sweep sent the response's first byte as a probe; the engine has
     /// not yet skipped it.
     probed: bool,
@@ -220,6 +227,8 @@ struct ConnEntry {
 pub(crate) struct WorkerState {
     pub(crate) index: usize,
     pub(crate) max_connections: usize,
+    /// Open connections per client address, shared by all workers.
+    per_ip: Option<Arc<PerIpConnections>>,
     pub(crate) stats: Arc<WorkerStats>,
     conns: RefCell<Slab<ConnEntry>>,
     /// The most connections open at once since the sweeper last looked.
@@ -233,10 +242,17 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    pub(crate) fn new(index: usize, max_connections: usize, stats: Arc<WorkerStats>, tick: Duration) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        max_connections: usize,
+        per_ip: Option<Arc<PerIpConnections>>,
+        stats: Arc<WorkerStats>,
+        tick: Duration,
+    ) -> Self {
         Self {
             index,
             max_connections,
+            per_ip,
             stats,
             conns: RefCell::new(Slab::new()),
             peak_conns: Cell::new(0),
@@ -248,14 +264,23 @@ impl WorkerState {
         }
     }
 
-    /// Registers an accepted connection, or returns `None` when the worker is
-    /// at its connection limit (the caller closes the socket).
-    pub(crate) fn register(self: &Rc<Self>, fd: RawFd) -> Option<ConnCtx> {
+    /// Registers an accepted connection from `peer`, or returns `None` when
+    /// the worker is at its connection limit or the address at its own (the
+    /// caller closes the socket).
+    pub(crate) fn register(self: &Rc<Self>, fd: RawFd, peer: std::net::IpAddr) -> Option<ConnCtx> {
         let mut conns = self.conns.borrow_mut();
         if conns.len() >= self.max_connections {
             WorkerStats::bump(&self.stats.rejected_over_limit);
             return None;
         }
+        let peer_ip = match &self.per_ip {
+            Some(table) if !table.acquire(peer) => {
+                WorkerStats::bump(&self.stats.rejected_per_ip);
+                return None;
+            }
+            Some(_) => Some(peer),
+            None => None,
+        };
         let key = conns.insert(ConnEntry {
             fd,
             idle: false,
@@ -265,6 +290,7 @@ impl WorkerState {
             watch: None,
             client_left: false,
             probed: false,
+            peer_ip,
         });
         self.stats.active.store(conns.len() as u64, Ordering::Relaxed);
         if conns.len() > self.peak_conns.get() {
@@ -604,7 +630,10 @@ impl ConnCtx {
 impl Drop for ConnCtx {
     fn drop(&mut self) {
         let mut conns = self.worker.conns.borrow_mut();
-        conns.remove(self.key);
+        let entry = conns.remove(self.key);
+        if let (Some(table), Some(ip)) = (&self.worker.per_ip, entry.peer_ip) {
+            table.release(ip);
+        }
         self.worker
             .stats
             .active
@@ -666,10 +695,13 @@ mod tests {
 
     use super::*;
 
+    const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn state(max: usize) -> Rc<WorkerState> {
         Rc::new(WorkerState::new(
             0,
             max,
+            None,
             Arc::default(),
             Duration::from_millis(10),
         ))
@@ -678,20 +710,49 @@ mod tests {
     #[test]
     fn registry_enforces_the_limit_and_counts_rejections() {
         let worker = state(2);
-        let a = worker.register(-1).unwrap();
-        let _b = worker.register(-1).unwrap();
-        assert!(worker.register(-1).is_none());
+        let a = worker.register(-1, LOCAL).unwrap();
+        let _b = worker.register(-1, LOCAL).unwrap();
+        assert!(worker.register(-1, LOCAL).is_none());
         assert_eq!(worker.stats.rejected_over_limit.load(Ordering::Relaxed), 1);
         assert_eq!(worker.stats.active.load(Ordering::Relaxed), 2);
         drop(a);
         assert_eq!(worker.connection_count(), 1);
-        assert!(worker.register(-1).is_some());
+        assert!(worker.register(-1, LOCAL).is_some());
+    }
+
+    #[test]
+    fn the_per_address_limit_counts_open_connections_across_workers() {
+        let table = Arc::new(PerIpConnections::new(2));
+        let workers: Vec<_> = (0..2)
+            .map(|i| {
+                Rc::new(WorkerState::new(
+                    i,
+                    8,
+                    Some(Arc::clone(&table)),
+                    Arc::default(),
+                    Duration::from_millis(10),
+                ))
+            })
+            .collect();
+        let a = workers[0].register(-1, LOCAL).unwrap();
+        let _b = workers[1].register(-1, LOCAL).unwrap();
+        assert!(
+            workers[0].register(-1, LOCAL).is_none(),
+            "two open on two workers"
+        );
+        assert!(workers[1].register(-1, "127.0.0.2".parse().unwrap()).is_some());
+        assert_eq!(workers[0].stats.rejected_per_ip.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert!(
+            workers[1].register(-1, LOCAL).is_some(),
+            "a closed one frees its place"
+        );
     }
 
     #[test]
     fn idle_connections_are_told_to_close_once_draining() {
         let worker = state(8);
-        let conn = worker.register(-1).unwrap();
+        let conn = worker.register(-1, LOCAL).unwrap();
         assert!(conn.set_idle(true));
         assert!(conn.set_idle(false));
         worker.draining.fire();
@@ -711,7 +772,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let worker = state(8);
-        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
         {
             let _armed = conn.deadline(Wait::ClientWrite, Duration::from_millis(30));
             worker.sweep();
@@ -752,7 +813,7 @@ mod tests {
         use std::io::Read;
         let (mut client, server) = pair();
         let worker = state(8);
-        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
         let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
         client.shutdown(std::net::Shutdown::Write).unwrap();
         sweep_a_while(&worker);
@@ -769,7 +830,7 @@ mod tests {
     fn a_closed_client_answers_the_probe_with_a_reset_and_ends_the_wait() {
         let (client, server) = pair();
         let worker = state(8);
-        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
         let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
         drop(client);
         sweep_a_while(&worker);
@@ -783,7 +844,7 @@ mod tests {
         use std::io::Write;
         let (mut client, server) = pair();
         let worker = state(8);
-        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
         let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
         client.write_all(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
@@ -796,7 +857,7 @@ mod tests {
     fn once_the_response_began_end_of_stream_draws_no_probe() {
         let (client, server) = pair();
         let worker = state(8);
-        let conn = worker.register(server.as_raw_fd()).unwrap();
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
         let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::ResetOnly);
         client.shutdown(std::net::Shutdown::Write).unwrap();
         sweep_a_while(&worker);
@@ -807,7 +868,7 @@ mod tests {
     #[test]
     fn refresh_pushes_a_deadline_out() {
         let worker = state(8);
-        let conn = worker.register(-1).unwrap();
+        let conn = worker.register(-1, LOCAL).unwrap();
         let _armed = conn.deadline(Wait::Tunnel, Duration::from_millis(40));
         std::thread::sleep(Duration::from_millis(30));
         worker.sweep();

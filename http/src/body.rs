@@ -12,7 +12,7 @@
 //! ([`crate::splice`]): once what was read with the head has been written,
 //! its bytes go from socket to socket through a pipe, never copied.
 
-use std::{os::fd::RawFd, time::Duration};
+use std::{cell::Cell, os::fd::RawFd, time::Duration};
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -22,6 +22,7 @@ use crate::{
     chunked::{write_chunk_header, write_last_chunk, ChunkedDecoder, Decoded},
     head::BodyFraming,
     io::{bounded, io_error, read_some, write_all, write_vec, GrowingReads},
+    limits::BodyRate,
     splice::{yield_turn, Blocked, End, NonBlocking, OneWay, SpliceSocket},
 };
 
@@ -60,15 +61,76 @@ pub(crate) struct BodyPath<'a> {
     pub(crate) max_trailer_bytes: usize,
     /// Whether bodies between two TCP sockets splice.
     pub(crate) splice: bool,
+    /// Request bodies: the most bytes a chunked body may carry.
+    pub(crate) max_body: Option<u64>,
+    /// Request bodies: the least rate they must arrive at.
+    pub(crate) min_rate: Option<Cell<RateWindow>>,
+}
+
+/// The progress of a request body against its least rate
+/// ([`crate::BodyRate`]): time spent waiting for the client's bytes is
+/// cut into windows, and each window must bring its share of bytes. Time
+/// the upstream takes to accept them is not counted against the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateWindow {
+    window_ms: u64,
+    need: u64,
+    waited_ms: u64,
+    got: u64,
+}
+
+impl RateWindow {
+    pub(crate) fn new(rate: BodyRate) -> Self {
+        let window_ms = (rate.window.as_millis() as u64).max(1);
+        Self {
+            window_ms,
+            need: rate.bytes_per_second.saturating_mul(window_ms) / 1000,
+            waited_ms: 0,
+            got: 0,
+        }
+    }
+
+    /// How long the next wait for the client may last: to the end of the
+    /// window while it still lacks bytes, else to the end of the next one.
+    fn wait_limit(&self, timeout: Duration) -> Duration {
+        let left = self.window_ms.saturating_sub(self.waited_ms);
+        let left = if self.got >= self.need {
+            left + self.window_ms
+        } else {
+            left
+        };
+        timeout.min(Duration::from_millis(left.max(1)))
+    }
+
+    /// Bytes that came at the end of the last wait.
+    fn got(&mut self, n: u64) {
+        self.got = self.got.saturating_add(n);
+    }
+
+    /// A wait of `ms`; `false` when it ended a window that lacked bytes.
+    fn waited(&mut self, ms: u64) -> bool {
+        let total = self.waited_ms + ms;
+        if total < self.window_ms {
+            self.waited_ms = total;
+            return true;
+        }
+        let rest = total - self.window_ms;
+        if self.got < self.need || (rest >= self.window_ms && self.need > 0) {
+            return false;
+        }
+        self.waited_ms = rest;
+        self.got = 0;
+        true
+    }
 }
 
 impl BodyPath<'_> {
     /// Arms the deadline for reading from (`reading`) or writing to `side`.
     fn arm(&self, side: Side, reading: bool) -> Deadline<'_> {
-        let limit = if reading {
-            self.read_timeout
-        } else {
-            self.write_timeout
+        let limit = match (&self.min_rate, reading) {
+            (Some(rate), true) => rate.get().wait_limit(self.read_timeout),
+            (None, true) => self.read_timeout,
+            (_, false) => self.write_timeout,
         };
         match side {
             // Waiting for more of a response, whose head the client has:
@@ -96,6 +158,7 @@ impl BodyPath<'_> {
         reads: &mut GrowingReads,
         limit: u64,
     ) -> Result<usize> {
+        let started = self.conn.clock_ms();
         let (side, armed) = (self.from, self.arm(self.from, true));
         let want = limit.min(reads.size() as u64) as usize;
         let got = bounded!(
@@ -106,8 +169,39 @@ impl BodyPath<'_> {
             read_some(src, buf, want),
         )?
         .map_err(io_error(side, "reading a body"))?;
+        self.note_wait(started)?;
+        self.note_bytes(got as u64);
         reads.record(got);
         Ok(got)
+    }
+
+    /// Counts a wait for the client that began at `started` (coarse-clock
+    /// milliseconds) against the body's least rate.
+    fn note_wait(&self, started: u64) -> Result<()> {
+        let Some(rate) = &self.min_rate else {
+            return Ok(());
+        };
+        let mut window = rate.get();
+        let ok = window.waited(self.conn.clock_ms().saturating_sub(started));
+        rate.set(window);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::ReadTimeout,
+                Side::Downstream,
+                "the request body arrived slower than min_body_rate",
+            ))
+        }
+    }
+
+    /// Counts body bytes from the client against its least rate.
+    fn note_bytes(&self, n: u64) {
+        if let Some(rate) = &self.min_rate {
+            let mut window = rate.get();
+            window.got(n);
+            rate.set(window);
+        }
     }
 
     async fn send<W: AsyncWriteRent>(&self, dst: &mut W, piece: BytesMut) -> Result<()> {
@@ -167,11 +261,18 @@ impl BodyPath<'_> {
         let prepare = |e| Error::new(ErrorKind::Io, Side::Internal, "preparing a splice").with_cause(e);
         let _src_mode = NonBlocking::set(from).map_err(prepare)?;
         let _dst_mode = NonBlocking::set(to).map_err(prepare)?;
+        let mut counted = way.moved();
         loop {
             match way.step() {
                 Ok(Blocked::Done) => return Ok(()),
                 Ok(Blocked::Turn) => yield_turn().await,
-                Ok(Blocked::Read) => self.splice_wait(src, false).await?,
+                Ok(Blocked::Read) => {
+                    self.note_bytes(way.moved() - counted);
+                    counted = way.moved();
+                    let started = self.conn.clock_ms();
+                    self.splice_wait(src, false).await?;
+                    self.note_wait(started)?;
+                }
                 Ok(Blocked::Write) => self.splice_wait(dst, true).await?,
                 Err((End::Source, e)) => return Err(io_error(self.from, "reading a body")(e)),
                 Err((End::Destination, e)) => return Err(io_error(self.to, "writing a body")(e)),
@@ -340,6 +441,13 @@ impl BodyPath<'_> {
             match decoder.decode(buf)? {
                 Decoded::Data(piece) => {
                     moved += piece.len() as u64;
+                    if self.max_body.is_some_and(|max| moved > max) {
+                        return Err(Error::new(
+                            ErrorKind::BodyTooLarge,
+                            Side::Downstream,
+                            "the chunked request body grew past max_body",
+                        ));
+                    }
                     if output == OutFraming::Chunked {
                         write_chunk_header(scratch, piece.len());
                     }
@@ -369,5 +477,54 @@ impl BodyPath<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> RateWindow {
+        // 100 bytes per second over 1 s windows: 100 bytes a window.
+        RateWindow::new(BodyRate {
+            bytes_per_second: 100,
+            window: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn a_window_with_its_share_of_bytes_passes() {
+        let mut w = window();
+        assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_secs(1));
+        assert!(w.waited(400));
+        w.got(60);
+        assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_millis(600));
+        assert!(w.waited(500));
+        w.got(60);
+        // 120 bytes in the window: the next wait may run to the end of the next one.
+        assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_millis(1100));
+        assert!(w.waited(300), "the window ended with its 100 bytes");
+        assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn a_window_short_of_bytes_fails() {
+        let mut w = window();
+        assert!(w.waited(900));
+        w.got(99);
+        assert!(!w.waited(200));
+        // A whole window with nothing fails even after a good one.
+        let mut w = window();
+        w.got(500);
+        assert!(!w.waited(2100));
+    }
+
+    #[test]
+    fn the_limit_never_exceeds_the_timeout() {
+        let w = window();
+        assert_eq!(
+            w.wait_limit(Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 use std::{
     borrow::Cow,
+    cell::Cell,
     future::Future,
     io,
     net::SocketAddr,
@@ -29,7 +30,7 @@ use monoio::{
 use ringway_core::{ClientWatch, ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use crate::{
-    body::{BodyPath, OutFraming},
+    body::{BodyPath, OutFraming, RateWindow},
     buffers::{self, HEAD_ROOM},
     chunked::{ChunkedDecoder, Decoded},
     gather::write_head_and_body,
@@ -671,6 +672,11 @@ impl<H: Handler> Engine<H> {
                     chunk: s.buffer_size,
                     max_trailer_bytes: s.limits.max_header_bytes,
                     splice: s.splice,
+                    max_body: s.limits.max_body,
+                    min_rate: s
+                        .limits
+                        .min_body_rate
+                        .map(|rate| Cell::new(RateWindow::new(rate))),
                 };
                 let out = if framing == BodyFraming::Chunked {
                     OutFraming::Chunked
@@ -824,6 +830,8 @@ impl<H: Handler> Engine<H> {
                 chunk: s.buffer_size,
                 max_trailer_bytes: s.limits.max_header_bytes,
                 splice: s.splice,
+                max_body: None,
+                min_rate: None,
             };
             Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
                 .await
@@ -1131,6 +1139,7 @@ fn status_for(error: &Error) -> Option<u16> {
         (K::InvalidHttp, Side::Downstream) => 400,
         (K::HeadTooLarge | K::TooManyHeaders, Side::Downstream) => 431,
         (K::UriTooLong, _) => 414,
+        (K::BodyTooLarge, _) => 413,
         (K::NotImplemented, Side::Downstream) => 501,
         (K::ExpectationFailed, _) => 417,
         (K::MethodNotAllowed, _) => 405,

@@ -1208,6 +1208,7 @@ mod tests {
             max_header_bytes: 256,
             max_headers: 4,
             max_uri_bytes: 64,
+            ..HttpLimits::default()
         };
         let mut head = RequestHead::new();
         let mut big = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..]);

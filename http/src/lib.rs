@@ -35,8 +35,8 @@ pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route, T
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use limits::{
-    EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName, DEFAULT_BUFFER_SIZE,
-    MAX_HEADERS_CAP,
+    BodyRate, EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName,
+    DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reverse::{ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};

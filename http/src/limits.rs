@@ -20,6 +20,14 @@ pub struct HttpLimits {
     pub max_headers: usize,
     /// Longest request target, in bytes (414 past it).
     pub max_uri_bytes: usize,
+    /// Largest request body, in bytes (413: before anything goes upstream
+    /// when Content-Length says so, else when a chunked body grows past
+    /// it). `None`: no limit.
+    pub max_body: Option<u64>,
+    /// The slowest a request body may arrive: fewer bytes than this over a
+    /// window of waiting for the client gets 408 and a closed connection.
+    /// `None`: only the `client_io` timeout between reads applies.
+    pub min_body_rate: Option<BodyRate>,
 }
 
 impl Default for HttpLimits {
@@ -28,6 +36,29 @@ impl Default for HttpLimits {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
+            max_body: None,
+            min_body_rate: Some(BodyRate::default()),
+        }
+    }
+}
+
+/// A least rate for request bodies, measured over the time spent waiting
+/// for the client's bytes (time the upstream takes to accept them does not
+/// count against the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRate {
+    /// Bytes per second, at least.
+    pub bytes_per_second: u64,
+    /// Over windows of this much waiting.
+    pub window: Duration,
+}
+
+impl Default for BodyRate {
+    /// 500 bytes per second over 10 s windows, like Apache's mod_reqtimeout.
+    fn default() -> Self {
+        Self {
+            bytes_per_second: 500,
+            window: Duration::from_secs(10),
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct ProxySetup {
     pub pool: PoolSettings,
     /// Connection limit per worker.
     pub max_connections: usize,
+    /// Connection limit per client address.
+    pub max_connections_per_ip: Option<u32>,
     /// Drain limit.
     pub shutdown_timeout: Duration,
 }
@@ -119,6 +121,7 @@ impl ProxySetup {
             settings: EngineSettings::default(),
             pool: PoolSettings::default(),
             max_connections: 10_000,
+            max_connections_per_ip: None,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -128,6 +131,7 @@ impl ProxySetup {
         let routes = Arc::new(RouteTable::new(&self.routes).expect("valid routes"));
         let mut server = test_server_config(self.driver, self.max_connections, self.shutdown_timeout);
         server.runtime.workers = self.workers;
+        server.max_connections_per_ip = self.max_connections_per_ip;
         let groups = self.groups;
         let settings = self.settings;
         let pool = self.pool;
@@ -269,6 +273,7 @@ fn test_server_config(
         },
         listeners: vec![ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address"))],
         max_connections,
+        max_connections_per_ip: None,
         shutdown_timeout,
         // Short, so that tests of timeouts stay quick.
         timer_tick: Duration::from_millis(20),
