@@ -9,7 +9,7 @@ use ringway_http::{
     ForwardSettings,
 };
 
-use crate::config::{Config, ListenerMode};
+use ringway::config::{Config, ListenerMode};
 
 /// The request to explain.
 pub(crate) struct Request<'a> {

@@ -23,6 +23,7 @@ enum ListenerEngine {
 /// Everything one worker serves with.
 struct WorkerListeners {
     engines: Vec<(ListenerEngine, SocketAddr)>,
+    pool: Rc<UpstreamPool>,
 }
 
 impl WorkerApp for WorkerListeners {
@@ -40,13 +41,16 @@ impl WorkerApp for WorkerListeners {
         }
     }
 
-    fn housekeeping(&self) -> bool {
+    fn housekeeping(&self, now_ms: u64) -> bool {
+        self.pool.close_stale(now_ms);
         ringway_http::release_unused_buffers()
     }
 }
 
-/// Starts the server described by `config`.
-pub(crate) fn start(config: &Config) -> std::io::Result<ServerHandle> {
+/// Starts the server described by `config`: binds its listeners and runs
+/// its workers; fails, with nothing left running, when a listener cannot
+/// be bound or a worker cannot start.
+pub fn start(config: &Config) -> std::io::Result<ServerHandle> {
     let server = ServerConfig {
         runtime: config.runtime.clone(),
         listeners: config.listeners.iter().map(|l| l.spec.clone()).collect(),
@@ -85,5 +89,5 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
             (engine, l.spec.addr)
         })
         .collect();
-    WorkerListeners { engines }
+    WorkerListeners { engines, pool }
 }

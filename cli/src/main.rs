@@ -1,10 +1,7 @@
 //! `ringway`: the binary. Parses the command line, loads and validates the
 //! configuration, starts the workers and stops them on SIGINT/SIGTERM.
 
-mod config;
 mod explain;
-mod factory;
-mod locate;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -17,7 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use ringway_core::DriverChoice;
 use signal_hook::{consts::signal::*, iterator::Signals};
 
-use crate::config::{Config, ListenerMode};
+use ringway::{
+    config::{self, Config, ListenerMode},
+    factory,
+};
 
 /// The configuration `ringway` runs with when given no arguments.
 const DEFAULT_CONFIG: &str = include_str!("../../examples/default.toml");

@@ -92,10 +92,13 @@ pub trait WorkerApp: 'static {
     ) -> impl Future<Output = ()>;
 
     /// Runs on the worker about once a second, between connections' work,
-    /// for upkeep such as freeing buffers a flood left behind; returns
-    /// whether it freed memory (the worker then asks the allocator to give
-    /// free pages back to the system). The default does nothing.
-    fn housekeeping(&self) -> bool {
+    /// for upkeep such as closing idle upstream connections that expired
+    /// and freeing buffers a flood left behind. `now_ms` is the worker's
+    /// coarse clock (as [`ConnCtx::clock_ms`] reads it). Returns whether it
+    /// freed memory (the worker then asks the allocator to give free pages
+    /// back to the system). The default does nothing.
+    fn housekeeping(&self, now_ms: u64) -> bool {
+        let _ = now_ms;
         false
     }
 }
@@ -316,7 +319,9 @@ async fn worker_main<F, A>(
         monoio::spawn(accept_loop(index, listener, Rc::clone(&app), Rc::clone(&state)));
     }
     let upkeep = Rc::clone(&app);
-    monoio::spawn(run_sweeper(Rc::clone(&state), move || upkeep.housekeeping()));
+    monoio::spawn(run_sweeper(Rc::clone(&state), move |now_ms| {
+        upkeep.housekeeping(now_ms)
+    }));
 
     // A byte, or the handle's end of the pair closing, means stop.
     let (_, _) = stop.read(vec![0u8; 1]).await;

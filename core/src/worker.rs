@@ -505,6 +505,22 @@ impl Drop for Deadline<'_> {
 }
 
 impl ConnCtx {
+    /// A connection on a worker of its own that no sweeper serves, so no
+    /// deadline ever fires: for driving the engine over in-memory streams
+    /// in tests and fuzzing, where nothing waits without end.
+    pub fn detached() -> ConnCtx {
+        let worker = Rc::new(WorkerState::new(
+            0,
+            usize::MAX,
+            None,
+            Arc::default(),
+            Duration::from_secs(1),
+        ));
+        worker
+            .register(-1, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+            .unwrap_or_else(|| unreachable!("an empty worker without limits takes a connection"))
+    }
+
     fn update<R>(&self, f: impl FnOnce(&mut ConnEntry) -> R) -> Option<R> {
         self.worker.conns.borrow_mut().get_mut(self.key).map(f)
     }
@@ -656,7 +672,7 @@ const TRIM_AFTER_CLOSED: usize = 256;
 /// resident size, until the allocator is asked to give it back: that is
 /// done when housekeeping freed buffers, or when many connections closed
 /// since the last look (their tasks and head buffers are gone).
-pub(crate) async fn run_sweeper(state: Rc<WorkerState>, housekeeping: impl Fn() -> bool) {
+pub(crate) async fn run_sweeper(state: Rc<WorkerState>, housekeeping: impl Fn(u64) -> bool) {
     let ticks_per_second = (1000 / state.tick_ms).max(1);
     let mut ticks = 0;
     loop {
@@ -667,7 +683,7 @@ pub(crate) async fn run_sweeper(state: Rc<WorkerState>, housekeeping: impl Fn() 
         }
         ticks += 1;
         if ticks % ticks_per_second == 0 {
-            let freed = housekeeping();
+            let freed = housekeeping(state.now_ms.get());
             let now = state.connection_count();
             let closed = state.peak_conns.replace(now).saturating_sub(now);
             if freed || closed >= TRIM_AFTER_CLOSED {

@@ -35,7 +35,7 @@ use crate::{
     chunked::{ChunkedDecoder, Decoded},
     gather::write_head_and_body,
     guard,
-    head::{BodyFraming, RequestHead, ResponseHead, Version},
+    head::{BodyFraming, Method, RequestHead, ResponseHead, Version},
     io::{bounded, io_error, read_some, write_vec},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
@@ -293,6 +293,11 @@ impl<H: Handler> Engine<H> {
         &self.handler
     }
 
+    /// The worker's upstream pool this engine draws from.
+    pub fn pool(&self) -> &UpstreamPool {
+        &self.pool
+    }
+
     /// Serves requests on `io` until the client closes, an error ends the
     /// connection, a timeout expires, or the worker drains.
     pub async fn serve<S: ClientStream>(&self, io: S, client: ClientInfo, conn: &ConnCtx) {
@@ -316,7 +321,12 @@ impl<H: Handler> Engine<H> {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
-                    let status = self.send_error(&mut io, &mut st.wbuf, &error, conn).await;
+                    // The head did not parse, but its first word may still
+                    // say that the answer must have no body.
+                    let head_request = st.rbuf.starts_with(b"HEAD ");
+                    let status = self
+                        .send_error(&mut io, &mut st.wbuf, &error, head_request, conn)
+                        .await;
                     self.log_failure(&client, &st.req, status, &error);
                     conn.count_request();
                     return;
@@ -521,13 +531,22 @@ impl<H: Handler> Engine<H> {
                     }
                     _ => true,
                 };
-                let close = st.req.wants_close() || conn.is_draining() || unread;
+                // A request refused as malformed (400) ends the connection,
+                // as nginx and HAProxy do: whatever follows on it was sent
+                // by a client that does not speak HTTP as the proxy reads it.
+                // So does a refused CONNECT (but for a 407 the client answers
+                // on the same connection): the client may already be
+                // sending the tunnel's bytes.
+                let connect = st.req.method() == Method::Connect && reply.status != 407;
+                let close =
+                    st.req.wants_close() || conn.is_draining() || unread || reply.status == 400 || connect;
                 st.wbuf.clear();
                 local_response(
                     &mut st.wbuf,
                     reply,
                     reason_phrase(reply.status),
                     close,
+                    st.req.method() == Method::Head,
                     self.settings.proxy_headers.via.as_ref(),
                 );
                 let sent = self.write_client(io, &mut st.wbuf, conn).await;
@@ -551,7 +570,9 @@ impl<H: Handler> Engine<H> {
                 let status = if failure.responded {
                     0
                 } else {
-                    self.send_error(io, &mut st.wbuf, &failure.error, conn).await
+                    let head_request = st.req.method() == Method::Head;
+                    self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn)
+                        .await
                 };
                 self.log_failure(client, &st.req, status, &failure.error);
                 // The client may still be sending the request's body.
@@ -608,6 +629,7 @@ impl<H: Handler> Engine<H> {
             scheme: s.scheme,
             framing,
             upgrade,
+            upstream: Some(addr),
         };
         request_head(wbuf, &upstream_request, &s.proxy_headers);
         end_head(wbuf);
@@ -761,20 +783,8 @@ impl<H: Handler> Engine<H> {
         let status = resp.status();
         let input = resp.body(req.method());
         let upstream_reusable = resp.keeps_alive() && input != BodyFraming::UntilClose && !body_cut;
-        let mut close = req.wants_close() || conn.is_draining() || body_cut;
-        let (output, out) = match input {
-            BodyFraming::None => (BodyFraming::None, OutFraming::Raw),
-            BodyFraming::Length(n) => (BodyFraming::Length(n), OutFraming::Raw),
-            BodyFraming::Chunked | BodyFraming::UntilClose if req.version() == Version::Http11 => {
-                (BodyFraming::Chunked, OutFraming::Chunked)
-            }
-            // HTTP/1.0 clients know no chunks: the end of the body is the
-            // end of the connection.
-            BodyFraming::Chunked | BodyFraming::UntilClose => {
-                close = true;
-                (BodyFraming::UntilClose, OutFraming::Raw)
-            }
-        };
+        let (output, out) = client_framing(input, req.version());
+        let close = req.wants_close() || conn.is_draining() || body_cut || output == BodyFraming::UntilClose;
         wbuf.clear();
         let to_client = ClientResponse {
             head: resp,
@@ -979,12 +989,14 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Answers an error with its status (connection closing), or nothing
-    /// when the client is gone. Returns the status sent, 0 for none.
+    /// when the client is gone; `head_request`: the answer has no body.
+    /// Returns the status sent, 0 for none.
     async fn send_error<S: ClientStream>(
         &self,
         io: &mut S,
         wbuf: &mut Vec<u8>,
         error: &Error,
+        head_request: bool,
         conn: &ConnCtx,
     ) -> u16 {
         let Some(status) = status_for(error) else {
@@ -997,6 +1009,7 @@ impl<H: Handler> Engine<H> {
             &reply,
             reason_phrase(status),
             true,
+            head_request,
             self.settings.proxy_headers.via.as_ref(),
         );
         let _ = self.write_client(io, wbuf, conn).await;
@@ -1031,6 +1044,21 @@ impl<H: Handler> Engine<H> {
             status,
             micros = started.elapsed().as_micros() as u64,
         );
+    }
+}
+
+/// How a response body framed as `input` by the upstream leaves for a
+/// client speaking `version`: as it came when its length is known, else
+/// chunked for HTTP/1.1 clients, and delimited by the end of the
+/// connection for HTTP/1.0 clients, which know no chunks.
+pub(crate) fn client_framing(input: BodyFraming, version: Version) -> (BodyFraming, OutFraming) {
+    match input {
+        BodyFraming::None => (BodyFraming::None, OutFraming::Raw),
+        BodyFraming::Length(n) => (BodyFraming::Length(n), OutFraming::Raw),
+        BodyFraming::Chunked | BodyFraming::UntilClose if version == Version::Http11 => {
+            (BodyFraming::Chunked, OutFraming::Chunked)
+        }
+        BodyFraming::Chunked | BodyFraming::UntilClose => (BodyFraming::UntilClose, OutFraming::Raw),
     }
 }
 

@@ -246,6 +246,7 @@ pub(crate) struct ConnectionTokens {
 #[derive(Debug, Default)]
 struct FieldFacts {
     content_length: Option<u64>,
+    content_length_value: Option<Span>,
     te_present: bool,
     te_chunked_last: bool,
     te_chunked_count: u32,
@@ -274,7 +275,13 @@ impl FieldFacts {
                             "Content-Length is not a plain number",
                         )
                     })?;
-                    if facts.content_length.is_some_and(|seen| seen != n) {
+                    // Repeats must be the same text, not only the same
+                    // number: `05` and `5` are different field values
+                    // (RFC 9112 section 6.3), which strict parsers refuse.
+                    if facts
+                        .content_length_value
+                        .is_some_and(|seen| seen.get(raw) != value)
+                    {
                         return Err(Error::new(
                             ErrorKind::InvalidHttp,
                             side,
@@ -282,6 +289,7 @@ impl FieldFacts {
                         ));
                     }
                     facts.content_length = Some(n);
+                    facts.content_length_value = Some(f.value);
                 }
                 HeaderKind::TransferEncoding => {
                     facts.te_present = true;
@@ -1062,6 +1070,11 @@ mod tests {
     fn rejects_differing_content_lengths() {
         assert_invalid(
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "different values",
+        );
+        // The same number spelled differently is a different value.
+        assert_invalid(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 05\r\nContent-Length: 5\r\n\r\n",
             "different values",
         );
     }

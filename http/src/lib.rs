@@ -10,8 +10,9 @@
 //!   proxy authentication, safe destination parsing and the PAC file.
 //! - [`UpstreamPool`]: the worker's idle upstream connections.
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
-// Two modules use unsafe code: gather implements monoio's unsafe IoVecBuf
-// trait, splice calls splice(2) and pipe2(2); the rest of the crate has none.
+// Three modules use unsafe code: gather implements monoio's unsafe IoVecBuf
+// trait, splice calls splice(2) and pipe2(2), and fuzzing (tests and fuzz
+// targets only) implements an in-memory stream; the rest has none.
 #![deny(unsafe_code)]
 
 mod body;
@@ -19,6 +20,8 @@ mod buffers;
 mod chunked;
 mod engine;
 pub mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod gather;
 mod guard;
 pub mod head;

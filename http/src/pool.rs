@@ -225,6 +225,25 @@ impl UpstreamPool {
         }
     }
 
+    /// Closes the idle connections that expired, and those on which
+    /// anything arrived while idle (the server closed them, most often):
+    /// run about once a second, so that they do not hold descriptors until
+    /// a request next looks for one. Returns how many were closed.
+    pub fn close_stale(&self, now_ms: u64) -> usize {
+        let timeout_ms = self.idle_timeout_ms();
+        let mut closed = 0;
+        self.idle.borrow_mut().retain(|_, list| {
+            let before = list.len();
+            list.retain(|entry| {
+                now_ms.saturating_sub(entry.since_ms) < timeout_ms
+                    && ringway_core::socket::is_quiet(&entry.conn.stream)
+            });
+            closed += before - list.len();
+            !list.is_empty()
+        });
+        closed
+    }
+
     fn idle_timeout_ms(&self) -> u64 {
         self.settings.idle_timeout.as_millis().min(u128::from(u64::MAX)) as u64
     }

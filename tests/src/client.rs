@@ -90,7 +90,12 @@ impl TestClient {
                     .collect::<Vec<_>>();
                 break (resp.code.unwrap_or(0), headers, n);
             }
-            fill(&mut self.stream, &mut self.buf, None)?;
+            if fill(&mut self.stream, &mut self.buf, None)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection ended before a whole response head",
+                ));
+            }
         };
         self.buf.drain(..consumed);
         let mut response = Response {

@@ -167,7 +167,11 @@ impl WorkerApp for TestApp {
         }
     }
 
-    fn housekeeping(&self) -> bool {
+    fn housekeeping(&self, now_ms: u64) -> bool {
+        match &self.engine {
+            TestEngine::Reverse(e) => e.pool().close_stale(now_ms),
+            TestEngine::Forward(e) => e.pool().close_stale(now_ms),
+        };
         ringway_http::release_unused_buffers()
     }
 }

@@ -14,13 +14,14 @@ use std::{
 };
 
 use ringway_core::DriverChoice;
-use ringway_tests::{both_drivers, client, Origin, Reply, TestProxy};
+use ringway_tests::{both_drivers, client, Origin, ProxySetup, Reply, TestProxy};
 
 both_drivers!(
     stray_bytes_after_a_response_reach_no_client,
     a_fin_while_idle_never_fails_a_post,
     a_reset_before_the_request_was_read_is_retried_even_for_a_post,
     a_request_the_upstream_read_and_dropped_is_retried_only_if_idempotent,
+    idle_connections_past_their_timeout_are_closed_without_a_request,
 );
 
 /// What a misbehaving origin sends after a complete response.
@@ -212,4 +213,36 @@ fn a_request_the_upstream_read_and_dropped_is_retried_only_if_idempotent(driver:
     assert_eq!(c.response().status, 502, "the POST was not sent twice");
     let posts = origin.seen().iter().filter(|s| s.method == "POST").count();
     assert_eq!(posts, 1);
+}
+
+fn idle_connections_past_their_timeout_are_closed_without_a_request(driver: DriverChoice) {
+    // The origin keeps its connections open and notes when the proxy
+    // closes one; nothing but the pool's own upkeep can close it here.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let closed_tx = closed_tx.clone();
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let raw = std::sync::atomic::AtomicUsize::new(0);
+                while let Ok(Some(_)) = client::read_request(&mut stream, &mut buf, &raw) {
+                    if stream.write_all(&ok("kept", 4)).is_err() {
+                        return;
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let mut setup = ProxySetup::new(driver, &[addr]);
+    setup.pool.idle_timeout = Duration::from_millis(300);
+    let proxy = setup.start();
+    let mut c = proxy.client();
+    assert_eq!(c.get("/").text(), "kept");
+    closed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the idle connection was closed once it expired, with no request to look at it");
 }

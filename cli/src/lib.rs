@@ -1,0 +1,9 @@
+//! ringway as a library: the configuration file ([`config`]: parsing and
+//! validation into the runtime types, with file, line and key for every
+//! error) and the wiring from a validated configuration to running workers
+//! ([`factory`]). The binary, `src/main.rs`, adds the command line and
+//! signals; tests and fuzzing use the same code.
+
+pub mod config;
+pub mod factory;
+mod locate;
