@@ -106,18 +106,10 @@ fn trace_echo(req: &RequestHead) -> LocalReply {
 
 #[cfg(test)]
 mod tests {
-    use bytes::BytesMut;
-
     use super::*;
-    use crate::limits::{HttpLimits, ViaName};
+    use crate::limits::ViaName;
 
-    fn head(raw: &str) -> RequestHead {
-        let mut h = RequestHead::new();
-        assert!(h
-            .parse(&mut BytesMut::from(raw.as_bytes()), &HttpLimits::default())
-            .unwrap());
-        h
-    }
+    use crate::head::parsed as head;
 
     fn answer_to(raw: &str, settings: &EngineSettings) -> Option<LocalReply> {
         answer(&head(raw), settings)

@@ -745,6 +745,17 @@ impl RequestHead {
     }
 }
 
+/// A whole request head parsed from `raw` with the default limits (unit
+/// tests of the modules that take a parsed head).
+#[cfg(test)]
+pub(crate) fn parsed(raw: &str) -> RequestHead {
+    let mut head = RequestHead::new();
+    assert!(head
+        .parse(&mut BytesMut::from(raw.as_bytes()), &HttpLimits::default())
+        .expect("a valid head"));
+    head
+}
+
 /// The authority of an absolute-form target (`http://authority/...`), if
 /// the target is one.
 pub(crate) fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {

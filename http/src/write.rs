@@ -315,13 +315,7 @@ mod tests {
     use super::*;
     use crate::limits::HttpLimits;
 
-    fn head(raw: &str) -> RequestHead {
-        let mut h = RequestHead::new();
-        assert!(h
-            .parse(&mut BytesMut::from(raw.as_bytes()), &HttpLimits::default())
-            .unwrap());
-        h
-    }
+    use crate::head::parsed as head;
 
     fn upstream_head(raw: &str, headers: ProxyHeaders) -> String {
         let h = head(raw);
