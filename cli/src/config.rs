@@ -282,6 +282,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Open connections per worker.
     pub max_connections: usize,
+    /// Whether `max_connections` was set in the file (else it is the
+    /// default, which the binary fits to the descriptor limit).
+    pub max_connections_set: bool,
     /// Open connections per client address, all workers together.
     pub max_connections_per_ip: Option<u32>,
     /// How long a drain waits for requests in flight.
@@ -583,6 +586,7 @@ impl Validator {
         Config {
             runtime,
             max_connections,
+            max_connections_set: rt.max_connections.is_some(),
             max_connections_per_ip: rt.max_connections_per_ip.filter(|&n| n > 0),
             shutdown_timeout,
             log_level: user.log.level.clone(),
@@ -737,15 +741,20 @@ impl Validator {
             http.body_rate_window.as_ref(),
             rate_default.window,
         );
-        if window.is_zero() {
-            self.problem(path.key("body_rate_window"), "must be longer than 0s");
-        }
         limits.min_body_rate = match http.min_body_rate {
             Some(0) => None,
-            rate => Some(BodyRate {
-                bytes_per_second: rate.unwrap_or(rate_default.bytes_per_second),
-                window: window.max(Duration::from_millis(1)),
-            }),
+            rate => {
+                if window.is_zero() {
+                    self.problem(
+                        path.key("body_rate_window"),
+                        "must be longer than 0s (min_body_rate = 0 turns the check off)",
+                    );
+                }
+                Some(BodyRate {
+                    bytes_per_second: rate.unwrap_or(rate_default.bytes_per_second),
+                    window: window.max(Duration::from_millis(1)),
+                })
+            }
         };
         let buffer_size = bounded(
             self,
@@ -1422,16 +1431,26 @@ impl Validator {
 
 /// The named sections listeners refer to.
 /// The name this instance gives itself in `Via` when none is configured:
-/// `ringway-` and eight hex digits hashed from the host name, so that two
-/// ringway proxies in a chain have different names (each recognises only
-/// its own entry as a loop) without the host name leaving the machine.
+/// `ringway-` and eight hex digits hashed from the host name, the process
+/// and the moment it started, made once per process. Loop detection needs
+/// a name no other proxy in the chain has, also another ringway on the
+/// same host; the host name itself never leaves the machine. Set
+/// `via_name` for a name that stays the same across restarts.
 fn default_via_name() -> ViaName {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    // FNV-1a: stable across restarts and builds.
-    let hash = host.trim().bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    ViaName::new(&format!("ringway-{hash:08x}")).unwrap_or_default()
+    static NAME: std::sync::OnceLock<ViaName> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let seed = format!("{}/{}/{started}", host.trim(), std::process::id());
+        // FNV-1a, folded to 32 bits.
+        let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        ViaName::new(&format!("ringway-{:08x}", (hash ^ (hash >> 32)) as u32)).unwrap_or_default()
+    })
+    .clone()
 }
 
 struct Named<'a> {

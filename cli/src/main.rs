@@ -294,7 +294,9 @@ fn init_logging(level: Option<&str>) {
 
 fn run(config: &Config) -> anyhow::Result<ExitCode> {
     init_logging(config.log_level.as_deref());
-    raise_descriptor_limit(config);
+    let mut config = config.clone();
+    raise_descriptor_limit(&mut config);
+    let config = &config;
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]).context("installing signal handlers")?;
     let server = factory::start(config).context("starting")?;
@@ -330,39 +332,59 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Raises the open-file limit to the hard limit and says whether it covers
-/// the connection limit: each client connection may hold an upstream
-/// connection too, and each worker holds a few descriptors of its own.
-fn raise_descriptor_limit(config: &Config) {
-    let workers = config.runtime.workers as u64;
-    let needed = workers
-        .saturating_mul(config.max_connections as u64)
-        .saturating_mul(2)
-        .saturating_add(64 * workers + 64);
-    match ringway_core::rlimit::raise_open_files() {
-        Ok(limit) => {
-            if limit.now > limit.before {
-                tracing::info!(
-                    "file descriptor limit raised from {} to {}",
-                    limit.before,
-                    limit.now
-                );
-            } else {
-                tracing::info!("file descriptor limit {}", limit.now);
-            }
-            if limit.now < needed {
-                tracing::warn!(
-                    "the file descriptor limit ({}) cannot cover {} workers x max_connections {} \
-                     (a client and an upstream descriptor each: {needed}); past it, new connections \
-                     wait in the accept queue. Raise the hard limit (LimitNOFILE= in a service file, \
-                     ulimit -Hn) or lower [runtime] max_connections",
-                    limit.now,
-                    workers,
-                    config.max_connections
-                );
-            }
+/// Raises the open-file limit to the hard limit, and fits the connection
+/// limit to it: each client connection may hold an upstream connection
+/// too, and each worker a few descriptors of its own. The default
+/// `max_connections` is lowered to what the descriptors cover (as HAProxy
+/// derives maxconn from the limit), so that connections past it are closed
+/// at once and counted instead of waiting on failed accepts; one set in the
+/// file is kept, with a warning when the descriptors cannot cover it.
+fn raise_descriptor_limit(config: &mut Config) {
+    let workers = config.runtime.workers.max(1) as u64;
+    let reserve = 64 * workers + 64;
+    let needed = |per_worker: u64| {
+        workers
+            .saturating_mul(per_worker)
+            .saturating_mul(2)
+            .saturating_add(reserve)
+    };
+    let limit = match ringway_core::rlimit::raise_open_files() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot read the file descriptor limit: {e}");
+            return;
         }
-        Err(e) => tracing::warn!("cannot read the file descriptor limit: {e}"),
+    };
+    if limit.now > limit.before {
+        tracing::info!(
+            "file descriptor limit raised from {} to {}",
+            limit.before,
+            limit.now
+        );
+    } else {
+        tracing::info!("file descriptor limit {}", limit.now);
+    }
+    if limit.now >= needed(config.max_connections as u64) {
+        return;
+    }
+    let fits = (limit.now.saturating_sub(reserve) / (2 * workers)).max(1);
+    if config.max_connections_set {
+        tracing::warn!(
+            "the file descriptor limit ({}) cannot cover {workers} workers x max_connections {} \
+             (a client and an upstream descriptor each: {}); it covers {fits} per worker, and past \
+             that new connections wait in the accept queue. Raise the hard limit (LimitNOFILE= in \
+             a service file, ulimit -Hn) or lower [runtime] max_connections",
+            limit.now,
+            config.max_connections,
+            needed(config.max_connections as u64)
+        );
+    } else {
+        config.max_connections = fits as usize;
+        tracing::info!(
+            "max_connections {fits} per worker: what {} descriptors cover for {workers} workers \
+             (set [runtime] max_connections, or raise the hard limit, for more)",
+            limit.now
+        );
     }
 }
 

@@ -168,13 +168,23 @@ fn reload_and_log_rotation_signals_do_not_stop_it() {
 #[test]
 fn the_descriptor_limit_is_raised_and_running_out_backs_off_quietly() {
     let origin = Origin::start(|_| Reply::ok("served"));
-    let upstream = origin.addr().to_string();
+    // A connection limit set in the file is kept, with a warning.
+    let config = temp_file(
+        "fd-limit.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\nmax_connections = 1000\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+            origin.addr()
+        ),
+    );
     let mut command = Command::new("prlimit");
-    command.args(["--nofile=40:64", "--", BIN, "reverse", "--listen", "127.0.0.1:0"]);
-    command.args(["--upstream", &upstream, "--workers", "1", "--no-pin"]);
+    command
+        .args(["--nofile=40:64", "--", BIN, "run", "--config"])
+        .arg(&config);
     let proxy = Running::spawn(command);
     proxy.wait_for_log("file descriptor limit raised from 40 to 64");
-    proxy.wait_for_log("cannot cover 1 workers x max_connections 100000");
+    proxy.wait_for_log("cannot cover 1 workers x max_connections 1000");
     // More connections than descriptors: accepts fail until they close.
     let held: Vec<TcpStream> = (0..120)
         .filter_map(|_| TcpStream::connect(proxy.addr).ok())
@@ -203,6 +213,22 @@ fn the_descriptor_limit_is_raised_and_running_out_backs_off_quietly() {
     }
     assert_eq!(served, "served");
     proxy.wait_for_log("accepting again after failed accepts");
+
+    // The default is fitted to the descriptors instead: (300 - 128) / 2.
+    let upstream = origin.addr().to_string();
+    let mut command = Command::new("prlimit");
+    command.args([
+        "--nofile=300:300",
+        "--",
+        BIN,
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    command.args(["--upstream", &upstream, "--workers", "1", "--no-pin"]);
+    let proxy = Running::spawn(command);
+    proxy.wait_for_log("max_connections 86 per worker: what 300 descriptors cover for 1 workers");
+    assert_eq!(curl(&[&proxy.url("/")]), "served");
 }
 
 /// An origin that swallows uploads and serves a download of `size` bytes.

@@ -152,8 +152,11 @@ pub(crate) fn reset_fd(fd: std::os::fd::RawFd) -> bool {
 /// What a connected TCP socket's kernel knows of the bytes it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentState {
-    /// Segments sent and not yet acknowledged by the peer.
-    pub unacked: u32,
+    /// Whether every byte sent was acknowledged, counted in bytes (so it
+    /// survives the queue being cleared by a reset); `true` where the
+    /// kernel does not count (before Linux 4.19). A reset acknowledges the
+    /// bytes it answers too, so look at [`was_reset`] first.
+    pub all_acked: bool,
     /// The smoothed round-trip time.
     pub rtt: std::time::Duration,
 }
@@ -184,7 +187,7 @@ pub fn sent_state(socket: &impl AsRawFd) -> Option<SentState> {
     // pattern is a valid `tcp_info` (plain integers).
     let info = unsafe { info.assume_init() };
     Some(SentState {
-        unacked: info.tcpi_unacked,
+        all_acked: info.tcpi_bytes_acked >= info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans),
         rtt: std::time::Duration::from_micros(u64::from(info.tcpi_rtt)),
     })
 }
@@ -228,10 +231,21 @@ mod tests {
         drop(server);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!was_reset(&client), "a FIN alone is no reset");
-        assert_eq!(sent_state(&client).map(|s| s.unacked), Some(0));
+        assert_eq!(sent_state(&client).map(|s| s.all_acked), Some(true));
         // Bytes to the closed socket are answered with a reset.
         client.write_all(b"x").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(was_reset(&client));
+    }
+
+    #[test]
+    fn bytes_an_open_socket_received_are_acknowledged() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        client.write_all(b"request").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(sent_state(&client).map(|s| s.all_acked), Some(true));
+        assert!(!was_reset(&client));
     }
 }

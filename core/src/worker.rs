@@ -613,7 +613,15 @@ impl ConnCtx {
             e.armed = Some(Armed { at, wait, limit_ms });
             e.upstream_fd = upstream_fd;
             e.expired = None;
-            e.watch = watch;
+            // One probe per response: a probe already sent and not yet
+            // skipped by the engine (a retry, or a wait after an interim
+            // response the client was not sent) leaves resets to watch.
+            e.watch = watch.map(|mut w| {
+                if e.probed {
+                    w.how = ClientWatch::ResetOnly;
+                }
+                w
+            });
         });
         Deadline { conn: self }
     }
@@ -840,6 +848,25 @@ mod tests {
         client.read_exact(&mut byte).unwrap();
         assert_eq!(&byte, b"H");
         assert_eq!(worker.stats.client_aborts.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_second_wait_before_the_response_sends_no_second_probe() {
+        use std::io::Read;
+        let (mut client, server) = pair();
+        let worker = state(8);
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        for _ in 0..2 {
+            // A retry, or a wait after a 1xx the client did not get.
+            let armed = conn.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
+            sweep_a_while(&worker);
+            assert_eq!(armed.ending(), None);
+        }
+        assert!(conn.take_probe());
+        client.set_nonblocking(true).unwrap();
+        let mut got = [0u8; 4];
+        assert_eq!(client.read(&mut got).unwrap(), 1, "one probe byte, not two");
     }
 
     #[test]

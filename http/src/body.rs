@@ -102,25 +102,20 @@ impl RateWindow {
         timeout.min(Duration::from_millis(left.max(1)))
     }
 
-    /// Bytes that came at the end of the last wait.
-    fn got(&mut self, n: u64) {
-        self.got = self.got.saturating_add(n);
-    }
-
-    /// A wait of `ms`; `false` when it ended a window that lacked bytes.
-    fn waited(&mut self, ms: u64) -> bool {
-        let total = self.waited_ms + ms;
-        if total < self.window_ms {
-            self.waited_ms = total;
+    /// A wait of `waited_ms` that brought `got` bytes; `false` when it
+    /// ended a window short of its share. The bytes count for the window
+    /// the wait began in: they may have come at its very end, and the
+    /// deadline that bounds the wait fires up to a tick late.
+    fn record(&mut self, waited_ms: u64, got: u64) -> bool {
+        self.got = self.got.saturating_add(got);
+        self.waited_ms += waited_ms;
+        if self.waited_ms < self.window_ms {
             return true;
         }
-        let rest = total - self.window_ms;
-        if self.got < self.need || (rest >= self.window_ms && self.need > 0) {
-            return false;
-        }
-        self.waited_ms = rest;
+        let ok = self.got >= self.need;
+        self.waited_ms = (self.waited_ms - self.window_ms).min(self.window_ms - 1);
         self.got = 0;
-        true
+        ok
     }
 }
 
@@ -169,20 +164,19 @@ impl BodyPath<'_> {
             read_some(src, buf, want),
         )?
         .map_err(io_error(side, "reading a body"))?;
-        self.note_wait(started)?;
-        self.note_bytes(got as u64);
+        self.note_wait(self.conn.clock_ms().saturating_sub(started), got as u64)?;
         reads.record(got);
         Ok(got)
     }
 
-    /// Counts a wait for the client that began at `started` (coarse-clock
-    /// milliseconds) against the body's least rate.
-    fn note_wait(&self, started: u64) -> Result<()> {
+    /// Counts a wait for the client of `waited_ms` (on the coarse clock)
+    /// that brought `got` bytes against the body's least rate.
+    fn note_wait(&self, waited_ms: u64, got: u64) -> Result<()> {
         let Some(rate) = &self.min_rate else {
             return Ok(());
         };
         let mut window = rate.get();
-        let ok = window.waited(self.conn.clock_ms().saturating_sub(started));
+        let ok = window.record(waited_ms, got);
         rate.set(window);
         if ok {
             Ok(())
@@ -192,15 +186,6 @@ impl BodyPath<'_> {
                 Side::Downstream,
                 "the request body arrived slower than min_body_rate",
             ))
-        }
-    }
-
-    /// Counts body bytes from the client against its least rate.
-    fn note_bytes(&self, n: u64) {
-        if let Some(rate) = &self.min_rate {
-            let mut window = rate.get();
-            window.got(n);
-            rate.set(window);
         }
     }
 
@@ -261,17 +246,22 @@ impl BodyPath<'_> {
         let prepare = |e| Error::new(ErrorKind::Io, Side::Internal, "preparing a splice").with_cause(e);
         let _src_mode = NonBlocking::set(from).map_err(prepare)?;
         let _dst_mode = NonBlocking::set(to).map_err(prepare)?;
+        // A wait's bytes move in the steps after it: it is counted against
+        // the least rate at the next wait, with them.
         let mut counted = way.moved();
+        let mut last_wait = None;
         loop {
             match way.step() {
                 Ok(Blocked::Done) => return Ok(()),
                 Ok(Blocked::Turn) => yield_turn().await,
                 Ok(Blocked::Read) => {
-                    self.note_bytes(way.moved() - counted);
+                    if let Some(waited) = last_wait.take() {
+                        self.note_wait(waited, way.moved() - counted)?;
+                    }
                     counted = way.moved();
                     let started = self.conn.clock_ms();
                     self.splice_wait(src, false).await?;
-                    self.note_wait(started)?;
+                    last_wait = Some(self.conn.clock_ms().saturating_sub(started));
                 }
                 Ok(Blocked::Write) => self.splice_wait(dst, true).await?,
                 Err((End::Source, e)) => return Err(io_error(self.from, "reading a body")(e)),
@@ -496,27 +486,32 @@ mod tests {
     fn a_window_with_its_share_of_bytes_passes() {
         let mut w = window();
         assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_secs(1));
-        assert!(w.waited(400));
-        w.got(60);
+        assert!(w.record(400, 60));
         assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_millis(600));
-        assert!(w.waited(500));
-        w.got(60);
+        assert!(w.record(500, 60));
         // 120 bytes in the window: the next wait may run to the end of the next one.
         assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_millis(1100));
-        assert!(w.waited(300), "the window ended with its 100 bytes");
+        assert!(w.record(300, 0), "the window ended with its 100 bytes");
         assert_eq!(w.wait_limit(Duration::from_secs(60)), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn bytes_that_end_a_window_count_for_it() {
+        // The whole share arrives with the read that ends the window, a
+        // little past it (deadlines fire up to a tick late).
+        let mut w = window();
+        assert!(w.record(1020, 100));
     }
 
     #[test]
     fn a_window_short_of_bytes_fails() {
         let mut w = window();
-        assert!(w.waited(900));
-        w.got(99);
-        assert!(!w.waited(200));
-        // A whole window with nothing fails even after a good one.
+        assert!(w.record(900, 50));
+        assert!(!w.record(200, 49));
+        // A good window, then one with nothing in it.
         let mut w = window();
-        w.got(500);
-        assert!(!w.waited(2100));
+        assert!(w.record(1000, 500));
+        assert!(!w.record(1000, 0));
     }
 
     #[test]

@@ -1113,33 +1113,38 @@ fn precheck_chunked(received: &BytesMut, max_trailer_bytes: usize) -> Result<()>
 /// Whether a request that failed with `error` on a reused connection,
 /// sent whole and with no response byte back, goes again on a fresh one.
 ///
-/// After a reset, whatever the method: the upstream's socket was gone when
-/// the request reached it, so nothing read it. After a plain close, an
-/// idempotent request always (as nginx and HAProxy do); any other only
-/// when the close turns out to have raced the request: the upstream's FIN
-/// left before the request arrived, so the request is still unacknowledged
-/// and the upstream's kernel answers it with a reset, which is waited for
-/// (a few round trips at most). A close that acknowledged the request may
-/// have followed its processing, and stands.
+/// An idempotent request goes again after a reset or a close, as nginx and
+/// HAProxy do. Any other only when the upstream had closed the connection
+/// before the request reached it: its FIN arrived first (the end of stream
+/// the read returned), then the reset its kernel sends for bytes that reach
+/// a closed socket (waited for, a few round trips at most). Nothing read
+/// that request. A reset with no FIN before it may come from a server that
+/// read part of the request, acted on it and closed with the rest unread,
+/// and a FIN with no reset after it from one that read it all; neither is
+/// sent twice.
 async fn retry_on(error: &Error, idempotent: bool, upstream: &TcpStream) -> bool {
     use ringway_core::socket::{sent_state, was_reset};
     match error.kind() {
-        ErrorKind::ConnectionReset => return true,
-        ErrorKind::ConnectionClosed if idempotent => return true,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed if idempotent => return true,
         ErrorKind::ConnectionClosed => {}
         _ => return false,
     }
     const STEP: Duration = Duration::from_millis(1);
     let started = Instant::now();
     loop {
-        if was_reset(upstream) {
-            return true;
-        }
         let Some(sent) = sent_state(upstream) else {
             return false;
         };
+        // Acknowledged and no reset: the socket was open, and a peer that
+        // only shut its sending side may be reading the request.
+        if sent.all_acked {
+            return was_reset(upstream);
+        }
+        if was_reset(upstream) {
+            return true;
+        }
         let wait = (sent.rtt * 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
-        if sent.unacked == 0 || started.elapsed() >= wait {
+        if started.elapsed() >= wait {
             return false;
         }
         monoio::time::sleep(STEP).await;

@@ -22,6 +22,7 @@ both_drivers!(
     clients_that_close_while_the_upstream_is_slow_release_it_at_once,
     a_half_closed_client_still_gets_its_response,
     a_client_that_resets_during_a_stalled_body_releases_the_upstream,
+    a_half_closed_client_gets_one_probe_byte_whatever_the_upstream_does,
 );
 
 /// An origin that reads each request, sends `answer` (possibly nothing),
@@ -177,4 +178,54 @@ fn a_client_that_resets_during_a_stalled_body_releases_the_upstream(driver: Driv
         "the upstream connection was released"
     );
     assert!(eventually(Duration::from_secs(10), || active(&proxy) == 0));
+}
+
+/// An origin that, for each connection, reads the request, then plays
+/// `script`: pauses and writes, ending with a close.
+fn scripted_origin(script: &'static [(u64, &'static [u8])]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let raw = AtomicUsize::new(0);
+                if let Ok(Some(_)) = client::read_request(&mut s, &mut buf, &raw) {
+                    for (pause_ms, bytes) in script {
+                        thread::sleep(Duration::from_millis(*pause_ms));
+                        if s.write_all(bytes).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn a_half_closed_client_gets_one_probe_byte_whatever_the_upstream_does(driver: DriverChoice) {
+    // Each script keeps the client waiting long enough to be probed, then
+    // waits again: after an interim response an HTTP/1.0 client is not
+    // sent, or until the upstream closes with no answer (a 502).
+    let early_hints: &'static [(u64, &'static [u8])] = &[
+        (300, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"),
+        (300, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater"),
+    ];
+    let no_answer: &'static [(u64, &'static [u8])] = &[(300, b"")];
+    for (script, version, starts) in [
+        (early_hints, "1.0", "HTTP/1.1 200 OK\r\n"),
+        (early_hints, "1.1", "HTTP/1.1 103 Early Hints\r\n"),
+        (no_answer, "1.1", "HTTP/1.1 502 Bad Gateway\r\n"),
+    ] {
+        let proxy = patient_proxy(driver, scripted_origin(script));
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let got = read_to_close(&mut c, Duration::from_secs(20));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with(starts), "HTTP/{version}: {text:?}");
+        assert_eq!(aborts(&proxy), 0, "{text:?}");
+    }
 }
