@@ -296,35 +296,29 @@ fn exchange(c: &mut client::TestClient, tally: &Tally, dice: &mut Dice, close: b
     }
 }
 
-fn keep_alive_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool, seed: u64) {
-    let mut dice = Dice(seed);
-    while !stop.load(Ordering::Relaxed) {
-        let mut c = client::TestClient::connect(proxy);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        while !stop.load(Ordering::Relaxed) && exchange(&mut c, tally, &mut dice, false) {}
-    }
+/// A client connection that waits up to 30 s for an answer.
+fn connect(addr: SocketAddr) -> client::TestClient {
+    let c = client::TestClient::connect(addr);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    c
 }
 
-fn new_connection_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool, seed: u64) {
+/// GETs until `stop`: on keep-alive connections, or (`close`) one
+/// connection per request.
+fn get_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool, seed: u64, close: bool) {
     let mut dice = Dice(seed);
     while !stop.load(Ordering::Relaxed) {
-        let mut c = client::TestClient::connect(proxy);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        exchange(&mut c, tally, &mut dice, true);
+        let mut c = connect(proxy);
+        while !stop.load(Ordering::Relaxed) && exchange(&mut c, tally, &mut dice, close) {}
     }
 }
 
 fn upload_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool, seed: u64) {
     let mut dice = Dice(seed);
     while !stop.load(Ordering::Relaxed) {
-        let mut c = client::TestClient::connect(proxy);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
+        let mut c = connect(proxy);
         for _ in 0..5 {
             let id = next_id();
             let body = body_of(id, 64 * 1024 + dice.roll(3 << 20) as usize);
@@ -391,10 +385,7 @@ fn upload_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool, seed: u64)
 fn tunnel_client(forward: SocketAddr, echo: SocketAddr, tally: &Tally, stop: &AtomicBool, seed: u64) {
     let mut dice = Dice(seed);
     while !stop.load(Ordering::Relaxed) {
-        let mut c = client::TestClient::connect(forward);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
+        let mut c = connect(forward);
         c.send(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes());
         match c.read_response(true) {
             Ok(r) if r.status == 200 => {}
@@ -442,10 +433,7 @@ fn bad_request_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool) {
     ];
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let mut c = client::TestClient::connect(proxy);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
+        let mut c = connect(proxy);
         c.send(bad[i % bad.len()]);
         match c.read_response(false) {
             Ok(r) if r.status == 400 => {
@@ -458,14 +446,7 @@ fn bad_request_client(proxy: SocketAddr, tally: &Tally, stop: &AtomicBool) {
     }
 }
 
-/// The proxy's open descriptors.
-fn descriptors(proxy: &Running) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", proxy.child.id()))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// What the proxy's descriptors are (for a failure message).
+/// What the proxy's open descriptors are: one kind each (`socket`, `pipe`...).
 fn descriptor_kinds(proxy: &Running) -> Vec<String> {
     let mut kinds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", proxy.child.id()))
         .map(|d| {
@@ -484,7 +465,7 @@ fn descriptor_kinds(proxy: &Running) -> Vec<String> {
 /// resident KiB).
 fn settled(proxy: &Running) -> (usize, u64) {
     thread::sleep(Duration::from_secs(6));
-    (descriptors(proxy), proxy.rss_kib().0)
+    (descriptor_kinds(proxy).len(), proxy.rss_kib().0)
 }
 
 #[test]
@@ -569,13 +550,13 @@ servers = ["{origin}"]
     for seed in 0..4u64 {
         let (t, s) = (Arc::clone(&tally), Arc::clone(&stop));
         clients.push(thread::spawn(move || {
-            keep_alive_client(reverse, &t, &s, 11 + seed)
+            get_client(reverse, &t, &s, 11 + seed, false)
         }));
     }
     for seed in 0..2u64 {
         let (t, s) = (Arc::clone(&tally), Arc::clone(&stop));
         clients.push(thread::spawn(move || {
-            new_connection_client(reverse, &t, &s, 101 + seed)
+            get_client(reverse, &t, &s, 101 + seed, true)
         }));
     }
     {

@@ -15,15 +15,7 @@ use socket2::SockRef;
 /// peer), end of stream (the peer closed it while idle) or an error all
 /// mean the connection must not carry another request.
 pub fn is_quiet(socket: &impl AsRawFd) -> bool {
-    #[allow(unsafe_code)]
-    // SAFETY: the descriptor belongs to `socket`, which stays borrowed (so
-    // open and not reused) for as long as `fd` lives: this function's body.
-    let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
-    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-    match SockRef::from(&fd).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        Ok(_) => false,
-    }
+    peek_fd(socket.as_raw_fd()) == Peeked::Quiet
 }
 
 /// The host's interface addresses (IPv4 and IPv6), from getifaddrs(3);

@@ -395,6 +395,7 @@ pub struct Origin {
     connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     raw_bytes: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -414,13 +415,15 @@ impl Origin {
             connections: Arc::default(),
             seen: Arc::default(),
             raw_bytes: Arc::default(),
+            closed: Arc::default(),
             stop: Arc::default(),
         };
         let respond: Arc<Responder> = Arc::new(respond);
-        let (connections, seen, raw_bytes, stop) = (
+        let (connections, seen, raw_bytes, closed, stop) = (
             origin.connections.clone(),
             origin.seen.clone(),
             origin.raw_bytes.clone(),
+            origin.closed.clone(),
             origin.stop.clone(),
         );
         thread::spawn(move || {
@@ -430,8 +433,12 @@ impl Origin {
                 }
                 let Ok(stream) = stream else { continue };
                 let id = connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let (respond, seen, raw_bytes) = (respond.clone(), seen.clone(), raw_bytes.clone());
-                thread::spawn(move || serve_origin_conn(stream, id, &*respond, &seen, &raw_bytes));
+                let (respond, seen, raw_bytes, closed) =
+                    (respond.clone(), seen.clone(), raw_bytes.clone(), closed.clone());
+                thread::spawn(move || {
+                    serve_origin_conn(stream, id, &*respond, &seen, &raw_bytes);
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         origin
@@ -455,6 +462,12 @@ impl Origin {
     /// Requests received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
+    }
+
+    /// Connections whose serving ended: the peer closed (or reset) it, the
+    /// responder closed it, or a `Reply::Raw` returned.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Bytes received on all connections, parsed or not.
@@ -520,6 +533,20 @@ pub fn read_to_close(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
             Err(e) => panic!("no orderly end of stream within {timeout:?}: {e}"),
         }
     }
+}
+
+/// Waits up to `limit` for `done`, looking every 20 ms; returns whether
+/// it came. A liveness bound for things that happen in the background,
+/// set far above their expected time, never a measure of speed.
+pub fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
 }
 
 /// An address on which nothing listens (bound, then released).

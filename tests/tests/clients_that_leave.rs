@@ -6,17 +6,14 @@
 
 use std::{
     io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    net::{Shutdown, SocketAddr, TcpStream},
+    sync::atomic::Ordering,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ringway_core::DriverChoice;
-use ringway_tests::{both_drivers, client, read_to_close, ProxySetup, TestProxy};
+use ringway_tests::{both_drivers, eventually, read_to_close, Origin, ProxySetup, Reply, TestProxy};
 
 both_drivers!(
     clients_that_close_while_the_upstream_is_slow_release_it_at_once,
@@ -26,46 +23,17 @@ both_drivers!(
 );
 
 /// An origin that reads each request, sends `answer` (possibly nothing),
-/// then holds the connection until the proxy closes it; counts the
-/// connections the proxy closed.
-struct StallingOrigin {
-    addr: SocketAddr,
-    closed: Arc<AtomicUsize>,
-}
-
-impl StallingOrigin {
-    fn start(answer: &'static [u8]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let closed = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&closed);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let counter = Arc::clone(&counter);
-                thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let raw = AtomicUsize::new(0);
-                    if !matches!(client::read_request(&mut stream, &mut buf, &raw), Ok(Some(_))) {
-                        return;
-                    }
-                    let _ = stream.write_all(answer);
-                    // Held far longer than any test waits: only the proxy
-                    // can end it.
-                    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-                    let mut byte = [0u8; 1];
-                    if matches!(stream.read(&mut byte), Ok(0) | Err(_)) {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-            }
-        });
-        Self { addr, closed }
-    }
-
-    fn closed(&self) -> usize {
-        self.closed.load(Ordering::SeqCst)
-    }
+/// then holds the connection far longer than any test waits, until the
+/// proxy closes it: [`Origin::closed`] counts the connections it closed.
+fn stalling_origin(answer: &'static [u8]) -> Origin {
+    Origin::start(move |_| {
+        Reply::Raw(Box::new(move |mut stream: TcpStream| {
+            let _ = stream.write_all(answer);
+            stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut byte = [0u8; 1];
+            let _ = stream.read(&mut byte);
+        }))
+    })
 }
 
 fn aborts(proxy: &TestProxy) -> u64 {
@@ -76,17 +44,14 @@ fn active(proxy: &TestProxy) -> u64 {
     proxy.handle().stats()[0].active.load(Ordering::Relaxed)
 }
 
-/// Waits up to `limit` for `done`; a liveness bound, far above the
-/// expected time and far below the upstream timeout the proxy runs with.
-fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    done()
+/// Sends `GET /` in HTTP/`version`, shuts the sending side, and returns
+/// everything the proxy sends until it closes.
+fn half_closed_get(proxy: &TestProxy, version: &str) -> String {
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    String::from_utf8_lossy(&read_to_close(&mut c, Duration::from_secs(20))).into_owned()
 }
 
 /// A proxy whose upstream timeout (10 minutes) no test outlasts.
@@ -98,8 +63,8 @@ fn patient_proxy(driver: DriverChoice, origin: SocketAddr) -> TestProxy {
 
 fn clients_that_close_while_the_upstream_is_slow_release_it_at_once(driver: DriverChoice) {
     const CLIENTS: usize = 100;
-    let origin = StallingOrigin::start(b"");
-    let proxy = patient_proxy(driver, origin.addr);
+    let origin = stalling_origin(b"");
+    let proxy = patient_proxy(driver, origin.addr());
     for i in 0..CLIENTS {
         let mut c = TcpStream::connect(proxy.addr()).unwrap();
         c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
@@ -119,28 +84,13 @@ fn clients_that_close_while_the_upstream_is_slow_release_it_at_once(driver: Driv
 fn a_half_closed_client_still_gets_its_response(driver: DriverChoice) {
     // The origin answers after a while, long enough for the sweep to see
     // the client's end of stream and probe it several times.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        while let Ok((mut s, _)) = listener.accept() {
-            thread::spawn(move || {
-                let mut buf = Vec::new();
-                let raw = AtomicUsize::new(0);
-                while let Ok(Some(_)) = client::read_request(&mut s, &mut buf, &raw) {
-                    thread::sleep(Duration::from_millis(400));
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow!");
-                }
-            });
-        }
+    let origin = Origin::start(|_| {
+        thread::sleep(Duration::from_millis(400));
+        Reply::ok("slow!")
     });
-    let proxy = patient_proxy(driver, addr);
+    let proxy = patient_proxy(driver, origin.addr());
     for version in ["1.1", "1.0"] {
-        let mut c = TcpStream::connect(proxy.addr()).unwrap();
-        c.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\n\r\n").as_bytes())
-            .unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let got = read_to_close(&mut c, Duration::from_secs(20));
-        let text = String::from_utf8_lossy(&got);
+        let text = half_closed_get(&proxy, version);
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\n"),
             "HTTP/{version}: {text:?}"
@@ -164,8 +114,8 @@ fn a_half_closed_client_still_gets_its_response(driver: DriverChoice) {
 
 fn a_client_that_resets_during_a_stalled_body_releases_the_upstream(driver: DriverChoice) {
     // The head and the start of a long body arrive, then nothing more.
-    let origin = StallingOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst bytes");
-    let proxy = patient_proxy(driver, origin.addr);
+    let origin = stalling_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst bytes");
+    let proxy = patient_proxy(driver, origin.addr());
     let mut c = TcpStream::connect(proxy.addr()).unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     let mut byte = [0u8; 1];
@@ -182,26 +132,17 @@ fn a_client_that_resets_during_a_stalled_body_releases_the_upstream(driver: Driv
 
 /// An origin that, for each connection, reads the request, then plays
 /// `script`: pauses and writes, ending with a close.
-fn scripted_origin(script: &'static [(u64, &'static [u8])]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        while let Ok((mut s, _)) = listener.accept() {
-            thread::spawn(move || {
-                let mut buf = Vec::new();
-                let raw = AtomicUsize::new(0);
-                if let Ok(Some(_)) = client::read_request(&mut s, &mut buf, &raw) {
-                    for (pause_ms, bytes) in script {
-                        thread::sleep(Duration::from_millis(*pause_ms));
-                        if s.write_all(bytes).is_err() {
-                            return;
-                        }
-                    }
+fn scripted_origin(script: &'static [(u64, &'static [u8])]) -> Origin {
+    Origin::start(move |_| {
+        Reply::Raw(Box::new(move |mut stream: TcpStream| {
+            for (pause_ms, bytes) in script {
+                thread::sleep(Duration::from_millis(*pause_ms));
+                if stream.write_all(bytes).is_err() {
+                    return;
                 }
-            });
-        }
-    });
-    addr
+            }
+        }))
+    })
 }
 
 fn a_half_closed_client_gets_one_probe_byte_whatever_the_upstream_does(driver: DriverChoice) {
@@ -218,13 +159,9 @@ fn a_half_closed_client_gets_one_probe_byte_whatever_the_upstream_does(driver: D
         (early_hints, "1.1", "HTTP/1.1 103 Early Hints\r\n"),
         (no_answer, "1.1", "HTTP/1.1 502 Bad Gateway\r\n"),
     ] {
-        let proxy = patient_proxy(driver, scripted_origin(script));
-        let mut c = TcpStream::connect(proxy.addr()).unwrap();
-        c.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\n\r\n").as_bytes())
-            .unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let got = read_to_close(&mut c, Duration::from_secs(20));
-        let text = String::from_utf8_lossy(&got);
+        let origin = scripted_origin(script);
+        let proxy = patient_proxy(driver, origin.addr());
+        let text = half_closed_get(&proxy, version);
         assert!(text.starts_with(starts), "HTTP/{version}: {text:?}");
         assert_eq!(aborts(&proxy), 0, "{text:?}");
     }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use ringway_core::DriverChoice;
-use ringway_tests::{uring_available, Origin, ProxySetup, Reply, TestProxy};
+use ringway_tests::{eventually, uring_available, Origin, ProxySetup, Reply, TestProxy};
 
 /// The process's resident size in KiB.
 fn rss_kib() -> u64 {
@@ -53,11 +53,32 @@ fn settle(proxy: &TestProxy, baseline: u64, what: &str) -> u64 {
 }
 
 fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "{what}");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(eventually(limit, done), "{what}");
+}
+
+/// Opens `count` connections that each send the unfinished head `head(i)`,
+/// waits until the proxy holds them all, and returns them with what each
+/// added to the resident size since `before` (bytes).
+fn hold_heads(
+    proxy: &TestProxy,
+    count: usize,
+    before: u64,
+    head: impl Fn(usize) -> String,
+) -> (Vec<TcpStream>, u64) {
+    let held: Vec<TcpStream> = (0..count)
+        .map(|i| {
+            let mut s = TcpStream::connect(proxy.addr()).expect("connect");
+            s.write_all(head(i).as_bytes()).expect("send");
+            s
+        })
+        .collect();
+    wait_for("the connections accepted", Duration::from_secs(30), || {
+        active(proxy) == count as u64
+    });
+    // Let the proxy read what they sent.
+    thread::sleep(Duration::from_millis(300));
+    let each = rss_kib().saturating_sub(before) * 1024 / count as u64;
+    (held, each)
 }
 
 #[test]
@@ -85,19 +106,9 @@ fn floods(driver: DriverChoice) {
     let baseline = rss_kib();
 
     // Slowloris: a head that never ends, on thousands of connections.
-    let slow: Vec<TcpStream> = (0..SLOW)
-        .map(|i| {
-            let mut s = TcpStream::connect(proxy.addr()).expect("connect");
-            s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a\r\nX-Slow: ").as_bytes())
-                .expect("send");
-            s
-        })
-        .collect();
-    wait_for("slowloris connections accepted", Duration::from_secs(30), || {
-        active(&proxy) == SLOW as u64
+    let (slow, per_slow) = hold_heads(&proxy, SLOW, baseline, |i| {
+        format!("GET /{i} HTTP/1.1\r\nHost: a\r\nX-Slow: ")
     });
-    thread::sleep(Duration::from_millis(300));
-    let per_slow = (rss_kib().saturating_sub(baseline)) * 1024 / SLOW as u64;
     eprintln!("{driver:?}: {per_slow} bytes per slowloris connection");
     // The connection task (about 2.3 KB), a 4 KiB head buffer and the
     // registry entry; a full read and write buffer each would be 132 KiB.
@@ -110,19 +121,9 @@ fn floods(driver: DriverChoice) {
 
     // Heads just under the 64 KiB limit, never finished.
     let filler = "x".repeat(60 * 1024);
-    let large: Vec<TcpStream> = (0..LARGE)
-        .map(|_| {
-            let mut s = TcpStream::connect(proxy.addr()).expect("connect");
-            s.write_all(format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {filler}").as_bytes())
-                .expect("send");
-            s
-        })
-        .collect();
-    wait_for("large heads read", Duration::from_secs(30), || {
-        active(&proxy) == LARGE as u64
+    let (large, per_large) = hold_heads(&proxy, LARGE, before_large, |_| {
+        format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {filler}")
     });
-    thread::sleep(Duration::from_millis(300));
-    let per_large = (rss_kib().saturating_sub(before_large)) * 1024 / LARGE as u64;
     eprintln!("{driver:?}: {per_large} bytes per connection with a 60 KiB head");
     // The head in a read buffer (68 KiB) and the task: bounded by the head
     // limit, not by what the client sends.

@@ -9,7 +9,9 @@ use std::{
 
 use ringway_core::DriverChoice;
 use ringway_http::RouteSpec;
-use ringway_tests::{both_drivers, read_to_close, refused_addr, Origin, ProxySetup, Reply, TestProxy};
+use ringway_tests::{
+    both_drivers, eventually, read_to_close, refused_addr, Origin, ProxySetup, Reply, TestProxy,
+};
 
 both_drivers!(
     a_malformed_chunk_after_the_head_fails_the_request,
@@ -504,7 +506,7 @@ fn upgrade_answered_101_becomes_a_tunnel(driver: DriverChoice) {
     let proxy = setup.start();
     check_upgrade_tunnel(&proxy, &origin);
     assert!(
-        wait_until(|| spliced(&proxy) > 0),
+        eventually(Duration::from_secs(5), || spliced(&proxy) > 0),
         "the tunnel between two TCP sockets spliced"
     );
 }
@@ -517,7 +519,7 @@ fn upgrade_tunnel_copies_when_splice_is_off(driver: DriverChoice) {
     let proxy = setup.start();
     check_upgrade_tunnel(&proxy, &origin);
     // Counted when the tunnel's task ends, after the client saw its end.
-    assert!(wait_until(|| proxy.handle().stats()[0]
+    assert!(eventually(Duration::from_secs(5), || proxy.handle().stats()[0]
         .active
         .load(Ordering::Relaxed)
         == 0));
@@ -531,17 +533,6 @@ fn spliced(proxy: &TestProxy) -> u64 {
 
 /// Whether `condition` holds within 5 s (counters are updated when a
 /// transfer's task finishes, just after its last bytes leave).
-fn wait_until(condition: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        if Instant::now() > until {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 /// Sends `normal`, then one byte of TCP urgent data, then `after`.
 #[allow(unsafe_code)] // std cannot send urgent data (MSG_OOB)
 fn send_with_urgent_byte(stream: &std::net::TcpStream, normal: &[u8], after: &[u8]) {

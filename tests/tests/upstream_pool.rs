@@ -14,7 +14,7 @@ use std::{
 };
 
 use ringway_core::DriverChoice;
-use ringway_tests::{both_drivers, client, Origin, ProxySetup, Reply, TestProxy};
+use ringway_tests::{both_drivers, client, eventually, Origin, ProxySetup, Reply, TestProxy};
 
 both_drivers!(
     stray_bytes_after_a_response_reach_no_client,
@@ -118,26 +118,14 @@ fn stray_bytes_after_a_response_reach_no_client(driver: DriverChoice) {
 }
 
 fn a_fin_while_idle_never_fails_a_post(driver: DriverChoice) {
-    // Closes after every response without saying so, and reports each
-    // close: every pooled connection is dead, its FIN in the proxy's
-    // socket, by the time the next request could use it.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (closed_tx, closed) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = Vec::new();
-            let raw = std::sync::atomic::AtomicUsize::new(0);
-            if let Ok(Some(req)) = client::read_request(&mut stream, &mut buf, &raw) {
-                let body = format!("{} {}", req.method, String::from_utf8_lossy(&req.body));
-                let _ = stream.write_all(&ok(&body, body.len()));
-            }
-            drop(stream);
-            let _ = closed_tx.send(());
-        }
+    // Closes after every response without saying so: each pooled
+    // connection is dead, its FIN in the proxy's socket (the test waits
+    // for the close), by the time the next request could use it.
+    let origin = Origin::start(|req| {
+        let body = format!("{} {}", req.method, String::from_utf8_lossy(&req.body));
+        Reply::BytesThenClose(ok(&body, body.len()))
     });
-    let proxy = TestProxy::reverse(driver, &[addr]);
+    let proxy = TestProxy::reverse(driver, &[origin.addr()]);
     let mut c = proxy.client();
     for i in 0..40 {
         c.send(
@@ -150,10 +138,12 @@ fn a_fin_while_idle_never_fails_a_post(driver: DriverChoice) {
         let r = c.response();
         assert_eq!(r.status, 200, "POST {i}");
         assert_eq!(r.text(), format!("POST {:02}", i % 100));
-        closed
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the origin closed");
+        assert!(
+            eventually(Duration::from_secs(10), || origin.closed() == i + 1),
+            "the origin closed"
+        );
     }
+    assert_eq!(origin.seen().len(), 40, "each POST reached the origin once");
 }
 
 /// An origin whose first connection answers one request, then resets the
@@ -248,33 +238,16 @@ fn a_request_the_upstream_read_and_dropped_is_retried_only_if_idempotent(driver:
 }
 
 fn idle_connections_past_their_timeout_are_closed_without_a_request(driver: DriverChoice) {
-    // The origin keeps its connections open and notes when the proxy
-    // closes one; nothing but the pool's own upkeep can close it here.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (closed_tx, closed) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let closed_tx = closed_tx.clone();
-            thread::spawn(move || {
-                let mut buf = Vec::new();
-                let raw = std::sync::atomic::AtomicUsize::new(0);
-                while let Ok(Some(_)) = client::read_request(&mut stream, &mut buf, &raw) {
-                    if stream.write_all(&ok("kept", 4)).is_err() {
-                        return;
-                    }
-                }
-                let _ = closed_tx.send(());
-            });
-        }
-    });
-    let mut setup = ProxySetup::new(driver, &[addr]);
+    // The origin keeps its connections open; nothing but the pool's own
+    // upkeep can close this one, since no request comes to look at it.
+    let origin = Origin::start(|_| Reply::ok("kept"));
+    let mut setup = ProxySetup::new(driver, &[origin.addr()]);
     setup.pool.idle_timeout = Duration::from_millis(300);
     let proxy = setup.start();
     let mut c = proxy.client();
     assert_eq!(c.get("/").text(), "kept");
-    closed
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the idle connection was closed once it expired, with no request to look at it");
+    assert!(
+        eventually(Duration::from_secs(10), || origin.closed() == 1),
+        "the idle connection was closed once it expired"
+    );
 }

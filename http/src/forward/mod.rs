@@ -78,13 +78,11 @@ impl ForwardHandler {
     /// forwarding there would bring the request back to the proxy, and a
     /// pipelined run of `CONNECT self` would nest tunnels without end.
     fn loop_to_self(&self, dest: &Destination, addr: SocketAddr, client: &ClientInfo) -> Route {
-        tracing::info!(
-            target: "ringway::access",
-            listener = %self.settings.listener,
-            client = %client.peer,
-            dest = %format_args!("{}:{}", dest.host, dest.port),
-            status = 508,
-            "refused: {addr} is this proxy's own listening address"
+        self.log_refusal(
+            client,
+            dest,
+            508,
+            format_args!("refused: {addr} is this proxy's own listening address"),
         );
         Route::Reply(LocalReply::new(
             508,
@@ -94,6 +92,24 @@ impl ForwardHandler {
                 dest.host, dest.port
             ),
         ))
+    }
+
+    /// The access-log line of a request the listener refused itself.
+    fn log_refusal(
+        &self,
+        client: &ClientInfo,
+        dest: &Destination,
+        status: u16,
+        why: std::fmt::Arguments<'_>,
+    ) {
+        tracing::info!(
+            target: "ringway::access",
+            listener = %self.settings.listener,
+            client = %client.peer,
+            dest = %format_args!("{}:{}", dest.host, dest.port),
+            status,
+            "{why}"
+        );
     }
 
     fn bad_request(message: &str) -> Route {
@@ -113,15 +129,7 @@ impl ForwardHandler {
             DenyReason::Private(_) => "block_private".to_owned(),
         };
         let why = acl.explain_to_client(reason);
-        let logged = acl.explain(reason);
-        tracing::info!(
-            target: "ringway::access",
-            listener = %self.settings.listener,
-            client = %client.peer,
-            dest = %format_args!("{}:{}", dest.host, dest.port),
-            status = 403,
-            "denied: {logged}"
-        );
+        self.log_refusal(client, dest, 403, format_args!("denied: {}", acl.explain(reason)));
         let host = dest.host.to_string();
         let body = match &self.settings.deny_page {
             Some(page) => page
