@@ -1,11 +1,11 @@
 //! Microbenchmarks of the per-request hot paths: head parsing and
 //! serialisation (bytes/s), route lookup and the balancer's pick.
 
-use std::{hint::black_box, net::SocketAddr};
+use std::{hint::black_box, net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringway_balancer::{Balancer, RoundRobin, UpstreamGroup};
+use ringway_balancer::{Algorithm, Balancer, HashKey, Outcome, ServerSpec, Tried, UpstreamGroup};
 use ringway_benches::{BROWSER_REQUEST, ORIGIN_RESPONSE, WRK_REQUEST};
 use ringway_http::{
     forward::domains::DomainSet, write_upstream_head, HttpLimits, ProxyHeaders, RequestHead, ResponseHead,
@@ -107,19 +107,51 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn balancer_pick(c: &mut Criterion) {
-    let group = UpstreamGroup {
-        name: "app".into(),
-        servers: (0..8)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
-            .collect(),
-    };
-    let rr = RoundRobin::new(&group, 0);
-    c.bench_function("balancer_pick/round_robin", |b| {
-        b.iter(|| {
-            let peer = rr.pick().unwrap();
-            black_box(rr.addr(peer))
+    // 64 servers, one held down by active health and one ejected by
+    // passive health: every pick looks at health.
+    let servers: Vec<ServerSpec> = (0..64u16)
+        .map(|i| ServerSpec {
+            weight: 1 + u32::from(i % 3),
+            ..ServerSpec::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
         })
-    });
+        .collect();
+    let tried = Tried::default();
+    let mut bench = c.benchmark_group("balancer_pick_64");
+    for algorithm in [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::Random,
+        Algorithm::LeastConn,
+        Algorithm::P2cEwma,
+        Algorithm::ConsistentHash {
+            key: HashKey::ClientIp,
+            balance_factor: 0.25,
+        },
+    ] {
+        let name = algorithm.name();
+        let group = Arc::new(UpstreamGroup::new("app", servers.clone(), algorithm));
+        group.health.set_up(5, false);
+        let balancer = Rc::new(Balancer::new(group, 0));
+        for _ in 0..3 {
+            let lease = balancer.pick_server(9, &tried, 0).expect("server 9");
+            lease.finish(Outcome::Failure, 0);
+        }
+        let mut key = 0u64;
+        bench.bench_function(name, |b| {
+            b.iter(|| {
+                key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let lease = balancer.pick(black_box(key), &tried, 1).expect("a server");
+                black_box(lease.addr());
+                lease.finish(
+                    Outcome::Success {
+                        latency: Duration::from_micros(200),
+                    },
+                    1,
+                );
+            })
+        });
+    }
+    bench.finish();
 }
 
 /// Lookups in a blocklist of one million names, as `dst_domain_file` loads it.

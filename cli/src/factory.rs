@@ -4,13 +4,14 @@
 //! settings (core), then on each worker thread one upstream pool and one
 //! DNS resolver shared by that worker's listeners, and per listener its
 //! handler (reverse: the route table and per-worker balancers; forward: the
-//! ACL, authentication and PAC settings) inside an HTTP engine.
+//! ACL, authentication and PAC settings) inside an HTTP engine; and once
+//! per process the health prober of the upstreams that have checks.
 
 use std::{net::SocketAddr, rc::Rc, sync::Arc};
 
 use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
-use ringway_http::{ClientInfo, Engine, ForwardHandler, ReverseHandler, UpstreamPool};
+use ringway_http::{ClientInfo, Engine, ForwardHandler, Prober, ReverseHandler, UpstreamPool};
 
 use crate::config::{Config, ListenerMode};
 
@@ -31,7 +32,7 @@ impl WorkerApp for WorkerListeners {
         let Some((engine, local)) = self.engines.get(listener) else {
             return;
         };
-        let client = ClientInfo { peer, local: *local };
+        let client = ClientInfo::new(peer, *local);
         // Each engine's connection future is boxed at its own size (one
         // allocation per connection): inline, every task would be sized
         // for the larger of the two modes.
@@ -47,10 +48,40 @@ impl WorkerApp for WorkerListeners {
     }
 }
 
-/// Starts the server described by `config`: binds its listeners and runs
-/// its workers; fails, with nothing left running, when a listener cannot
-/// be bound or a worker cannot start.
-pub fn start(config: &Config) -> std::io::Result<ServerHandle> {
+/// A running server: its workers, and the process's health prober.
+pub struct Running {
+    server: ServerHandle,
+    /// Stops (and joins) with the server.
+    prober: Option<Prober>,
+}
+
+impl Running {
+    /// Waits until the workers have stopped (after a shutdown), then stops
+    /// the health checks.
+    pub fn wait(self) {
+        self.server.wait();
+        drop(self.prober);
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = ServerHandle;
+
+    fn deref(&self) -> &ServerHandle {
+        &self.server
+    }
+}
+
+/// Starts the server described by `config`: binds its listeners, runs its
+/// workers and the health checks of its upstreams; fails, with nothing
+/// left running, when a listener cannot be bound or a worker or the prober
+/// cannot start.
+pub fn start(config: &Config) -> std::io::Result<Running> {
+    let checks = config
+        .health_checks
+        .iter()
+        .filter_map(|(group, check)| Some((Arc::clone(config.upstreams.get(*group)?), check.clone())))
+        .collect();
     let server = ServerConfig {
         runtime: config.runtime.clone(),
         listeners: config.listeners.iter().map(|l| l.spec.clone()).collect(),
@@ -60,7 +91,9 @@ pub fn start(config: &Config) -> std::io::Result<ServerHandle> {
         timer_tick: std::time::Duration::from_millis(100),
     };
     let config = config.clone();
-    ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))
+    let server = ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))?;
+    let prober = Prober::start(checks)?;
+    Ok(Running { server, prober })
 }
 
 fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {

@@ -264,8 +264,35 @@ fn summary(path: &Path, c: &Config) -> String {
         }
     }
     for u in &c.upstreams {
-        let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
-        let _ = writeln!(out, "upstream {:?}: {}", u.name, servers.join(", "));
+        let servers: Vec<String> = u
+            .servers
+            .iter()
+            .map(|s| {
+                let mut text = s.addr.to_string();
+                if s.weight != 1 {
+                    text.push_str(&format!(" weight {}", s.weight));
+                }
+                if let Some(limit) = s.max_connections {
+                    text.push_str(&format!(" max {limit}"));
+                }
+                if s.backup {
+                    text.push_str(" (backup)");
+                }
+                text
+            })
+            .collect();
+        let checked = c
+            .health_checks
+            .iter()
+            .any(|(g, _)| c.upstreams.get(*g).is_some_and(|x| std::sync::Arc::ptr_eq(x, u)));
+        let _ = writeln!(
+            out,
+            "upstream {:?}: {} [{}{}]",
+            u.name,
+            servers.join(", "),
+            u.algorithm.name(),
+            if checked { ", health checks" } else { "" }
+        );
     }
     out
 }

@@ -41,17 +41,19 @@ use ringway_core::{ConnCtx, Side};
 
 use crate::{
     chunked::{ChunkedDecoder, Decoded},
-    engine::{client_framing, ClientInfo, ClientStream, Engine, Handler, LocalReply, Route},
+    engine::{client_framing, ClientInfo, ClientStream, Engine},
     forward::{
         acl::{Acl, AclRequest},
         split_target,
     },
     head::{BodyFraming, Method, RequestHead, ResponseHead, Version},
+    hooks::{Peer, ProxyHooks, Route},
     limits::{EngineSettings, HttpLimits, ProxyHeaders},
     pool::{PoolSettings, UpstreamPool},
+    reply::LocalReply,
     splice::SpliceSocket,
     write::{end_head, request_head as write_request_head, response_head as write_response_head},
-    write::{ClientResponse, UpstreamRequest},
+    write::{ClientResponse, UpstreamRequest, NO_EDITS},
 };
 
 /// Limits generous enough for any head ringway itself writes from one
@@ -90,6 +92,7 @@ pub fn request_head(data: &[u8]) {
         framing: head.body(),
         upgrade: head.upgrade(),
         upstream: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        edits: &NO_EDITS,
     };
     write_request_head(&mut out, &req, &ProxyHeaders::default());
     end_head(&mut out);
@@ -150,6 +153,7 @@ pub fn response_head(data: &[u8]) {
             close: false,
             client_version: version,
             upgrade: None,
+            edits: &NO_EDITS,
         };
         write_response_head(&mut out, &to_client, &ProxyHeaders::default());
         end_head(&mut out);
@@ -273,12 +277,14 @@ pub fn forward_target(data: &[u8]) {
 /// Routes every request to the strict origin; CONNECT is refused.
 struct ToOrigin(SocketAddr);
 
-impl Handler for ToOrigin {
-    fn route(&self, req: &RequestHead, _client: &ClientInfo) -> impl Future<Output = Route> {
+impl ProxyHooks for ToOrigin {
+    type Ctx = ();
+
+    fn route(&self, req: &RequestHead, _client: &ClientInfo, _cx: &mut ()) -> impl Future<Output = Route> {
         let route = if req.method() == Method::Connect {
             Route::Reply(LocalReply::status(405))
         } else {
-            Route::Upstream(self.0)
+            Route::Peer(Peer::new(self.0))
         };
         std::future::ready(route)
     }
@@ -322,10 +328,10 @@ pub fn pipeline(data: &[u8]) {
         let stream = MemoryStream::new(input.to_vec(), step);
         let output = Rc::clone(&stream.output);
         pipeline.runtime.block_on(async move {
-            let client = ClientInfo {
-                peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
-                local: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            };
+            let client = ClientInfo::new(
+                SocketAddr::from(([127, 0, 0, 1], 40000)),
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            );
             let conn = ConnCtx::detached();
             engine.serve(stream, client, &conn).await;
         });

@@ -18,9 +18,9 @@
 use std::fmt::Write;
 
 use crate::{
-    engine::LocalReply,
     head::{BodyFraming, HeaderKind, Method, RequestHead},
     limits::EngineSettings,
+    reply::LocalReply,
 };
 
 /// The methods a 405 and an OPTIONS answer list.

@@ -3,8 +3,9 @@
 //! - [`head`]: request and response heads parsed by httparse over the read
 //!   buffer, zero-copy, with RFC 9112 framing rules enforced.
 //! - [`Engine`]: serves one client connection (keep-alive, pipelining,
-//!   bodies streamed both ways, upgrades), asking a [`Handler`] where each
-//!   request goes.
+//!   bodies streamed both ways, upgrades), calling [`ProxyHooks`] at each
+//!   phase of an exchange (where it goes, how each attempt went).
+//! - [`HeadEdits`]: changes to a head that the serialiser applies.
 //! - [`ReverseHandler`] and [`RouteTable`]: reverse proxy mode.
 //! - [`ForwardHandler`] ([`forward`]): forward proxy mode, with ACLs,
 //!   proxy authentication, safe destination parsing and the PAC file.
@@ -18,6 +19,7 @@
 mod body;
 mod buffers;
 mod chunked;
+mod edits;
 mod engine;
 pub mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -25,24 +27,31 @@ pub mod fuzzing;
 mod gather;
 mod guard;
 pub mod head;
+mod health;
+mod hooks;
 mod io;
 mod limits;
 mod pool;
+mod reply;
 mod reverse;
 mod splice;
 mod tunnel;
 mod write;
 
 pub use buffers::release_unused as release_unused_buffers;
-pub use engine::{ClientInfo, ClientStream, Engine, Handler, LocalReply, Route, TunnelOptions};
+pub use edits::{EditError, HeadEdits};
+pub use engine::{ClientInfo, ClientStream, Engine, TunnelOptions};
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
+pub use health::{HealthCheck, Probe, Prober};
+pub use hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary};
 pub use limits::{
     BodyRate, EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName,
     DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 pub use pool::{PoolSettings, UpstreamPool};
-pub use reverse::{ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
+pub use reply::LocalReply;
+pub use reverse::{ReverseCtx, ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
 pub use splice::SpliceSocket;
 pub use tunnel::TunnelBytes;
 pub use write::{origin_form, write_upstream_head};

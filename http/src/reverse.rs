@@ -5,15 +5,30 @@
 //! (exact name, then `*.suffix` / `.suffix` patterns from the longest
 //! suffix, then routes without a host) whose routes have a path prefix that
 //! matches, taking the longest prefix. Each worker's [`ReverseHandler`] owns
-//! its balancers, one per upstream group.
+//! its balancers, one per upstream group, and is the reverse mode's
+//! [`ProxyHooks`]: it picks, retries elsewhere and pins sticky clients.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    cell::Cell,
+    collections::HashMap,
+    net::IpAddr,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use ringway_balancer::{Balancer, RoundRobin, UpstreamGroup};
+use ringway_balancer::{
+    key_hash, Algorithm, Balancer, HashKey, HealthEvent, Lease, NoPeer, Outcome, Tried, UpstreamGroup,
+};
+use ringway_core::ErrorKind;
 
 use crate::{
-    engine::{ClientInfo, Handler, LocalReply, Route},
-    head::{Method, RequestHead},
+    edits::HeadEdits,
+    engine::ClientInfo,
+    head::{Method, RequestHead, ResponseHead},
+    hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary},
+    reply::LocalReply,
     write::origin_form,
 };
 
@@ -220,30 +235,134 @@ fn normalize_host<'a>(host: &[u8], out: &'a mut [u8; 256]) -> Option<&'a [u8]> {
     Some(out)
 }
 
-/// The reverse proxy's handler for one worker.
+/// The reverse proxy's hooks for one worker: routes by host and path,
+/// picks a server with the group's balancer, retries failed attempts on
+/// other servers within the group's policy and budget, and pins clients to
+/// servers with a cookie when the group is sticky.
 pub struct ReverseHandler {
     routes: Arc<RouteTable>,
-    balancers: Vec<RoundRobin>,
+    balancers: Vec<Rc<Balancer>>,
+    /// When a fail-open pick was last logged, per group (one line a second).
+    fail_open_logged: Vec<Cell<u64>>,
 }
 
+/// What the reverse hooks keep about one request.
+#[derive(Debug, Default)]
+pub struct ReverseCtx {
+    /// The group's balancer.
+    group: Option<usize>,
+    /// The attempt under way.
+    lease: Option<Lease>,
+    /// The servers tried so far.
+    tried: Tried,
+    /// Consistent hashing's key.
+    key: u64,
+    /// When the attempt under way began (only where latency is measured).
+    started: Option<Instant>,
+    /// When the first attempt began, on the worker's clock.
+    first_ms: u64,
+    /// How the last attempt went, for the lease's end.
+    outcome: Option<Outcome>,
+    /// Send the sticky cookie naming the server that answers.
+    set_cookie: bool,
+}
+
+/// How long a request waits for a server under its connection limit.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl ReverseHandler {
-    /// A handler over `routes`, with a round-robin balancer per group for
-    /// worker number `worker`.
-    pub fn new(routes: Arc<RouteTable>, groups: &[UpstreamGroup], worker: usize) -> Self {
+    /// Hooks over `routes`, with a balancer per group for worker number
+    /// `worker`.
+    pub fn new(routes: Arc<RouteTable>, groups: &[Arc<UpstreamGroup>], worker: usize) -> Self {
         Self {
             routes,
-            balancers: groups.iter().map(|g| RoundRobin::new(g, worker)).collect(),
+            balancers: groups
+                .iter()
+                .map(|g| Rc::new(Balancer::new(Arc::clone(g), worker)))
+                .collect(),
+            fail_open_logged: groups.iter().map(|_| Cell::new(0)).collect(),
         }
     }
 
-    fn pick(&self, group: usize) -> Option<SocketAddr> {
-        let balancer = self.balancers.get(group)?;
-        balancer.pick().map(|peer| balancer.addr(peer))
+    /// The balancer of group `group` on this worker.
+    pub fn balancer(&self, group: usize) -> Option<&Rc<Balancer>> {
+        self.balancers.get(group)
+    }
+
+    /// Picks a server of `group` not yet tried by this request, waiting up
+    /// to [`QUEUE_TIMEOUT`] while every candidate is at its limit.
+    async fn lease(&self, group: usize, cx: &mut ReverseCtx, now_ms: u64) -> Result<Lease, NoPeer> {
+        let balancer = &self.balancers[group];
+        let mut waited = Duration::ZERO;
+        loop {
+            match balancer.pick(cx.key, &cx.tried, now_ms + waited.as_millis() as u64) {
+                Err(NoPeer::AtLimit) if waited < QUEUE_TIMEOUT => {
+                    let step = Duration::from_millis(2);
+                    monoio::time::sleep(step).await;
+                    waited += step;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The peer for `lease`, with its group's timeouts; the attempt's
+    /// clock starts.
+    fn start(&self, lease: Lease, cx: &mut ReverseCtx) -> Peer {
+        let group = lease.balancer().group();
+        if lease.failed_open() {
+            let index = cx.group.unwrap_or(0);
+            let logged = &self.fail_open_logged[index];
+            if cx.first_ms >= logged.get() + 1000 || logged.get() == 0 {
+                logged.set(cx.first_ms.max(1));
+                tracing::warn!(
+                    upstream = %group.name,
+                    server = %lease.addr(),
+                    "no server of the upstream is healthy: sending to one anyway (fail open)"
+                );
+            }
+        }
+        let peer = Peer {
+            addr: lease.addr(),
+            connect_timeout: group.connect_timeout,
+            response_timeout: group.response_timeout,
+        };
+        cx.started = matches!(group.algorithm, Algorithm::P2cEwma).then(Instant::now);
+        cx.tried.add(lease.peer());
+        cx.lease = Some(lease);
+        peer
+    }
+
+    /// Ends the attempt under way with `outcome`, logging what it changed
+    /// about its server.
+    fn end_attempt(&self, cx: &mut ReverseCtx, outcome: Outcome, now_ms: u64) {
+        let Some(lease) = cx.lease.take() else { return };
+        let (addr, name) = (lease.addr(), lease.balancer().group().name.clone());
+        match lease.finish(outcome, now_ms) {
+            Some(HealthEvent::Ejected { backoff }) => tracing::warn!(
+                upstream = %name,
+                server = %addr,
+                backoff_ms = backoff.as_millis() as u64,
+                "server ejected after failing in a row (passive health)"
+            ),
+            Some(HealthEvent::Returned) => tracing::info!(
+                upstream = %name,
+                server = %addr,
+                "server back after its probation (passive health)"
+            ),
+            None => {}
+        }
+    }
+
+    fn latency(cx: &ReverseCtx) -> Duration {
+        cx.started.map_or(Duration::ZERO, |at| at.elapsed())
     }
 }
 
-impl Handler for ReverseHandler {
-    async fn route(&self, req: &RequestHead, _client: &ClientInfo) -> Route {
+impl ProxyHooks for ReverseHandler {
+    type Ctx = ReverseCtx;
+
+    async fn route(&self, req: &RequestHead, client: &ClientInfo, cx: &mut ReverseCtx) -> Route {
         if req.method() == Method::Connect {
             return Route::Reply(LocalReply::status(405));
         }
@@ -257,11 +376,174 @@ impl Handler for ReverseHandler {
         let Some(group) = self.routes.lookup(authority.or(req.host()), path) else {
             return Route::Reply(LocalReply::status(404));
         };
-        match self.pick(group) {
-            Some(addr) => Route::Upstream(addr),
-            None => Route::Reply(LocalReply::status(503)),
+        let Some(balancer) = self.balancers.get(group) else {
+            return Route::Reply(LocalReply::status(503));
+        };
+        let spec = balancer.group();
+        cx.group = Some(group);
+        cx.first_ms = client.now_ms;
+        if let Algorithm::ConsistentHash { key, .. } = &spec.algorithm {
+            cx.key = key_hash(&request_key(key, req, client));
+        }
+        balancer.record_request(client.now_ms);
+        // A sticky client goes back to its server while it can take the
+        // request; else it is pinned anew.
+        if let Some(sticky) = &spec.sticky {
+            let pinned = cookie(req, &sticky.cookie).and_then(|v| sticky.server(v));
+            if let Some(lease) = pinned.and_then(|p| balancer.pick_server(p, &cx.tried, client.now_ms)) {
+                return Route::Peer(self.start(lease, cx));
+            }
+            cx.set_cookie = true;
+        }
+        match self.lease(group, cx, client.now_ms).await {
+            Ok(lease) => Route::Peer(self.start(lease, cx)),
+            Err(why) => {
+                tracing::warn!(upstream = %spec.name, "no server can take the request: {why:?}");
+                Route::Reply(LocalReply::status(503))
+            }
         }
     }
+
+    fn attempt_done(&self, req: &RequestHead, attempt: &Attempt<'_>, cx: &mut ReverseCtx) -> Retry {
+        let Some(balancer) = cx.group.and_then(|g| self.balancers.get(g)) else {
+            return Retry::No;
+        };
+        let spec = balancer.group();
+        let policy = &spec.retry;
+        let on = &policy.on;
+        let latency = Self::latency(cx);
+        let (outcome, retry_wanted, why): (Outcome, bool, std::borrow::Cow<'_, str>) = match attempt.result {
+            AttemptResult::Response(resp) => {
+                let status = resp.status();
+                let outcome = if status >= 500 {
+                    Outcome::ServerError { latency }
+                } else {
+                    Outcome::Success { latency }
+                };
+                let wanted = match status {
+                    502 => on.status_502,
+                    503 => on.status_503,
+                    504 => on.status_504,
+                    _ => false,
+                };
+                (outcome, wanted, format!("answered {status}").into())
+            }
+            AttemptResult::Failed(error) => {
+                let wanted = match error.kind() {
+                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => on.connect,
+                    ErrorKind::ReadTimeout | ErrorKind::WriteTimeout => on.timeout,
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed | ErrorKind::Io => on.reset,
+                    _ => false,
+                };
+                (Outcome::Failure, wanted, error.to_string().into())
+            }
+        };
+        let failed = !matches!(outcome, Outcome::Success { .. });
+        if !failed {
+            // Kept for the end of the exchange: the lease stays in flight
+            // while the response streams.
+            cx.outcome = Some(outcome);
+            return Retry::No;
+        }
+        let addr = attempt.peer.addr;
+        let now = attempt.now_ms;
+        self.end_attempt(cx, outcome, now);
+        // Another server, when the policy allows it: only what the server
+        // cannot have acted on, or what is safe to repeat.
+        let safe = !attempt.sent || req.method().is_idempotent();
+        let in_time = policy
+            .total_timeout
+            .is_none_or(|limit| now.saturating_sub(cx.first_ms) < limit.as_millis() as u64);
+        let attempts_left = cx.tried.len() <= policy.retries as usize;
+        let next = if retry_wanted && safe && attempt.replayable && in_time && attempts_left {
+            if balancer.try_retry(now) {
+                balancer.pick(cx.key, &cx.tried, now).ok()
+            } else {
+                tracing::warn!(upstream = %spec.name, server = %addr, "{why}; no retry: the retry budget is spent");
+                None
+            }
+        } else {
+            None
+        };
+        match next {
+            Some(lease) => {
+                tracing::warn!(upstream = %spec.name, server = %addr, retry = %lease.addr(), "{why}; retrying on another server");
+                if spec.sticky.is_some() {
+                    cx.set_cookie = true;
+                }
+                Retry::Another(self.start(lease, cx))
+            }
+            None => {
+                if matches!(attempt.result, AttemptResult::Failed(_)) {
+                    tracing::warn!(upstream = %spec.name, server = %addr, "{why}");
+                } else {
+                    // The 5xx goes to the client: its lease ends with it.
+                    cx.outcome = None;
+                }
+                Retry::No
+            }
+        }
+    }
+
+    fn response(&self, _req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ReverseCtx) {
+        if !cx.set_cookie {
+            return;
+        }
+        let (Some(balancer), Some(lease)) = (cx.group.and_then(|g| self.balancers.get(g)), &cx.lease) else {
+            return;
+        };
+        let Some(sticky) = &balancer.group().sticky else {
+            return;
+        };
+        let mut line = format!(
+            "{}={}; Path=/; HttpOnly",
+            sticky.cookie,
+            sticky.value(lease.peer())
+        );
+        if let Some(ttl) = sticky.ttl {
+            line.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+        }
+        // The name was checked as a cookie name when the configuration was
+        // read; a value is hex.
+        let _ = edits.append("Set-Cookie", line.as_bytes());
+    }
+
+    fn finish(&self, _req: &RequestHead, summary: &Summary, cx: &mut ReverseCtx) {
+        let outcome = match (cx.outcome.take(), summary.status) {
+            // The client left before its answer: nothing said about the server.
+            (_, 499) => Outcome::Neutral,
+            (Some(outcome), _) => outcome,
+            (None, _) => Outcome::Neutral,
+        };
+        let now = cx.first_ms.max(1) + cx.started.map_or(0, |at| at.elapsed().as_millis() as u64);
+        self.end_attempt(cx, outcome, now);
+    }
+}
+
+/// The bytes a consistent hash is computed over for `req`.
+fn request_key<'a>(key: &HashKey, req: &'a RequestHead, client: &ClientInfo) -> Cow<'a, [u8]> {
+    match key {
+        HashKey::ClientIp => Cow::Owned(match client.peer.ip() {
+            IpAddr::V4(ip) => ip.octets().to_vec(),
+            IpAddr::V6(ip) => ip.octets().to_vec(),
+        }),
+        HashKey::Header(name) => Cow::Borrowed(req.header(name).unwrap_or_default()),
+        HashKey::Cookie(name) => Cow::Borrowed(cookie(req, name).unwrap_or_default()),
+        HashKey::Path => Cow::Borrowed(req.path()),
+        HashKey::Uri => Cow::Borrowed(req.target()),
+    }
+}
+
+/// The value of cookie `name` in the request's Cookie fields.
+fn cookie<'a>(req: &'a RequestHead, name: &str) -> Option<&'a [u8]> {
+    req.headers()
+        .filter(|f| f.name.eq_ignore_ascii_case(b"cookie"))
+        .flat_map(|f| f.value.split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
 }
 
 #[cfg(test)]

@@ -13,12 +13,13 @@ use std::{
 };
 
 use crate::{
-    engine::LocalReply,
+    edits::HeadEdits,
     head::{
         absolute_form_authority, listed_in_connection, BodyFraming, HeaderKind, Method, RequestHead,
         ResponseHead, Version,
     },
     limits::{ForwardedStyle, ProxyHeaders, ViaName},
+    reply::LocalReply,
 };
 
 /// The first byte of every response ringway writes (`HTTP/1.1 ...`), which
@@ -47,12 +48,20 @@ pub(crate) struct UpstreamRequest<'a> {
     /// The upstream server, named in `Host` when the client gave no host
     /// (an HTTP/1.0 request without one): an HTTP/1.1 request must carry it.
     pub(crate) upstream: Option<SocketAddr>,
+    /// The hooks' changes to the head.
+    pub(crate) edits: &'a HeadEdits,
 }
+
+/// No edits, for heads no hook saw.
+pub(crate) const NO_EDITS: HeadEdits = HeadEdits::EMPTY;
 
 /// Appends the head sent to the upstream.
 pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers: &ProxyHeaders) {
     let head = req.head;
+    let edits = req.edits;
     let (target, authority) = origin_form(head.target());
+    let target = edits.target().unwrap_or(target);
+    let host_edited = edits.removes(b"host");
     out.extend_from_slice(head.method_bytes());
     out.push(b' ');
     if target.first() == Some(&b'?') {
@@ -60,7 +69,9 @@ pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers
     }
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(authority) = authority {
+    if host_edited {
+        // A hook wrote its own Host.
+    } else if let Some(authority) = authority {
         // The target's authority wins over any Host field.
         out.extend_from_slice(b"Host: ");
         out.extend_from_slice(authority);
@@ -107,6 +118,7 @@ pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers
             kind => kind.is_hop_by_hop(),
         };
         if skip
+            || edits.removes(field.name)
             || (names_fields
                 && field.kind == HeaderKind::Other
                 && listed_in_connection(head.headers(), field.name))
@@ -168,6 +180,7 @@ pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers
         out.extend_from_slice(itoa::Buffer::new().format(hops.saturating_sub(1)).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(edits.added());
     write_framing(out, req.framing);
     if let Some(protocols) = req.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -186,6 +199,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, head: &RequestHead, client_ip: IpA
         framing: head.body(),
         upgrade: head.upgrade(),
         upstream: None,
+        edits: &NO_EDITS,
     };
     request_head(out, &req, headers);
     end_head(out);
@@ -225,6 +239,8 @@ pub(crate) struct ClientResponse<'a> {
     pub(crate) client_version: Version,
     /// The protocol switched to, for a 101.
     pub(crate) upgrade: Option<&'a [u8]>,
+    /// The hooks' changes to the head.
+    pub(crate) edits: &'a HeadEdits,
 }
 
 /// Appends the head sent to the client.
@@ -243,6 +259,7 @@ pub(crate) fn response_head(out: &mut Vec<u8>, resp: &ClientResponse<'_>, header
             kind => kind.is_hop_by_hop(),
         };
         if skip
+            || resp.edits.removes(field.name)
             || (names_fields
                 && field.kind == HeaderKind::Other
                 && listed_in_connection(head.headers(), field.name))
@@ -254,6 +271,7 @@ pub(crate) fn response_head(out: &mut Vec<u8>, resp: &ClientResponse<'_>, header
     if let Some(via) = &headers.via {
         out.extend_from_slice(via.line());
     }
+    out.extend_from_slice(resp.edits.added());
     match resp.framing {
         BodyFraming::None => {
             if let Some(n) = head.content_length() {
@@ -326,6 +344,7 @@ mod tests {
             framing: h.body(),
             upgrade: None,
             upstream: Some("192.0.2.1:8080".parse().unwrap()),
+            edits: &NO_EDITS,
         };
         let mut out = Vec::new();
         request_head(&mut out, &req, &headers);
@@ -434,6 +453,7 @@ mod tests {
             close: true,
             client_version: Version::Http10,
             upgrade: None,
+            edits: &NO_EDITS,
         };
         response_head(&mut out, &r, &ProxyHeaders::default());
         end_head(&mut out);
@@ -455,6 +475,7 @@ mod tests {
             close: false,
             client_version: Version::Http11,
             upgrade: None,
+            edits: &NO_EDITS,
         };
         response_head(
             &mut out,
@@ -467,6 +488,57 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n"
+        );
+    }
+
+    #[test]
+    fn edits_apply_to_both_heads() {
+        let h = head("GET /old?x=1 HTTP/1.1\r\nHost: a.test\r\nX-Drop: 1\r\nX-Keep: 2\r\n\r\n");
+        let mut edits = HeadEdits::new();
+        edits.remove("x-drop").unwrap();
+        edits.set("Host", b"inside.test").unwrap();
+        edits.append("X-Added", b"yes").unwrap();
+        edits.set_target(b"/new").unwrap();
+        let req = UpstreamRequest {
+            head: &h,
+            client_ip: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            framing: h.body(),
+            upgrade: None,
+            upstream: None,
+            edits: &edits,
+        };
+        let mut out = Vec::new();
+        request_head(&mut out, &req, &ProxyHeaders::default());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /new HTTP/1.1\r\n"), "{text}");
+        assert!(
+            !text.contains("X-Drop") && !text.contains("\nHost: a.test\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("X-Keep: 2\r\n") && text.contains("Host: inside.test\r\nX-Added: yes\r\n"));
+        assert_eq!(text.matches("\nHost:").count(), 1, "{text}");
+
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 0\r\n\r\n"[..]);
+        let mut resp = ResponseHead::new();
+        assert!(resp.parse(&mut buf, &HttpLimits::default()).unwrap());
+        let mut edits = HeadEdits::new();
+        edits.remove("server").unwrap();
+        edits.append("Set-Cookie", b"rw=1; Path=/").unwrap();
+        let r = ClientResponse {
+            head: &resp,
+            framing: BodyFraming::Length(0),
+            close: false,
+            client_version: Version::Http11,
+            upgrade: None,
+            edits: &edits,
+        };
+        let mut out = Vec::new();
+        response_head(&mut out, &r, &ProxyHeaders::default());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("Server: o") && text.contains("Set-Cookie: rw=1; Path=/\r\n"),
+            "{text}"
         );
     }
 }

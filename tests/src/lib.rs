@@ -90,7 +90,7 @@ pub struct ProxySetup {
     /// Routes of the one listener.
     pub routes: Vec<RouteSpec>,
     /// Upstream groups the routes point at.
-    pub groups: Vec<UpstreamGroup>,
+    pub groups: Vec<Arc<UpstreamGroup>>,
     /// Engine settings of the listener.
     pub settings: EngineSettings,
     /// Upstream pool settings.
@@ -114,10 +114,7 @@ impl ProxySetup {
                 path_prefix: "/".into(),
                 upstream: 0,
             }],
-            groups: vec![UpstreamGroup {
-                name: "app".into(),
-                servers: servers.to_vec(),
-            }],
+            groups: vec![Arc::new(UpstreamGroup::round_robin("app", servers))],
             settings: EngineSettings::default(),
             pool: PoolSettings::default(),
             max_connections: 10_000,
@@ -160,7 +157,7 @@ struct TestApp {
 impl WorkerApp for TestApp {
     async fn serve(&self, _listener: usize, stream: MonoStream, peer: SocketAddr, conn: ConnCtx) {
         let local = stream.local_addr().unwrap_or(peer);
-        let client = ClientInfo { peer, local };
+        let client = ClientInfo::new(peer, local);
         match &self.engine {
             TestEngine::Reverse(e) => e.serve(stream, client, &conn).await,
             TestEngine::Forward(e) => e.serve(stream, client, &conn).await,
@@ -397,6 +394,9 @@ pub struct Origin {
     raw_bytes: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// A second handle on every open connection, for [`Origin::kill`];
+    /// each is dropped as its connection ends, so a close is a close.
+    streams: Arc<Mutex<std::collections::HashMap<usize, TcpStream>>>,
 }
 
 impl Origin {
@@ -417,14 +417,16 @@ impl Origin {
             raw_bytes: Arc::default(),
             closed: Arc::default(),
             stop: Arc::default(),
+            streams: Arc::default(),
         };
         let respond: Arc<Responder> = Arc::new(respond);
-        let (connections, seen, raw_bytes, closed, stop) = (
+        let (connections, seen, raw_bytes, closed, stop, streams) = (
             origin.connections.clone(),
             origin.seen.clone(),
             origin.raw_bytes.clone(),
             origin.closed.clone(),
             origin.stop.clone(),
+            origin.streams.clone(),
         );
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -433,10 +435,19 @@ impl Origin {
                 }
                 let Ok(stream) = stream else { continue };
                 let id = connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let (respond, seen, raw_bytes, closed) =
-                    (respond.clone(), seen.clone(), raw_bytes.clone(), closed.clone());
+                if let Ok(clone) = stream.try_clone() {
+                    streams.lock().expect("lock").insert(id, clone);
+                }
+                let (respond, seen, raw_bytes, closed, streams) = (
+                    respond.clone(),
+                    seen.clone(),
+                    raw_bytes.clone(),
+                    closed.clone(),
+                    streams.clone(),
+                );
                 thread::spawn(move || {
                     serve_origin_conn(stream, id, &*respond, &seen, &raw_bytes);
+                    streams.lock().expect("lock").remove(&id);
                     closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
@@ -473,6 +484,20 @@ impl Origin {
     /// Bytes received on all connections, parsed or not.
     pub fn raw_bytes(&self) -> usize {
         self.raw_bytes.load(Ordering::SeqCst)
+    }
+}
+
+impl Origin {
+    /// Stops the origin as a crash would: no more connections are accepted
+    /// (the listening socket closes) and every open one is shut down.
+    /// Returns once a connection to its address is refused.
+    pub fn kill(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        for (_, stream) in self.streams.lock().expect("lock").drain() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        eventually(Duration::from_secs(10), || TcpStream::connect(self.addr).is_err());
     }
 }
 

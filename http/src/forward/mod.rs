@@ -31,8 +31,10 @@ use self::{
     pac::Pac,
 };
 use crate::{
-    engine::{ClientInfo, Handler, LocalReply, Route},
+    engine::ClientInfo,
     head::{HeaderKind, Method, RequestHead},
+    hooks::{ProxyHooks, Route},
+    reply::LocalReply,
     write::origin_form,
 };
 
@@ -156,8 +158,10 @@ impl ForwardHandler {
     }
 }
 
-impl Handler for ForwardHandler {
-    async fn route(&self, req: &RequestHead, client: &ClientInfo) -> Route {
+impl ProxyHooks for ForwardHandler {
+    type Ctx = ();
+
+    async fn route(&self, req: &RequestHead, client: &ClientInfo, _cx: &mut ()) -> Route {
         let target = req.target();
         let connect = req.method() == Method::Connect;
         if !connect && target.first() == Some(&b'/') {

@@ -2,7 +2,7 @@
 //! `GET /proxy.pac`: a configured file as is, or one generated to send
 //! everything through this proxy except the `pac_direct` domains.
 
-use crate::engine::LocalReply;
+use crate::reply::LocalReply;
 
 const CONTENT_TYPE: &str = "application/x-ns-proxy-autoconfig";
 

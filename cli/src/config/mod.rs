@@ -24,12 +24,16 @@ use ringway_http::{
         domains::DomainSet,
         pac::Pac,
     },
-    BodyRate, EngineSettings, ForwardSettings, ForwardedStyle, HttpLimits, PoolSettings, ProxyHeaders,
-    RouteSpec, RouteTable, Timeouts, ViaName, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
+    BodyRate, EngineSettings, ForwardSettings, ForwardedStyle, HealthCheck, HttpLimits, PoolSettings,
+    ProxyHeaders, RouteSpec, RouteTable, Timeouts, ViaName, DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 use serde::Deserialize;
 
 use crate::locate::{key_at, line_of, KeyPath};
+
+mod upstream;
+
+use upstream::UpstreamSection;
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -239,14 +243,6 @@ pub(crate) struct RouteSection {
     pub(crate) upstream: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UpstreamSection {
-    pub(crate) name: Option<String>,
-    #[serde(default)]
-    pub(crate) servers: Vec<String>,
-}
-
 /// What a listener does with requests.
 #[derive(Debug, Clone)]
 pub enum ListenerMode {
@@ -294,7 +290,9 @@ pub struct Config {
     /// The listeners, in file order.
     pub listeners: Vec<Listener>,
     /// The upstream groups routes point at.
-    pub upstreams: Vec<UpstreamGroup>,
+    pub upstreams: Vec<Arc<UpstreamGroup>>,
+    /// Active health checks, by index into `upstreams`.
+    pub health_checks: Vec<(usize, HealthCheck)>,
     /// The upstream keep-alive pool.
     pub pool: PoolSettings,
     /// Name resolution for forward listeners.
@@ -563,7 +561,10 @@ impl Validator {
             user.log.access_log.unwrap_or(false),
             &root.key("http"),
         );
-        let upstreams = self.upstreams(&user.upstreams, &root.key("upstream"));
+        let upstream::Upstreams {
+            groups: upstreams,
+            checks: health_checks,
+        } = self.upstreams(&user.upstreams, &root.key("upstream"));
         let mut acls: BTreeMap<String, Arc<Acl>> = BTreeMap::new();
         for (name, section) in &user.acl {
             let acl = self.acl(name, section, &root.key("acl").key(name));
@@ -592,6 +593,7 @@ impl Validator {
             log_level: user.log.level.clone(),
             listeners,
             upstreams,
+            health_checks,
             pool,
             dns: Arc::new(dns),
         }
@@ -834,43 +836,6 @@ impl Validator {
             allow_trace: http.allow_trace.unwrap_or(false),
         };
         (settings, pool)
-    }
-
-    fn upstreams(&mut self, sections: &[UpstreamSection], path: &KeyPath) -> Vec<UpstreamGroup> {
-        let mut groups: Vec<UpstreamGroup> = Vec::new();
-        for (i, up) in sections.iter().enumerate() {
-            let at = path.index(i);
-            let Some(name) = up.name.clone() else {
-                self.problem(at.key("name"), "every upstream needs a name");
-                continue;
-            };
-            if groups.iter().any(|g| g.name == name) {
-                self.problem(at.key("name"), format!("upstream {name:?} is defined twice"));
-                continue;
-            }
-            if up.servers.is_empty() {
-                self.problem(at.key("servers"), "an upstream needs at least one server");
-            }
-            let mut servers = Vec::new();
-            for (j, server) in up.servers.iter().enumerate() {
-                let resolved = if self.outside {
-                    resolve_once(server)
-                } else {
-                    server
-                        .parse::<SocketAddr>()
-                        .map_err(|_| format!("{server:?}: names are not looked up here"))
-                };
-                match resolved {
-                    Ok(addr) => {
-                        servers.push(addr);
-                        self.servers.push((at.key("servers").index(j), addr));
-                    }
-                    Err(e) => self.problem(at.key("servers").index(j), e),
-                }
-            }
-            groups.push(UpstreamGroup { name, servers });
-        }
-        groups
     }
 
     fn listeners(
@@ -1454,7 +1419,7 @@ fn default_via_name() -> ViaName {
 }
 
 struct Named<'a> {
-    upstreams: &'a [UpstreamGroup],
+    upstreams: &'a [Arc<UpstreamGroup>],
     acls: &'a BTreeMap<String, Arc<Acl>>,
     auths: &'a BTreeMap<String, Arc<BasicAuth>>,
 }

@@ -1,0 +1,329 @@
+//! The shared, validated description of an upstream group: its servers,
+//! the algorithm that spreads requests over them, and the settings of its
+//! passive health, retries and sticky sessions.
+//!
+//! An [`UpstreamGroup`] is built once from the configuration and shared by
+//! every worker behind an `Arc`. It holds what never changes while it is
+//! in use (the servers, the consistent-hash ring, the weights' prefix sums)
+//! and the one piece of state all workers share: the [`HealthTable`] the
+//! active prober writes.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use crate::{
+    hash::{hash_bytes, keyed_hash},
+    health::HealthTable,
+    ring::Ring,
+};
+
+/// One server of a group, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its share of requests against the others (at least 1).
+    pub weight: u32,
+    /// The most requests it may have in flight, all workers together;
+    /// `None` for no limit.
+    pub max_connections: Option<u32>,
+    /// Used only while no primary server can take requests.
+    pub backup: bool,
+}
+
+impl ServerSpec {
+    /// A primary server of weight 1 with no connection limit.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            weight: 1,
+            max_connections: None,
+            backup: false,
+        }
+    }
+}
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value (the first of its lines); requests without
+    /// it hash as the empty value.
+    Header(String),
+    /// A cookie's value; requests without it hash as the empty value.
+    Cookie(String),
+    /// The path, without the query.
+    Path,
+    /// The whole request target, query included.
+    Uri,
+}
+
+/// How a group spreads requests over its servers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Algorithm {
+    /// Each server in turn.
+    RoundRobin,
+    /// Each server in turn as often as its weight says, interleaved
+    /// (nginx's smooth weighted round robin).
+    WeightedRoundRobin,
+    /// A random server, in proportion to the weights.
+    Random,
+    /// The server with the fewest requests in flight for its weight (as this
+    /// worker counts them).
+    LeastConn,
+    /// The better of two random servers, by a decaying peak latency times
+    /// the requests in flight (as this worker measures them).
+    P2cEwma,
+    /// A ring of the servers hashed by a key of the request, so a key keeps
+    /// its server while the server is up; no server takes more than
+    /// `1 + balance_factor` times the mean load (bounded loads).
+    ConsistentHash {
+        /// What is hashed.
+        key: HashKey,
+        /// The `e` of the bound `(1 + e) x mean`; 0.25 by default.
+        balance_factor: f64,
+    },
+}
+
+impl Algorithm {
+    /// The configuration name of the algorithm.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::Random => "random",
+            Algorithm::LeastConn => "least_conn",
+            Algorithm::P2cEwma => "p2c_ewma",
+            Algorithm::ConsistentHash { .. } => "consistent_hash",
+        }
+    }
+}
+
+/// Passive health: servers that fail in a row are ejected for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive failures that eject a server; 0 turns passive health off.
+    pub failures: u32,
+    /// How long the first ejection lasts; each ejection that follows a
+    /// failed probation lasts twice as long as the one before.
+    pub backoff: Duration,
+    /// The longest an ejection lasts.
+    pub max_backoff: Duration,
+    /// Whether a 5xx response counts as a failure.
+    pub on_5xx: bool,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(300),
+            on_5xx: false,
+        }
+    }
+}
+
+/// Which failed attempts go again on another server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection could not be made (refused, unreachable, timed out):
+    /// the request never left, so any method goes again.
+    pub connect: bool,
+    /// No response head in time.
+    pub timeout: bool,
+    /// The connection was reset or closed before a response head.
+    pub reset: bool,
+    /// A 502 response.
+    pub status_502: bool,
+    /// A 503 response.
+    pub status_503: bool,
+    /// A 504 response.
+    pub status_504: bool,
+}
+
+impl Default for RetryOn {
+    /// Errors and timeouts, as nginx's `proxy_next_upstream` does.
+    fn default() -> Self {
+        Self {
+            connect: true,
+            timeout: true,
+            reset: true,
+            status_502: false,
+            status_503: false,
+            status_504: false,
+        }
+    }
+}
+
+/// Retries on other servers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Further attempts after the first, each on a server not tried yet.
+    pub retries: u32,
+    /// Which failures go again.
+    pub on: RetryOn,
+    /// Retries may add at most this fraction of the requests of the last
+    /// ten seconds (per worker) ...
+    pub budget_ratio: f64,
+    /// ... or this many per second, whichever is more.
+    pub budget_min_per_second: u32,
+    /// No retry starts once this long has passed since the first attempt.
+    pub total_timeout: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            on: RetryOn::default(),
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+            total_timeout: None,
+        }
+    }
+}
+
+/// Sticky sessions: a cookie names the server that answered first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    /// The cookie's name.
+    pub cookie: String,
+    /// The cookie's lifetime (`Max-Age`); `None` for a session cookie.
+    pub ttl: Option<Duration>,
+    /// Each server's cookie value, by server index: a keyed hash of the
+    /// server, so the cookie does not show its address.
+    values: Box<[String]>,
+}
+
+impl Sticky {
+    /// Sticky settings for `servers`; `secret` keys the hash that names
+    /// them (the group's name when there is none, so that every proxy with
+    /// the same configuration names a server alike).
+    pub fn new(cookie: String, ttl: Option<Duration>, secret: &str, servers: &[ServerSpec]) -> Self {
+        let values = servers
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:016x}",
+                    keyed_hash(secret.as_bytes(), s.addr.to_string().as_bytes())
+                )
+            })
+            .collect();
+        Self { cookie, ttl, values }
+    }
+
+    /// The cookie value that names server `peer`.
+    pub fn value(&self, peer: usize) -> &str {
+        &self.values[peer]
+    }
+
+    /// The server a cookie value names.
+    pub fn server(&self, value: &[u8]) -> Option<usize> {
+        self.values.iter().position(|v| v.as_bytes() == value)
+    }
+}
+
+/// An upstream group, validated: shared by every worker.
+#[derive(Debug)]
+pub struct UpstreamGroup {
+    /// The group's name, as routes and logs refer to it.
+    pub name: String,
+    /// The servers, in configuration order.
+    pub servers: Vec<ServerSpec>,
+    /// How requests are spread.
+    pub algorithm: Algorithm,
+    /// Passive health.
+    pub passive: PassiveHealth,
+    /// Retries on other servers.
+    pub retry: RetryPolicy,
+    /// When no server is healthy, send to the least bad one instead of
+    /// answering 503.
+    pub fail_open: bool,
+    /// Sticky sessions, when on.
+    pub sticky: Option<Sticky>,
+    /// Connect timeout for this group's servers; `None`: the listener's.
+    pub connect_timeout: Option<Duration>,
+    /// Time allowed for a response head; `None`: the listener's.
+    pub response_timeout: Option<Duration>,
+    /// Active health and connection counts, shared by all workers.
+    pub health: Arc<HealthTable>,
+    ring: Option<Ring>,
+    /// Running sums of the weights, for weighted random picks.
+    weight_sums: Box<[u64]>,
+    uniform: bool,
+}
+
+impl UpstreamGroup {
+    /// A group of `servers` balanced by `algorithm`, with default passive
+    /// health and retries, failing open, not sticky.
+    pub fn new(name: impl Into<String>, servers: Vec<ServerSpec>, algorithm: Algorithm) -> Self {
+        let ring = matches!(algorithm, Algorithm::ConsistentHash { .. }).then(|| Ring::new(&servers));
+        let mut total = 0u64;
+        let weight_sums = servers
+            .iter()
+            .map(|s| {
+                total += u64::from(s.weight.max(1));
+                total
+            })
+            .collect();
+        let uniform = servers.windows(2).all(|w| w[0].weight == w[1].weight);
+        let health = Arc::new(HealthTable::new(&servers));
+        Self {
+            name: name.into(),
+            servers,
+            algorithm,
+            passive: PassiveHealth::default(),
+            retry: RetryPolicy::default(),
+            fail_open: true,
+            sticky: None,
+            connect_timeout: None,
+            response_timeout: None,
+            health,
+            ring,
+            weight_sums,
+            uniform,
+        }
+    }
+
+    /// A group of plain servers (weight 1) in round robin.
+    pub fn round_robin(name: impl Into<String>, addrs: &[SocketAddr]) -> Self {
+        Self::new(
+            name,
+            addrs.iter().copied().map(ServerSpec::new).collect(),
+            Algorithm::RoundRobin,
+        )
+    }
+
+    /// The servers' addresses.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.servers.iter().map(|s| s.addr)
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether the group has no server.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    pub(crate) fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
+    }
+
+    pub(crate) fn weight_sums(&self) -> &[u64] {
+        &self.weight_sums
+    }
+
+    pub(crate) fn uniform_weights(&self) -> bool {
+        self.uniform
+    }
+}
+
+/// The hash of a request key, as consistent hashing takes it.
+pub fn key_hash(key: &[u8]) -> u64 {
+    hash_bytes(key)
+}

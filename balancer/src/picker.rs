@@ -1,0 +1,588 @@
+//! The per-worker balancer of a group: picks a server for each attempt and
+//! learns from how the attempt went.
+//!
+//! A [`Balancer`] lives on one worker (`Rc`, `Cell`s: no lock, no atomic
+//! write on a pick, except for servers with a connection limit). Its view
+//! of a server joins the process-wide active health (the
+//! [`HealthTable`](crate::HealthTable)) with what this worker saw itself:
+//! requests in flight, a decaying peak latency, and passive health (a
+//! server that fails `failures` times in a row is ejected for a backoff
+//! that doubles each time it fails its probation).
+//!
+//! A pick considers the primaries that are up, not ejected, under their
+//! connection limit and not yet tried by this request; then the backups
+//! alike; then, when the group fails open, every server not tried, as if
+//! all were healthy (Envoy's panic mode): a guess beats a certain 503.
+//! The pick is a [`Lease`]: it counts as in flight until it is finished
+//! with an [`Outcome`] or dropped.
+
+use std::{cell::Cell, net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
+
+use crate::{
+    budget::RetryBudget,
+    group::{Algorithm, UpstreamGroup},
+    hash::mix,
+};
+
+/// Index of a server in its group.
+pub type PeerId = usize;
+
+/// The most attempts one request makes (the first and its retries).
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// The servers a request has tried, so that a retry goes elsewhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried {
+    ids: [u16; MAX_ATTEMPTS],
+    len: u8,
+}
+
+impl Tried {
+    /// Adds `peer`; once full, the oldest entries stay.
+    pub fn add(&mut self, peer: PeerId) {
+        if usize::from(self.len) < MAX_ATTEMPTS {
+            self.ids[usize::from(self.len)] = peer as u16;
+            self.len += 1;
+        }
+    }
+
+    /// Whether `peer` was tried.
+    #[inline]
+    pub fn contains(&self, peer: PeerId) -> bool {
+        self.ids[..usize::from(self.len)].contains(&(peer as u16))
+    }
+
+    /// How many servers were tried.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// How an attempt on a server went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response head came back after `latency` (a 5xx is
+    /// [`Outcome::ServerError`]).
+    Success {
+        /// Time from the pick to the response head.
+        latency: Duration,
+    },
+    /// A 5xx response: a failure for passive health only when the group
+    /// says so.
+    ServerError {
+        /// Time from the pick to the response head.
+        latency: Duration,
+    },
+    /// No connection, a reset, a close or a timeout before a response head.
+    Failure,
+    /// The attempt ended for a reason that says nothing about the server
+    /// (the client left, the request was refused).
+    Neutral,
+}
+
+/// Why no server was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPeer {
+    /// Every server was tried by this request, or the group has none.
+    AllTried,
+    /// Servers could take it but are at their connection limit: waiting
+    /// briefly may help.
+    AtLimit,
+    /// No server is healthy and the group does not fail open.
+    Unhealthy,
+}
+
+/// What a finished attempt changed about its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// Ejected by passive health for `backoff`.
+    Ejected {
+        /// How long it stays out before its probation.
+        backoff: Duration,
+    },
+    /// Back from an ejection: it passed its probation.
+    Returned,
+}
+
+/// Peak-latency decay: a latency sample weighs half after this long.
+const DECAY_MS: f64 = 10_000.0;
+
+/// The latency a failure counts as, for `p2c_ewma`: a server that fails
+/// fast must not look fast.
+const FAILURE_PENALTY_NS: f64 = 1e9;
+
+#[derive(Debug, Default)]
+struct ServerState {
+    in_flight: Cell<u32>,
+    /// Smooth weighted round robin's current weight.
+    current: Cell<i64>,
+    /// Peak-EWMA latency in nanoseconds, and when it was last updated.
+    latency_ns: Cell<f64>,
+    latency_at_ms: Cell<u64>,
+    /// Failures in a row.
+    failures: Cell<u32>,
+    /// Ejected until this time (ms); 0 when not ejected nor on probation.
+    ejected_until: Cell<u64>,
+    /// Ejections in a row without a passed probation.
+    ejections: Cell<u32>,
+}
+
+/// A group's balancer on one worker.
+#[derive(Debug)]
+pub struct Balancer {
+    group: Arc<UpstreamGroup>,
+    servers: Box<[ServerState]>,
+    /// Round robin's next server, and the rotating start of scans.
+    next: Cell<usize>,
+    rng: Cell<u64>,
+    /// Servers ejected or on probation on this worker.
+    ejected: Cell<u32>,
+    total_in_flight: Cell<u32>,
+    /// The clock of the pick under way.
+    now_ms: Cell<u64>,
+    budget: RetryBudget,
+}
+
+impl Balancer {
+    /// A balancer over `group` for worker number `worker` (workers start
+    /// their rotations at different servers, and their random streams
+    /// differ).
+    pub fn new(group: Arc<UpstreamGroup>, worker: usize) -> Self {
+        let n = group.len().max(1);
+        let budget = RetryBudget::new(group.retry.budget_ratio, group.retry.budget_min_per_second);
+        Self {
+            servers: (0..group.len()).map(|_| ServerState::default()).collect(),
+            next: Cell::new(worker % n),
+            rng: Cell::new(mix(0x5eed ^ (worker as u64 + 1))),
+            ejected: Cell::new(0),
+            total_in_flight: Cell::new(0),
+            now_ms: Cell::new(0),
+            budget,
+            group,
+        }
+    }
+
+    /// The group.
+    pub fn group(&self) -> &UpstreamGroup {
+        &self.group
+    }
+
+    /// The address of server `peer`.
+    pub fn addr(&self, peer: PeerId) -> SocketAddr {
+        self.group.servers[peer].addr
+    }
+
+    /// Requests in flight from this worker to server `peer`.
+    pub fn in_flight(&self, peer: PeerId) -> u32 {
+        self.servers[peer].in_flight.get()
+    }
+
+    /// Picks a server for an attempt: `key` is the request's hash for
+    /// consistent hashing (ignored by the other algorithms), `tried` the
+    /// servers this request already tried, `now_ms` the worker's clock.
+    pub fn pick(self: &Rc<Self>, key: u64, tried: &Tried, now_ms: u64) -> Result<Lease, NoPeer> {
+        let mut skip = *tried;
+        loop {
+            let (peer, fail_open) = self.choose(key, &skip, now_ms)?;
+            if let Some(limit) = self.group.servers[peer].max_connections {
+                if !self.group.health.try_acquire(peer, limit) {
+                    // Taken by another worker since the look: try the others.
+                    skip.add(peer);
+                    if skip.len() == MAX_ATTEMPTS {
+                        return Err(NoPeer::AtLimit);
+                    }
+                    continue;
+                }
+            }
+            return Ok(self.lease(peer, fail_open));
+        }
+    }
+
+    /// The lease of server `peer` when it may take a request now: up, not
+    /// ejected, not tried, under its limit (sticky sessions ask for their
+    /// server by name).
+    pub fn pick_server(self: &Rc<Self>, peer: PeerId, tried: &Tried, now_ms: u64) -> Option<Lease> {
+        if peer >= self.servers.len() || !self.usable(peer, tried, now_ms) {
+            return None;
+        }
+        if let Some(limit) = self.group.servers[peer].max_connections {
+            if !self.group.health.try_acquire(peer, limit) {
+                return None;
+            }
+        }
+        Some(self.lease(peer, false))
+    }
+
+    fn lease(self: &Rc<Self>, peer: PeerId, fail_open: bool) -> Lease {
+        let s = &self.servers[peer];
+        s.in_flight.set(s.in_flight.get() + 1);
+        self.total_in_flight.set(self.total_in_flight.get() + 1);
+        Lease {
+            balancer: Rc::clone(self),
+            peer,
+            fail_open,
+            done: false,
+        }
+    }
+
+    /// Counts a request's first attempt for the retry budget.
+    pub fn record_request(&self, now_ms: u64) {
+        self.budget.record_request(now_ms);
+    }
+
+    /// Takes a retry from the budget; `false` when retries already added
+    /// their share of the recent requests.
+    pub fn try_retry(&self, now_ms: u64) -> bool {
+        self.budget.try_retry(now_ms)
+    }
+
+    /// Whether server `peer` may take a request now.
+    fn usable(&self, peer: PeerId, tried: &Tried, now_ms: u64) -> bool {
+        !tried.contains(peer) && self.healthy(peer, now_ms) && self.under_limit(peer)
+    }
+
+    #[inline]
+    fn healthy(&self, peer: PeerId, now_ms: u64) -> bool {
+        self.group.health.is_up(peer)
+            && (self.ejected.get() == 0 || self.servers[peer].ejected_until.get() <= now_ms)
+    }
+
+    #[inline]
+    fn under_limit(&self, peer: PeerId) -> bool {
+        match self.group.servers[peer].max_connections {
+            None => true,
+            Some(limit) => self.group.health.in_flight(peer) < limit,
+        }
+    }
+
+    /// The server for the next attempt, and whether the pick failed open.
+    fn choose(&self, key: u64, tried: &Tried, now_ms: u64) -> Result<(PeerId, bool), NoPeer> {
+        let servers = &self.group.servers;
+        self.now_ms.set(now_ms);
+        if tried.len() >= servers.len() {
+            return Err(NoPeer::AllTried);
+        }
+        let primary = |i: PeerId| !servers[i].backup && self.usable(i, tried, now_ms);
+        if let Some(peer) = self.by_algorithm(key, &primary) {
+            return Ok((peer, false));
+        }
+        let backup = |i: PeerId| servers[i].backup && self.usable(i, tried, now_ms);
+        if let Some(peer) = self.by_algorithm(key, &backup) {
+            return Ok((peer, false));
+        }
+        // Nothing healthy: is it the limits, or health?
+        let open = |i: PeerId| !tried.contains(i) && self.under_limit(i);
+        let healthy_but_full = (0..servers.len()).any(|i| !tried.contains(i) && self.healthy(i, now_ms));
+        if healthy_but_full {
+            return Err(NoPeer::AtLimit);
+        }
+        if !self.group.fail_open {
+            return Err(NoPeer::Unhealthy);
+        }
+        match self.by_algorithm(key, &open) {
+            Some(peer) => Ok((peer, true)),
+            None if (0..servers.len()).any(|i| !tried.contains(i)) => Err(NoPeer::AtLimit),
+            None => Err(NoPeer::AllTried),
+        }
+    }
+
+    fn by_algorithm(&self, key: u64, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        match &self.group.algorithm {
+            Algorithm::RoundRobin => self.round_robin(ok),
+            Algorithm::WeightedRoundRobin => self.smooth_weighted(ok),
+            Algorithm::Random => self.random(ok),
+            Algorithm::LeastConn => self.least_conn(ok),
+            Algorithm::P2cEwma => self.p2c(ok),
+            Algorithm::ConsistentHash { balance_factor, .. } => self.consistent(key, *balance_factor, ok),
+        }
+    }
+
+    /// The first acceptable server from `start` on, wrapping.
+    fn first_from(&self, start: usize, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let n = self.servers.len();
+        (start..n).chain(0..start).find(|&i| ok(i))
+    }
+
+    fn round_robin(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let peer = self.first_from(self.next.get(), ok)?;
+        self.next.set(if peer + 1 == self.servers.len() {
+            0
+        } else {
+            peer + 1
+        });
+        Some(peer)
+    }
+
+    /// nginx's smooth weighted round robin: every server gains its weight,
+    /// the richest is picked and pays the total. Weights 5, 1, 1 give
+    /// a a b a c a a, not a a a a a b c.
+    fn smooth_weighted(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let mut total = 0i64;
+        let mut best: Option<(PeerId, i64)> = None;
+        for (i, server) in self.group.servers.iter().enumerate() {
+            if !ok(i) {
+                continue;
+            }
+            let weight = i64::from(server.weight.max(1));
+            let state = &self.servers[i];
+            let current = state.current.get() + weight;
+            state.current.set(current);
+            total += weight;
+            if best.is_none_or(|(_, c)| current > c) {
+                best = Some((i, current));
+            }
+        }
+        let (peer, current) = best?;
+        self.servers[peer].current.set(current - total);
+        Some(peer)
+    }
+
+    fn random_u64(&self) -> u64 {
+        // xorshift64*: a worker's own stream, no lock, no syscall.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A random index in proportion to the weights.
+    fn random_index(&self) -> usize {
+        let n = self.servers.len();
+        let r = self.random_u64();
+        if self.group.uniform_weights() {
+            return ((u128::from(r) * n as u128) >> 64) as usize;
+        }
+        let sums = self.group.weight_sums();
+        let total = sums.last().copied().unwrap_or(1);
+        let point = ((u128::from(r) * u128::from(total)) >> 64) as u64;
+        sums.partition_point(|&s| s <= point).min(n - 1)
+    }
+
+    fn random(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        if self.servers.is_empty() {
+            return None;
+        }
+        let at = self.random_index();
+        if ok(at) {
+            return Some(at);
+        }
+        self.first_from(at, ok)
+    }
+
+    fn least_conn(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let n = self.servers.len();
+        let start = self.next.get() % n.max(1);
+        let mut best: Option<(PeerId, u64, u64)> = None;
+        for i in (start..n).chain(0..start) {
+            if !ok(i) {
+                continue;
+            }
+            let load = u64::from(self.servers[i].in_flight.get());
+            let weight = u64::from(self.group.servers[i].weight.max(1));
+            // load / weight < best_load / best_weight, without division.
+            if best.is_none_or(|(_, l, w)| load * w < l * weight) {
+                best = Some((i, load, weight));
+            }
+        }
+        let (peer, ..) = best?;
+        // Ties rotate.
+        self.next.set(if peer + 1 >= n { 0 } else { peer + 1 });
+        Some(peer)
+    }
+
+    /// Power of two choices over peak-EWMA latency times load.
+    fn p2c(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let a = self.random(ok)?;
+        let n = self.servers.len();
+        let mut b = self.random_index();
+        if b == a || !ok(b) {
+            b = match self.first_from((b + 1) % n, &|i| i != a && ok(i)) {
+                Some(b) => b,
+                None => return Some(a),
+            };
+        }
+        let cost = |i: PeerId| {
+            let s = &self.servers[i];
+            let weight = f64::from(self.group.servers[i].weight.max(1));
+            (self.decayed_latency(i) + 1.0) * f64::from(s.in_flight.get() + 1) / weight
+        };
+        Some(if cost(b) < cost(a) { b } else { a })
+    }
+
+    /// The peak-EWMA latency of `peer`, decayed to now: a server that was
+    /// slow and got no traffic since looks better as time passes.
+    fn decayed_latency(&self, peer: PeerId) -> f64 {
+        let s = &self.servers[peer];
+        let elapsed = self.now_ms.get().saturating_sub(s.latency_at_ms.get()) as f64;
+        if elapsed <= 0.0 {
+            return s.latency_ns.get();
+        }
+        s.latency_ns.get() * (-elapsed / DECAY_MS).exp2()
+    }
+
+    /// Consistent hashing with bounded loads: clockwise from the key's
+    /// point, the first server that is acceptable and below
+    /// `ceil((1 + e) x mean load)`.
+    fn consistent(&self, key: u64, e: f64, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let ring = self.group.ring()?;
+        let mut cap: Option<u32> = None;
+        let mut first_ok = None;
+        for peer in ring.walk(key).take(ring_walk_limit(self.servers.len())) {
+            if !ok(peer) {
+                continue;
+            }
+            first_ok.get_or_insert(peer);
+            let load = self.servers[peer].in_flight.get();
+            if load == 0 {
+                return Some(peer);
+            }
+            let cap = *cap.get_or_insert_with(|| {
+                let candidates = (0..self.servers.len()).filter(|&i| ok(i)).count().max(1);
+                let mean = f64::from(self.total_in_flight.get() + 1) / candidates as f64;
+                (mean * (1.0 + e)).ceil() as u32
+            });
+            if load < cap {
+                return Some(peer);
+            }
+        }
+        first_ok.or_else(|| self.first_from(0, ok))
+    }
+
+    /// Ends an attempt on `peer`: passive health and latency learn from it.
+    fn finish(&self, peer: PeerId, outcome: Outcome, now_ms: u64) -> Option<HealthEvent> {
+        let s = &self.servers[peer];
+        s.in_flight.set(s.in_flight.get().saturating_sub(1));
+        self.total_in_flight
+            .set(self.total_in_flight.get().saturating_sub(1));
+        if self.group.servers[peer].max_connections.is_some() {
+            self.group.health.release(peer);
+        }
+        let passive = self.group.passive;
+        let failed = match outcome {
+            Outcome::Neutral => return None,
+            Outcome::Success { latency } => {
+                self.observe_latency(peer, latency.as_nanos() as f64, now_ms);
+                false
+            }
+            Outcome::ServerError { latency } => {
+                self.observe_latency(peer, latency.as_nanos() as f64, now_ms);
+                passive.on_5xx
+            }
+            Outcome::Failure => {
+                self.observe_latency(peer, FAILURE_PENALTY_NS, now_ms);
+                true
+            }
+        };
+        if passive.failures == 0 {
+            return None;
+        }
+        let on_probation = s.ejected_until.get() != 0 && s.ejected_until.get() <= now_ms;
+        if !failed {
+            s.failures.set(0);
+            if on_probation {
+                s.ejected_until.set(0);
+                s.ejections.set(0);
+                self.ejected.set(self.ejected.get().saturating_sub(1));
+                return Some(HealthEvent::Returned);
+            }
+            return None;
+        }
+        if s.ejected_until.get() > now_ms {
+            // Already out (an attempt begun before the ejection).
+            return None;
+        }
+        s.failures.set(s.failures.get() + 1);
+        if !on_probation && s.failures.get() < passive.failures {
+            return None;
+        }
+        // Eject: the first time for `backoff`, then twice as long after
+        // each failed probation.
+        let doublings = s.ejections.get().min(16);
+        let backoff = passive
+            .backoff
+            .saturating_mul(1 << doublings)
+            .min(passive.max_backoff.max(passive.backoff));
+        if !on_probation {
+            self.ejected.set(self.ejected.get() + 1);
+        }
+        s.ejections.set(s.ejections.get() + 1);
+        s.failures.set(0);
+        s.ejected_until.set(now_ms + backoff.as_millis() as u64);
+        Some(HealthEvent::Ejected { backoff })
+    }
+
+    /// Peak EWMA: a slower sample takes over at once, faster ones pull the
+    /// estimate down as time passes.
+    fn observe_latency(&self, peer: PeerId, sample_ns: f64, now_ms: u64) {
+        let s = &self.servers[peer];
+        let old = s.latency_ns.get();
+        let next = if sample_ns > old {
+            sample_ns
+        } else {
+            let elapsed = now_ms.saturating_sub(s.latency_at_ms.get()) as f64;
+            let keep = (-elapsed / DECAY_MS).exp2();
+            old * keep + sample_ns * (1.0 - keep)
+        };
+        s.latency_ns.set(next);
+        s.latency_at_ms.set(now_ms);
+    }
+}
+
+/// How far a consistent-hash walk goes before giving up on the bound.
+fn ring_walk_limit(servers: usize) -> usize {
+    (servers * 4).max(64)
+}
+
+/// A server picked for an attempt. It counts as in flight until
+/// [`Lease::finish`] or its drop (which finishes it as neutral).
+#[derive(Debug)]
+pub struct Lease {
+    balancer: Rc<Balancer>,
+    peer: PeerId,
+    fail_open: bool,
+    done: bool,
+}
+
+impl Lease {
+    /// The server's index in its group.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.balancer.addr(self.peer)
+    }
+
+    /// Whether the pick ignored health because nothing was healthy.
+    pub fn failed_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// The balancer it came from.
+    pub fn balancer(&self) -> &Rc<Balancer> {
+        &self.balancer
+    }
+
+    /// Ends the attempt with `outcome`; returns what it changed about the
+    /// server's health, for the log.
+    pub fn finish(mut self, outcome: Outcome, now_ms: u64) -> Option<HealthEvent> {
+        self.done = true;
+        self.balancer.finish(self.peer, outcome, now_ms)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.done {
+            self.balancer.finish(self.peer, Outcome::Neutral, 0);
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! `[[upstream]]`: a group of servers, how requests are spread over them,
+//! their active and passive health, retries on other servers, timeouts and
+//! sticky sessions.
+//!
+//! ```toml
+//! [[upstream]]
+//! name = "app"
+//! servers = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3, max_connections = 100 },
+//!            { addr = "127.0.0.1:9003", backup = true }]
+//! balance = "weighted_round_robin"   # round_robin | random | least_conn | p2c_ewma | consistent_hash
+//! health = { path = "/healthz", interval = "2s", timeout = "1s", healthy = 2, unhealthy = 3, expect_status = "200-399" }
+//! passive = { failures = 3, backoff = "10s", max_backoff = "5m", on_5xx = false }
+//! retries = 2
+//! retry_on = ["connect", "timeout", "reset", "502", "503"]
+//! sticky = { cookie = "rw_srv", ttl = "1h" }
+//! ```
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use ringway_balancer::{
+    Algorithm, HashKey, PassiveHealth, RetryOn, RetryPolicy, ServerSpec, Sticky, UpstreamGroup, MAX_ATTEMPTS,
+};
+use ringway_http::{HealthCheck, Probe};
+use serde::Deserialize;
+
+use super::{resolve_once, Validator};
+use crate::locate::KeyPath;
+
+/// `[[upstream]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamSection {
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) servers: Vec<ServerValue>,
+    pub(crate) balance: Option<String>,
+    pub(crate) hash_key: Option<String>,
+    pub(crate) balance_factor: Option<f64>,
+    pub(crate) health: Option<HealthSection>,
+    pub(crate) passive: Option<PassiveSection>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_on: Option<Vec<String>>,
+    pub(crate) retry_budget: Option<f64>,
+    pub(crate) retry_budget_min: Option<u32>,
+    pub(crate) total_timeout: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) response_timeout: Option<String>,
+    pub(crate) fail_open: Option<bool>,
+    pub(crate) sticky: Option<StickySection>,
+}
+
+/// A server: `"IP:PORT"` (or `"host:port"`), or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a server address such as \"10.0.0.1:80\", or a table { addr, weight, max_connections, backup }"
+)]
+pub(crate) enum ServerValue {
+    Addr(String),
+    Table(ServerTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerTable {
+    pub(crate) addr: String,
+    pub(crate) weight: Option<u32>,
+    pub(crate) max_connections: Option<u32>,
+    pub(crate) backup: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthSection {
+    pub(crate) path: Option<String>,
+    pub(crate) tcp: Option<bool>,
+    pub(crate) host: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) healthy: Option<u32>,
+    pub(crate) unhealthy: Option<u32>,
+    pub(crate) expect_status: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassiveSection {
+    pub(crate) failures: Option<u32>,
+    pub(crate) backoff: Option<String>,
+    pub(crate) max_backoff: Option<String>,
+    pub(crate) on_5xx: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StickySection {
+    pub(crate) cookie: Option<String>,
+    pub(crate) ttl: Option<String>,
+    pub(crate) secret: Option<String>,
+}
+
+/// The validated groups, and the active checks of those that have one.
+pub(crate) struct Upstreams {
+    pub(crate) groups: Vec<Arc<UpstreamGroup>>,
+    pub(crate) checks: Vec<(usize, HealthCheck)>,
+}
+
+impl Validator {
+    pub(super) fn upstreams(&mut self, sections: &[UpstreamSection], path: &KeyPath) -> Upstreams {
+        let mut groups: Vec<Arc<UpstreamGroup>> = Vec::new();
+        let mut checks = Vec::new();
+        for (i, up) in sections.iter().enumerate() {
+            let at = path.index(i);
+            let Some(name) = up.name.clone() else {
+                self.problem(at.key("name"), "every upstream needs a name");
+                continue;
+            };
+            if groups.iter().any(|g| g.name == name) {
+                self.problem(at.key("name"), format!("upstream {name:?} is defined twice"));
+                continue;
+            }
+            if up.servers.is_empty() {
+                self.problem(at.key("servers"), "an upstream needs at least one server");
+            }
+            let servers = self.servers(&up.servers, &at.key("servers"));
+            if servers.len() > usize::from(u16::MAX) {
+                self.problem(at.key("servers"), "an upstream has at most 65535 servers");
+            }
+            let algorithm = self.algorithm(up, &at);
+            let mut group = UpstreamGroup::new(name.clone(), servers, algorithm);
+            group.passive = self.passive(up.passive.as_ref(), &at.key("passive"));
+            group.retry = self.retry(up, &at);
+            group.fail_open = up.fail_open.unwrap_or(true);
+            group.connect_timeout =
+                self.optional_duration(at.key("connect_timeout"), up.connect_timeout.as_ref());
+            group.response_timeout =
+                self.optional_duration(at.key("response_timeout"), up.response_timeout.as_ref());
+            if let Some(sticky) = &up.sticky {
+                group.sticky = self.sticky(sticky, &name, &group.servers, &at.key("sticky"));
+            }
+            if let Some(health) = &up.health {
+                if let Some(check) = self.health(health, &at.key("health")) {
+                    checks.push((groups.len(), check));
+                }
+            }
+            groups.push(Arc::new(group));
+        }
+        Upstreams { groups, checks }
+    }
+
+    fn servers(&mut self, values: &[ServerValue], at: &KeyPath) -> Vec<ServerSpec> {
+        let mut servers = Vec::new();
+        for (j, value) in values.iter().enumerate() {
+            let key = at.index(j);
+            let (text, table) = match value {
+                ServerValue::Addr(text) => (text, None),
+                ServerValue::Table(table) => (&table.addr, Some(table)),
+            };
+            let resolved = if self.outside {
+                resolve_once(text)
+            } else {
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("{text:?}: names are not looked up here"))
+            };
+            let addr = match resolved {
+                Ok(addr) => addr,
+                Err(e) => {
+                    let key = if table.is_some() { key.key("addr") } else { key };
+                    self.problem(key, e);
+                    continue;
+                }
+            };
+            if servers.iter().any(|s: &ServerSpec| s.addr == addr) {
+                self.problem(key.clone(), format!("server {addr} is listed twice"));
+            }
+            self.servers.push((key.clone(), addr));
+            let mut spec = ServerSpec::new(addr);
+            if let Some(table) = table {
+                match table.weight {
+                    Some(0) => self.problem(key.key("weight"), "must be at least 1"),
+                    Some(w) if w > 1000 => self.problem(key.key("weight"), "must be at most 1000"),
+                    Some(w) => spec.weight = w,
+                    None => {}
+                }
+                match table.max_connections {
+                    Some(0) => self.problem(key.key("max_connections"), "must be at least 1"),
+                    limit => spec.max_connections = limit,
+                }
+                spec.backup = table.backup.unwrap_or(false);
+            }
+            servers.push(spec);
+        }
+        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
+            self.problem(
+                at.clone(),
+                "every server is a backup: at least one must be a primary",
+            );
+        }
+        servers
+    }
+
+    fn algorithm(&mut self, up: &UpstreamSection, at: &KeyPath) -> Algorithm {
+        let balance = up.balance.as_deref().unwrap_or("round_robin");
+        let weighted = up
+            .servers
+            .iter()
+            .any(|s| matches!(s, ServerValue::Table(t) if t.weight.is_some_and(|w| w != 1)));
+        let algorithm = match balance {
+            // Weights given to plain round robin are honoured, interleaved.
+            "round_robin" if weighted => Algorithm::WeightedRoundRobin,
+            "round_robin" => Algorithm::RoundRobin,
+            "weighted_round_robin" => Algorithm::WeightedRoundRobin,
+            "random" => Algorithm::Random,
+            "least_conn" => Algorithm::LeastConn,
+            "p2c_ewma" => Algorithm::P2cEwma,
+            "consistent_hash" => {
+                let key = match up.hash_key.as_deref() {
+                    None => {
+                        self.problem(at.key("hash_key"), "consistent_hash needs a hash_key: client_ip, header:NAME, cookie:NAME, path or uri");
+                        HashKey::ClientIp
+                    }
+                    Some(text) => self.hash_key(text, &at.key("hash_key")),
+                };
+                let balance_factor = match up.balance_factor {
+                    None => 0.25,
+                    Some(e) if e.is_finite() && e > 0.0 && e <= 100.0 => e,
+                    Some(_) => {
+                        self.problem(at.key("balance_factor"), "must be above 0 and at most 100");
+                        0.25
+                    }
+                };
+                Algorithm::ConsistentHash { key, balance_factor }
+            }
+            other => {
+                self.problem(
+                    at.key("balance"),
+                    format!("unknown balance {other:?}: expected round_robin, weighted_round_robin, random, least_conn, p2c_ewma or consistent_hash"),
+                );
+                Algorithm::RoundRobin
+            }
+        };
+        if !matches!(algorithm, Algorithm::ConsistentHash { .. }) {
+            if up.hash_key.is_some() {
+                self.problem(
+                    at.key("hash_key"),
+                    "hash_key applies only to balance = \"consistent_hash\"",
+                );
+            }
+            if up.balance_factor.is_some() {
+                self.problem(
+                    at.key("balance_factor"),
+                    "balance_factor applies only to balance = \"consistent_hash\"",
+                );
+            }
+        }
+        algorithm
+    }
+
+    fn hash_key(&mut self, text: &str, at: &KeyPath) -> HashKey {
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => HashKey::ClientIp,
+            None if text == "path" => HashKey::Path,
+            None if text == "uri" => HashKey::Uri,
+            Some(("header", name)) if token(name) => HashKey::Header(name.to_owned()),
+            Some(("cookie", name)) if token(name) => HashKey::Cookie(name.to_owned()),
+            _ => {
+                self.problem(at.clone(), format!("unknown hash_key {text:?}: expected client_ip, header:NAME, cookie:NAME, path or uri"));
+                HashKey::ClientIp
+            }
+        }
+    }
+
+    fn optional_duration(&mut self, at: KeyPath, value: Option<&String>) -> Option<Duration> {
+        value.map(|text| self.duration(at, Some(text), Duration::from_secs(1)))
+    }
+
+    fn passive(&mut self, section: Option<&PassiveSection>, at: &KeyPath) -> PassiveHealth {
+        let default = PassiveHealth::default();
+        let Some(p) = section else { return default };
+        let backoff = self.duration(at.key("backoff"), p.backoff.as_ref(), default.backoff);
+        let max_backoff = self.duration(
+            at.key("max_backoff"),
+            p.max_backoff.as_ref(),
+            default.max_backoff.max(backoff),
+        );
+        if max_backoff < backoff {
+            self.problem(at.key("max_backoff"), "must be at least the backoff");
+        }
+        PassiveHealth {
+            failures: p.failures.unwrap_or(default.failures),
+            backoff,
+            max_backoff,
+            on_5xx: p.on_5xx.unwrap_or(false),
+        }
+    }
+
+    fn retry(&mut self, up: &UpstreamSection, at: &KeyPath) -> RetryPolicy {
+        let mut policy = RetryPolicy::default();
+        if let Some(retries) = up.retries {
+            if retries as usize >= MAX_ATTEMPTS {
+                self.problem(at.key("retries"), format!("must be at most {}", MAX_ATTEMPTS - 1));
+            } else {
+                policy.retries = retries;
+            }
+        }
+        if let Some(list) = &up.retry_on {
+            let mut on = RetryOn {
+                connect: false,
+                timeout: false,
+                reset: false,
+                status_502: false,
+                status_503: false,
+                status_504: false,
+            };
+            for (k, item) in list.iter().enumerate() {
+                match item.as_str() {
+                    "connect" => on.connect = true,
+                    "timeout" => on.timeout = true,
+                    "reset" => on.reset = true,
+                    "502" => on.status_502 = true,
+                    "503" => on.status_503 = true,
+                    "504" => on.status_504 = true,
+                    other => self.problem(
+                        at.key("retry_on").index(k),
+                        format!("unknown retry condition {other:?}: expected connect, timeout, reset, 502, 503 or 504"),
+                    ),
+                }
+            }
+            policy.on = on;
+        }
+        if let Some(ratio) = up.retry_budget {
+            if !(0.0..=1.0).contains(&ratio) || !ratio.is_finite() {
+                self.problem(at.key("retry_budget"), "must be a fraction from 0 to 1");
+            } else {
+                policy.budget_ratio = ratio;
+            }
+        }
+        if let Some(min) = up.retry_budget_min {
+            policy.budget_min_per_second = min;
+        }
+        policy.total_timeout = self.optional_duration(at.key("total_timeout"), up.total_timeout.as_ref());
+        policy
+    }
+
+    fn sticky(
+        &mut self,
+        s: &StickySection,
+        group: &str,
+        servers: &[ServerSpec],
+        at: &KeyPath,
+    ) -> Option<Sticky> {
+        let cookie = s.cookie.clone().unwrap_or_else(|| "rw_srv".to_owned());
+        let token = !cookie.is_empty()
+            && cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            self.problem(at.key("cookie"), format!("{cookie:?} is not a valid cookie name"));
+            return None;
+        }
+        let ttl = self.optional_duration(at.key("ttl"), s.ttl.as_ref());
+        let secret = s.secret.as_deref().unwrap_or(group);
+        Some(Sticky::new(cookie, ttl, secret, servers))
+    }
+
+    fn health(&mut self, h: &HealthSection, at: &KeyPath) -> Option<HealthCheck> {
+        let tcp = h.tcp.unwrap_or(false);
+        let probe = match (&h.path, tcp) {
+            (Some(_), true) => {
+                self.problem(at.key("tcp"), "a check is tcp or has a path, not both");
+                return None;
+            }
+            (None, true) => {
+                if h.expect_status.is_some() || h.host.is_some() {
+                    self.problem(at.key("expect_status"), "a tcp check has no status nor host");
+                }
+                Probe::Tcp
+            }
+            (None, false) => {
+                self.problem(
+                    at.key("path"),
+                    "a check needs a path (\"/healthz\") or tcp = true",
+                );
+                return None;
+            }
+            (Some(path), false) => {
+                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    self.problem(
+                        at.key("path"),
+                        format!("{path:?} must start with '/' and hold no spaces or controls"),
+                    );
+                }
+                if let Some(host) = &h.host {
+                    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                        self.problem(at.key("host"), format!("{host:?} is not a host"));
+                    }
+                }
+                let expect = match h.expect_status.as_deref() {
+                    None => 200..=399,
+                    Some(text) => match parse_status_range(text) {
+                        Ok(range) => range,
+                        Err(e) => {
+                            self.problem(at.key("expect_status"), e);
+                            200..=399
+                        }
+                    },
+                };
+                Probe::Http {
+                    path: path.clone(),
+                    host: h.host.clone(),
+                    expect,
+                }
+            }
+        };
+        let interval = self.duration(at.key("interval"), h.interval.as_ref(), Duration::from_secs(2));
+        let timeout = self.duration(at.key("timeout"), h.timeout.as_ref(), Duration::from_secs(1));
+        let count = |v: &mut Self, key: &str, value: Option<u32>, default: u32| match value {
+            Some(0) => {
+                v.problem(at.key(key), "must be at least 1");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        };
+        let healthy = count(self, "healthy", h.healthy, 2);
+        let unhealthy = count(self, "unhealthy", h.unhealthy, 3);
+        Some(HealthCheck {
+            probe,
+            interval,
+            timeout,
+            healthy,
+            unhealthy,
+        })
+    }
+}
+
+/// `"200"`, or `"200-399"`.
+fn parse_status_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (100..=599).contains(n))
+            .ok_or_else(|| format!("invalid status {s:?} in {text:?}: expected 100-599"))
+    };
+    let (low, high) = match text.split_once('-') {
+        Some((a, b)) => (status(a)?, status(b)?),
+        None => {
+            let n = status(text)?;
+            (n, n)
+        }
+    };
+    if low > high {
+        return Err(format!("{text:?}: the range is empty"));
+    }
+    Ok(low..=high)
+}

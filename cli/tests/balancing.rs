@@ -1,0 +1,264 @@
+//! Load balancing through the real wiring: proxies started from TOML by
+//! the same factory the binary uses, in front of loopback origins that
+//! fail, slow down, come back and answer 503.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use ringway::{config, factory};
+use ringway_tests::{eventually, Origin, Reply, Response, TestClient};
+
+/// An origin that answers `200` with its name as the body.
+fn named(name: &'static str) -> Origin {
+    Origin::start(move |_| Reply::ok(name))
+}
+
+fn named_on(addr: SocketAddr, name: &'static str) -> Origin {
+    Origin::start_on(addr, move |_| Reply::ok(name))
+}
+
+/// A reverse proxy on an ephemeral port whose one route goes to an
+/// upstream `app` described by `upstream` (the keys after its name).
+fn proxy(upstream: &str) -> factory::Running {
+    let source = format!(
+        "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+         [[listener.route]]\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\n{upstream}\n"
+    );
+    let config = config::parse(Path::new("test.toml"), &source).unwrap_or_else(|e| panic!("{e}\n{source}"));
+    factory::start(&config).expect("the proxy starts")
+}
+
+fn servers(origins: &[&Origin]) -> String {
+    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr())).collect();
+    format!("servers = [{}]", list.join(", "))
+}
+
+fn get(client: &mut TestClient, path: &str, cookie: Option<&str>) -> Response {
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    client.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{cookie}\r\n").as_bytes());
+    client.response()
+}
+
+#[test]
+fn a_killed_server_costs_no_client_error_and_a_recovered_one_gets_traffic_again() {
+    let a = named("a");
+    let b = named("b");
+    let c = named("c");
+    let b_addr = b.addr();
+    let running = proxy(&format!(
+        "{}\nhealth = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"500ms\", healthy = 1, unhealthy = 2 }}",
+        servers(&[&a, &b, &c])
+    ));
+    let addr = running.local_addrs()[0];
+    let mut failures = Vec::new();
+    let mut client = TestClient::connect(addr);
+    for i in 0..300 {
+        if i == 100 {
+            b.kill();
+        }
+        // A new client connection now and then, as browsers open them.
+        if i % 25 == 0 {
+            client = TestClient::connect(addr);
+        }
+        let r = get(&mut client, "/", None);
+        if r.status != 200 {
+            failures.push((i, r.status));
+        }
+    }
+    assert!(failures.is_empty(), "client-visible errors: {failures:?}");
+    // The prober sees it down; then it comes back on the same address.
+    drop(b);
+    let b = named_on(b_addr, "b");
+    let back = eventually(Duration::from_secs(10), || {
+        let mut client = TestClient::connect(addr);
+        (0..6).any(|_| get(&mut client, "/", None).text() == "b")
+    });
+    assert!(back, "the recovered server got no traffic");
+    running.shutdown();
+    running.wait();
+    drop((a, b, c));
+}
+
+#[test]
+fn backups_serve_only_while_every_primary_is_down() {
+    let a = named("a");
+    let backup = named("backup");
+    let running = proxy(&format!(
+        "servers = [\"{}\", {{ addr = \"{}\", backup = true }}]\npassive = {{ failures = 1, backoff = \"30s\" }}",
+        a.addr(),
+        backup.addr()
+    ));
+    let addr = running.local_addrs()[0];
+    let mut client = TestClient::connect(addr);
+    for _ in 0..20 {
+        assert_eq!(get(&mut client, "/", None).text(), "a");
+    }
+    a.kill();
+    // The first request finds the primary gone and goes to the backup;
+    // the primary is then ejected and the backup serves the rest.
+    let mut client = TestClient::connect(addr);
+    for _ in 0..20 {
+        let r = get(&mut client, "/", None);
+        assert_eq!((r.status, r.text().as_str()), (200, "backup"));
+    }
+    running.shutdown();
+    running.wait();
+}
+
+#[test]
+fn a_sticky_cookie_pins_the_client_and_repins_when_its_server_goes() {
+    let a = named("a");
+    let b = named("b");
+    let running = proxy(&format!(
+        "{}\nsticky = {{ cookie = \"rw_srv\", ttl = \"1h\" }}\npassive = {{ failures = 1 }}",
+        servers(&[&a, &b])
+    ));
+    let addr = running.local_addrs()[0];
+    let mut client = TestClient::connect(addr);
+    let first = get(&mut client, "/", None);
+    let set = first.header("set-cookie").expect("a sticky cookie").to_owned();
+    assert!(
+        set.starts_with("rw_srv=") && set.contains("Max-Age=3600") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    assert!(
+        !set.contains("127.0.0.1"),
+        "the cookie names the server opaquely: {set}"
+    );
+    let cookie = set.split(';').next().expect("name=value").to_owned();
+    let pinned = first.text();
+    // Round robin alone would alternate; the cookie holds the server.
+    for _ in 0..10 {
+        let r = get(&mut client, "/", Some(&cookie));
+        assert_eq!(r.text(), pinned);
+        assert!(
+            r.header("set-cookie").is_none(),
+            "no new cookie while the pin holds"
+        );
+    }
+    let (gone, other) = if pinned == "a" { (&a, "b") } else { (&b, "a") };
+    gone.kill();
+    let mut client = TestClient::connect(addr);
+    let moved = get(&mut client, "/", Some(&cookie));
+    assert_eq!((moved.status, moved.text().as_str()), (200, other));
+    let repinned = moved.header("set-cookie").expect("a new pin").to_owned();
+    assert_ne!(repinned.split(';').next(), Some(cookie.as_str()));
+    let cookie = repinned.split(';').next().expect("name=value").to_owned();
+    for _ in 0..5 {
+        assert_eq!(get(&mut client, "/", Some(&cookie)).text(), other);
+    }
+    running.shutdown();
+    running.wait();
+}
+
+#[test]
+fn a_503_goes_to_another_server_when_retry_on_says_so() {
+    let failing = Origin::start(|_| {
+        Reply::Bytes(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_vec())
+    });
+    let ok = named("ok");
+    let running = proxy(&format!(
+        "{}\nretries = 1\nretry_on = [\"connect\", \"503\"]\npassive = {{ failures = 0 }}",
+        servers(&[&failing, &ok])
+    ));
+    let addr = running.local_addrs()[0];
+    let mut client = TestClient::connect(addr);
+    for _ in 0..20 {
+        let r = get(&mut client, "/", None);
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert!(
+        !failing.seen().is_empty(),
+        "round robin did send to the failing server"
+    );
+    running.shutdown();
+    running.wait();
+}
+
+#[test]
+fn a_post_the_server_may_have_acted_on_is_not_sent_twice() {
+    // The first server reads the POST and closes without an answer.
+    let closing = Origin::start(|_| Reply::Close);
+    let ok = named("ok");
+    let running = proxy(&format!(
+        "{}\nbalance = \"round_robin\"",
+        servers(&[&closing, &ok])
+    ));
+    let addr = running.local_addrs()[0];
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let mut client = TestClient::connect(addr);
+        client.send(b"POST /order HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc");
+        statuses.push(client.response().status);
+    }
+    // Each POST went to one server only: the closing one's got 502.
+    let posts = closing.seen().len() + ok.seen().len();
+    assert_eq!(posts, 4, "no POST was sent twice");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        closing.seen().len(),
+        "{statuses:?}"
+    );
+    // A GET that meets the same failure goes to the other server.
+    let mut client = TestClient::connect(addr);
+    for _ in 0..4 {
+        assert_eq!(get(&mut client, "/", None).status, 200);
+    }
+    running.shutdown();
+    running.wait();
+}
+
+#[test]
+fn a_slow_server_gets_less_traffic_under_p2c_ewma() {
+    let slow = Origin::start(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        Reply::ok("slow")
+    });
+    let fast1 = named("fast");
+    let fast2 = named("fast");
+    let running = proxy(&format!(
+        "{}\nbalance = \"p2c_ewma\"",
+        servers(&[&slow, &fast1, &fast2])
+    ));
+    let addr = running.local_addrs()[0];
+    let mut client = TestClient::connect(addr);
+    let mut slow_count = 0;
+    for _ in 0..150 {
+        if get(&mut client, "/", None).text() == "slow" {
+            slow_count += 1;
+        }
+    }
+    // Round robin would give it 50 of 150.
+    assert!(slow_count < 20, "the slow server got {slow_count} of 150");
+    running.shutdown();
+    running.wait();
+}
+
+#[test]
+fn consistent_hash_keeps_a_key_on_its_server() {
+    let a = named("a");
+    let b = named("b");
+    let c = named("c");
+    let running = proxy(&format!(
+        "{}\nbalance = \"consistent_hash\"\nhash_key = \"header:X-User\"",
+        servers(&[&a, &b, &c])
+    ));
+    let addr = running.local_addrs()[0];
+    let mut client = TestClient::connect(addr);
+    let mut spread = std::collections::HashSet::new();
+    for user in 0..30 {
+        let ask = |client: &mut TestClient| {
+            client.send(format!("GET / HTTP/1.1\r\nHost: test\r\nX-User: u{user}\r\n\r\n").as_bytes());
+            client.response().text()
+        };
+        let first = ask(&mut client);
+        for _ in 0..3 {
+            assert_eq!(ask(&mut client), first, "user {user} moved");
+        }
+        spread.insert(first);
+    }
+    assert_eq!(spread.len(), 3, "30 users land on every server");
+    running.shutdown();
+    running.wait();
+}

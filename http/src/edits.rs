@@ -1,0 +1,190 @@
+//! Head edits: an overlay of changes on a parsed head that the serialiser
+//! applies as it writes, so the parsed head stays zero-copy (sozu's header
+//! editor is the model).
+//!
+//! [`HeadEdits`] removes fields by name, appends fields, sets a field
+//! (removes every line of it, then appends one), and for requests replaces
+//! the target. It holds nothing and allocates nothing until a hook uses it.
+//! The engine owns framing: fields that frame the message or the connection
+//! (Content-Length, Transfer-Encoding, Connection, Upgrade, Keep-Alive, TE,
+//! Trailer) cannot be edited, and names and values are checked so an edit
+//! cannot split a head.
+
+/// Why an edit was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditError {
+    /// The name is not an HTTP token.
+    BadName,
+    /// The value holds CR, LF or NUL.
+    BadValue,
+    /// The field frames the message or the connection: the engine writes it.
+    Framing,
+}
+
+impl std::fmt::Display for EditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EditError::BadName => "a header name must be a token",
+            EditError::BadValue => "a header value cannot hold CR, LF or NUL",
+            EditError::Framing => "framing fields are the proxy's to write",
+        })
+    }
+}
+
+impl std::error::Error for EditError {}
+
+/// Changes to a head, applied when it is written.
+#[derive(Debug, Default, Clone)]
+pub struct HeadEdits {
+    /// Lowercased names of the fields to drop, each followed by NUL.
+    removed: Vec<u8>,
+    /// The lines to add, each `Name: value\r\n`.
+    added: Vec<u8>,
+    /// A new request target.
+    target: Option<Vec<u8>>,
+}
+
+const FRAMING: [&[u8]; 7] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"upgrade",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+];
+
+fn check_name(name: &str) -> Result<(), EditError> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(EditError::BadName);
+    }
+    let lower = name.to_ascii_lowercase();
+    if FRAMING.contains(&lower.as_bytes()) {
+        return Err(EditError::Framing);
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), EditError> {
+    if value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(EditError::BadValue);
+    }
+    Ok(())
+}
+
+impl HeadEdits {
+    /// No edits, as a constant.
+    pub const EMPTY: HeadEdits = HeadEdits {
+        removed: Vec::new(),
+        added: Vec::new(),
+        target: None,
+    };
+
+    /// No edits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether there is nothing to apply.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty() && self.target.is_none()
+    }
+
+    /// Forgets every edit, keeping the memory for the next head.
+    pub fn clear(&mut self) {
+        self.removed.clear();
+        self.added.clear();
+        self.target = None;
+    }
+
+    /// Drops every line of field `name` from the head.
+    pub fn remove(&mut self, name: &str) -> Result<(), EditError> {
+        check_name(name)?;
+        self.removed.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        self.removed.push(0);
+        Ok(())
+    }
+
+    /// Adds a line `name: value` after the head's own fields.
+    pub fn append(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+        check_name(name)?;
+        check_value(value)?;
+        self.added.extend_from_slice(name.as_bytes());
+        self.added.extend_from_slice(b": ");
+        self.added.extend_from_slice(value);
+        self.added.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// Replaces every line of field `name` with one `name: value`.
+    pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+        check_value(value)?;
+        self.remove(name)?;
+        self.append(name, value)
+    }
+
+    /// Sends the request with `target` instead of its own (origin-form:
+    /// it starts with `/`).
+    pub fn set_target(&mut self, target: &[u8]) -> Result<(), EditError> {
+        if target.first() != Some(&b'/') || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+            return Err(EditError::BadValue);
+        }
+        self.target = Some(target.to_vec());
+        Ok(())
+    }
+
+    /// The replaced target, if any.
+    pub(crate) fn target(&self) -> Option<&[u8]> {
+        self.target.as_deref()
+    }
+
+    /// Whether the head's field `name` is dropped.
+    #[inline]
+    pub(crate) fn removes(&self, name: &[u8]) -> bool {
+        if self.removed.is_empty() {
+            return false;
+        }
+        self.removed
+            .split(|&b| b == 0)
+            .any(|r| !r.is_empty() && r.eq_ignore_ascii_case(name))
+    }
+
+    /// The lines to append.
+    pub(crate) fn added(&self) -> &[u8] {
+        &self.added
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_record_removals_and_lines() {
+        let mut e = HeadEdits::new();
+        assert!(e.is_empty());
+        e.remove("X-Secret").unwrap();
+        e.set("Server", b"ringway").unwrap();
+        e.append("Set-Cookie", b"a=1").unwrap();
+        assert!(e.removes(b"x-secret") && e.removes(b"SERVER") && !e.removes(b"x-secre"));
+        assert_eq!(e.added(), b"Server: ringway\r\nSet-Cookie: a=1\r\n");
+        e.clear();
+        assert!(e.is_empty() && !e.removes(b"server"));
+    }
+
+    #[test]
+    fn edits_cannot_split_a_head_or_touch_framing() {
+        let mut e = HeadEdits::new();
+        assert_eq!(e.append("X", b"a\r\nInjected: 1"), Err(EditError::BadValue));
+        assert_eq!(e.append("X Y", b"a"), Err(EditError::BadName));
+        assert_eq!(e.set("Content-Length", b"1"), Err(EditError::Framing));
+        assert_eq!(e.remove("transfer-encoding"), Err(EditError::Framing));
+        assert_eq!(e.set_target(b"http://x/"), Err(EditError::BadValue));
+        assert_eq!(e.set_target(b"/a b"), Err(EditError::BadValue));
+        assert!(e.is_empty());
+        e.set_target(b"/new?q=1").unwrap();
+        assert_eq!(e.target(), Some(&b"/new?q=1"[..]));
+    }
+}

@@ -1,0 +1,165 @@
+//! The proxy's phases: the seam every mode and module plugs into.
+//!
+//! [`ProxyHooks`] is called by the engine at each phase of an exchange, in
+//! the manner of pingora's `ProxyHttp` but statically dispatched (native
+//! `async fn` in traits, no box per request), with a per-request context
+//! and defaults for everything but the routing decision:
+//!
+//! 1. [`ProxyHooks::request`]: may answer the request itself (auth,
+//!    redirects, preflights, cache hits).
+//! 2. [`ProxyHooks::route`]: where it goes: a [`Peer`], forward-proxy
+//!    addresses, a tunnel, or a local answer.
+//! 3. [`ProxyHooks::upstream_request`]: edits to the head sent upstream.
+//! 4. [`ProxyHooks::attempt_done`]: how an attempt on a peer went (a
+//!    response head, or the error that ended it); may send the request
+//!    again to another peer.
+//! 5. [`ProxyHooks::response`]: edits to the head sent to the client.
+//! 6. [`ProxyHooks::finish`]: the exchange is over (logs, metrics).
+
+use std::{future::Future, net::SocketAddr, rc::Rc, time::Duration};
+
+use ringway_core::Error;
+
+use crate::{
+    edits::HeadEdits,
+    engine::ClientInfo,
+    head::{RequestHead, ResponseHead},
+    reply::LocalReply,
+};
+
+/// A server an attempt goes to, with the settings of its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Connect timeout; `None`: the listener's.
+    pub connect_timeout: Option<Duration>,
+    /// Time allowed for the response head once the request is sent;
+    /// `None`: the listener's.
+    pub response_timeout: Option<Duration>,
+}
+
+impl Peer {
+    /// A peer at `addr` with the listener's timeouts.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            connect_timeout: None,
+            response_timeout: None,
+        }
+    }
+}
+
+/// Where a request goes, as the hooks decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Forward to this server (reverse proxy).
+    Peer(Peer),
+    /// Forward to the first of these addresses that accepts a connection
+    /// (forward proxy: the destination's permitted addresses).
+    Forward(Rc<[SocketAddr]>),
+    /// CONNECT: open a tunnel to the first of these addresses that accepts.
+    Connect(Rc<[SocketAddr]>),
+    /// Answer directly.
+    Reply(LocalReply),
+}
+
+/// How one attempt on a peer ended.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptResult<'a> {
+    /// A final response head came back (interim ones are not reported).
+    Response(&'a ResponseHead),
+    /// The attempt failed before a response head: no connection, a reset,
+    /// a close, a timeout, a malformed head.
+    Failed(&'a Error),
+}
+
+/// One attempt on a peer, as [`ProxyHooks::attempt_done`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The peer it went to.
+    pub peer: &'a Peer,
+    /// How it ended.
+    pub result: AttemptResult<'a>,
+    /// Whether any byte of the request may have reached the peer (false
+    /// when the connection could not be made).
+    pub sent: bool,
+    /// Whether the engine can still send the request elsewhere: its body
+    /// (if any) is all in hand and nothing of an answer went to the client.
+    pub replayable: bool,
+    /// The worker's coarse clock, in milliseconds.
+    pub now_ms: u64,
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Keep the result: the response goes to the client, or the error is
+    /// answered.
+    No,
+    /// Send the request again, to this peer (honoured only while the
+    /// attempt was replayable).
+    Another(Peer),
+}
+
+/// An exchange that is over, as [`ProxyHooks::finish`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// The status sent (0: none could be; 499: the client left first).
+    pub status: u16,
+    /// The last peer tried, if any.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// A mode's logic at each phase of an exchange; the engine does the rest.
+pub trait ProxyHooks: 'static {
+    /// State of one request, fresh for each (reset to its default).
+    type Ctx: Default;
+
+    /// Called first, once the head passed every framing rule: a reply
+    /// answers the request without routing it. The default goes on.
+    fn request(
+        &self,
+        req: &RequestHead,
+        client: &ClientInfo,
+        cx: &mut Self::Ctx,
+    ) -> impl Future<Output = Option<LocalReply>> {
+        let _ = (req, client, cx);
+        std::future::ready(None)
+    }
+
+    /// Decides where `req` goes, or answers it.
+    fn route(
+        &self,
+        req: &RequestHead,
+        client: &ClientInfo,
+        cx: &mut Self::Ctx,
+    ) -> impl Future<Output = Route>;
+
+    /// Edits the head sent to `peer`, before each attempt. The default
+    /// sends it as the engine writes it.
+    fn upstream_request(&self, req: &RequestHead, peer: &Peer, edits: &mut HeadEdits, cx: &mut Self::Ctx) {
+        let _ = (req, peer, edits, cx);
+    }
+
+    /// Reports how an attempt on a [`Route::Peer`] ended, and decides
+    /// whether the request goes again elsewhere. The default keeps the
+    /// result.
+    fn attempt_done(&self, req: &RequestHead, attempt: &Attempt<'_>, cx: &mut Self::Ctx) -> Retry {
+        let _ = (req, attempt, cx);
+        Retry::No
+    }
+
+    /// Edits the final response head sent to the client. The default
+    /// sends it as the engine writes it.
+    fn response(&self, req: &RequestHead, resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut Self::Ctx) {
+        let _ = (req, resp, edits, cx);
+    }
+
+    /// The exchange is over, whatever its end (not called for requests
+    /// whose head failed to parse, nor when the connection is dropped
+    /// mid-exchange: the context's drop sees those).
+    fn finish(&self, req: &RequestHead, summary: &Summary, cx: &mut Self::Ctx) {
+        let _ = (req, summary, cx);
+    }
+}
