@@ -4,14 +4,17 @@
 //! settings (core), then on each worker thread one upstream pool and one
 //! DNS resolver shared by that worker's listeners, and per listener its
 //! handler (reverse: the route table and per-worker balancers; forward: the
-//! ACL, authentication and PAC settings) inside an HTTP engine; and once
+//! ACL, authentication and PAC settings) inside an HTTP engine, or for a
+//! tcp listener its L4 balancer; and once
 //! per process the health prober of the upstreams that have checks.
 
 use std::{net::SocketAddr, rc::Rc, sync::Arc};
 
 use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
-use ringway_http::{ClientInfo, Engine, ForwardHandler, Prober, ReverseHandler, UpstreamPool};
+use ringway_http::{
+    ClientInfo, Engine, ForwardHandler, Prober, ReverseHandler, TcpBalancer, TunnelOptions, UpstreamPool,
+};
 
 use crate::config::{Config, ListenerMode};
 
@@ -19,6 +22,7 @@ use crate::config::{Config, ListenerMode};
 enum ListenerEngine {
     Reverse(Engine<ReverseHandler>),
     Forward(Engine<ForwardHandler>),
+    Tcp(TcpBalancer),
 }
 
 /// Everything one worker serves with.
@@ -39,6 +43,7 @@ impl WorkerApp for WorkerListeners {
         match engine {
             ListenerEngine::Reverse(e) => Box::pin(e.serve(stream, client, &conn)).await,
             ListenerEngine::Forward(e) => Box::pin(e.serve(stream, client, &conn)).await,
+            ListenerEngine::Tcp(b) => Box::pin(b.serve(stream, client, &conn)).await,
         }
     }
 
@@ -117,6 +122,15 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
                         Arc::clone(&worker.own_addresses),
                     );
                     ListenerEngine::Forward(Engine::new(name, handler, engine_settings, Rc::clone(&pool)))
+                }
+                ListenerMode::Tcp { upstream } => {
+                    let tunnel = TunnelOptions {
+                        idle: engine_settings.timeouts.tunnel_idle,
+                        splice: engine_settings.splice,
+                    };
+                    let group = Arc::clone(&config.upstreams[*upstream]);
+                    let connect = engine_settings.timeouts.connect;
+                    ListenerEngine::Tcp(TcpBalancer::new(name, group, worker.index, connect, tunnel))
                 }
             };
             (engine, l.spec.addr)

@@ -243,6 +243,14 @@ fn summary(path: &Path, c: &Config) -> String {
                     l.spec.name, l.spec.addr
                 );
             }
+            ListenerMode::Tcp { upstream } => {
+                let name = c.upstreams.get(*upstream).map_or("?", |u| u.name.as_str());
+                let _ = writeln!(
+                    out,
+                    "listener {:?}: {} tcp, upstream {name:?}",
+                    l.spec.name, l.spec.addr
+                );
+            }
             ListenerMode::Forward { settings } => {
                 let acl = &settings.acl;
                 let auth = settings
@@ -331,6 +339,13 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
         match listener.mode {
             ListenerMode::Reverse { .. } => {
                 tracing::info!("listener {:?}: reverse proxy on {addr}", listener.spec.name);
+            }
+            ListenerMode::Tcp { upstream } => {
+                let name = config.upstreams.get(upstream).map_or("?", |u| u.name.as_str());
+                tracing::info!(
+                    "listener {:?}: tcp proxy on {addr} to upstream {name:?}",
+                    listener.spec.name
+                );
             }
             ListenerMode::Forward { .. } => {
                 tracing::info!("listener {:?}: forward proxy on {addr}", listener.spec.name);

@@ -262,3 +262,39 @@ fn consistent_hash_keeps_a_key_on_its_server() {
     running.shutdown();
     running.wait();
 }
+
+#[test]
+fn a_tcp_listener_balances_connections_and_skips_a_dead_server() {
+    let a = named("a");
+    let b = named("b");
+    let dead = ringway_tests::refused_addr();
+    let source = format!(
+        "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+         [[listener]]\nname = \"l4\"\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{dead}\", \"{}\"]\n",
+        a.addr(),
+        b.addr()
+    );
+    let config = config::parse(Path::new("test.toml"), &source).expect("valid");
+    let running = factory::start(&config).expect("the proxy starts");
+    let addr = running.local_addrs()[0];
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        // The bytes are relayed as they are: the origins see this request.
+        let mut client = TestClient::connect(addr);
+        answers.push(get(&mut client, "/", None).text());
+    }
+    let from_a = answers.iter().filter(|t| *t == "a").count();
+    let from_b = answers.iter().filter(|t| *t == "b").count();
+    assert_eq!(
+        from_a + from_b,
+        12,
+        "every connection reached a live server: {answers:?}"
+    );
+    assert!(
+        from_a >= 4 && from_b >= 4,
+        "both servers took connections: {answers:?}"
+    );
+    running.shutdown();
+    running.wait();
+}

@@ -30,6 +30,7 @@ pub mod head;
 mod health;
 mod hooks;
 mod io;
+mod l4;
 mod limits;
 mod pool;
 mod reply;
@@ -45,6 +46,7 @@ pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use health::{HealthCheck, Probe, Prober};
 pub use hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary};
+pub use l4::TcpBalancer;
 pub use limits::{
     BodyRate, EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName,
     DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,

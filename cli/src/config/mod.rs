@@ -233,6 +233,7 @@ pub(crate) struct ListenerSection {
     pub(crate) pac: Option<String>,
     pub(crate) pac_direct: Option<Vec<String>>,
     pub(crate) deny_page: Option<String>,
+    pub(crate) upstream: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +258,11 @@ pub enum ListenerMode {
     Forward {
         /// Its ACL, authentication and PAC settings.
         settings: Arc<ForwardSettings>,
+    },
+    /// An L4 (TCP) load balancer.
+    Tcp {
+        /// Index of the upstream group connections go to.
+        upstream: usize,
     },
 }
 
@@ -921,10 +927,26 @@ impl Validator {
                     };
                     self.forward(l, &name, addr, named, &at)
                 }
+                "tcp" => match l.upstream.as_deref() {
+                    None => {
+                        self.problem(at.key("upstream"), "a tcp listener needs an upstream");
+                        None
+                    }
+                    Some(upstream) => match by_name.get(upstream) {
+                        Some(&index) => Some(ListenerMode::Tcp { upstream: index }),
+                        None => {
+                            self.problem(
+                                at.key("upstream"),
+                                format!("no [[upstream]] is named {upstream:?}"),
+                            );
+                            None
+                        }
+                    },
+                },
                 other => {
                     self.problem(
                         at.key("mode"),
-                        format!("unknown mode {other:?}: expected \"reverse\" or \"forward\""),
+                        format!("unknown mode {other:?}: expected \"reverse\", \"forward\" or \"tcp\""),
                     );
                     None
                 }
@@ -954,14 +976,18 @@ impl Validator {
             ("route", !l.routes.is_empty()),
             ("forwarded", l.forwarded.is_some()),
         ];
-        let (wrong, other) = match mode {
-            "reverse" => (&forward_keys[..], "forward"),
-            "forward" => (&reverse_keys[..], "reverse"),
+        let tcp_keys = [("upstream", l.upstream.is_some())];
+        let wrong: &[(&[(&str, bool)], &str)] = match mode {
+            "reverse" => &[(&forward_keys, "forward"), (&tcp_keys, "tcp")],
+            "forward" => &[(&reverse_keys, "reverse"), (&tcp_keys, "tcp")],
+            "tcp" => &[(&forward_keys, "forward"), (&reverse_keys, "reverse")],
             _ => return,
         };
-        for (key, present) in wrong {
-            if *present {
-                self.problem(at.key(key), format!("{key} applies to {other} listeners only"));
+        for (keys, other) in wrong {
+            for (key, present) in keys.iter() {
+                if *present {
+                    self.problem(at.key(key), format!("{key} applies to {other} listeners only"));
+                }
             }
         }
     }

@@ -460,3 +460,155 @@ fn parse_status_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, Strin
     }
     Ok(low..=high)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ringway_balancer::{Algorithm, HashKey};
+    use ringway_http::Probe;
+
+    use crate::config::parse;
+
+    fn source(upstream: &str) -> String {
+        format!(
+            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n\n[[upstream]]\nname = \"app\"\n{upstream}\n"
+        )
+    }
+
+    fn errors(upstream: &str) -> Vec<String> {
+        match parse(Path::new("t.toml"), &source(upstream)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_key_of_an_upstream_is_read() {
+        let text = source(
+            r#"servers = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 3, max_connections = 7 },
+           { addr = "127.0.0.1:9002", backup = true }]
+balance = "consistent_hash"
+hash_key = "cookie:session"
+balance_factor = 0.5
+health = { path = "/up", interval = "3s", timeout = "500ms", healthy = 4, unhealthy = 5, expect_status = "200-204" }
+passive = { failures = 2, backoff = "5s", max_backoff = "1m", on_5xx = true }
+retries = 3
+retry_on = ["connect", "503"]
+retry_budget = 0.1
+retry_budget_min = 2
+total_timeout = "9s"
+connect_timeout = "2s"
+response_timeout = "20s"
+fail_open = false
+sticky = { cookie = "pin", ttl = "1h", secret = "s3" }"#,
+        );
+        let c = parse(Path::new("t.toml"), &text).unwrap();
+        let g = &c.upstreams[0];
+        assert_eq!(g.servers[1].weight, 3);
+        assert_eq!(g.servers[1].max_connections, Some(7));
+        assert!(g.servers[2].backup && !g.servers[0].backup);
+        assert_eq!(
+            g.algorithm,
+            Algorithm::ConsistentHash {
+                key: HashKey::Cookie("session".into()),
+                balance_factor: 0.5
+            }
+        );
+        assert_eq!((g.passive.failures, g.passive.on_5xx), (2, true));
+        assert_eq!(g.passive.backoff.as_secs(), 5);
+        assert_eq!(g.retry.retries, 3);
+        assert!(g.retry.on.connect && g.retry.on.status_503 && !g.retry.on.reset);
+        assert_eq!((g.retry.budget_ratio, g.retry.budget_min_per_second), (0.1, 2));
+        assert_eq!(g.retry.total_timeout.map(|d| d.as_secs()), Some(9));
+        assert_eq!(g.connect_timeout.map(|d| d.as_secs()), Some(2));
+        assert_eq!(g.response_timeout.map(|d| d.as_secs()), Some(20));
+        assert!(!g.fail_open);
+        let sticky = g.sticky.as_ref().unwrap();
+        assert_eq!(
+            (sticky.cookie.as_str(), sticky.ttl.map(|d| d.as_secs())),
+            ("pin", Some(3600))
+        );
+        let (group, check) = &c.health_checks[0];
+        assert_eq!(*group, 0);
+        assert_eq!(
+            (check.healthy, check.unhealthy, check.interval.as_secs()),
+            (4, 5, 3)
+        );
+        assert_eq!(
+            check.probe,
+            Probe::Http {
+                path: "/up".into(),
+                host: None,
+                expect: 200..=204
+            }
+        );
+    }
+
+    #[test]
+    fn weights_under_plain_round_robin_interleave() {
+        let text = source(r#"servers = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 2 }]"#);
+        let c = parse(Path::new("t.toml"), &text).unwrap();
+        assert_eq!(c.upstreams[0].algorithm, Algorithm::WeightedRoundRobin);
+        assert!(c.health_checks.is_empty());
+    }
+
+    #[test]
+    fn mistakes_name_the_file_line_and_key() {
+        let servers = "servers = [\"127.0.0.1:9000\"]\n";
+        let cases = [
+            (
+                "balance = \"fastest\"",
+                "t.toml:12: upstream[0].balance: unknown balance \"fastest\"",
+            ),
+            (
+                "balance = \"consistent_hash\"\nhash_key = \"body\"",
+                "t.toml:13: upstream[0].hash_key: unknown hash_key \"body\"",
+            ),
+            (
+                "hash_key = \"path\"",
+                "t.toml:12: upstream[0].hash_key: hash_key applies only",
+            ),
+            ("retries = 9", "t.toml:12: upstream[0].retries: must be at most 7"),
+            (
+                "retry_on = [\"connect\", \"418\"]",
+                "t.toml:12: upstream[0].retry_on[1]: unknown retry condition \"418\"",
+            ),
+            (
+                "health = { path = \"/h\", expect_status = \"300-200\" }",
+                "t.toml:12: upstream[0].health.expect_status: \"300-200\": the range is empty",
+            ),
+            (
+                "health = { interval = \"2s\" }",
+                "t.toml:12: upstream[0].health.path: a check needs a path",
+            ),
+            (
+                "sticky = { cookie = \"a b\" }",
+                "t.toml:12: upstream[0].sticky.cookie: \"a b\" is not a valid cookie name",
+            ),
+            (
+                "passive = { backoff = \"soon\" }",
+                "t.toml:12: upstream[0].passive.backoff: invalid duration",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let found = errors(&format!("{servers}{keys}"));
+            assert!(found.iter().any(|e| e.starts_with(expected)), "{keys}: {found:?}");
+        }
+        let table = errors("servers = [{ addr = \"127.0.0.1:9000\", weight = 0 }]");
+        assert!(
+            table
+                .iter()
+                .any(|e| e.starts_with("t.toml:11: upstream[0].servers[0].weight: must be at least 1")),
+            "{table:?}"
+        );
+        let backups = errors("servers = [{ addr = \"127.0.0.1:9000\", backup = true }]");
+        assert!(
+            backups.iter().any(|e| e.contains("every server is a backup")),
+            "{backups:?}"
+        );
+        let twice = errors("servers = [\"127.0.0.1:9000\", \"127.0.0.1:9000\"]");
+        assert!(twice.iter().any(|e| e.contains("listed twice")), "{twice:?}");
+    }
+}

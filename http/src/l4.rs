@@ -1,0 +1,106 @@
+//! L4 (TCP) load balancing: a listener whose connections are relayed,
+//! byte for byte, to a server of an upstream group, picked by the same
+//! balancer (algorithm, health, backups, limits) as HTTP requests.
+//!
+//! A connection that cannot be made to the picked server goes to another
+//! one not tried yet, up to the group's `retries`; the connect outcome
+//! feeds passive health. Once connected, the two sockets are spliced
+//! together (or copied, with `splice = false`) until both directions end
+//! or the tunnel idles past its timeout. Consistent hashing keys on the
+//! client's IP address.
+
+use std::{net::IpAddr, rc::Rc, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use ringway_balancer::{key_hash, Balancer, Outcome, Tried, UpstreamGroup};
+use ringway_core::ConnCtx;
+
+use crate::engine::{ClientInfo, ClientStream, TunnelOptions};
+
+/// One TCP listener's balancer on one worker.
+pub struct TcpBalancer {
+    listener: Rc<str>,
+    balancer: Rc<Balancer>,
+    connect_timeout: Duration,
+    tunnel: TunnelOptions,
+}
+
+impl TcpBalancer {
+    /// A balancer for listener `listener` over `group` on worker `worker`;
+    /// `connect_timeout` applies where the group sets none.
+    pub fn new(
+        listener: &str,
+        group: Arc<UpstreamGroup>,
+        worker: usize,
+        connect_timeout: Duration,
+        tunnel: TunnelOptions,
+    ) -> Self {
+        let connect_timeout = group.connect_timeout.unwrap_or(connect_timeout);
+        Self {
+            listener: Rc::from(listener),
+            balancer: Rc::new(Balancer::new(group, worker)),
+            connect_timeout,
+            tunnel,
+        }
+    }
+
+    /// Relays `client` to a server until the connection ends.
+    pub async fn serve(&self, client: TcpStream, info: ClientInfo, conn: &ConnCtx) {
+        let group = self.balancer.group();
+        let key = match info.peer.ip() {
+            IpAddr::V4(ip) => key_hash(&ip.octets()),
+            IpAddr::V6(ip) => key_hash(&ip.octets()),
+        };
+        let mut tried = Tried::default();
+        self.balancer.record_request(conn.clock_ms());
+        for attempt in 0..=group.retry.retries {
+            let now = conn.clock_ms();
+            if attempt > 0 && !self.balancer.try_retry(now) {
+                break;
+            }
+            let lease = match self.balancer.pick(key, &tried, now) {
+                Ok(lease) => lease,
+                Err(why) => {
+                    tracing::warn!(listener = &*self.listener, upstream = %group.name, "no server can take the connection: {why:?}");
+                    return;
+                }
+            };
+            tried.add(lease.peer());
+            let addr = lease.addr();
+            let started = std::time::Instant::now();
+            let connected = monoio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await;
+            let upstream = match connected {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(e)) => {
+                    tracing::warn!(listener = &*self.listener, upstream = %group.name, server = %addr, "connect failed: {e}");
+                    lease.finish(Outcome::Failure, conn.clock_ms());
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(listener = &*self.listener, upstream = %group.name, server = %addr, "connect timed out");
+                    lease.finish(Outcome::Failure, conn.clock_ms());
+                    continue;
+                }
+            };
+            let _ = upstream.set_nodelay(true);
+            let latency = started.elapsed();
+            // Boxed: a tunnel's state is large.
+            let moved =
+                Box::pin(client.tunnel_with(BytesMut::new(), upstream, BytesMut::new(), self.tunnel, conn))
+                    .await;
+            lease.finish(Outcome::Success { latency }, conn.clock_ms());
+            tracing::debug!(
+                listener = &*self.listener,
+                client = %info.peer,
+                upstream = %group.name,
+                server = %addr,
+                bytes_up = moved.upstream,
+                bytes_down = moved.downstream,
+                "tcp connection closed"
+            );
+            return;
+        }
+        tracing::warn!(listener = &*self.listener, upstream = %group.name, client = %info.peer, "no server accepted the connection");
+    }
+}
