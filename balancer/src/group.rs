@@ -251,6 +251,13 @@ pub struct UpstreamGroup {
     ring: Option<Ring>,
     /// Running sums of the weights, for weighted random picks.
     weight_sums: Box<[u64]>,
+    /// The weights, dense, for the scans of weighted round robin and
+    /// least connections.
+    weights: Box<[i64]>,
+    /// Backup servers, one bit each.
+    backups: Box<[u64]>,
+    /// Servers with a connection limit.
+    limited: Box<[usize]>,
     uniform: bool,
 }
 
@@ -268,6 +275,16 @@ impl UpstreamGroup {
             })
             .collect();
         let uniform = servers.windows(2).all(|w| w[0].weight == w[1].weight);
+        let weights = servers.iter().map(|s| i64::from(s.weight.max(1))).collect();
+        let mut backups = vec![0u64; servers.len().div_ceil(64)];
+        for (i, s) in servers.iter().enumerate() {
+            if s.backup {
+                backups[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let limited = (0..servers.len())
+            .filter(|&i| servers[i].max_connections.is_some())
+            .collect();
         let health = Arc::new(HealthTable::new(&servers));
         Self {
             name: name.into(),
@@ -282,6 +299,9 @@ impl UpstreamGroup {
             health,
             ring,
             weight_sums,
+            weights,
+            backups: backups.into_boxed_slice(),
+            limited,
             uniform,
         }
     }
@@ -316,6 +336,22 @@ impl UpstreamGroup {
 
     pub(crate) fn weight_sums(&self) -> &[u64] {
         &self.weight_sums
+    }
+
+    pub(crate) fn weights(&self) -> &[i64] {
+        &self.weights
+    }
+
+    pub(crate) fn backup_words(&self) -> &[u64] {
+        &self.backups
+    }
+
+    pub(crate) fn has_limits(&self) -> bool {
+        !self.limited.is_empty()
+    }
+
+    pub(crate) fn limited(&self) -> impl Iterator<Item = usize> + '_ {
+        self.limited.iter().copied()
     }
 
     pub(crate) fn uniform_weights(&self) -> bool {

@@ -39,6 +39,12 @@ impl HealthTable {
         self.down[peer / 64].load(Ordering::Relaxed) & (1 << (peer % 64)) == 0
     }
 
+    /// Bits 64w..64w+63 of the down set (0 past the end).
+    #[inline]
+    pub(crate) fn down_word(&self, w: usize) -> u64 {
+        self.down.get(w).map_or(0, |word| word.load(Ordering::Relaxed))
+    }
+
     /// Whether any server is held down.
     #[inline]
     pub fn any_down(&self) -> bool {

@@ -27,7 +27,7 @@ pub use group::{
 };
 pub use hash::hash_bytes;
 pub use health::{CheckCounter, HealthTable, Transition};
-pub use picker::{Balancer, HealthEvent, Lease, NoPeer, Outcome, PeerId, Tried, MAX_ATTEMPTS};
+pub use picker::{Balancer, HealthEvent, Lease, NoPeer, Outcome, PeerId, Tried, MAX_ATTEMPTS, MAX_SERVERS};
 
 #[cfg(test)]
 mod tests;

@@ -46,6 +46,11 @@ impl Tried {
         }
     }
 
+    /// The servers tried, as indices.
+    pub(crate) fn ids(&self) -> &[u16] {
+        &self.ids[..usize::from(self.len)]
+    }
+
     /// Whether `peer` was tried.
     #[inline]
     pub fn contains(&self, peer: PeerId) -> bool {
@@ -118,9 +123,6 @@ const FAILURE_PENALTY_NS: f64 = 1e9;
 
 #[derive(Debug, Default)]
 struct ServerState {
-    in_flight: Cell<u32>,
-    /// Smooth weighted round robin's current weight.
-    current: Cell<i64>,
     /// Peak-EWMA latency in nanoseconds, and when it was last updated.
     latency_ns: Cell<f64>,
     latency_at_ms: Cell<u64>,
@@ -137,11 +139,17 @@ struct ServerState {
 pub struct Balancer {
     group: Arc<UpstreamGroup>,
     servers: Box<[ServerState]>,
+    /// Requests in flight from this worker, by server (dense: scanned).
+    in_flight: Box<[Cell<u32>]>,
+    /// Smooth weighted round robin's current weights, by server.
+    current: Box<[Cell<i64>]>,
     /// Round robin's next server, and the rotating start of scans.
     next: Cell<usize>,
     rng: Cell<u64>,
-    /// Servers ejected or on probation on this worker.
+    /// Servers ejected or on probation on this worker: how many, and
+    /// which.
     ejected: Cell<u32>,
+    ejected_bits: [Cell<u64>; MASK_WORDS],
     total_in_flight: Cell<u32>,
     /// The clock of the pick under way.
     now_ms: Cell<u64>,
@@ -157,9 +165,12 @@ impl Balancer {
         let budget = RetryBudget::new(group.retry.budget_ratio, group.retry.budget_min_per_second);
         Self {
             servers: (0..group.len()).map(|_| ServerState::default()).collect(),
+            in_flight: (0..group.len()).map(|_| Cell::new(0)).collect(),
+            current: (0..group.len()).map(|_| Cell::new(0)).collect(),
             next: Cell::new(worker % n),
             rng: Cell::new(mix(0x5eed ^ (worker as u64 + 1))),
             ejected: Cell::new(0),
+            ejected_bits: Default::default(),
             total_in_flight: Cell::new(0),
             now_ms: Cell::new(0),
             budget,
@@ -179,7 +190,7 @@ impl Balancer {
 
     /// Requests in flight from this worker to server `peer`.
     pub fn in_flight(&self, peer: PeerId) -> u32 {
-        self.servers[peer].in_flight.get()
+        self.in_flight[peer].get()
     }
 
     /// Picks a server for an attempt: `key` is the request's hash for
@@ -219,8 +230,8 @@ impl Balancer {
     }
 
     fn lease(self: &Rc<Self>, peer: PeerId, fail_open: bool) -> Lease {
-        let s = &self.servers[peer];
-        s.in_flight.set(s.in_flight.get() + 1);
+        let load = &self.in_flight[peer];
+        load.set(load.get() + 1);
         self.total_in_flight.set(self.total_in_flight.get() + 1);
         Lease {
             balancer: Rc::clone(self),
@@ -260,25 +271,79 @@ impl Balancer {
         }
     }
 
+    /// The servers not tried by this request, as bits, without those at
+    /// their connection limit: the base of every candidate set.
+    fn open_mask(&self, tried: &Tried) -> Mask {
+        let n = self.servers.len();
+        let mut mask = Mask::full(n);
+        for &t in tried.ids() {
+            mask.clear(usize::from(t));
+        }
+        if self.group.has_limits() {
+            for i in self.group.limited() {
+                if !self.under_limit(i) {
+                    mask.clear(i);
+                }
+            }
+        }
+        mask
+    }
+
+    /// Of `open`, the servers that are healthy: up by active checks and
+    /// not ejected by this worker.
+    #[inline]
+    fn healthy_mask(&self, open: &Mask, now_ms: u64) -> Mask {
+        let mut mask = *open;
+        let health = &self.group.health;
+        let any_ejected = self.ejected.get() != 0;
+        for w in 0..mask.len {
+            let mut word = mask.words[w] & !health.down_word(w);
+            if any_ejected {
+                // Only the ejected servers' clocks are read.
+                let mut out = word & self.ejected_bits[w].get();
+                while out != 0 {
+                    let b = out.trailing_zeros() as usize;
+                    out &= out - 1;
+                    if self.servers[w * 64 + b].ejected_until.get() > now_ms {
+                        word &= !(1 << b);
+                    }
+                }
+            }
+            mask.words[w] = word;
+        }
+        mask
+    }
+
     /// The server for the next attempt, and whether the pick failed open.
     fn choose(&self, key: u64, tried: &Tried, now_ms: u64) -> Result<(PeerId, bool), NoPeer> {
-        let servers = &self.group.servers;
         self.now_ms.set(now_ms);
-        if tried.len() >= servers.len() {
+        if tried.len() >= self.servers.len() {
             return Err(NoPeer::AllTried);
         }
-        let primary = |i: PeerId| !servers[i].backup && self.usable(i, tried, now_ms);
+        let open = self.open_mask(tried);
+        let healthy = self.healthy_mask(&open, now_ms);
+        let backups = self.group.backup_words();
+        let (mut primary, mut backup) = (healthy, healthy);
+        for w in 0..primary.len {
+            let b = backups.get(w).copied().unwrap_or(0);
+            primary.words[w] &= !b;
+            backup.words[w] &= b;
+        }
         if let Some(peer) = self.by_algorithm(key, &primary) {
             return Ok((peer, false));
         }
-        let backup = |i: PeerId| servers[i].backup && self.usable(i, tried, now_ms);
         if let Some(peer) = self.by_algorithm(key, &backup) {
             return Ok((peer, false));
         }
-        // Nothing healthy: is it the limits, or health?
-        let open = |i: PeerId| !tried.contains(i) && self.under_limit(i);
-        let healthy_but_full = (0..servers.len()).any(|i| !tried.contains(i) && self.healthy(i, now_ms));
-        if healthy_but_full {
+        // Nothing healthy under its limit: is it the limits, or health?
+        let untried = {
+            let mut m = Mask::full(self.servers.len());
+            for &t in tried.ids() {
+                m.clear(usize::from(t));
+            }
+            m
+        };
+        if !self.healthy_mask(&untried, now_ms).is_empty() {
             return Err(NoPeer::AtLimit);
         }
         if !self.group.fail_open {
@@ -286,12 +351,15 @@ impl Balancer {
         }
         match self.by_algorithm(key, &open) {
             Some(peer) => Ok((peer, true)),
-            None if (0..servers.len()).any(|i| !tried.contains(i)) => Err(NoPeer::AtLimit),
+            None if !untried.is_empty() => Err(NoPeer::AtLimit),
             None => Err(NoPeer::AllTried),
         }
     }
 
-    fn by_algorithm(&self, key: u64, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+    fn by_algorithm(&self, key: u64, ok: &Mask) -> Option<PeerId> {
+        if ok.is_empty() {
+            return None;
+        }
         match &self.group.algorithm {
             Algorithm::RoundRobin => self.round_robin(ok),
             Algorithm::WeightedRoundRobin => self.smooth_weighted(ok),
@@ -302,14 +370,8 @@ impl Balancer {
         }
     }
 
-    /// The first acceptable server from `start` on, wrapping.
-    fn first_from(&self, start: usize, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
-        let n = self.servers.len();
-        (start..n).chain(0..start).find(|&i| ok(i))
-    }
-
-    fn round_robin(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
-        let peer = self.first_from(self.next.get(), ok)?;
+    fn round_robin(&self, ok: &Mask) -> Option<PeerId> {
+        let peer = ok.first_from(self.next.get())?;
         self.next.set(if peer + 1 == self.servers.len() {
             0
         } else {
@@ -321,24 +383,26 @@ impl Balancer {
     /// nginx's smooth weighted round robin: every server gains its weight,
     /// the richest is picked and pays the total. Weights 5, 1, 1 give
     /// a a b a c a a, not a a a a a b c.
-    fn smooth_weighted(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+    fn smooth_weighted(&self, ok: &Mask) -> Option<PeerId> {
+        let weights = self.group.weights();
         let mut total = 0i64;
         let mut best: Option<(PeerId, i64)> = None;
-        for (i, server) in self.group.servers.iter().enumerate() {
-            if !ok(i) {
-                continue;
-            }
-            let weight = i64::from(server.weight.max(1));
-            let state = &self.servers[i];
-            let current = state.current.get() + weight;
-            state.current.set(current);
-            total += weight;
-            if best.is_none_or(|(_, c)| current > c) {
-                best = Some((i, current));
+        for (w, &word) in ok.words[..ok.len].iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let weight = weights[i];
+                let current = self.current[i].get() + weight;
+                self.current[i].set(current);
+                total += weight;
+                if best.is_none_or(|(_, c)| current > c) {
+                    best = Some((i, current));
+                }
             }
         }
         let (peer, current) = best?;
-        self.servers[peer].current.set(current - total);
+        self.current[peer].set(current - total);
         Some(peer)
     }
 
@@ -365,53 +429,62 @@ impl Balancer {
         sums.partition_point(|&s| s <= point).min(n - 1)
     }
 
-    fn random(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
-        if self.servers.is_empty() {
-            return None;
-        }
+    fn random(&self, ok: &Mask) -> Option<PeerId> {
         let at = self.random_index();
-        if ok(at) {
+        if ok.contains(at) {
             return Some(at);
         }
-        self.first_from(at, ok)
+        ok.first_from(at)
     }
 
-    fn least_conn(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+    fn least_conn(&self, ok: &Mask) -> Option<PeerId> {
         let n = self.servers.len();
         let start = self.next.get() % n.max(1);
-        let mut best: Option<(PeerId, u64, u64)> = None;
-        for i in (start..n).chain(0..start) {
-            if !ok(i) {
-                continue;
-            }
-            let load = u64::from(self.servers[i].in_flight.get());
-            let weight = u64::from(self.group.servers[i].weight.max(1));
-            // load / weight < best_load / best_weight, without division.
-            if best.is_none_or(|(_, l, w)| load * w < l * weight) {
-                best = Some((i, load, weight));
+        let weights = self.group.weights();
+        // Ties go to the first server from the rotating start.
+        let mut best: Option<(PeerId, u64, u64, usize)> = None;
+        for (w, &word) in ok.words[..ok.len].iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let load = u64::from(self.in_flight[i].get());
+                let weight = weights[i] as u64;
+                let rank = if i >= start { i - start } else { i + n - start };
+                // load / weight < best_load / best_weight, without division.
+                let better = match best {
+                    None => true,
+                    Some((_, l, bw, r)) => {
+                        let (a, b) = (load * bw, l * weight);
+                        a < b || (a == b && rank < r)
+                    }
+                };
+                if better {
+                    best = Some((i, load, weight, rank));
+                }
             }
         }
         let (peer, ..) = best?;
-        // Ties rotate.
         self.next.set(if peer + 1 >= n { 0 } else { peer + 1 });
         Some(peer)
     }
 
     /// Power of two choices over peak-EWMA latency times load.
-    fn p2c(&self, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+    fn p2c(&self, ok: &Mask) -> Option<PeerId> {
         let a = self.random(ok)?;
         let n = self.servers.len();
         let mut b = self.random_index();
-        if b == a || !ok(b) {
-            b = match self.first_from((b + 1) % n, &|i| i != a && ok(i)) {
+        if b == a || !ok.contains(b) {
+            let mut others = *ok;
+            others.clear(a);
+            b = match others.first_from((b + 1) % n) {
                 Some(b) => b,
                 None => return Some(a),
             };
         }
+        let weights = self.group.weights();
         let cost = |i: PeerId| {
-            let s = &self.servers[i];
-            let weight = f64::from(self.group.servers[i].weight.max(1));
-            (self.decayed_latency(i) + 1.0) * f64::from(s.in_flight.get() + 1) / weight
+            (self.decayed_latency(i) + 1.0) * f64::from(self.in_flight[i].get() + 1) / weights[i] as f64
         };
         Some(if cost(b) < cost(a) { b } else { a })
     }
@@ -430,21 +503,21 @@ impl Balancer {
     /// Consistent hashing with bounded loads: clockwise from the key's
     /// point, the first server that is acceptable and below
     /// `ceil((1 + e) x mean load)`.
-    fn consistent(&self, key: u64, e: f64, ok: &impl Fn(PeerId) -> bool) -> Option<PeerId> {
+    fn consistent(&self, key: u64, e: f64, ok: &Mask) -> Option<PeerId> {
         let ring = self.group.ring()?;
         let mut cap: Option<u32> = None;
         let mut first_ok = None;
         for peer in ring.walk(key).take(ring_walk_limit(self.servers.len())) {
-            if !ok(peer) {
+            if !ok.contains(peer) {
                 continue;
             }
             first_ok.get_or_insert(peer);
-            let load = self.servers[peer].in_flight.get();
+            let load = self.in_flight[peer].get();
             if load == 0 {
                 return Some(peer);
             }
             let cap = *cap.get_or_insert_with(|| {
-                let candidates = (0..self.servers.len()).filter(|&i| ok(i)).count().max(1);
+                let candidates = ok.count().max(1);
                 let mean = f64::from(self.total_in_flight.get() + 1) / candidates as f64;
                 (mean * (1.0 + e)).ceil() as u32
             });
@@ -452,13 +525,13 @@ impl Balancer {
                 return Some(peer);
             }
         }
-        first_ok.or_else(|| self.first_from(0, ok))
+        first_ok.or_else(|| ok.first_from(0))
     }
 
     /// Ends an attempt on `peer`: passive health and latency learn from it.
     fn finish(&self, peer: PeerId, outcome: Outcome, now_ms: u64) -> Option<HealthEvent> {
-        let s = &self.servers[peer];
-        s.in_flight.set(s.in_flight.get().saturating_sub(1));
+        let load = &self.in_flight[peer];
+        load.set(load.get().saturating_sub(1));
         self.total_in_flight
             .set(self.total_in_flight.get().saturating_sub(1));
         if self.group.servers[peer].max_connections.is_some() {
@@ -480,6 +553,13 @@ impl Balancer {
                 true
             }
         };
+        self.passive(peer, failed, now_ms)
+    }
+
+    /// Passive health after an attempt that `failed` or not.
+    fn passive(&self, peer: PeerId, failed: bool, now_ms: u64) -> Option<HealthEvent> {
+        let passive = self.group.passive;
+        let s = &self.servers[peer];
         if passive.failures == 0 {
             return None;
         }
@@ -490,6 +570,7 @@ impl Balancer {
                 s.ejected_until.set(0);
                 s.ejections.set(0);
                 self.ejected.set(self.ejected.get().saturating_sub(1));
+                self.mark_ejected(peer, false);
                 return Some(HealthEvent::Returned);
             }
             return None;
@@ -511,6 +592,7 @@ impl Balancer {
             .min(passive.max_backoff.max(passive.backoff));
         if !on_probation {
             self.ejected.set(self.ejected.get() + 1);
+            self.mark_ejected(peer, true);
         }
         s.ejections.set(s.ejections.get() + 1);
         s.failures.set(0);
@@ -518,9 +600,24 @@ impl Balancer {
         Some(HealthEvent::Ejected { backoff })
     }
 
+    fn mark_ejected(&self, peer: PeerId, ejected: bool) {
+        if let Some(word) = self.ejected_bits.get(peer / 64) {
+            let bit = 1u64 << (peer % 64);
+            word.set(if ejected {
+                word.get() | bit
+            } else {
+                word.get() & !bit
+            });
+        }
+    }
+
     /// Peak EWMA: a slower sample takes over at once, faster ones pull the
     /// estimate down as time passes.
     fn observe_latency(&self, peer: PeerId, sample_ns: f64, now_ms: u64) {
+        // Only p2c_ewma reads it.
+        if !matches!(self.group.algorithm, Algorithm::P2cEwma) {
+            return;
+        }
         let s = &self.servers[peer];
         let old = s.latency_ns.get();
         let next = if sample_ns > old {
@@ -532,6 +629,86 @@ impl Balancer {
         };
         s.latency_ns.set(next);
         s.latency_at_ms.set(now_ms);
+    }
+}
+
+/// The most servers a group may have (the balancer's sets are fixed
+/// arrays of bits, so a pick never allocates).
+pub const MAX_SERVERS: usize = 64 * MASK_WORDS;
+
+const MASK_WORDS: usize = 16;
+
+/// A set of servers, one bit each.
+#[derive(Debug, Clone, Copy)]
+struct Mask {
+    words: [u64; MASK_WORDS],
+    /// Words in use.
+    len: usize,
+}
+
+impl Mask {
+    /// Servers `0..n` (at most [`MAX_SERVERS`]).
+    #[inline]
+    fn full(n: usize) -> Self {
+        let n = n.min(MAX_SERVERS);
+        let len = n.div_ceil(64);
+        let mut words = [0u64; MASK_WORDS];
+        for (w, word) in words.iter_mut().enumerate().take(len) {
+            let bits = (n - w * 64).min(64);
+            *word = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        }
+        Self { words, len }
+    }
+
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        i < self.len * 64 && self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    #[inline]
+    fn clear(&mut self, i: usize) {
+        if i < self.len * 64 {
+            self.words[i / 64] &= !(1 << (i % 64));
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.words[..self.len].iter().all(|&w| w == 0)
+    }
+
+    fn count(&self) -> usize {
+        self.words[..self.len]
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum()
+    }
+
+    /// The first member at or after `start`, wrapping.
+    #[inline]
+    fn first_from(&self, start: usize) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let words = &self.words[..self.len];
+        let start = if start >= self.len * 64 { 0 } else { start };
+        let (w0, b0) = (start / 64, start % 64);
+        let high = words[w0] & (u64::MAX << b0);
+        if high != 0 {
+            return Some(w0 * 64 + high.trailing_zeros() as usize);
+        }
+        for k in 1..=words.len() {
+            let w = (w0 + k) % words.len();
+            let word = if w == w0 {
+                words[w] & !(u64::MAX << b0)
+            } else {
+                words[w]
+            };
+            if word != 0 {
+                return Some(w * 64 + word.trailing_zeros() as usize);
+            }
+        }
+        None
     }
 }
 

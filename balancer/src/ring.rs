@@ -12,10 +12,18 @@ const POINTS_PER_WEIGHT: u32 = 160;
 /// The most points one server gets, whatever its weight.
 const MAX_POINTS: u32 = 160 * 64;
 
-/// Points sorted by position, each naming its server.
+/// Bits of a position that index the bucket table.
+const BUCKET_BITS: u32 = 12;
+
+/// Points sorted by position, each naming its server, with a table of
+/// where each of 4,096 equal slices of the circle starts, so a lookup
+/// searches a handful of points, not all of them.
 #[derive(Debug)]
 pub(crate) struct Ring {
-    points: Box<[(u64, u32)]>,
+    positions: Box<[u64]>,
+    servers: Box<[u32]>,
+    /// `buckets[b]`: the first point at or after `b << (64 - BUCKET_BITS)`.
+    buckets: Box<[u32]>,
 }
 
 impl Ring {
@@ -34,16 +42,31 @@ impl Ring {
             }
         }
         points.sort_unstable();
+        let positions: Box<[u64]> = points.iter().map(|p| p.0).collect();
+        let buckets = (0..=1u64 << BUCKET_BITS)
+            .map(|b| {
+                let start = b.checked_shl(64 - BUCKET_BITS).unwrap_or(u64::MAX);
+                if b == 1 << BUCKET_BITS {
+                    positions.len() as u32
+                } else {
+                    positions.partition_point(|&p| p < start) as u32
+                }
+            })
+            .collect();
         Self {
-            points: points.into_boxed_slice(),
+            servers: points.iter().map(|p| p.1).collect(),
+            positions,
+            buckets,
         }
     }
 
     /// The servers clockwise from `key`'s position, as many as there are
     /// points (a server appears once for each of its points).
     pub(crate) fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
-        let start = self.points.partition_point(|&(position, _)| position < key);
-        let (after, before) = self.points.split_at(start);
-        before.iter().chain(after).map(|&(_, server)| server as usize)
+        let b = (key >> (64 - BUCKET_BITS)) as usize;
+        let (lo, hi) = (self.buckets[b] as usize, self.buckets[b + 1] as usize);
+        let start = lo + self.positions[lo..hi].partition_point(|&p| p < key);
+        let (after, before) = self.servers.split_at(start);
+        before.iter().chain(after).map(|&server| server as usize)
     }
 }

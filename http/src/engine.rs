@@ -261,7 +261,7 @@ impl<H: ProxyHooks> Engine<H> {
 
     /// Serves requests on `io` until the client closes, an error ends the
     /// connection, a timeout expires, or the worker drains.
-    pub async fn serve<S: ClientStream>(&self, io: S, client: ClientInfo, conn: &ConnCtx) {
+    pub async fn serve<S: ClientStream>(&self, io: S, mut client: ClientInfo, conn: &ConnCtx) {
         let mut io = io;
         let size = self.settings.buffer_size;
         // Buffers are taken from the worker's free lists when a request
@@ -286,9 +286,10 @@ impl<H: ProxyHooks> Engine<H> {
                     // The head did not parse, but its first word may still
                     // say that the answer must have no body.
                     let head_request = st.rbuf.starts_with(b"HEAD ");
-                    let status = self
-                        .send_error(&mut io, &mut st.wbuf, &error, head_request, conn)
-                        .await;
+                    // Boxed: rare, and inline it would size every idle
+                    // connection's task for it.
+                    let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, conn);
+                    let status = Box::pin(answer).await;
                     self.log_failure(&client, &st.req, status, &error, None);
                     conn.count_request();
                     return;
@@ -296,7 +297,11 @@ impl<H: ProxyHooks> Engine<H> {
             }
             first = false;
             let started = self.settings.access_log.then(Instant::now);
-            let (outcome, status, upstream) = self.exchange(&mut io, &mut st, &client, conn).await;
+            // Boxed: an exchange's state is large, and an idle connection
+            // holds none of it (one allocation per request; see
+            // benches/results/balancing-20261202.md).
+            client.now_ms = conn.clock_ms();
+            let (outcome, status, upstream) = Box::pin(self.exchange(&mut io, &mut st, &client, conn)).await;
             conn.count_request();
             if let Some(started) = started {
                 self.log_access(&client, &st.req, status, started, upstream);
@@ -475,73 +480,58 @@ impl<H: ProxyHooks> Engine<H> {
     ) -> (Outcome, u16, Option<SocketAddr>) {
         let mut cx = H::Ctx::default();
         let mut upstream = None;
-        let client = &ClientInfo {
-            now_ms: conn.clock_ms(),
-            ..*client
-        };
-        let (outcome, status) = self.dispatch(io, st, client, conn, &mut cx, &mut upstream).await;
-        let summary = Summary { status, upstream };
-        self.handler.finish(&st.req, &summary, &mut cx);
-        (outcome, status, upstream)
-    }
-
-    /// Asks the hooks where the request goes and carries it out.
-    async fn dispatch<S: ClientStream>(
-        &self,
-        io: &mut S,
-        st: &mut ConnBuffers,
-        client: &ClientInfo,
-        conn: &ConnCtx,
-        cx: &mut H::Ctx,
-        upstream: &mut Option<SocketAddr>,
-    ) -> (Outcome, u16) {
-        let route = match guard::answer(&st.req, &self.settings) {
-            Some(reply) => Route::Reply(reply),
-            None => match self.handler.request(&st.req, client, cx).await {
+        let (outcome, status) = 'done: {
+            let route = match guard::answer(&st.req, &self.settings) {
                 Some(reply) => Route::Reply(reply),
-                None => self.handler.route(&st.req, client, cx).await,
-            },
-        };
-        let result = match &route {
-            Route::Peer(peer) => {
-                self.proxy(io, st, client, conn, Target::Peer(*peer), cx, upstream)
-                    .await
-            }
-            Route::Forward(addrs) => {
-                self.proxy(io, st, client, conn, Target::Addrs(addrs), cx, upstream)
-                    .await
-            }
-            Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
-            Route::Reply(reply) => return self.reply(io, st, reply, conn).await,
-        };
-        match result {
-            Ok(done) => done,
-            Err(failure) if failure.error.kind() == ErrorKind::ClientGone => {
-                // Nobody to answer; 499 in the logs, as nginx writes it.
-                self.log_failure(client, &st.req, CLIENT_GONE_STATUS, &failure.error, *upstream);
-                (Outcome::Close, CLIENT_GONE_STATUS)
-            }
-            Err(failure) => {
-                let status = if failure.responded {
-                    0
-                } else {
-                    let head_request = st.req.method() == Method::Head;
-                    self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn)
+                None => match self.handler.request(&st.req, client, &mut cx).await {
+                    Some(reply) => Route::Reply(reply),
+                    None => self.handler.route(&st.req, client, &mut cx).await,
+                },
+            };
+            let result = match &route {
+                Route::Peer(peer) => {
+                    let target = Target::Peer(*peer);
+                    self.proxy(io, st, client, conn, target, &mut cx, &mut upstream)
                         .await
-                };
-                self.log_failure(client, &st.req, status, &failure.error, *upstream);
-                // The client may still be sending the request's body.
-                let unread = status != 0 && st.req.body() != BodyFraming::None;
-                (
-                    if unread {
+                }
+                Route::Forward(addrs) => {
+                    let target = Target::Addrs(addrs);
+                    self.proxy(io, st, client, conn, target, &mut cx, &mut upstream)
+                        .await
+                }
+                Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
+                Route::Reply(reply) => break 'done self.reply(io, st, reply, conn).await,
+            };
+            match result {
+                Ok(done) => done,
+                Err(failure) if failure.error.kind() == ErrorKind::ClientGone => {
+                    // Nobody to answer; 499 in the logs, as nginx writes it.
+                    self.log_failure(client, &st.req, CLIENT_GONE_STATUS, &failure.error, upstream);
+                    (Outcome::Close, CLIENT_GONE_STATUS)
+                }
+                Err(failure) => {
+                    let status = if failure.responded {
+                        0
+                    } else {
+                        let head_request = st.req.method() == Method::Head;
+                        self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn)
+                            .await
+                    };
+                    self.log_failure(client, &st.req, status, &failure.error, upstream);
+                    // The client may still be sending the request's body.
+                    let unread = status != 0 && st.req.body() != BodyFraming::None;
+                    let outcome = if unread {
                         Outcome::CloseUnread
                     } else {
                         Outcome::Close
-                    },
-                    status,
-                )
+                    };
+                    (outcome, status)
+                }
             }
-        }
+        };
+        let summary = Summary { status, upstream };
+        self.handler.finish(&st.req, &summary, &mut cx);
+        (outcome, status, upstream)
     }
 
     /// Answers with a reply of the hooks or of the engine's guards.
@@ -699,16 +689,21 @@ impl<H: ProxyHooks> Engine<H> {
             }
             let body_kept = (!first_attempt).then(|| wbuf.split_off(head_len));
             wbuf.clear();
-            let upstream_request = UpstreamRequest {
-                head: req,
-                client_ip: client.peer.ip(),
-                scheme: s.scheme,
-                framing,
-                upgrade,
-                upstream: Some(addr),
-                edits,
-            };
-            request_head(wbuf, &upstream_request, &s.proxy_headers);
+            // Built in place: a named head would be kept in the request's
+            // state across every await that follows.
+            request_head(
+                wbuf,
+                &UpstreamRequest {
+                    head: req,
+                    client_ip: client.peer.ip(),
+                    scheme: s.scheme,
+                    framing,
+                    upgrade,
+                    upstream: Some(addr),
+                    edits,
+                },
+                &s.proxy_headers,
+            );
             end_head(wbuf);
             head_len = wbuf.len();
             if let Some(body) = body_kept {
@@ -938,15 +933,18 @@ impl<H: ProxyHooks> Engine<H> {
         }
         self.handler.response(req, resp, edits, cx);
         wbuf.clear();
-        let to_client = ClientResponse {
-            head: resp,
-            framing: output,
-            close,
-            client_version: req.version(),
-            upgrade: None,
-            edits,
-        };
-        response_head(wbuf, &to_client, &s.proxy_headers);
+        response_head(
+            wbuf,
+            &ClientResponse {
+                head: resp,
+                framing: output,
+                close,
+                client_version: req.version(),
+                upgrade: None,
+                edits,
+            },
+            &s.proxy_headers,
+        );
         end_head(wbuf);
         // The body bytes that came with the head leave with it, in one
         // write: small ones copied behind the head, larger ones gathered

@@ -293,14 +293,23 @@ impl ReverseHandler {
     /// to [`QUEUE_TIMEOUT`] while every candidate is at its limit.
     async fn lease(&self, group: usize, cx: &mut ReverseCtx, now_ms: u64) -> Result<Lease, NoPeer> {
         let balancer = &self.balancers[group];
+        match balancer.pick(cx.key, &cx.tried, now_ms) {
+            // Boxed: a timer is large (and aligned to a cache line); inline
+            // it would size every request's state for this rare wait.
+            Err(NoPeer::AtLimit) => Box::pin(Self::queue(balancer, cx, now_ms)).await,
+            other => other,
+        }
+    }
+
+    /// Waits for a server under its connection limit.
+    async fn queue(balancer: &Rc<Balancer>, cx: &ReverseCtx, now_ms: u64) -> Result<Lease, NoPeer> {
+        let step = Duration::from_millis(2);
         let mut waited = Duration::ZERO;
         loop {
+            monoio::time::sleep(step).await;
+            waited += step;
             match balancer.pick(cx.key, &cx.tried, now_ms + waited.as_millis() as u64) {
-                Err(NoPeer::AtLimit) if waited < QUEUE_TIMEOUT => {
-                    let step = Duration::from_millis(2);
-                    monoio::time::sleep(step).await;
-                    waited += step;
-                }
+                Err(NoPeer::AtLimit) if waited < QUEUE_TIMEOUT => {}
                 other => return other,
             }
         }
@@ -337,7 +346,8 @@ impl ReverseHandler {
     /// about its server.
     fn end_attempt(&self, cx: &mut ReverseCtx, outcome: Outcome, now_ms: u64) {
         let Some(lease) = cx.lease.take() else { return };
-        let (addr, name) = (lease.addr(), lease.balancer().group().name.clone());
+        let (addr, balancer) = (lease.addr(), Rc::clone(lease.balancer()));
+        let name = &balancer.group().name;
         match lease.finish(outcome, now_ms) {
             Some(HealthEvent::Ejected { backoff }) => tracing::warn!(
                 upstream = %name,
@@ -412,7 +422,7 @@ impl ProxyHooks for ReverseHandler {
         let policy = &spec.retry;
         let on = &policy.on;
         let latency = Self::latency(cx);
-        let (outcome, retry_wanted, why): (Outcome, bool, std::borrow::Cow<'_, str>) = match attempt.result {
+        let (outcome, retry_wanted, why) = match attempt.result {
             AttemptResult::Response(resp) => {
                 let status = resp.status();
                 let outcome = if status >= 500 {
@@ -426,7 +436,7 @@ impl ProxyHooks for ReverseHandler {
                     504 => on.status_504,
                     _ => false,
                 };
-                (outcome, wanted, format!("answered {status}").into())
+                (outcome, wanted, Why::Status(status))
             }
             AttemptResult::Failed(error) => {
                 let wanted = match error.kind() {
@@ -435,7 +445,7 @@ impl ProxyHooks for ReverseHandler {
                     ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed | ErrorKind::Io => on.reset,
                     _ => false,
                 };
-                (Outcome::Failure, wanted, error.to_string().into())
+                (Outcome::Failure, wanted, Why::Error(error))
             }
         };
         let failed = !matches!(outcome, Outcome::Success { .. });
@@ -517,6 +527,21 @@ impl ProxyHooks for ReverseHandler {
         };
         let now = cx.first_ms.max(1) + cx.started.map_or(0, |at| at.elapsed().as_millis() as u64);
         self.end_attempt(cx, outcome, now);
+    }
+}
+
+/// What ended an attempt, for the log (formatted only when logged).
+enum Why<'a> {
+    Status(u16),
+    Error(&'a ringway_core::Error),
+}
+
+impl std::fmt::Display for Why<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Status(status) => write!(f, "answered {status}"),
+            Why::Error(error) => write!(f, "{error}"),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ringway_balancer::{
     Algorithm, HashKey, PassiveHealth, RetryOn, RetryPolicy, ServerSpec, Sticky, UpstreamGroup, MAX_ATTEMPTS,
+    MAX_SERVERS,
 };
 use ringway_http::{HealthCheck, Probe};
 use serde::Deserialize;
@@ -123,8 +124,11 @@ impl Validator {
                 self.problem(at.key("servers"), "an upstream needs at least one server");
             }
             let servers = self.servers(&up.servers, &at.key("servers"));
-            if servers.len() > usize::from(u16::MAX) {
-                self.problem(at.key("servers"), "an upstream has at most 65535 servers");
+            if servers.len() > MAX_SERVERS {
+                self.problem(
+                    at.key("servers"),
+                    format!("an upstream has at most {MAX_SERVERS} servers"),
+                );
             }
             let algorithm = self.algorithm(up, &at);
             let mut group = UpstreamGroup::new(name.clone(), servers, algorithm);
