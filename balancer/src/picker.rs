@@ -199,7 +199,12 @@ impl Balancer {
     pub fn pick(self: &Rc<Self>, key: u64, tried: &Tried, now_ms: u64) -> Result<Lease, NoPeer> {
         let mut skip = *tried;
         loop {
-            let (peer, fail_open) = self.choose(key, &skip, now_ms)?;
+            let (peer, fail_open) = match self.choose(key, &skip, now_ms) {
+                // Every server left was lost to another worker's request
+                // at its limit: a wait may still help.
+                Err(NoPeer::AllTried) if skip.len() > tried.len() => return Err(NoPeer::AtLimit),
+                chosen => chosen?,
+            };
             if let Some(limit) = self.group.servers[peer].max_connections {
                 if !self.group.health.try_acquire(peer, limit) {
                     // Taken by another worker since the look: try the others.
@@ -596,7 +601,8 @@ impl Balancer {
         }
         s.ejections.set(s.ejections.get() + 1);
         s.failures.set(0);
-        s.ejected_until.set(now_ms + backoff.as_millis() as u64);
+        // Never 0, which means "not ejected".
+        s.ejected_until.set((now_ms + backoff.as_millis() as u64).max(1));
         Some(HealthEvent::Ejected { backoff })
     }
 

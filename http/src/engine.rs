@@ -742,7 +742,12 @@ impl<H: ProxyHooks> Engine<H> {
                     // the client's to send. Any method goes again.
                     if up.reused && !retried {
                         retried = true;
-                        up = self.reconnect(addr, connect_timeout).await?;
+                        // A server that cannot take a new connection either is
+                        // a failed attempt like any other: the hooks hear of it.
+                        match self.reconnect(addr, connect_timeout).await {
+                            Ok(fresh) => up = fresh,
+                            Err(failure) => break Err(failure.error),
+                        }
                         continue;
                     }
                     break Err(
@@ -819,7 +824,12 @@ impl<H: ProxyHooks> Engine<H> {
                             && Box::pin(retry_on(&e, idempotent, &up.stream)).await =>
                     {
                         retried = true;
-                        up = self.reconnect(addr, connect_timeout).await?;
+                        // A server that cannot take a new connection either is
+                        // a failed attempt like any other: the hooks hear of it.
+                        match self.reconnect(addr, connect_timeout).await {
+                            Ok(fresh) => up = fresh,
+                            Err(failure) => break Err(failure.error),
+                        }
                     }
                     Err(e) => break Err(e),
                 }
@@ -913,7 +923,13 @@ impl<H: ProxyHooks> Engine<H> {
             resp.clear();
             let replayable = body_in_head && !began && !body_cut;
             let result = AttemptResult::Failed(&failed);
-            if let Some(next) = self.after_attempt(req, peer.as_ref(), result, true, replayable, conn, cx) {
+            // A connection that was never made carried nothing of the
+            // request (a reconnect after a stale pooled connection).
+            let sent = !matches!(
+                failed.kind(),
+                ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+            );
+            if let Some(next) = self.after_attempt(req, peer.as_ref(), result, sent, replayable, conn, cx) {
                 peer = Some(next);
                 continue;
             }

@@ -261,6 +261,8 @@ pub struct ReverseCtx {
     started: Option<Instant>,
     /// When the first attempt began, on the worker's clock.
     first_ms: u64,
+    /// When the last attempt ended, on the worker's clock.
+    last_ms: u64,
     /// How the last attempt went, for the lease's end.
     outcome: Option<Outcome>,
     /// Send the sticky cookie naming the server that answers.
@@ -448,6 +450,7 @@ impl ProxyHooks for ReverseHandler {
                 (Outcome::Failure, wanted, Why::Error(error))
             }
         };
+        cx.last_ms = attempt.now_ms;
         let failed = !matches!(outcome, Outcome::Success { .. });
         if !failed {
             // Kept for the end of the exchange: the lease stays in flight
@@ -457,7 +460,6 @@ impl ProxyHooks for ReverseHandler {
         }
         let addr = attempt.peer.addr;
         let now = attempt.now_ms;
-        self.end_attempt(cx, outcome, now);
         // Another server, when the policy allows it: only what the server
         // cannot have acted on, or what is safe to repeat.
         let safe = !attempt.sent || req.method().is_idempotent();
@@ -477,19 +479,22 @@ impl ProxyHooks for ReverseHandler {
         };
         match next {
             Some(lease) => {
+                self.end_attempt(cx, outcome, now);
                 tracing::warn!(upstream = %spec.name, server = %addr, retry = %lease.addr(), "{why}; retrying on another server");
                 if spec.sticky.is_some() {
                     cx.set_cookie = true;
                 }
                 Retry::Another(self.start(lease, cx))
             }
+            None if matches!(attempt.result, AttemptResult::Failed(_)) => {
+                tracing::warn!(upstream = %spec.name, server = %addr, "{why}");
+                self.end_attempt(cx, outcome, now);
+                Retry::No
+            }
             None => {
-                if matches!(attempt.result, AttemptResult::Failed(_)) {
-                    tracing::warn!(upstream = %spec.name, server = %addr, "{why}");
-                } else {
-                    // The 5xx goes to the client: its lease ends with it.
-                    cx.outcome = None;
-                }
+                // The 5xx goes to the client: the lease stays in flight
+                // while it streams, and ends with the exchange.
+                cx.outcome = Some(outcome);
                 Retry::No
             }
         }
@@ -525,7 +530,7 @@ impl ProxyHooks for ReverseHandler {
             (Some(outcome), _) => outcome,
             (None, _) => Outcome::Neutral,
         };
-        let now = cx.first_ms.max(1) + cx.started.map_or(0, |at| at.elapsed().as_millis() as u64);
+        let now = cx.first_ms.max(cx.last_ms).max(1);
         self.end_attempt(cx, outcome, now);
     }
 }
