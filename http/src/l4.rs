@@ -3,7 +3,8 @@
 //! balancer (algorithm, health, backups, limits) as HTTP requests.
 //!
 //! A connection that cannot be made to the picked server goes to another
-//! one not tried yet, up to the group's `retries`; the connect outcome
+//! one not tried yet, up to the group's `retries` (when `retry_on` has
+//! `connect`, within `total_timeout` and the retry budget); the connect outcome
 //! feeds passive health. Once connected, the two sockets are spliced
 //! together (or copied, with `splice = false`) until both directions end
 //! or the tunnel idles past its timeout. Consistent hashing keys on the
@@ -54,9 +55,16 @@ impl TcpBalancer {
         };
         let mut tried = Tried::default();
         self.balancer.record_request(conn.clock_ms());
+        let first_ms = conn.clock_ms();
         for attempt in 0..=group.retry.retries {
             let now = conn.clock_ms();
-            if attempt > 0 && !self.balancer.try_retry(now) {
+            // Another server only when the group retries failed connects,
+            // within its total deadline and retry budget.
+            let in_time = group
+                .retry
+                .total_timeout
+                .is_none_or(|limit| now.saturating_sub(first_ms) < limit.as_millis() as u64);
+            if attempt > 0 && !(group.retry.on.connect && in_time && self.balancer.try_retry(now)) {
                 break;
             }
             let lease = match self.balancer.pick(key, &tried, now) {
