@@ -54,9 +54,17 @@ const FRAMING: [&[u8]; 7] = [
     b"trailer",
 ];
 
+/// Whether `text` is an HTTP token (RFC 9110 section 5.6.2): what a field
+/// name or a cookie name must be.
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn check_name(name: &str) -> Result<(), EditError> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if !is_token(name) {
         return Err(EditError::BadName);
     }
     let lower = name.to_ascii_lowercase();

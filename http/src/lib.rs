@@ -40,7 +40,7 @@ mod tunnel;
 mod write;
 
 pub use buffers::release_unused as release_unused_buffers;
-pub use edits::{EditError, HeadEdits};
+pub use edits::{is_token, EditError, HeadEdits};
 pub use engine::{ClientInfo, ClientStream, Engine, TunnelOptions};
 pub use forward::{ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};

@@ -21,7 +21,7 @@ use ringway_balancer::{
     Algorithm, HashKey, PassiveHealth, RetryOn, RetryPolicy, ServerSpec, Sticky, UpstreamGroup, MAX_ATTEMPTS,
     MAX_SERVERS,
 };
-use ringway_http::{HealthCheck, Probe};
+use ringway_http::{is_token, HealthCheck, Probe};
 use serde::Deserialize;
 
 use super::{resolve_once, Validator};
@@ -261,17 +261,12 @@ impl Validator {
     }
 
     fn hash_key(&mut self, text: &str, at: &KeyPath) -> HashKey {
-        let token = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        };
         match text.split_once(':') {
             None if text == "client_ip" => HashKey::ClientIp,
             None if text == "path" => HashKey::Path,
             None if text == "uri" => HashKey::Uri,
-            Some(("header", name)) if token(name) => HashKey::Header(name.to_owned()),
-            Some(("cookie", name)) if token(name) => HashKey::Cookie(name.to_owned()),
+            Some(("header", name)) if is_token(name) => HashKey::Header(name.to_owned()),
+            Some(("cookie", name)) if is_token(name) => HashKey::Cookie(name.to_owned()),
             _ => {
                 self.problem(at.clone(), format!("unknown hash_key {text:?}: expected client_ip, header:NAME, cookie:NAME, path or uri"));
                 HashKey::ClientIp
@@ -359,11 +354,7 @@ impl Validator {
         at: &KeyPath,
     ) -> Option<Sticky> {
         let cookie = s.cookie.clone().unwrap_or_else(|| "rw_srv".to_owned());
-        let token = !cookie.is_empty()
-            && cookie
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
+        if !is_token(&cookie) {
             self.problem(at.key("cookie"), format!("{cookie:?} is not a valid cookie name"));
             return None;
         }
