@@ -363,3 +363,12 @@ impl UpstreamGroup {
 pub fn key_hash(key: &[u8]) -> u64 {
     hash_bytes(key)
 }
+
+/// The hash of a client address, as consistent hashing by `client_ip`
+/// (HTTP and L4 alike) takes it.
+pub fn ip_hash(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(ip) => key_hash(&ip.octets()),
+        std::net::IpAddr::V6(ip) => key_hash(&ip.octets()),
+    }
+}

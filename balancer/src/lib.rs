@@ -23,7 +23,8 @@ mod picker;
 mod ring;
 
 pub use group::{
-    key_hash, Algorithm, HashKey, PassiveHealth, RetryOn, RetryPolicy, ServerSpec, Sticky, UpstreamGroup,
+    ip_hash, key_hash, Algorithm, HashKey, PassiveHealth, RetryOn, RetryPolicy, ServerSpec, Sticky,
+    UpstreamGroup,
 };
 pub use hash::hash_bytes;
 pub use health::{CheckCounter, HealthTable, Transition};

@@ -298,3 +298,45 @@ fn a_tcp_listener_balances_connections_and_skips_a_dead_server() {
     running.shutdown();
     running.wait();
 }
+
+#[test]
+fn active_health_checks_take_a_failing_server_out_and_bring_it_back() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    // The server answers requests, but its health check fails while
+    // `sick` is set: only the prober can tell (passive health is off and
+    // nothing is retried).
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&sick);
+    let a = Origin::start(move |req| {
+        if req.target == "/healthz" && flag.load(Ordering::SeqCst) {
+            Reply::Bytes(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec())
+        } else {
+            Reply::ok("a")
+        }
+    });
+    let b = named("b");
+    let running = proxy(&format!(
+        "{}\nhealth = {{ path = \"/healthz\", interval = \"50ms\", timeout = \"1s\", healthy = 1, unhealthy = 2 }}\n\
+         passive = {{ failures = 0 }}\nretries = 0",
+        servers(&[&a, &b])
+    ));
+    let addr = running.local_addrs()[0];
+    let answers = |n: usize| {
+        let mut client = TestClient::connect(addr);
+        (0..n)
+            .map(|_| get(&mut client, "/", None).text())
+            .collect::<Vec<_>>()
+    };
+    assert!(answers(10).iter().any(|t| t == "a"), "both serve at first");
+    sick.store(true, Ordering::SeqCst);
+    let out = eventually(Duration::from_secs(10), || answers(10).iter().all(|t| t == "b"));
+    assert!(out, "a server failing its checks kept getting requests");
+    sick.store(false, Ordering::SeqCst);
+    let back = eventually(Duration::from_secs(10), || answers(10).iter().any(|t| t == "a"));
+    assert!(back, "a server passing its checks again got no requests");
+    running.shutdown();
+    running.wait();
+}

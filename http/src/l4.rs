@@ -10,11 +10,11 @@
 //! or the tunnel idles past its timeout. Consistent hashing keys on the
 //! client's IP address.
 
-use std::{net::IpAddr, rc::Rc, sync::Arc, time::Duration};
+use std::{rc::Rc, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
-use ringway_balancer::{key_hash, Balancer, Outcome, Tried, UpstreamGroup};
+use ringway_balancer::{ip_hash, Balancer, Outcome, Tried, UpstreamGroup};
 use ringway_core::ConnCtx;
 
 use crate::engine::{ClientInfo, ClientStream, TunnelOptions};
@@ -49,10 +49,7 @@ impl TcpBalancer {
     /// Relays `client` to a server until the connection ends.
     pub async fn serve(&self, client: TcpStream, info: ClientInfo, conn: &ConnCtx) {
         let group = self.balancer.group();
-        let key = match info.peer.ip() {
-            IpAddr::V4(ip) => key_hash(&ip.octets()),
-            IpAddr::V6(ip) => key_hash(&ip.octets()),
-        };
+        let key = ip_hash(info.peer.ip());
         let mut tried = Tried::default();
         self.balancer.record_request(conn.clock_ms());
         let first_ms = conn.clock_ms();

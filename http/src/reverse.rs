@@ -9,17 +9,16 @@
 //! [`ProxyHooks`]: it picks, retries elsewhere and pins sticky clients.
 
 use std::{
-    borrow::Cow,
     cell::Cell,
     collections::HashMap,
-    net::IpAddr,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use ringway_balancer::{
-    key_hash, Algorithm, Balancer, HashKey, HealthEvent, Lease, NoPeer, Outcome, Tried, UpstreamGroup,
+    ip_hash, key_hash, Algorithm, Balancer, HashKey, HealthEvent, Lease, NoPeer, Outcome, Tried,
+    UpstreamGroup,
 };
 use ringway_core::ErrorKind;
 
@@ -348,9 +347,13 @@ impl ReverseHandler {
     /// about its server.
     fn end_attempt(&self, cx: &mut ReverseCtx, outcome: Outcome, now_ms: u64) {
         let Some(lease) = cx.lease.take() else { return };
-        let (addr, balancer) = (lease.addr(), Rc::clone(lease.balancer()));
+        let addr = lease.addr();
+        let event = lease.finish(outcome, now_ms);
+        let Some(balancer) = cx.group.and_then(|g| self.balancers.get(g)) else {
+            return;
+        };
         let name = &balancer.group().name;
-        match lease.finish(outcome, now_ms) {
+        match event {
             Some(HealthEvent::Ejected { backoff }) => tracing::warn!(
                 upstream = %name,
                 server = %addr,
@@ -395,7 +398,7 @@ impl ProxyHooks for ReverseHandler {
         cx.group = Some(group);
         cx.first_ms = client.now_ms;
         if let Algorithm::ConsistentHash { key, .. } = &spec.algorithm {
-            cx.key = key_hash(&request_key(key, req, client));
+            cx.key = request_hash(key, req, client);
         }
         balancer.record_request(client.now_ms);
         // A sticky client goes back to its server while it can take the
@@ -550,17 +553,17 @@ impl std::fmt::Display for Why<'_> {
     }
 }
 
-/// The bytes a consistent hash is computed over for `req`.
-fn request_key<'a>(key: &HashKey, req: &'a RequestHead, client: &ClientInfo) -> Cow<'a, [u8]> {
+/// The consistent hash of `req` by `key`, with no copy of the key. The
+/// path and URI are taken in origin-form, so an absolute-form request
+/// lands where its origin-form twin does.
+fn request_hash(key: &HashKey, req: &RequestHead, client: &ClientInfo) -> u64 {
+    let (target, _) = origin_form(req.target());
     match key {
-        HashKey::ClientIp => Cow::Owned(match client.peer.ip() {
-            IpAddr::V4(ip) => ip.octets().to_vec(),
-            IpAddr::V6(ip) => ip.octets().to_vec(),
-        }),
-        HashKey::Header(name) => Cow::Borrowed(req.header(name).unwrap_or_default()),
-        HashKey::Cookie(name) => Cow::Borrowed(cookie(req, name).unwrap_or_default()),
-        HashKey::Path => Cow::Borrowed(req.path()),
-        HashKey::Uri => Cow::Borrowed(req.target()),
+        HashKey::ClientIp => ip_hash(client.peer.ip()),
+        HashKey::Header(name) => key_hash(req.header(name).unwrap_or_default()),
+        HashKey::Cookie(name) => key_hash(cookie(req, name).unwrap_or_default()),
+        HashKey::Path => key_hash(target.split(|&b| b == b'?').next().unwrap_or_default()),
+        HashKey::Uri => key_hash(target),
     }
 }
 
@@ -663,5 +666,38 @@ mod tests {
             refused(&[route(None, "/", 0), route(None, "/", 1)]),
             (1, RouteField::PathPrefix)
         );
+    }
+
+    #[test]
+    fn hash_keys_read_the_request_in_origin_form() {
+        use crate::head::parsed;
+        let client = ClientInfo::new("127.0.0.1:5000".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+        let other = ClientInfo::new("127.0.0.2:5000".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+        let origin = parsed("GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nX-User: u1\r\nCookie: s=1; sid=abc\r\n\r\n");
+        let absolute = parsed("GET http://h/a/b?y=2 HTTP/1.1\r\nHost: h\r\n\r\n");
+        let path = HashKey::Path;
+        assert_eq!(
+            request_hash(&path, &origin, &client),
+            request_hash(&path, &absolute, &client)
+        );
+        assert_eq!(request_hash(&path, &origin, &client), key_hash(b"/a/b"));
+        assert_eq!(
+            request_hash(&HashKey::Uri, &origin, &client),
+            key_hash(b"/a/b?x=1")
+        );
+        assert_eq!(
+            request_hash(&HashKey::Uri, &absolute, &client),
+            key_hash(b"/a/b?y=2")
+        );
+        let header = HashKey::Header("x-user".into());
+        assert_eq!(request_hash(&header, &origin, &client), key_hash(b"u1"));
+        let cookie = HashKey::Cookie("sid".into());
+        assert_eq!(request_hash(&cookie, &origin, &client), key_hash(b"abc"));
+        let ip = HashKey::ClientIp;
+        assert_ne!(
+            request_hash(&ip, &origin, &client),
+            request_hash(&ip, &origin, &other)
+        );
+        assert_eq!(request_hash(&ip, &origin, &client), ip_hash(client.peer.ip()));
     }
 }
