@@ -1,0 +1,370 @@
+//! The connection engine: one loop per client connection, shared by every
+//! mode, with [`ProxyHooks`] that decide where each request goes and hear
+//! how each attempt went.
+//!
+//! The engine owns what both modes need: keep-alive and pipelining
+//! (requests are answered strictly in order, one at a time), the phases of
+//! each exchange, tunnels after a 101 or a CONNECT, and mapping every error
+//! to one answer: a status for the client, or a closed connection when an
+//! answer is no longer possible. It is cut by concern:
+//!
+//! - this module: the connection loop ([`Engine::serve`]) and one
+//!   exchange's phases (guards, `request`, `route`, then a local answer, a
+//!   proxied request or a tunnel, then `finish`);
+//! - `server`: the downstream HTTP/1.1 session (request heads, local and
+//!   error answers, lingering close, log lines);
+//! - `client`: the upstream HTTP/1.1 client (sending the request and its
+//!   body, again on a fresh connection when a pooled one was already
+//!   closed, reading the response head);
+//! - `driver`: the proxied exchange between them (attempts on peers,
+//!   interim responses, the response relayed).
+
+mod client;
+mod driver;
+mod server;
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use monoio::{
+    io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split},
+    net::TcpStream,
+};
+use ringway_core::{ConnCtx, Error, ErrorKind};
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use driver::client_framing;
+use server::ConnBuffers;
+
+use crate::{
+    edits::HeadEdits,
+    guard,
+    head::{BodyFraming, Method, RequestHead, ResponseHead},
+    hooks::{Peer, ProxyHooks, Route, Summary},
+    limits::EngineSettings,
+    pool::{UpstreamConn, UpstreamPool},
+    splice::SpliceSocket,
+    tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
+};
+
+/// A client connection the engine can serve: a monoio stream that can be
+/// split into halves (for tunnels), whose reads can be cancelled, and which
+/// may expose its socket for splicing.
+pub trait ClientStream:
+    AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + SpliceSocket + Sized + 'static
+{
+    /// Waits until a read would find data (or the end of the stream),
+    /// without holding a buffer. The default returns at once.
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+
+    /// Tunnels bytes between this connection and `upstream` until both
+    /// directions end (CONNECT, upgrades). `client_buf` and `upstream_buf`
+    /// hold bytes already read from each side. The default copies through
+    /// user-space buffers; TCP clients splice when `splice` is set.
+    fn tunnel_with(
+        self,
+        client_buf: BytesMut,
+        upstream: TcpStream,
+        upstream_buf: BytesMut,
+        options: TunnelOptions,
+        conn: &ConnCtx,
+    ) -> impl Future<Output = TunnelBytes> {
+        copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn)
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
+        // Relaxed: on epoll a stale "ready" only means the read that
+        // follows waits as usual.
+        self.readable(true)
+    }
+
+    async fn tunnel_with(
+        self,
+        client_buf: BytesMut,
+        upstream: TcpStream,
+        upstream_buf: BytesMut,
+        options: TunnelOptions,
+        conn: &ConnCtx,
+    ) -> TunnelBytes {
+        if options.splice {
+            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
+        } else {
+            copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
+        }
+    }
+}
+
+/// How a tunnel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelOptions {
+    /// Close the tunnel after this long with no bytes either way.
+    pub idle: Duration,
+    /// Splice between TCP sockets instead of copying.
+    pub splice: bool,
+}
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address it connected to.
+    pub local: SocketAddr,
+    /// The worker's coarse clock (milliseconds) when the request being
+    /// handled began; the engine sets it for each request.
+    pub now_ms: u64,
+}
+
+impl ClientInfo {
+    /// A client at `peer` connected to `local`.
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            peer,
+            local,
+            now_ms: 0,
+        }
+    }
+}
+
+/// Where an exchange sends the request.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// A peer the hooks picked; they hear how each attempt went.
+    Peer(Peer),
+    /// The first of these addresses that accepts a connection.
+    Addrs(&'a [SocketAddr]),
+}
+
+enum Outcome {
+    KeepAlive,
+    Close,
+    /// Close, but the client may still be sending a request body the proxy
+    /// did not read: linger first (see [`Engine::linger`]).
+    CloseUnread,
+    Upgrade(UpstreamConn),
+}
+
+/// A failed exchange: the error, and whether the client already received a
+/// response head (then the only answer left is closing the connection).
+struct Failure {
+    error: Error,
+    responded: bool,
+}
+
+impl Failure {
+    fn before(error: Error) -> Self {
+        Self {
+            error,
+            responded: false,
+        }
+    }
+
+    fn after(error: Error) -> Self {
+        Self {
+            error,
+            responded: true,
+        }
+    }
+}
+
+/// The status logged for a request whose client left before its answer
+/// (nginx's 499); nothing is sent.
+const CLIENT_GONE_STATUS: u16 = 499;
+
+/// Serves client connections for one listener on one worker.
+pub struct Engine<H> {
+    handler: H,
+    settings: EngineSettings,
+    pool: Rc<UpstreamPool>,
+    listener: Rc<str>,
+}
+
+impl<H: ProxyHooks> Engine<H> {
+    /// An engine for the listener named `listener`, drawing upstream
+    /// connections from the worker's `pool`.
+    pub fn new(listener: &str, handler: H, settings: EngineSettings, pool: Rc<UpstreamPool>) -> Self {
+        Self {
+            handler,
+            settings,
+            pool,
+            listener: Rc::from(listener),
+        }
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The worker's upstream pool this engine draws from.
+    pub fn pool(&self) -> &UpstreamPool {
+        &self.pool
+    }
+
+    /// Serves requests on `io` until the client closes, an error ends the
+    /// connection, a timeout expires, or the worker drains.
+    pub async fn serve<S: ClientStream>(&self, io: S, mut client: ClientInfo, conn: &ConnCtx) {
+        let mut io = io;
+        let size = self.settings.buffer_size;
+        // Buffers are taken from the worker's free lists when a request
+        // arrives and given back while the connection idles.
+        let mut st = ConnBuffers {
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+            scratch: Vec::new(),
+            req: RequestHead::new(),
+            resp: ResponseHead::new(),
+            edits: HeadEdits::new(),
+            size,
+        };
+        let mut first = true;
+        loop {
+            st.req.clear();
+            st.resp.clear();
+            match self.read_request(&mut io, &mut st, first, conn).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    // The head did not parse, but its first word may still
+                    // say that the answer must have no body.
+                    let head_request = st.rbuf.starts_with(b"HEAD ");
+                    // Boxed: rare, and inline it would size every idle
+                    // connection's task for it.
+                    let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, conn);
+                    let status = Box::pin(answer).await;
+                    self.log_failure(&client, &st.req, status, &error, None);
+                    conn.count_request();
+                    return;
+                }
+            }
+            first = false;
+            let started = self.settings.access_log.then(Instant::now);
+            // Boxed: an exchange's state is large, and an idle connection
+            // holds none of it (one allocation per request; see
+            // benches/results/balancing-20261202.md).
+            client.now_ms = conn.clock_ms();
+            let (outcome, status, upstream) = Box::pin(self.exchange(&mut io, &mut st, &client, conn)).await;
+            conn.count_request();
+            if let Some(started) = started {
+                self.log_access(&client, &st.req, status, started, upstream);
+            }
+            match outcome {
+                Outcome::KeepAlive => {}
+                Outcome::Close => return,
+                Outcome::CloseUnread => break,
+                Outcome::Upgrade(up) => {
+                    let UpstreamConn {
+                        stream, rbuf, addr, ..
+                    } = up;
+                    let client_buf = std::mem::take(&mut st.rbuf);
+                    drop(st);
+                    let options = TunnelOptions {
+                        idle: self.settings.timeouts.tunnel_idle,
+                        splice: self.settings.splice,
+                    };
+                    // Boxed: a tunnel's state is large and rare; kept inline it
+                    // would size every connection's task for it.
+                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, options, conn)).await;
+                    tracing::debug!(
+                        listener = &*self.listener,
+                        client = %client.peer,
+                        upstream = %addr,
+                        bytes_up = moved.upstream,
+                        bytes_down = moved.downstream,
+                        "tunnel closed"
+                    );
+                    if self.settings.access_log {
+                        tracing::info!(
+                            target: "ringway::access",
+                            listener = &*self.listener,
+                            client = %client.peer,
+                            upstream = %addr,
+                            bytes_up = moved.upstream,
+                            bytes_down = moved.downstream,
+                            "tunnel closed"
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        // Lingering starts with the connection's buffers given back; it is
+        // boxed, and comes after the loop with nothing else alive: as a
+        // step of the loop it made every connection's task 150 bytes larger.
+        drop(st);
+        Box::pin(self.linger(&mut io, conn)).await;
+    }
+
+    async fn exchange<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        client: &ClientInfo,
+        conn: &ConnCtx,
+    ) -> (Outcome, u16, Option<SocketAddr>) {
+        let mut cx = H::Ctx::default();
+        let mut upstream = None;
+        let (outcome, status) = 'done: {
+            let route = match guard::answer(&st.req, &self.settings) {
+                Some(reply) => Route::Reply(reply),
+                None => match self.handler.request(&st.req, client, &mut cx).await {
+                    Some(reply) => Route::Reply(reply),
+                    None => self.handler.route(&st.req, client, &mut cx).await,
+                },
+            };
+            let result = match &route {
+                Route::Peer(peer) => {
+                    let target = Target::Peer(*peer);
+                    self.proxy(io, st, client, conn, target, &mut cx, &mut upstream)
+                        .await
+                }
+                Route::Forward(addrs) => {
+                    let target = Target::Addrs(addrs);
+                    self.proxy(io, st, client, conn, target, &mut cx, &mut upstream)
+                        .await
+                }
+                Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
+                Route::Reply(reply) => break 'done self.reply(io, st, reply, conn).await,
+            };
+            match result {
+                Ok(done) => done,
+                Err(failure) if failure.error.kind() == ErrorKind::ClientGone => {
+                    // Nobody to answer; 499 in the logs, as nginx writes it.
+                    self.log_failure(client, &st.req, CLIENT_GONE_STATUS, &failure.error, upstream);
+                    (Outcome::Close, CLIENT_GONE_STATUS)
+                }
+                Err(failure) => {
+                    let status = if failure.responded {
+                        0
+                    } else {
+                        let head_request = st.req.method() == Method::Head;
+                        self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn)
+                            .await
+                    };
+                    self.log_failure(client, &st.req, status, &failure.error, upstream);
+                    // The client may still be sending the request's body.
+                    let unread = status != 0 && st.req.body() != BodyFraming::None;
+                    let outcome = if unread {
+                        Outcome::CloseUnread
+                    } else {
+                        Outcome::Close
+                    };
+                    (outcome, status)
+                }
+            }
+        };
+        let summary = Summary { status, upstream };
+        self.handler.finish(&st.req, &summary, &mut cx);
+        (outcome, status, upstream)
+    }
+}

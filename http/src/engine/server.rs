@@ -1,0 +1,376 @@
+//! The downstream HTTP/1.1 session: one client connection's buffers and
+//! heads, reading request heads within the limits and timeouts (a
+//! connection that idles holds no buffer), writing local answers and
+//! error answers, lingering after a close with a body unread, and the
+//! access and failure log lines.
+
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use ringway_core::{ClientWatch, ConnCtx, Error, ErrorKind, Result, Side, Wait};
+
+use super::{ClientInfo, ClientStream, Engine, Outcome};
+use crate::{
+    buffers,
+    edits::HeadEdits,
+    head::{BodyFraming, Method, RequestHead, ResponseHead},
+    hooks::ProxyHooks,
+    io::{bounded, io_error, read_some, write_vec},
+    reply::{reason_phrase, status_for, LocalReply},
+    write::{local_response, RESPONSE_START},
+};
+
+/// The buffer a request head that arrives in pieces waits in.
+const SMALL_HEAD_BUFFER: usize = 4096;
+
+/// Buffers and heads of one client connection, reused for every request.
+pub(super) struct ConnBuffers {
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
+    pub(super) req: RequestHead,
+    pub(super) resp: ResponseHead,
+    /// The hooks' edits to the head being written.
+    pub(super) edits: HeadEdits,
+    /// The listener's buffer size.
+    pub(super) size: usize,
+}
+
+impl ConnBuffers {
+    /// Takes a write buffer, once a whole head is here: a connection whose
+    /// head is still arriving holds none.
+    pub(super) fn take_write_buffer(&mut self) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = buffers::take_write(self.size);
+        }
+    }
+
+    /// Gives the buffers back to the worker's free lists (the read buffer
+    /// must hold nothing still needed).
+    pub(super) fn release_buffers(&mut self) {
+        buffers::give_read(std::mem::take(&mut self.rbuf), self.size);
+        buffers::give_write(std::mem::take(&mut self.wbuf), self.size);
+        buffers::give_write(std::mem::take(&mut self.scratch), self.size);
+    }
+}
+
+impl Drop for ConnBuffers {
+    fn drop(&mut self) {
+        self.req.clear();
+        self.resp.clear();
+        self.release_buffers();
+    }
+}
+
+impl<H: ProxyHooks> Engine<H> {
+    /// Closes a connection whose client may still be sending a request
+    /// body that was not read, as nginx's lingering close does: the
+    /// sending side is shut, then whatever arrives is read and dropped
+    /// until the client closes, is quiet for 5 s, or 30 s have passed.
+    /// Closing at once would make the client's kernel answer its next
+    /// bytes with a reset, which can destroy the response before the
+    /// client has read it. The connection's buffers are given back by
+    /// then (it reads into 4 KiB), and it counts as idle: a drain ends it
+    /// at once.
+    pub(super) async fn linger<S: ClientStream>(&self, io: &mut S, conn: &ConnCtx) {
+        const QUIET: Duration = Duration::from_secs(5);
+        const TOTAL: Duration = Duration::from_secs(30);
+        const SINK: usize = 4096;
+        if io.shutdown().await.is_err() || !conn.set_idle(true) {
+            return;
+        }
+        let until = Instant::now() + TOTAL;
+        let mut sink = BytesMut::with_capacity(SINK);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sink.clear();
+            let armed = conn.deadline(Wait::Linger, QUIET.min(left));
+            let read = read_some(io, &mut sink, SINK).await;
+            if armed.finish() || conn.is_draining() || !matches!(read, Ok(n) if n > 0) {
+                break;
+            }
+        }
+        conn.set_idle(false);
+    }
+
+    /// Reads and parses the next request head. `Ok(false)`: the connection
+    /// ended quietly (closed, idle, draining) before a request began.
+    pub(super) async fn read_request<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        first: bool,
+        conn: &ConnCtx,
+    ) -> Result<bool> {
+        let s = &self.settings;
+        let t = &s.timeouts;
+        // A new connection's whole first head must arrive within the head
+        // timeout; later heads get it from their first byte on.
+        let started = first.then(Instant::now);
+        if st.rbuf.is_empty() {
+            if !conn.set_idle(true) {
+                return Ok(false);
+            }
+            // While idle the connection holds no buffer: it waits for
+            // readability, then takes one and reads what arrived.
+            st.release_buffers();
+            let wait = if first { t.client_head } else { t.idle };
+            let size = s.buffer_size;
+            let rbuf = &mut st.rbuf;
+            let next = async {
+                io.wait_readable().await?;
+                *rbuf = buffers::take_read(size);
+                read_some(io, rbuf, size).await
+            };
+            let armed = conn.deadline(Wait::ClientRead, wait);
+            let read = next.await;
+            let expired = armed.finish();
+            conn.set_idle(false);
+            match read {
+                // A drain that began while this connection was idle has shut
+                // its socket down: whatever arrived cannot be answered. An
+                // expired idle deadline did the same.
+                Ok(n) if n > 0 && !conn.is_draining() && !expired => {}
+                // Closed, reset, idle timeout or drain: no request was begun.
+                _ => return Ok(false),
+            }
+        }
+        if st.req.parse(&mut st.rbuf, &s.limits)? {
+            st.take_write_buffer();
+            return Ok(true);
+        }
+        let head_limit = started.map_or(t.client_head, |at| t.client_head.saturating_sub(at.elapsed()));
+        // A head that trickles in (slowloris, or a slow link) waits in a
+        // small buffer: thousands of them must not each hold a full one.
+        if st.rbuf.len() < SMALL_HEAD_BUFFER / 2 && st.rbuf.capacity() > SMALL_HEAD_BUFFER {
+            let mut small = BytesMut::with_capacity(SMALL_HEAD_BUFFER);
+            small.extend_from_slice(&st.rbuf);
+            buffers::give_read(std::mem::replace(&mut st.rbuf, small), s.buffer_size);
+        }
+        let ConnBuffers { rbuf, req, .. } = st;
+        let rest_of_head = async {
+            loop {
+                // No more than the buffer has room for, while it is small.
+                let room = (rbuf.capacity() - rbuf.len()).max(SMALL_HEAD_BUFFER / 4);
+                let n = read_some(io, rbuf, room.min(s.buffer_size))
+                    .await
+                    .map_err(io_error(Side::Downstream, "reading a request head"))?;
+                if n == 0 {
+                    return Err(Error::new(
+                        ErrorKind::ConnectionClosed,
+                        Side::Downstream,
+                        "client closed the connection in the middle of a request head",
+                    ));
+                }
+                if req.parse(rbuf, &s.limits)? {
+                    return Ok(true);
+                }
+            }
+        };
+        let complete = bounded!(
+            conn.deadline(Wait::ClientRead, head_limit),
+            ErrorKind::ReadTimeout,
+            Side::Downstream,
+            "request head not received in time",
+            rest_of_head,
+        )??;
+        st.take_write_buffer();
+        Ok(complete)
+    }
+
+    /// Answers with a reply of the hooks or of the engine's guards.
+    pub(super) async fn reply<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        reply: &LocalReply,
+        conn: &ConnCtx,
+    ) -> (Outcome, u16) {
+        // An unread request body leaves the connection unusable.
+        // A body that is all here is dropped; one still arriving
+        // leaves the connection unusable.
+        let unread = match st.req.body() {
+            BodyFraming::None => false,
+            BodyFraming::Length(n) if st.rbuf.len() as u64 >= n => {
+                st.rbuf.advance(n as usize);
+                false
+            }
+            _ => true,
+        };
+        // A request refused as malformed (400) ends the connection,
+        // as nginx and HAProxy do: whatever follows on it was sent
+        // by a client that does not speak HTTP as the proxy reads it.
+        // So does a refused CONNECT (but for a 407 the client answers
+        // on the same connection): the client may already be
+        // sending the tunnel's bytes.
+        let connect = st.req.method() == Method::Connect && reply.status != 407;
+        let close = st.req.wants_close() || conn.is_draining() || unread || reply.status == 400 || connect;
+        st.wbuf.clear();
+        local_response(
+            &mut st.wbuf,
+            reply,
+            reason_phrase(reply.status),
+            close,
+            st.req.method() == Method::Head,
+            self.settings.proxy_headers.via.as_ref(),
+        );
+        let sent = self.write_client(io, &mut st.wbuf, conn).await;
+        let outcome = match (close, sent.is_ok()) {
+            (_, false) => Outcome::Close,
+            (true, true) if unread => Outcome::CloseUnread,
+            (true, true) => Outcome::Close,
+            (false, true) => Outcome::KeepAlive,
+        };
+        (outcome, reply.status)
+    }
+
+    /// Writes `buf` to the client, less the response's first byte when the
+    /// sweep already sent it as a probe.
+    pub(super) async fn write_client<S: ClientStream>(
+        &self,
+        io: &mut S,
+        buf: &mut Vec<u8>,
+        conn: &ConnCtx,
+    ) -> Result<()> {
+        skip_probe(conn, buf);
+        bounded!(
+            conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io),
+            ErrorKind::WriteTimeout,
+            Side::Downstream,
+            "client did not take the response in time",
+            write_vec(io, buf),
+        )?
+        .map_err(io_error(Side::Downstream, "writing to the client"))
+    }
+
+    /// Answers an error with its status (connection closing), or nothing
+    /// when the client is gone; `head_request`: the answer has no body.
+    /// Returns the status sent, 0 for none.
+    pub(super) async fn send_error<S: ClientStream>(
+        &self,
+        io: &mut S,
+        wbuf: &mut Vec<u8>,
+        error: &Error,
+        head_request: bool,
+        conn: &ConnCtx,
+    ) -> u16 {
+        let Some(status) = status_for(error) else {
+            return 0;
+        };
+        wbuf.clear();
+        let reply = LocalReply::status(status);
+        local_response(
+            wbuf,
+            &reply,
+            reason_phrase(status),
+            true,
+            head_request,
+            self.settings.proxy_headers.via.as_ref(),
+        );
+        let _ = self.write_client(io, wbuf, conn).await;
+        status
+    }
+
+    pub(super) fn log_failure(
+        &self,
+        client: &ClientInfo,
+        req: &RequestHead,
+        status: u16,
+        error: &Error,
+        upstream: Option<SocketAddr>,
+    ) {
+        let upstream = upstream.map(tracing::field::display);
+        match error.side() {
+            Side::Downstream => tracing::debug!(
+                listener = &*self.listener,
+                client = %client.peer,
+                upstream,
+                status,
+                "request failed: {error}"
+            ),
+            _ => tracing::warn!(
+                listener = &*self.listener,
+                client = %client.peer,
+                target = %loggable_target(req.target()),
+                upstream,
+                status,
+                "request failed: {error}"
+            ),
+        }
+    }
+
+    pub(super) fn log_access(
+        &self,
+        client: &ClientInfo,
+        req: &RequestHead,
+        status: u16,
+        started: Instant,
+        upstream: Option<SocketAddr>,
+    ) {
+        tracing::info!(
+            target: "ringway::access",
+            listener = &*self.listener,
+            client = %client.peer,
+            method = %String::from_utf8_lossy(req.method_bytes()),
+            target = %loggable_target(req.target()),
+            status,
+            upstream = upstream.map(tracing::field::display),
+            micros = started.elapsed().as_micros() as u64,
+        );
+    }
+}
+
+/// How the sweep may watch a client whose request is all sent: with the
+/// response's first byte as a probe while nothing of an answer went out
+/// and the stream is a plain socket (a TLS stream cannot take a stray
+/// byte), else for resets only.
+pub(super) fn client_watch<S: ClientStream>(io: &S, began: bool) -> ClientWatch {
+    if began || io.splice_fd().is_none() {
+        ClientWatch::ResetOnly
+    } else {
+        ClientWatch::Probe(RESPONSE_START)
+    }
+}
+
+/// Drops the first byte of the response in `head` when the sweep already
+/// sent it to the client as a probe.
+pub(super) fn skip_probe(conn: &ConnCtx, head: &mut Vec<u8>) {
+    if conn.take_probe() {
+        debug_assert_eq!(head.first(), Some(&RESPONSE_START));
+        head.remove(0);
+    }
+}
+
+/// A request target fit for a log line: credentials in an authority
+/// (`user:password@host`) are replaced by `***`.
+pub(super) fn loggable_target(target: &[u8]) -> Cow<'_, str> {
+    let text = String::from_utf8_lossy(target);
+    let scheme_end = text.find("://").map_or(0, |i| i + 3);
+    let authority_end = text[scheme_end..]
+        .find(['/', '?'])
+        .map_or(text.len(), |i| scheme_end + i);
+    match text[scheme_end..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}***{}", &text[..scheme_end], &text[scheme_end + at..])),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_targets_carry_no_credentials() {
+        assert_eq!(loggable_target(b"user:pw@host.test:443"), "***@host.test:443");
+        assert_eq!(loggable_target(b"http://u:p@h.test/a@b"), "http://***@h.test/a@b");
+        assert_eq!(loggable_target(b"/path?x=a@b"), "/path?x=a@b");
+        assert_eq!(loggable_target(b"host.test:443"), "host.test:443");
+    }
+}
