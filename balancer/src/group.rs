@@ -19,8 +19,13 @@ use crate::{
 /// One server of a group, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSpec {
-    /// Its address.
+    /// Its address (when it has a host name: the one it resolved to when
+    /// the configuration was loaded; [`HealthTable::addr`] has the current
+    /// one).
     pub addr: SocketAddr,
+    /// The host name it was given by, followed on its DNS TTL; `None` for a
+    /// server given by IP address.
+    pub host: Option<Arc<str>>,
     /// Its share of requests against the others (at least 1).
     pub weight: u32,
     /// The most requests it may have in flight, all workers together;
@@ -35,9 +40,30 @@ impl ServerSpec {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
+            host: None,
             weight: 1,
             max_connections: None,
             backup: false,
+        }
+    }
+
+    /// A primary server of weight 1 given by `host`, which resolved to
+    /// `addr`.
+    pub fn named(host: &str, addr: SocketAddr) -> Self {
+        Self {
+            host: Some(Arc::from(host)),
+            ..Self::new(addr)
+        }
+    }
+
+    /// What names the server whatever its address: `host:port` for a
+    /// server given by name, else its address. Sticky cookies and the
+    /// consistent-hash ring are built from it, so an address that changes
+    /// moves no session and no key.
+    pub fn identity(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host}:{}", self.addr.port()),
+            None => self.addr.to_string(),
         }
     }
 }
@@ -203,12 +229,7 @@ impl Sticky {
     pub fn new(cookie: String, ttl: Option<Duration>, secret: &str, servers: &[ServerSpec]) -> Self {
         let values = servers
             .iter()
-            .map(|s| {
-                format!(
-                    "{:016x}",
-                    keyed_hash(secret.as_bytes(), s.addr.to_string().as_bytes())
-                )
-            })
+            .map(|s| format!("{:016x}", keyed_hash(secret.as_bytes(), s.identity().as_bytes())))
             .collect();
         Self { cookie, ttl, values }
     }
@@ -315,7 +336,8 @@ impl UpstreamGroup {
         )
     }
 
-    /// The servers' addresses.
+    /// The servers' addresses as the configuration gave them (see
+    /// [`HealthTable::addr`] for the current ones).
     pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.servers.iter().map(|s| s.addr)
     }

@@ -1,14 +1,22 @@
 //! Health state shared by every worker of a process: whether active checks
-//! hold each server up, and the requests in flight to servers with a
-//! connection limit.
+//! hold each server up, the requests in flight to servers with a
+//! connection limit, and the current address of servers given by name.
 //!
 //! The prober (one per process) writes the table; workers read it on every
 //! pick with relaxed loads of words that rarely change, so a read is a plain
-//! load and stays in cache. [`CheckCounter`] turns a stream of check results
+//! load and stays in cache. Addresses change rarely too: a worker keeps its
+//! own copy and takes the table's (under its lock) only when the table's
+//! address epoch moved. [`CheckCounter`] turns a stream of check results
 //! into up and down transitions (`healthy` passes in a row bring a server
 //! up, `unhealthy` failures in a row take it down).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Mutex, PoisonError,
+    },
+};
 
 use crate::group::ServerSpec;
 
@@ -20,6 +28,10 @@ pub struct HealthTable {
     /// Requests in flight per server, all workers together; counted only
     /// for servers with a connection limit.
     in_flight: Box<[AtomicU32]>,
+    /// The servers' current addresses.
+    addrs: Mutex<Box<[SocketAddr]>>,
+    /// Counts address changes, so workers see one with a relaxed load.
+    addr_epoch: AtomicU64,
 }
 
 impl HealthTable {
@@ -30,7 +42,42 @@ impl HealthTable {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             in_flight: servers.iter().map(|_| AtomicU32::new(0)).collect(),
+            addrs: Mutex::new(servers.iter().map(|s| s.addr).collect()),
+            addr_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The current address of server `peer`.
+    pub fn addr(&self, peer: usize) -> SocketAddr {
+        self.addrs.lock().unwrap_or_else(PoisonError::into_inner)[peer]
+    }
+
+    /// Gives server `peer` a new address (its name resolved to another);
+    /// returns whether that changed it.
+    pub fn set_addr(&self, peer: usize, addr: SocketAddr) -> bool {
+        let mut addrs = self.addrs.lock().unwrap_or_else(PoisonError::into_inner);
+        if addrs[peer] == addr {
+            return false;
+        }
+        addrs[peer] = addr;
+        self.addr_epoch.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// How many address changes there have been.
+    #[inline]
+    pub(crate) fn addr_epoch(&self) -> u64 {
+        self.addr_epoch.load(Ordering::Acquire)
+    }
+
+    /// Copies the current addresses into `out` (one per server); returns
+    /// the epoch they belong to.
+    pub(crate) fn copy_addrs(&self, out: &[std::cell::Cell<SocketAddr>]) -> u64 {
+        let addrs = self.addrs.lock().unwrap_or_else(PoisonError::into_inner);
+        for (cell, addr) in out.iter().zip(addrs.iter()) {
+            cell.set(*addr);
+        }
+        self.addr_epoch.load(Ordering::Acquire)
     }
 
     /// Whether active checks hold server `peer` up.
@@ -159,6 +206,20 @@ mod tests {
         assert!(!t.is_up(65) && t.is_up(1) && t.any_down());
         assert!(t.set_up(65, true));
         assert!(!t.any_down());
+    }
+
+    #[test]
+    fn addresses_change_with_the_epoch() {
+        let a = SocketAddr::from(([127, 0, 0, 2], 80));
+        let b = SocketAddr::from(([127, 0, 0, 3], 80));
+        let t = HealthTable::new(&[ServerSpec::named("app.test", a)]);
+        assert_eq!((t.addr(0), t.addr_epoch()), (a, 0));
+        assert!(!t.set_addr(0, a), "the same address is no change");
+        assert!(t.set_addr(0, b));
+        assert_eq!((t.addr(0), t.addr_epoch()), (b, 1));
+        let copy = [std::cell::Cell::new(a)];
+        assert_eq!(t.copy_addrs(&copy), 1);
+        assert_eq!(copy[0].get(), b);
     }
 
     #[test]

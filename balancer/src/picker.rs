@@ -154,6 +154,12 @@ pub struct Balancer {
     /// The clock of the pick under way.
     now_ms: Cell<u64>,
     budget: RetryBudget,
+    /// The servers' addresses as this worker last took them from the
+    /// health table, and the table's address epoch then; followed only
+    /// when some server is given by name.
+    addrs: Box<[Cell<SocketAddr>]>,
+    addr_epoch: Cell<u64>,
+    named: bool,
 }
 
 impl Balancer {
@@ -174,6 +180,9 @@ impl Balancer {
             total_in_flight: Cell::new(0),
             now_ms: Cell::new(0),
             budget,
+            addrs: group.servers.iter().map(|s| Cell::new(s.addr)).collect(),
+            addr_epoch: Cell::new(0),
+            named: group.servers.iter().any(|s| s.host.is_some()),
             group,
         }
     }
@@ -185,7 +194,13 @@ impl Balancer {
 
     /// The address of server `peer`.
     pub fn addr(&self, peer: PeerId) -> SocketAddr {
-        self.group.servers[peer].addr
+        if self.named {
+            let epoch = self.group.health.addr_epoch();
+            if epoch != self.addr_epoch.get() {
+                self.addr_epoch.set(self.group.health.copy_addrs(&self.addrs));
+            }
+        }
+        self.addrs[peer].get()
     }
 
     /// Requests in flight from this worker to server `peer`.

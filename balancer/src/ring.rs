@@ -35,7 +35,7 @@ impl Ring {
                 .max(1)
                 .saturating_mul(POINTS_PER_WEIGHT)
                 .min(MAX_POINTS);
-            let name = server.addr.to_string();
+            let name = server.identity();
             for point in 0..count {
                 let position = hash_bytes(format!("{name}#{point}").as_bytes());
                 points.push((position, index as u32));

@@ -13,6 +13,7 @@ fn servers(weights: &[u32]) -> Vec<ServerSpec> {
         .iter()
         .enumerate()
         .map(|(i, &weight)| ServerSpec {
+            host: None,
             weight,
             ..ServerSpec::new(addr(i))
         })

@@ -111,6 +111,7 @@ fn balancer_pick(c: &mut Criterion) {
     // passive health: every pick looks at health.
     let servers: Vec<ServerSpec> = (0..64u16)
         .map(|i| ServerSpec {
+            host: None,
             weight: 1 + u32::from(i % 3),
             ..ServerSpec::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
         })

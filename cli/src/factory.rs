@@ -5,8 +5,9 @@
 //! DNS resolver shared by that worker's listeners, and per listener its
 //! handler (reverse: the route table and per-worker balancers; forward: the
 //! ACL, authentication and PAC settings) inside an HTTP engine, or for a
-//! tcp listener its L4 balancer; and once
-//! per process the health prober of the upstreams that have checks.
+//! tcp listener its L4 balancer; and once per process the prober: the
+//! health checks of the upstreams that have them, and the lookups that
+//! follow servers given by name.
 
 use std::{net::SocketAddr, rc::Rc, sync::Arc};
 
@@ -95,9 +96,11 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
         shutdown_timeout: config.shutdown_timeout,
         timer_tick: std::time::Duration::from_millis(100),
     };
+    let upstreams = config.upstreams.clone();
+    let dns = Arc::clone(&config.dns);
     let config = config.clone();
     let server = ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))?;
-    let prober = Prober::start(checks)?;
+    let prober = Prober::start(checks, &upstreams, dns)?;
     Ok(Running { server, prober })
 }
 

@@ -340,3 +340,108 @@ fn active_health_checks_take_a_failing_server_out_and_bring_it_back() {
     running.shutdown();
     running.wait();
 }
+
+/// A DNS server on loopback that answers every A query with the address
+/// it holds now (TTL 1 s) and every other query with no address.
+struct TinyDns {
+    addr: SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TinyDns {
+    fn start(first: std::net::Ipv4Addr) -> TinyDns {
+        use std::sync::{atomic::Ordering, Arc, Mutex};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind DNS");
+        let addr = socket.local_addr().expect("DNS address");
+        let answer = Arc::new(Mutex::new(first));
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (held, count) = (Arc::clone(&answer), Arc::clone(&queries));
+        // Leaked with the test process: the thread blocks on the socket.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let query = &buf[..n];
+                // The question: the name's labels, then type and class.
+                let mut end = 12;
+                while end < n && query[end] != 0 {
+                    end += 1 + usize::from(query[end]);
+                }
+                if end + 5 > n {
+                    continue;
+                }
+                let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+                let question = &query[12..end + 5];
+                count.fetch_add(1, Ordering::Relaxed);
+                let ip = *held.lock().expect("answer");
+                let a = qtype == 1;
+                let mut out = Vec::with_capacity(64);
+                out.extend_from_slice(&query[..2]);
+                out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+                out.extend_from_slice(question);
+                if a {
+                    out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                    out.extend_from_slice(&ip.octets());
+                }
+                let _ = socket.send_to(&out, from);
+            }
+        });
+        TinyDns {
+            addr,
+            answer,
+            queries,
+        }
+    }
+
+    fn answer_with(&self, ip: std::net::Ipv4Addr) {
+        *self.answer.lock().expect("answer") = ip;
+    }
+}
+
+#[test]
+fn a_server_given_by_name_follows_its_dns_answer() {
+    use std::net::Ipv4Addr;
+    // Two origins on one port of two loopback addresses: the name moves
+    // from the first to the second.
+    let (first, second) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let (a, b) = loop {
+        let a = named_on(SocketAddr::from((first, 0)), "a");
+        let port = a.addr().port();
+        if std::net::TcpListener::bind((second, port)).is_ok() {
+            break (a, named_on(SocketAddr::from((second, port)), "b"));
+        }
+    };
+    let dns = TinyDns::start(first);
+    let source = format!(
+        "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+         [[listener.route]]\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"app.test:{}\"]\n\n\
+         [dns]\nsystem_hosts = false\nservers = [\"{}\"]\n",
+        a.addr().port(),
+        dns.addr
+    );
+    let config = config::parse(Path::new("test.toml"), &source).unwrap_or_else(|e| panic!("{e}\n{source}"));
+    let running = factory::start(&config).expect("the proxy starts");
+    let mut client = TestClient::connect(running.local_addrs()[0]);
+    assert_eq!(get(&mut client, "/", None).body, b"a");
+    let asked = dns.queries.load(std::sync::atomic::Ordering::Relaxed);
+    dns.answer_with(second);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut moved = false;
+    while !moved && std::time::Instant::now() < until {
+        moved = get(&mut client, "/", None).body == b"b";
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(moved, "the server never moved to its new address");
+    assert!(dns.queries.load(std::sync::atomic::Ordering::Relaxed) > asked);
+    // The old address gets nothing more.
+    let before = a.seen().len();
+    for _ in 0..20 {
+        assert_eq!(get(&mut client, "/", None).body, b"b");
+    }
+    assert_eq!(a.seen().len(), before);
+    drop(b);
+    running.shutdown();
+    running.wait();
+}

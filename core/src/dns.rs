@@ -105,6 +105,38 @@ struct CacheEntry {
     expires: Instant,
 }
 
+/// The answer of [`Resolver::lookup`].
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The addresses, IPv4 first.
+    pub addrs: Rc<[IpAddr]>,
+    /// How long they hold (the answer's smallest TTL, capped by
+    /// `cache_ttl`); `None` when they never change.
+    pub ttl: Option<Duration>,
+}
+
+/// Resolves `name` once, from a thread that runs no runtime of its own (a
+/// configuration being loaded): the same order of answers as a worker's
+/// [`Resolver`], on a short-lived thread with a runtime of its own.
+pub fn resolve_blocking(config: Arc<DnsConfig>, name: &str) -> Result<Vec<IpAddr>> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let lookup = move || {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Io, Side::Upstream, "starting a resolver").with_cause(e))?;
+        runtime.block_on(async { Resolver::new(config).resolve(&name).await.map(|a| a.to_vec()) })
+    };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("ringway-resolve".into())
+            .spawn_scoped(scope, lookup)
+            .map_err(|e| Error::new(ErrorKind::Io, Side::Upstream, "starting a resolver").with_cause(e))?
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, Side::Upstream, "the resolver failed")))
+    })
+}
+
 /// A worker's resolver and cache.
 pub struct Resolver {
     config: Arc<DnsConfig>,
@@ -140,16 +172,18 @@ impl Resolver {
         }
     }
 
+    /// The settings it resolves with.
+    pub fn config(&self) -> &DnsConfig {
+        &self.config
+    }
+
     /// The addresses of `name` (lowercase, no trailing dot).
     ///
     /// Fails with `ErrorKind::ConnectFailed` on the upstream side when the
     /// name does not exist or has no address, and when no server answered.
     pub async fn resolve(&self, name: &str) -> Result<Rc<[IpAddr]>> {
-        if let Ok(ip) = name.parse::<IpAddr>() {
-            return Ok(Rc::from([ip]));
-        }
-        if let Some(addrs) = self.hosts.get(name) {
-            return Ok(Rc::clone(addrs));
+        if let Some(addrs) = self.fixed(name) {
+            return Ok(addrs);
         }
         let now = Instant::now();
         if let Some(entry) = self.cache.borrow().get(name) {
@@ -157,6 +191,31 @@ impl Resolver {
                 return entry.addrs.clone().ok_or_else(|| no_address(name));
             }
         }
+        Ok(self.ask(name).await?.addrs)
+    }
+
+    /// The addresses of `name` as the DNS servers give them now (the cache
+    /// is refreshed, not read), with how long they may be kept: `None` for
+    /// an IP literal or a static answer, which never change. For callers
+    /// that follow a name over time (upstream servers given by name).
+    pub async fn lookup(&self, name: &str) -> Result<Lookup> {
+        if let Some(addrs) = self.fixed(name) {
+            return Ok(Lookup { addrs, ttl: None });
+        }
+        self.ask(name).await
+    }
+
+    /// An IP literal, or a static answer.
+    fn fixed(&self, name: &str) -> Option<Rc<[IpAddr]>> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Some(Rc::from([ip]));
+        }
+        self.hosts.get(name).map(Rc::clone)
+    }
+
+    /// Asks the servers and caches the answer.
+    async fn ask(&self, name: &str) -> Result<Lookup> {
+        let now = Instant::now();
         let answer = self.query_servers(name).await?;
         let ttl = answer.ttl.min(self.config.cache_ttl);
         let addrs: Option<Rc<[IpAddr]>> = (!answer.addrs.is_empty()).then(|| Rc::from(answer.addrs));
@@ -174,7 +233,11 @@ impl Resolver {
                 expires: now + ttl,
             },
         );
-        addrs.ok_or_else(|| no_address(name))
+        let addrs = addrs.ok_or_else(|| no_address(name))?;
+        Ok(Lookup {
+            addrs,
+            ttl: Some(ttl),
+        })
     }
 
     fn random_u16(&self) -> u16 {

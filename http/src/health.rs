@@ -9,11 +9,20 @@
 //! back, `unhealthy` failures in a row take it out; every change is logged
 //! with the group and the server. Servers start up, as HAProxy's do: a
 //! server that is down at start leaves after its first `unhealthy` checks.
+//!
+//! The same thread follows servers given by host name: each name is looked
+//! up again when its answer's TTL runs out (at least a second apart, at
+//! most the resolver's `cache_ttl`), with the project's resolver. A server
+//! keeps its address while the answer still holds it, else takes the
+//! answer's first (IPv4 first); the change is published to every worker
+//! through the health table and logged. A failed lookup keeps the address
+//! and is tried again after the negative TTL.
 
 use std::{
     io,
     net::SocketAddr,
     ops::RangeInclusive,
+    rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -26,7 +35,8 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRentExt},
     net::TcpStream,
 };
-use ringway_balancer::{CheckCounter, Transition, UpstreamGroup};
+use ringway_balancer::{CheckCounter, ServerSpec, Transition, UpstreamGroup};
+use ringway_core::dns::{DnsConfig, Resolver};
 
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +77,23 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts probing each group with its check, or returns `None` when
-    /// there is nothing to check.
-    pub fn start(checks: Vec<(Arc<UpstreamGroup>, HealthCheck)>) -> io::Result<Option<Prober>> {
-        if checks.is_empty() {
+    /// Starts probing each group with its check and following the servers
+    /// of `groups` given by name (resolved as `dns` says), or returns
+    /// `None` when there is nothing to do.
+    pub fn start(
+        checks: Vec<(Arc<UpstreamGroup>, HealthCheck)>,
+        groups: &[Arc<UpstreamGroup>],
+        dns: Arc<DnsConfig>,
+    ) -> io::Result<Option<Prober>> {
+        let named: Vec<(Arc<UpstreamGroup>, usize)> = groups
+            .iter()
+            .flat_map(|g| {
+                (0..g.len())
+                    .filter(|&i| g.servers[i].host.is_some())
+                    .map(move |i| (Arc::clone(g), i))
+            })
+            .collect();
+        if checks.is_empty() && named.is_empty() {
             return Ok(None);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -88,7 +111,20 @@ impl Prober {
                         return;
                     }
                 };
-                runtime.block_on(probe_all(checks, flag));
+                runtime.block_on(async move {
+                    let resolver = Rc::new(Resolver::new(dns));
+                    let follow: Vec<_> = named
+                        .into_iter()
+                        .map(|(group, peer)| {
+                            let task = follow_name(group, peer, Rc::clone(&resolver), Arc::clone(&flag));
+                            monoio::spawn(task)
+                        })
+                        .collect();
+                    probe_all(checks, Arc::clone(&flag)).await;
+                    for task in follow {
+                        task.await;
+                    }
+                });
             })?;
         Ok(Some(Prober {
             stop,
@@ -152,13 +188,15 @@ async fn probe_server(
     stop: Arc<AtomicBool>,
     offset: Duration,
 ) {
-    let addr = group.servers[peer].addr;
     let mut counter = CheckCounter::new(check.healthy, check.unhealthy);
     if sleep_or_stop(offset, &stop).await {
         return;
     }
     loop {
-        let result = match monoio::time::timeout(check.timeout, probe_once(&check.probe, addr)).await {
+        // The server's address now: a name may have moved it.
+        let addr = group.health.addr(peer);
+        let probe = probe_once(&check.probe, addr, &group.servers[peer]);
+        let result = match monoio::time::timeout(check.timeout, probe).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {:?}", check.timeout)),
         };
@@ -191,15 +229,74 @@ async fn probe_server(
     }
 }
 
-/// One probe of `addr`: `Ok` when it passes, else why not.
-async fn probe_once(probe: &Probe, addr: SocketAddr) -> Result<(), String> {
+/// The shortest wait between two lookups of one name.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// Follows the host name of server `peer`: looks it up again when its
+/// answer expires and moves the server when the answer no longer holds
+/// its address.
+async fn follow_name(group: Arc<UpstreamGroup>, peer: usize, resolver: Rc<Resolver>, stop: Arc<AtomicBool>) {
+    let server = &group.servers[peer];
+    let Some(host) = server.host.clone() else {
+        return;
+    };
+    let port = server.addr.port();
+    let config = resolver.config();
+    let most = config.cache_ttl.max(MIN_REFRESH);
+    let retry = config.negative_ttl.clamp(MIN_REFRESH, most);
+    loop {
+        let wait = match resolver.lookup(&host).await {
+            Ok(found) => {
+                let current = group.health.addr(peer);
+                let keep = found.addrs.contains(&current.ip());
+                if let (false, Some(&ip)) = (keep, found.addrs.first()) {
+                    let moved = SocketAddr::new(ip, port);
+                    if group.health.set_addr(peer, moved) {
+                        tracing::info!(
+                            upstream = %group.name,
+                            server = %host,
+                            from = %current,
+                            to = %moved,
+                            "server address changed"
+                        );
+                    }
+                }
+                match found.ttl {
+                    // A static answer never changes.
+                    None => return,
+                    Some(ttl) => ttl.clamp(MIN_REFRESH, most),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    upstream = %group.name,
+                    server = %host,
+                    address = %group.health.addr(peer),
+                    "looking the server up again failed, its address stays: {e}"
+                );
+                retry
+            }
+        };
+        if sleep_or_stop(wait, &stop).await {
+            return;
+        }
+    }
+}
+
+/// One probe of `server` at `addr`: `Ok` when it passes, else why not.
+async fn probe_once(probe: &Probe, addr: SocketAddr, server: &ServerSpec) -> Result<(), String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let Probe::Http { path, host, expect } = probe else {
         return Ok(());
     };
-    let host = host.clone().unwrap_or_else(|| addr.to_string());
+    // The Host a server given by name expects is its name.
+    let host = match (host, &server.host) {
+        (Some(host), _) => host.clone(),
+        (None, Some(_)) => server.identity(),
+        (None, None) => addr.to_string(),
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringway-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );

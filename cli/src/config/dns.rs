@@ -1,5 +1,6 @@
-//! `[dns]`: how forward listeners resolve names (static hosts, servers,
-//! cache sizes and lifetimes).
+//! `[dns]`: how names are resolved (static hosts, servers, cache sizes and
+//! lifetimes): the destinations of forward listeners, and upstream servers
+//! given by host name.
 
 use super::*;
 

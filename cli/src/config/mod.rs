@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -499,10 +499,12 @@ impl Validator {
             user.log.access_log.unwrap_or(false),
             &root.key("http"),
         );
+        // Before the upstreams: their servers' names are looked up with it.
+        let dns = Arc::new(self.dns(&user.dns, &root.key("dns")));
         let upstream::Upstreams {
             groups: upstreams,
             checks: health_checks,
-        } = self.upstreams(&user.upstreams, &root.key("upstream"));
+        } = self.upstreams(&user.upstreams, &dns, &root.key("upstream"));
         let mut acls: BTreeMap<String, Arc<Acl>> = BTreeMap::new();
         for (name, section) in &user.acl {
             let acl = self.acl(name, section, &root.key("acl").key(name));
@@ -514,7 +516,6 @@ impl Validator {
                 auths.insert(name.clone(), Arc::new(auth));
             }
         }
-        let dns = self.dns(&user.dns, &root.key("dns"));
         let named = Named {
             upstreams: &upstreams,
             acls: &acls,
@@ -533,7 +534,7 @@ impl Validator {
             upstreams,
             health_checks,
             pool,
-            dns: Arc::new(dns),
+            dns,
         }
     }
 
@@ -847,19 +848,6 @@ struct Named<'a> {
     upstreams: &'a [Arc<UpstreamGroup>],
     acls: &'a BTreeMap<String, Arc<Acl>>,
     auths: &'a BTreeMap<String, Arc<BasicAuth>>,
-}
-
-/// An upstream server address: `IP:PORT`, or `host:port` resolved once now.
-fn resolve_once(server: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = server.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let mut addrs = server
-        .to_socket_addrs()
-        .map_err(|e| format!("invalid server {server:?}: {e} (expected IP:PORT or HOST:PORT)"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("server {server:?} resolves to no address"))
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 //! their active and passive health, retries on other servers, timeouts and
 //! sticky sessions.
 //!
+//! A server given by host name is looked up when the file is loaded, with
+//! the resolver `[dns]` describes (static hosts, `/etc/hosts`, then its
+//! servers), and followed on its DNS TTL while ringway runs; a name that
+//! does not resolve at load is an error, as in nginx.
+//!
 //! ```toml
 //! [[upstream]]
 //! name = "app"
@@ -24,7 +29,9 @@ use ringway_balancer::{
 use ringway_http::{is_token, HealthCheck, Probe};
 use serde::Deserialize;
 
-use super::{resolve_once, Validator};
+use ringway_core::dns::{resolve_blocking, DnsConfig};
+
+use super::Validator;
 use crate::locate::KeyPath;
 
 /// `[[upstream]]` as written.
@@ -107,7 +114,12 @@ pub(crate) struct Upstreams {
 }
 
 impl Validator {
-    pub(super) fn upstreams(&mut self, sections: &[UpstreamSection], path: &KeyPath) -> Upstreams {
+    pub(super) fn upstreams(
+        &mut self,
+        sections: &[UpstreamSection],
+        dns: &Arc<DnsConfig>,
+        path: &KeyPath,
+    ) -> Upstreams {
         let mut groups: Vec<Arc<UpstreamGroup>> = Vec::new();
         let mut checks = Vec::new();
         for (i, up) in sections.iter().enumerate() {
@@ -123,7 +135,7 @@ impl Validator {
             if up.servers.is_empty() {
                 self.problem(at.key("servers"), "an upstream needs at least one server");
             }
-            let servers = self.servers(&up.servers, &at.key("servers"));
+            let servers = self.servers(&up.servers, dns, &at.key("servers"));
             if servers.len() > MAX_SERVERS {
                 self.problem(
                     at.key("servers"),
@@ -152,7 +164,7 @@ impl Validator {
         Upstreams { groups, checks }
     }
 
-    fn servers(&mut self, values: &[ServerValue], at: &KeyPath) -> Vec<ServerSpec> {
+    fn servers(&mut self, values: &[ServerValue], dns: &Arc<DnsConfig>, at: &KeyPath) -> Vec<ServerSpec> {
         let mut servers = Vec::new();
         for (j, value) in values.iter().enumerate() {
             let key = at.index(j);
@@ -160,25 +172,22 @@ impl Validator {
                 ServerValue::Addr(text) => (text, None),
                 ServerValue::Table(table) => (&table.addr, Some(table)),
             };
-            let resolved = if self.outside {
-                resolve_once(text)
-            } else {
-                text.parse::<SocketAddr>()
-                    .map_err(|_| format!("{text:?}: names are not looked up here"))
-            };
-            let addr = match resolved {
-                Ok(addr) => addr,
+            let mut spec = match self.server_addr(text, dns) {
+                Ok(spec) => spec,
                 Err(e) => {
                     let key = if table.is_some() { key.key("addr") } else { key };
                     self.problem(key, e);
                     continue;
                 }
             };
-            if servers.iter().any(|s: &ServerSpec| s.addr == addr) {
-                self.problem(key.clone(), format!("server {addr} is listed twice"));
+            if servers
+                .iter()
+                .any(|s: &ServerSpec| s.identity() == spec.identity())
+            {
+                self.problem(key.clone(), format!("server {} is listed twice", spec.identity()));
             }
+            let addr = spec.addr;
             self.servers.push((key.clone(), addr));
-            let mut spec = ServerSpec::new(addr);
             if let Some(table) = table {
                 match table.weight {
                     Some(0) => self.problem(key.key("weight"), "must be at least 1"),
@@ -201,6 +210,33 @@ impl Validator {
             );
         }
         servers
+    }
+
+    /// A server's address: `IP:PORT`, or `HOST:PORT` looked up now.
+    fn server_addr(&self, text: &str, dns: &Arc<DnsConfig>) -> Result<ServerSpec, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(ServerSpec::new(addr));
+        }
+        let expected = || format!("invalid server {text:?}: expected IP:PORT or HOST:PORT");
+        let (host, port) = text.rsplit_once(':').ok_or_else(expected)?;
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let valid = host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(expected());
+        }
+        if !self.outside {
+            return Err(format!("{text:?}: names are not looked up here"));
+        }
+        let ips = resolve_blocking(Arc::clone(dns), &host)
+            .map_err(|e| format!("server {text:?} could not be looked up: {e}"))?;
+        let ip = ips
+            .first()
+            .ok_or_else(|| format!("server {text:?} resolves to no address"))?;
+        Ok(ServerSpec::named(&host, SocketAddr::new(*ip, port)))
     }
 
     fn algorithm(&mut self, up: &UpstreamSection, at: &KeyPath) -> Algorithm {
@@ -477,6 +513,47 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.0.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn servers_given_by_name_resolve_with_the_dns_section() {
+        let text = format!(
+            "{}\n[dns]\nsystem_hosts = false\nhosts = {{ \"app.test\" = \"127.0.0.5\" }}\n",
+            source(r#"servers = ["App.Test.:8080", "127.0.0.6:8080"]"#)
+        );
+        let config = parse(Path::new("t.toml"), &text).expect("valid");
+        let g = &config.upstreams[0];
+        assert_eq!(g.servers[0].addr, "127.0.0.5:8080".parse().expect("address"));
+        assert_eq!(g.servers[0].host.as_deref(), Some("app.test"));
+        assert_eq!(g.servers[0].identity(), "app.test:8080");
+        assert_eq!(g.servers[1].host, None);
+    }
+
+    #[test]
+    fn a_server_name_that_does_not_resolve_names_its_key() {
+        // No static answer, and a DNS server that refuses at once (nothing
+        // listens on UDP port 1 of loopback).
+        let text = format!(
+            "{}\n[dns]\nsystem_hosts = false\nservers = [\"127.0.0.1:1\"]\ntimeout = \"500ms\"\n",
+            source(r#"servers = ["nowhere.test:80", "bad name:80", "app.test"]"#)
+        );
+        let errors = match parse(Path::new("t.toml"), &text) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        };
+        let at = |prefix: &str| errors.iter().any(|e| e.starts_with(prefix));
+        assert!(
+            at("t.toml:11: upstream[0].servers[0]: server \"nowhere.test:80\" could not be looked up"),
+            "{errors:?}"
+        );
+        assert!(
+            at("t.toml:11: upstream[0].servers[1]: invalid server \"bad name:80\""),
+            "{errors:?}"
+        );
+        assert!(
+            at("t.toml:11: upstream[0].servers[2]: invalid server \"app.test\""),
+            "{errors:?}"
+        );
     }
 
     #[test]
