@@ -462,7 +462,7 @@ const RCODE_OK: u8 = 0;
 const RCODE_NXDOMAIN: u8 = 3;
 
 /// A name DNS can carry: dot-separated labels of 1 to 63 bytes, 253 in all.
-fn is_valid_dns_name(name: &str) -> bool {
+pub fn is_valid_dns_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(|l| !l.is_empty() && l.len() <= 63)
 }
 

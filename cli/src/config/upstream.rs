@@ -29,7 +29,7 @@ use ringway_balancer::{
 use ringway_http::{is_token, HealthCheck, Probe};
 use serde::Deserialize;
 
-use ringway_core::dns::{resolve_blocking, DnsConfig};
+use ringway_core::dns::{is_valid_dns_name, resolve_blocking, DnsConfig};
 
 use super::Validator;
 use crate::locate::KeyPath;
@@ -221,10 +221,11 @@ impl Validator {
         let (host, port) = text.rsplit_once(':').ok_or_else(expected)?;
         let port: u16 = port.parse().map_err(|_| expected())?;
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let valid = host.len() <= 253
-            && host.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
+        // A host name as DNS carries it, of letters, digits and hyphens.
+        let valid = is_valid_dns_name(&host)
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if !valid {
             return Err(expected());
         }
