@@ -94,7 +94,7 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip,
         shutdown_timeout: config.shutdown_timeout,
-        timer_tick: std::time::Duration::from_millis(100),
+        timer_tick: config.timer_tick,
     };
     let upstreams = config.upstreams.clone();
     let dns = Arc::clone(&config.dns);

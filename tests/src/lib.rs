@@ -1,7 +1,9 @@
 //! Test harness for ringway's loopback integration tests.
 //!
-//! - [`TestProxy`]: a reverse proxy built from the libraries and started
-//!   in-process on `127.0.0.1:0`, on the driver a test asks for.
+//! - [`TestProxy`]: a reverse or forward proxy started in-process on
+//!   `127.0.0.1:0`, on the driver a test asks for, through the same
+//!   factory the binary uses (`ringway::factory`): the setup builds the
+//!   validated configuration a file would give.
 //! - [`Origin`]: a blocking origin server on `127.0.0.1:0` that records
 //!   every connection and request it sees and answers through a closure.
 //! - [`client`]: a small blocking HTTP/1.1 client over `std::net`, so tests
@@ -11,7 +13,6 @@
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -20,16 +21,16 @@ use std::{
     time::Duration,
 };
 
-use monoio::net::TcpStream as MonoStream;
-use ringway_balancer::UpstreamGroup;
-use ringway_core::dns::{DnsConfig, Resolver};
-use ringway_core::{
-    ConnCtx, DriverChoice, ListenerSpec, RuntimeConfig, ServerConfig, ServerHandle, WorkerApp,
+use ringway::{
+    config::{Config, Listener, ListenerMode},
+    factory::{self, Running},
 };
+use ringway_balancer::UpstreamGroup;
+use ringway_core::dns::DnsConfig;
+use ringway_core::{DriverChoice, ListenerSpec, RuntimeConfig, ServerHandle};
 use ringway_http::{
     forward::{acl::Acl, auth::BasicAuth, pac::Pac},
-    ClientInfo, Engine, EngineSettings, ForwardHandler, ForwardSettings, ForwardedStyle, PoolSettings,
-    ReverseHandler, RouteSpec, RouteTable, UpstreamPool,
+    EngineSettings, ForwardSettings, ForwardedStyle, PoolSettings, RouteSpec, RouteTable,
 };
 
 pub mod client;
@@ -77,7 +78,7 @@ pub fn uring_available() -> bool {
 
 /// A reverse proxy running in this process.
 pub struct TestProxy {
-    handle: Option<ServerHandle>,
+    running: Option<Running>,
     addr: SocketAddr,
 }
 
@@ -123,53 +124,25 @@ impl ProxySetup {
         }
     }
 
-    /// Starts the proxy.
+    /// Starts the proxy, through the factory the binary uses.
     pub fn start(self) -> TestProxy {
         let routes = Arc::new(RouteTable::new(&self.routes).expect("valid routes"));
-        let mut server = test_server_config(self.driver, self.max_connections, self.shutdown_timeout);
-        server.runtime.workers = self.workers;
-        server.max_connections_per_ip = self.max_connections_per_ip;
-        let groups = self.groups;
-        let settings = self.settings;
-        let pool = self.pool;
-        launch(server, move |worker| {
-            let handler = ReverseHandler::new(routes.clone(), &groups, worker.index);
-            TestEngine::Reverse(Engine::new(
-                "test",
-                handler,
-                settings.clone(),
-                Rc::new(UpstreamPool::new(pool)),
-            ))
-        })
-    }
-}
-
-/// One listener's engine, reverse or forward.
-enum TestEngine {
-    Reverse(Engine<ReverseHandler>),
-    Forward(Engine<ForwardHandler>),
-}
-
-struct TestApp {
-    engine: TestEngine,
-}
-
-impl WorkerApp for TestApp {
-    async fn serve(&self, _listener: usize, stream: MonoStream, peer: SocketAddr, conn: ConnCtx) {
-        let local = stream.local_addr().unwrap_or(peer);
-        let client = ClientInfo::new(peer, local);
-        match &self.engine {
-            TestEngine::Reverse(e) => e.serve(stream, client, &conn).await,
-            TestEngine::Forward(e) => e.serve(stream, client, &conn).await,
-        }
-    }
-
-    fn housekeeping(&self, now_ms: u64) -> bool {
-        match &self.engine {
-            TestEngine::Reverse(e) => e.pool().close_stale(now_ms),
-            TestEngine::Forward(e) => e.pool().close_stale(now_ms),
+        let listener = Listener {
+            spec: ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address")),
+            mode: ListenerMode::Reverse {
+                route_count: self.routes.len(),
+                routes,
+            },
+            settings: self.settings,
         };
-        ringway_http::release_unused_buffers()
+        let mut config = test_config(self.driver, listener, Arc::new(silent_dns(&[])));
+        config.runtime.workers = self.workers;
+        config.max_connections = self.max_connections;
+        config.max_connections_per_ip = self.max_connections_per_ip;
+        config.shutdown_timeout = self.shutdown_timeout;
+        config.upstreams = self.groups;
+        config.pool = self.pool;
+        launch(&config)
     }
 }
 
@@ -209,17 +182,8 @@ impl ForwardSetup {
         }
     }
 
-    /// Starts the proxy.
+    /// Starts the proxy, through the factory the binary uses.
     pub fn start(self) -> TestProxy {
-        let mut dns = DnsConfig::system();
-        dns.servers = vec![silent_udp_addr()];
-        dns.timeout = Duration::from_millis(200);
-        dns.hosts.clear();
-        for (name, ip) in &self.hosts {
-            let ips = dns.hosts.entry((*name).to_owned()).or_default();
-            ips.push(ip.parse().expect("test IP"));
-        }
-        let dns = Arc::new(dns);
         let settings = Arc::new(ForwardSettings {
             listener: "outbound".into(),
             acl: Arc::new(self.acl),
@@ -227,44 +191,30 @@ impl ForwardSetup {
             pac: self.pac.map(Arc::new),
             deny_page: None,
         });
-        let forward_settings = self.settings;
-        let server = test_server_config(self.driver, 10_000, Duration::from_secs(10));
-        launch(server, move |worker| {
-            let handler = ForwardHandler::new(
-                settings.clone(),
-                Rc::new(Resolver::new(dns.clone())),
-                Arc::clone(&worker.own_addresses),
-            );
-            TestEngine::Forward(Engine::new(
-                "outbound",
-                handler,
-                forward_settings.clone(),
-                Rc::new(UpstreamPool::new(PoolSettings::default())),
-            ))
-        })
+        let listener = Listener {
+            spec: ListenerSpec::new("outbound", "127.0.0.1:0".parse().expect("address")),
+            mode: ListenerMode::Forward { settings },
+            settings: self.settings,
+        };
+        let config = test_config(self.driver, listener, Arc::new(silent_dns(&self.hosts)));
+        launch(&config)
     }
 }
 
-/// Starts workers that each serve with the engine `make` builds for them.
-fn launch<F>(server: ServerConfig, make: F) -> TestProxy
-where
-    F: Fn(&ringway_core::WorkerInfo) -> TestEngine + Send + Sync + 'static,
-{
-    let handle =
-        ringway_core::start(server, move |worker| TestApp { engine: make(worker) }).expect("proxy starts");
-    let addr = handle.local_addrs()[0];
+/// Starts the server `config` describes, as the binary does.
+fn launch(config: &Config) -> TestProxy {
+    let running = factory::start(config).expect("proxy starts");
+    let addr = running.local_addrs()[0];
     TestProxy {
-        handle: Some(handle),
+        running: Some(running),
         addr,
     }
 }
 
-fn test_server_config(
-    driver: DriverChoice,
-    max_connections: usize,
-    shutdown_timeout: Duration,
-) -> ServerConfig {
-    ServerConfig {
+/// One listener on one worker with the configuration's defaults, a short
+/// timer tick (so that tests of timeouts stay quick) and no upstream.
+fn test_config(driver: DriverChoice, listener: Listener, dns: Arc<DnsConfig>) -> Config {
+    Config {
         runtime: RuntimeConfig {
             workers: 1,
             driver,
@@ -272,13 +222,33 @@ fn test_server_config(
             ring_entries: 256,
             blocking_threads: 1,
         },
-        listeners: vec![ListenerSpec::new("test", "127.0.0.1:0".parse().expect("address"))],
-        max_connections,
+        max_connections: 10_000,
+        max_connections_set: true,
         max_connections_per_ip: None,
-        shutdown_timeout,
-        // Short, so that tests of timeouts stay quick.
+        shutdown_timeout: Duration::from_secs(10),
+        log_level: None,
+        listeners: vec![listener],
+        upstreams: Vec::new(),
+        health_checks: Vec::new(),
+        pool: PoolSettings::default(),
+        dns,
         timer_tick: Duration::from_millis(20),
     }
+}
+
+/// Name resolution that asks no DNS server that could answer: static
+/// answers only (name, address; a name may repeat for several addresses,
+/// in order).
+fn silent_dns(hosts: &[(&str, &str)]) -> DnsConfig {
+    let mut dns = DnsConfig::system();
+    dns.servers = vec![silent_udp_addr()];
+    dns.timeout = Duration::from_millis(200);
+    dns.hosts.clear();
+    for (name, ip) in hosts {
+        let ips = dns.hosts.entry((*name).to_owned()).or_default();
+        ips.push(ip.parse().expect("test IP"));
+    }
+    dns
 }
 
 /// A UDP address where a socket stays bound but never answers: a DNS
@@ -308,7 +278,7 @@ impl TestProxy {
 
     /// The server's handle (for counters).
     pub fn handle(&self) -> &ServerHandle {
-        self.handle.as_ref().expect("running")
+        self.running.as_ref().expect("running")
     }
 
     /// Starts the graceful shutdown and returns at once.
@@ -318,18 +288,18 @@ impl TestProxy {
 
     /// Shuts down and waits for the workers to finish.
     pub fn stop(mut self) {
-        if let Some(h) = self.handle.take() {
-            h.shutdown();
-            h.wait();
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            r.wait();
         }
     }
 }
 
 impl Drop for TestProxy {
     fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.shutdown();
-            h.wait();
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            r.wait();
         }
     }
 }

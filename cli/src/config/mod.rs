@@ -233,8 +233,11 @@ pub struct Config {
     pub health_checks: Vec<(usize, HealthCheck)>,
     /// The upstream keep-alive pool.
     pub pool: PoolSettings,
-    /// Name resolution for forward listeners.
+    /// Name resolution for forward listeners and upstream server names.
     pub dns: Arc<DnsConfig>,
+    /// How often each worker's timer sweep runs (deadlines are this
+    /// coarse); not in the file: 100 ms, and shorter in tests.
+    pub timer_tick: Duration,
 }
 
 /// One problem in a configuration file.
@@ -535,6 +538,7 @@ impl Validator {
             health_checks,
             pool,
             dns,
+            timer_tick: Duration::from_millis(100),
         }
     }
 
