@@ -9,7 +9,7 @@
 //! health checks of the upstreams that have them, and the lookups that
 //! follow servers given by name.
 
-use std::{net::SocketAddr, rc::Rc, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, rc::Rc, sync::Arc};
 
 use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
@@ -19,11 +19,12 @@ use ringway_http::{
 
 use crate::config::{Config, ListenerMode};
 
-/// One listener's engine on one worker.
+/// One listener's engine on one worker (shared with its connections'
+/// tasks, which each hold it).
 enum ListenerEngine {
-    Reverse(Engine<ReverseHandler>),
-    Forward(Engine<ForwardHandler>),
-    Tcp(TcpBalancer),
+    Reverse(Rc<Engine<ReverseHandler>>),
+    Forward(Rc<Engine<ForwardHandler>>),
+    Tcp(Rc<TcpBalancer>),
 }
 
 /// Everything one worker serves with.
@@ -33,19 +34,28 @@ struct WorkerListeners {
 }
 
 impl WorkerApp for WorkerListeners {
-    async fn serve(&self, listener: usize, stream: TcpStream, peer: SocketAddr, conn: ConnCtx) {
-        let Some((engine, local)) = self.engines.get(listener) else {
-            return;
-        };
-        let client = ClientInfo::new(peer, *local);
+    fn serve(
+        &self,
+        listener: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn: ConnCtx,
+    ) -> impl Future<Output = ()> + 'static {
         // Each engine's connection future is boxed at its own size (one
         // allocation per connection): inline, every task would be sized
-        // for the larger of the two modes.
-        match engine {
-            ListenerEngine::Reverse(e) => Box::pin(e.serve(stream, client, &conn)).await,
-            ListenerEngine::Forward(e) => Box::pin(e.serve(stream, client, &conn)).await,
-            ListenerEngine::Tcp(b) => Box::pin(b.serve(stream, client, &conn)).await,
-        }
+        // for the largest of the modes.
+        let serve: Pin<Box<dyn Future<Output = ()>>> = match self.engines.get(listener) {
+            None => Box::pin(std::future::ready(())),
+            Some((engine, local)) => {
+                let client = ClientInfo::new(peer, *local);
+                match engine {
+                    ListenerEngine::Reverse(e) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
+                    ListenerEngine::Forward(e) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
+                    ListenerEngine::Tcp(b) => Box::pin(Rc::clone(b).serve(stream, client, conn)),
+                }
+            }
+        };
+        serve
     }
 
     fn housekeeping(&self, now_ms: u64) -> bool {
@@ -116,7 +126,12 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
             let engine = match &l.mode {
                 ListenerMode::Reverse { routes, .. } => {
                     let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index);
-                    ListenerEngine::Reverse(Engine::new(name, handler, engine_settings, Rc::clone(&pool)))
+                    ListenerEngine::Reverse(Rc::new(Engine::new(
+                        name,
+                        handler,
+                        engine_settings,
+                        Rc::clone(&pool),
+                    )))
                 }
                 ListenerMode::Forward { settings } => {
                     let handler = ForwardHandler::new(
@@ -124,7 +139,12 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
                         Rc::clone(&resolver),
                         Arc::clone(&worker.own_addresses),
                     );
-                    ListenerEngine::Forward(Engine::new(name, handler, engine_settings, Rc::clone(&pool)))
+                    ListenerEngine::Forward(Rc::new(Engine::new(
+                        name,
+                        handler,
+                        engine_settings,
+                        Rc::clone(&pool),
+                    )))
                 }
                 ListenerMode::Tcp { upstream } => {
                     let tunnel = TunnelOptions {
@@ -133,7 +153,13 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
                     };
                     let group = Arc::clone(&config.upstreams[*upstream]);
                     let connect = engine_settings.timeouts.connect;
-                    ListenerEngine::Tcp(TcpBalancer::new(name, group, worker.index, connect, tunnel))
+                    ListenerEngine::Tcp(Rc::new(TcpBalancer::new(
+                        name,
+                        group,
+                        worker.index,
+                        connect,
+                        tunnel,
+                    )))
                 }
             };
             (engine, l.spec.addr)

@@ -78,18 +78,20 @@ pub struct WorkerInfo {
 
 /// A worker's connection handler: one per worker, built on the worker thread.
 pub trait WorkerApp: 'static {
-    /// Serves one accepted connection until it ends.
+    /// The task that serves one accepted connection until it ends.
     ///
     /// `listener` is the index of the listener in [`ServerConfig::listeners`];
     /// `conn` is the connection's registry entry, which must live as long as
-    /// the stream.
+    /// the stream. The future owns all three: it is what an idle connection
+    /// costs, so it should hold each of them once (an `async fn` taking them
+    /// would keep its arguments beside the moved copies for its whole life).
     fn serve(
         &self,
         listener: usize,
         stream: TcpStream,
         peer: SocketAddr,
         conn: ConnCtx,
-    ) -> impl Future<Output = ()>;
+    ) -> impl Future<Output = ()> + 'static;
 
     /// Runs on the worker about once a second, between connections' work,
     /// for upkeep such as closing idle upstream connections that expired
@@ -375,10 +377,11 @@ async fn accept_loop<A: WorkerApp>(
                     drop(stream);
                     continue;
                 };
-                let app = Rc::clone(&app);
+                // Made here, not in the task: the task then holds the
+                // connection's future, not the stream and context as well.
+                let serve = AssertUnwindSafe(app.serve(index, stream, peer, conn)).catch_unwind();
                 monoio::spawn(async move {
-                    let serve = AssertUnwindSafe(app.serve(index, stream, peer, conn));
-                    if serve.catch_unwind().await.is_err() {
+                    if serve.await.is_err() {
                         tracing::error!(%peer, "connection task panicked; connection closed");
                     }
                 });

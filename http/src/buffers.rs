@@ -23,29 +23,36 @@ const MAX_KEPT: usize = 1024;
 const MIN_KEPT: usize = 16;
 
 /// A free list, and the fewest buffers it held since it was last trimmed:
-/// that many were never needed.
-struct FreeList<B> {
+/// that many were never needed. It keeps at most `MAX_KEPT`.
+pub(crate) struct FreeList<B> {
     buffers: Vec<B>,
     low: usize,
 }
 
 impl<B> FreeList<B> {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             buffers: Vec::new(),
             low: 0,
         }
     }
 
-    fn pop(&mut self) -> Option<B> {
+    pub(crate) fn pop(&mut self) -> Option<B> {
         let buf = self.buffers.pop();
         self.low = self.low.min(self.buffers.len());
         buf
     }
 
+    /// Keeps `buf` unless the list is full (then it is dropped).
+    pub(crate) fn push(&mut self, buf: B) {
+        if self.buffers.len() < MAX_KEPT {
+            self.buffers.push(buf);
+        }
+    }
+
     /// Frees the buffers that went unused since the last trim, down to
     /// `MIN_KEPT`; returns how many.
-    fn trim(&mut self) -> usize {
+    pub(crate) fn trim(&mut self) -> usize {
         let unused = self.low.min(self.buffers.len().saturating_sub(MIN_KEPT));
         let keep = self.buffers.len() - unused;
         self.buffers.truncate(keep);
@@ -64,7 +71,7 @@ thread_local! {
 /// (a flood is over); returns whether any were freed, so that the caller
 /// hands the memory back to the system. Meant to run about once a second
 /// per worker.
-pub fn release_unused() -> bool {
+pub(crate) fn release_unused() -> bool {
     let freed = READ_BUFFERS.with(|l| l.borrow_mut().trim()) + WRITE_BUFFERS.with(|l| l.borrow_mut().trim());
     freed > 0
 }
@@ -117,12 +124,7 @@ fn keep<B: 'static>(list: &'static LocalKey<RefCell<FreeList<B>>>, buf: B, capac
     if capacity < size.max(1) || capacity > 4 * size {
         return;
     }
-    list.with(|list| {
-        let mut list = list.borrow_mut();
-        if list.buffers.len() < MAX_KEPT {
-            list.buffers.push(buf);
-        }
-    });
+    list.with(|list| list.borrow_mut().push(buf));
 }
 
 #[cfg(test)]

@@ -333,7 +333,7 @@ pub fn pipeline(data: &[u8]) {
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
             );
             let conn = ConnCtx::detached();
-            engine.serve(stream, client, &conn).await;
+            engine.serve(stream, client, conn).await;
         });
         let output = output.borrow();
         check_responses(&output);

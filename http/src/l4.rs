@@ -10,7 +10,7 @@
 //! or the tunnel idles past its timeout. Consistent hashing keys on the
 //! client's IP address.
 
-use std::{rc::Rc, sync::Arc, time::Duration};
+use std::{future::Future, rc::Rc, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -46,8 +46,22 @@ impl TcpBalancer {
         }
     }
 
-    /// Relays `client` to a server until the connection ends.
-    pub async fn serve(&self, client: TcpStream, info: ClientInfo, conn: &ConnCtx) {
+    /// Relays `client` to a server until the connection ends. The future
+    /// owns the connection and its context (see [`crate::Engine::serve`]).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments beside their moved copies for the whole connection"
+    )]
+    pub fn serve(
+        self: Rc<Self>,
+        client: TcpStream,
+        info: ClientInfo,
+        conn: ConnCtx,
+    ) -> impl Future<Output = ()> {
+        async move { self.relay(client, info, &conn).await }
+    }
+
+    async fn relay(&self, client: TcpStream, info: ClientInfo, conn: &ConnCtx) {
         let group = self.balancer.group();
         let key = ip_hash(info.peer.ip());
         let mut tried = Tried::default();

@@ -39,7 +39,6 @@ mod splice;
 mod tunnel;
 mod write;
 
-pub use buffers::release_unused as release_unused_buffers;
 pub use edits::{is_token, EditError, HeadEdits};
 pub use engine::{ClientInfo, ClientStream, Engine, TunnelOptions};
 pub use forward::{ForwardHandler, ForwardSettings};
@@ -57,3 +56,14 @@ pub use reverse::{ReverseCtx, ReverseHandler, RouteError, RouteField, RouteSpec,
 pub use splice::SpliceSocket;
 pub use tunnel::TunnelBytes;
 pub use write::{origin_form, write_upstream_head};
+
+/// Frees what this worker's free lists hold that no request took since the
+/// last call (I/O buffers, and the connections' heads and edit buffers):
+/// after a flood they would keep it all. Returns whether anything was
+/// freed, so that the caller hands the memory back to the system. Meant to
+/// run about once a second per worker.
+pub fn release_unused_buffers() -> bool {
+    let buffers = buffers::release_unused();
+    let slots = engine::release_unused_slots();
+    buffers || slots
+}

@@ -40,12 +40,12 @@ use ringway_core::{ConnCtx, Error, ErrorKind};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use driver::client_framing;
-use server::ConnBuffers;
+pub(crate) use server::release_unused_slots;
+use server::{ConnBuffers, Slot};
 
 use crate::{
-    edits::HeadEdits,
     guard,
-    head::{BodyFraming, Method, RequestHead, ResponseHead},
+    head::{BodyFraming, Method},
     hooks::{Peer, ProxyHooks, Route, Summary},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
@@ -213,96 +213,115 @@ impl<H: ProxyHooks> Engine<H> {
 
     /// Serves requests on `io` until the client closes, an error ends the
     /// connection, a timeout expires, or the worker drains.
-    pub async fn serve<S: ClientStream>(&self, io: S, mut client: ClientInfo, conn: &ConnCtx) {
-        let mut io = io;
-        let size = self.settings.buffer_size;
-        // Buffers are taken from the worker's free lists when a request
-        // arrives and given back while the connection idles.
-        let mut st = ConnBuffers {
-            rbuf: BytesMut::new(),
-            wbuf: Vec::new(),
-            scratch: Vec::new(),
-            req: RequestHead::new(),
-            resp: ResponseHead::new(),
-            edits: HeadEdits::new(),
-            size,
-        };
-        let mut first = true;
-        loop {
-            st.req.clear();
-            st.resp.clear();
-            match self.read_request(&mut io, &mut st, first, conn).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => {
-                    // The head did not parse, but its first word may still
-                    // say that the answer must have no body.
-                    let head_request = st.rbuf.starts_with(b"HEAD ");
-                    // Boxed: rare, and inline it would size every idle
-                    // connection's task for it.
-                    let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, conn);
-                    let status = Box::pin(answer).await;
-                    self.log_failure(&client, &st.req, status, &error, None);
-                    conn.count_request();
-                    return;
-                }
-            }
-            first = false;
-            let started = self.settings.access_log.then(Instant::now);
-            // Boxed: an exchange's state is large, and an idle connection
-            // holds none of it (one allocation per request; see
-            // benches/results/balancing-20261202.md).
-            client.now_ms = conn.clock_ms();
-            let (outcome, status, upstream) = Box::pin(self.exchange(&mut io, &mut st, &client, conn)).await;
-            conn.count_request();
-            if let Some(started) = started {
-                self.log_access(&client, &st.req, status, started, upstream);
-            }
-            match outcome {
-                Outcome::KeepAlive => {}
-                Outcome::Close => return,
-                Outcome::CloseUnread => break,
-                Outcome::Upgrade(up) => {
-                    let UpstreamConn {
-                        stream, rbuf, addr, ..
-                    } = up;
-                    let client_buf = std::mem::take(&mut st.rbuf);
-                    drop(st);
-                    let options = TunnelOptions {
-                        idle: self.settings.timeouts.tunnel_idle,
-                        splice: self.settings.splice,
-                    };
-                    // Boxed: a tunnel's state is large and rare; kept inline it
-                    // would size every connection's task for it.
-                    let moved = Box::pin(io.tunnel_with(client_buf, stream, rbuf, options, conn)).await;
-                    tracing::debug!(
-                        listener = &*self.listener,
-                        client = %client.peer,
-                        upstream = %addr,
-                        bytes_up = moved.upstream,
-                        bytes_down = moved.downstream,
-                        "tunnel closed"
-                    );
-                    if self.settings.access_log {
-                        tracing::info!(
-                            target: "ringway::access",
-                            listener = &*self.listener,
-                            client = %client.peer,
-                            upstream = %addr,
-                            bytes_up = moved.upstream,
-                            bytes_down = moved.downstream,
-                            "tunnel closed"
-                        );
+    ///
+    /// The future owns the engine's handle, the stream, the client and the
+    /// connection's context, each once: it is what an idle keep-alive
+    /// connection costs (an `async fn` would keep its arguments beside
+    /// their moved copies). While idle it holds no buffer and no heads
+    /// (see [`Slot`]); an exchange's state is boxed while it runs.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments beside their moved copies for the whole connection"
+    )]
+    pub fn serve<S: ClientStream>(
+        self: Rc<Self>,
+        mut io: S,
+        mut client: ClientInfo,
+        conn: ConnCtx,
+    ) -> impl Future<Output = ()> + 'static {
+        async move {
+            let size = self.settings.buffer_size;
+            let mut slot = Slot::empty();
+            let mut first = true;
+            loop {
+                match self.read_request(&mut io, &mut slot, first, &conn).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        let st = slot.get(size);
+                        // The head did not parse, but its first word may still
+                        // say that the answer must have no body.
+                        let head_request = st.rbuf.starts_with(b"HEAD ");
+                        // Boxed: rare, and inline it would size every idle
+                        // connection's task for it.
+                        let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, &conn);
+                        let status = Box::pin(answer).await;
+                        self.log_failure(&client, &st.req, status, &error, None);
+                        conn.count_request();
+                        return;
                     }
-                    return;
+                }
+                first = false;
+                let st = slot.get(size);
+                let started = self.settings.access_log.then(Instant::now);
+                // Boxed: an exchange's state is large, and an idle connection
+                // holds none of it (one allocation per request; see
+                // benches/results/balancing-20261202.md).
+                client.now_ms = conn.clock_ms();
+                let (outcome, status, upstream) = Box::pin(self.exchange(&mut io, st, &client, &conn)).await;
+                conn.count_request();
+                if let Some(started) = started {
+                    self.log_access(&client, &st.req, status, started, upstream);
+                }
+                match outcome {
+                    Outcome::KeepAlive => {}
+                    Outcome::Close => return,
+                    Outcome::CloseUnread => break,
+                    Outcome::Upgrade(up) => {
+                        let client_buf = std::mem::take(&mut st.rbuf);
+                        slot.release();
+                        // Boxed: a tunnel's state is large and rare; kept
+                        // inline it would size every connection's task for it.
+                        Box::pin(self.tunnel(io, client_buf, up, &client, &conn)).await;
+                        return;
+                    }
                 }
             }
+            // Lingering starts with the connection's buffers given back; it
+            // is boxed, and comes after the loop with nothing else alive: as
+            // a step of the loop it made every connection's task 150 bytes
+            // larger.
+            slot.release();
+            Box::pin(self.linger(&mut io, &conn)).await;
         }
-        // Lingering starts with the connection's buffers given back; it is
-        // boxed, and comes after the loop with nothing else alive: as a
-        // step of the loop it made every connection's task 150 bytes larger.
-        drop(st);
-        Box::pin(self.linger(&mut io, conn)).await;
+    }
+
+    /// Runs the tunnel an upgrade opened, until both directions end.
+    async fn tunnel<S: ClientStream>(
+        &self,
+        io: S,
+        client_buf: BytesMut,
+        up: UpstreamConn,
+        client: &ClientInfo,
+        conn: &ConnCtx,
+    ) {
+        let UpstreamConn {
+            stream, rbuf, addr, ..
+        } = up;
+        let options = TunnelOptions {
+            idle: self.settings.timeouts.tunnel_idle,
+            splice: self.settings.splice,
+        };
+        let moved = io.tunnel_with(client_buf, stream, rbuf, options, conn).await;
+        tracing::debug!(
+            listener = &*self.listener,
+            client = %client.peer,
+            upstream = %addr,
+            bytes_up = moved.upstream,
+            bytes_down = moved.downstream,
+            "tunnel closed"
+        );
+        if self.settings.access_log {
+            tracing::info!(
+                target: "ringway::access",
+                listener = &*self.listener,
+                client = %client.peer,
+                upstream = %addr,
+                bytes_up = moved.upstream,
+                bytes_down = moved.downstream,
+                "tunnel closed"
+            );
+        }
     }
 
     async fn exchange<S: ClientStream>(

@@ -6,6 +6,7 @@
 
 use std::{
     borrow::Cow,
+    cell::RefCell,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -15,7 +16,7 @@ use ringway_core::{ClientWatch, ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use super::{ClientInfo, ClientStream, Engine, Outcome};
 use crate::{
-    buffers,
+    buffers::{self, FreeList},
     edits::HeadEdits,
     head::{BodyFraming, Method, RequestHead, ResponseHead},
     hooks::ProxyHooks,
@@ -27,7 +28,8 @@ use crate::{
 /// The buffer a request head that arrives in pieces waits in.
 const SMALL_HEAD_BUFFER: usize = 4096;
 
-/// Buffers and heads of one client connection, reused for every request.
+/// Buffers and heads of one client connection while it has a request
+/// under way (see [`Slot`]).
 pub(super) struct ConnBuffers {
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: Vec<u8>,
@@ -64,6 +66,74 @@ impl Drop for ConnBuffers {
         self.resp.clear();
         self.release_buffers();
     }
+}
+
+thread_local! {
+    /// The worker's spare [`ConnBuffers`], their field tables and edit
+    /// buffers grown to what requests needed, ready for the next one.
+    static SLOTS: RefCell<FreeList<Box<ConnBuffers>>> = const { RefCell::new(FreeList::new()) };
+}
+
+/// Where a client connection keeps its [`ConnBuffers`]: taken from the
+/// worker's free list when a request's first bytes arrive, given back
+/// whenever the connection waits for its next request. An idle keep-alive
+/// connection so holds one empty pointer, not two heads, their field
+/// tables and the edit buffers; a busy worker allocates none of them.
+pub(super) struct Slot(Option<Box<ConnBuffers>>);
+
+impl Slot {
+    pub(super) const fn empty() -> Self {
+        Self(None)
+    }
+
+    /// The connection's buffers, taken from the free list if it holds
+    /// none (with no I/O buffer yet: see [`buffers::take_read`]).
+    pub(super) fn get(&mut self, size: usize) -> &mut ConnBuffers {
+        let st = self.0.get_or_insert_with(|| {
+            SLOTS.with(|list| list.borrow_mut().pop()).unwrap_or_else(|| {
+                Box::new(ConnBuffers {
+                    rbuf: BytesMut::new(),
+                    wbuf: Vec::new(),
+                    scratch: Vec::new(),
+                    req: RequestHead::new(),
+                    resp: ResponseHead::new(),
+                    edits: HeadEdits::new(),
+                    size,
+                })
+            })
+        });
+        st.size = size;
+        st
+    }
+
+    /// Whether bytes of a next request are already here (pipelined).
+    pub(super) fn has_pending(&self) -> bool {
+        self.0.as_ref().is_some_and(|st| !st.rbuf.is_empty())
+    }
+
+    /// Gives the buffers back: the heads, edits and I/O buffers emptied
+    /// (the read buffer must hold nothing still needed).
+    pub(super) fn release(&mut self) {
+        if let Some(mut st) = self.0.take() {
+            st.req.clear();
+            st.resp.clear();
+            st.edits.clear();
+            st.release_buffers();
+            SLOTS.with(|list| list.borrow_mut().push(st));
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Frees the spare [`ConnBuffers`] no request took since the last call;
+/// returns whether any were freed (see [`buffers::release_unused`]).
+pub(crate) fn release_unused_slots() -> bool {
+    SLOTS.with(|list| list.borrow_mut().trim()) > 0
 }
 
 impl<H: ProxyHooks> Engine<H> {
@@ -105,27 +175,28 @@ impl<H: ProxyHooks> Engine<H> {
     pub(super) async fn read_request<S: ClientStream>(
         &self,
         io: &mut S,
-        st: &mut ConnBuffers,
+        slot: &mut Slot,
         first: bool,
         conn: &ConnCtx,
     ) -> Result<bool> {
         let s = &self.settings;
         let t = &s.timeouts;
+        let size = s.buffer_size;
         // A new connection's whole first head must arrive within the head
         // timeout; later heads get it from their first byte on.
         let started = first.then(Instant::now);
-        if st.rbuf.is_empty() {
+        if !slot.has_pending() {
             if !conn.set_idle(true) {
                 return Ok(false);
             }
-            // While idle the connection holds no buffer: it waits for
-            // readability, then takes one and reads what arrived.
-            st.release_buffers();
+            // While idle the connection holds no buffer and no heads: it
+            // waits for readability, then takes them and reads what
+            // arrived.
+            slot.release();
             let wait = if first { t.client_head } else { t.idle };
-            let size = s.buffer_size;
-            let rbuf = &mut st.rbuf;
             let next = async {
                 io.wait_readable().await?;
+                let rbuf = &mut slot.get(size).rbuf;
                 *rbuf = buffers::take_read(size);
                 read_some(io, rbuf, size).await
             };
@@ -142,6 +213,9 @@ impl<H: ProxyHooks> Engine<H> {
                 _ => return Ok(false),
             }
         }
+        let st = slot.get(size);
+        st.req.clear();
+        st.resp.clear();
         if st.req.parse(&mut st.rbuf, &s.limits)? {
             st.take_write_buffer();
             return Ok(true);
