@@ -270,11 +270,20 @@ pub struct UpstreamGroup {
     /// Active health and connection counts, shared by all workers.
     pub health: Arc<HealthTable>,
     ring: Option<Ring>,
-    /// Running sums of the weights, for weighted random picks.
-    weight_sums: Box<[u64]>,
-    /// The weights, dense, for the scans of weighted round robin and
-    /// least connections.
+    /// Walker's alias table of the weights, for weighted random picks in
+    /// constant time (empty when the weights are all equal).
+    alias: Box<[AliasSlot]>,
+    /// The weights, dense, for the scans of weighted round robin.
     weights: Box<[i64]>,
+    /// Smooth weighted round robin's sequence over all the servers, one
+    /// whole round (weights divided by their common divisor): a pick walks
+    /// it instead of scanning every server. `None` when a round would be
+    /// too long to keep; the pick then scans.
+    schedule: Option<Box<[u16]>>,
+    /// Least connections' factor per server: load x factor orders servers
+    /// as load / weight does (exactly, when the weights' least common
+    /// multiple fits 32 bits), with a multiplication and no division.
+    load_factors: Box<[u64]>,
     /// Backup servers, one bit each.
     backups: Box<[u64]>,
     /// Servers with a connection limit.
@@ -287,16 +296,17 @@ impl UpstreamGroup {
     /// health and retries, failing open, not sticky.
     pub fn new(name: impl Into<String>, servers: Vec<ServerSpec>, algorithm: Algorithm) -> Self {
         let ring = matches!(algorithm, Algorithm::ConsistentHash { .. }).then(|| Ring::new(&servers));
-        let mut total = 0u64;
-        let weight_sums = servers
-            .iter()
-            .map(|s| {
-                total += u64::from(s.weight.max(1));
-                total
-            })
-            .collect();
         let uniform = servers.windows(2).all(|w| w[0].weight == w[1].weight);
-        let weights = servers.iter().map(|s| i64::from(s.weight.max(1))).collect();
+        let weights: Box<[i64]> = servers.iter().map(|s| i64::from(s.weight.max(1))).collect();
+        let schedule = matches!(algorithm, Algorithm::WeightedRoundRobin)
+            .then(|| smooth_schedule(&weights))
+            .flatten();
+        let load_factors = load_factors(&weights);
+        let alias = if uniform {
+            Box::default()
+        } else {
+            alias_table(&weights)
+        };
         let mut backups = vec![0u64; servers.len().div_ceil(64)];
         for (i, s) in servers.iter().enumerate() {
             if s.backup {
@@ -319,8 +329,10 @@ impl UpstreamGroup {
             response_timeout: None,
             health,
             ring,
-            weight_sums,
+            alias,
             weights,
+            schedule,
+            load_factors,
             backups: backups.into_boxed_slice(),
             limited,
             uniform,
@@ -356,12 +368,20 @@ impl UpstreamGroup {
         self.ring.as_ref()
     }
 
-    pub(crate) fn weight_sums(&self) -> &[u64] {
-        &self.weight_sums
+    pub(crate) fn alias(&self) -> &[AliasSlot] {
+        &self.alias
     }
 
     pub(crate) fn weights(&self) -> &[i64] {
         &self.weights
+    }
+
+    pub(crate) fn schedule(&self) -> Option<&[u16]> {
+        self.schedule.as_deref()
+    }
+
+    pub(crate) fn load_factors(&self) -> &[u64] {
+        &self.load_factors
     }
 
     pub(crate) fn backup_words(&self) -> &[u64] {
@@ -379,6 +399,98 @@ impl UpstreamGroup {
     pub(crate) fn uniform_weights(&self) -> bool {
         self.uniform
     }
+}
+
+/// One server's slot of an alias table: a random point in the slot below
+/// `keep` (of 2^32) picks the server, above it picks `other`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AliasSlot {
+    pub(crate) keep: u64,
+    pub(crate) other: u16,
+}
+
+/// Vose's alias method over `weights`: n slots of equal width, each split
+/// between its own server and one other, so that every server's share of
+/// the whole is its weight's (to 2^-32).
+pub(crate) fn alias_table(weights: &[i64]) -> Box<[AliasSlot]> {
+    let n = weights.len() as u128;
+    let total: u128 = weights.iter().map(|&w| w as u128).sum();
+    // Each slot holds `total` units; server i brings weight x n of them.
+    let mut units: Vec<u128> = weights.iter().map(|&w| w as u128 * n).collect();
+    let mut slots: Vec<AliasSlot> = (0..weights.len())
+        .map(|i| AliasSlot {
+            keep: 1 << 32,
+            other: i as u16,
+        })
+        .collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+        (0..weights.len()).partition(|&i| units[i] < total);
+    while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+        small.pop();
+        slots[s] = AliasSlot {
+            keep: ((units[s] << 32) / total) as u64,
+            other: l as u16,
+        };
+        units[l] -= total - units[s];
+        if units[l] < total {
+            large.pop();
+            small.push(l);
+        }
+    }
+    slots.into_boxed_slice()
+}
+
+/// The longest smooth weighted round robin sequence kept (entries of two
+/// bytes), and the most work building one may take (entries x servers).
+const MAX_SCHEDULE: usize = 1 << 14;
+const MAX_SCHEDULE_WORK: usize = 1 << 22;
+
+/// One whole round of nginx's smooth weighted round robin over `weights`
+/// (each server appears its weight's share of times, interleaved: 5, 1, 1
+/// give a a b a c a a), or `None` when it would be too long.
+fn smooth_schedule(weights: &[i64]) -> Option<Box<[u16]>> {
+    let divisor = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
+    let total = weights.iter().map(|w| w / divisor).sum::<i64>() as usize;
+    if weights.is_empty() || total > MAX_SCHEDULE || total.saturating_mul(weights.len()) > MAX_SCHEDULE_WORK {
+        return None;
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut round = Vec::with_capacity(total);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, &weight) in weights.iter().enumerate() {
+            current[i] += weight / divisor;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        round.push(best as u16);
+    }
+    Some(round.into_boxed_slice())
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Per server, `L / weight` where `L` is the weights' least common
+/// multiple when it fits 32 bits (then `load x factor` orders servers
+/// exactly as `load / weight`), else `2^32 / weight` (as close as 32 bits
+/// tell).
+fn load_factors(weights: &[i64]) -> Box<[u64]> {
+    let lcm = weights
+        .iter()
+        .try_fold(1i64, |l, &w| {
+            let next = l / gcd(l, w) * w;
+            (next <= i64::from(u32::MAX)).then_some(next)
+        })
+        .unwrap_or(1 << 32);
+    weights.iter().map(|&w| (lcm / w) as u64).collect()
 }
 
 /// The hash of a request key, as consistent hashing takes it.

@@ -119,7 +119,7 @@ const DECAY_MS: f64 = 10_000.0;
 
 /// The latency a failure counts as, for `p2c_ewma`: a server that fails
 /// fast must not look fast.
-const FAILURE_PENALTY_NS: f64 = 1e9;
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct ServerState {
@@ -141,7 +141,10 @@ pub struct Balancer {
     servers: Box<[ServerState]>,
     /// Requests in flight from this worker, by server (dense: scanned).
     in_flight: Box<[Cell<u32>]>,
-    /// Smooth weighted round robin's current weights, by server.
+    /// Smooth weighted round robin's place in the group's schedule, and
+    /// its current weights by server for the scan when a walk of the
+    /// schedule finds no candidate.
+    round_at: Cell<usize>,
     current: Box<[Cell<i64>]>,
     /// Round robin's next server, and the rotating start of scans.
     next: Cell<usize>,
@@ -151,6 +154,8 @@ pub struct Balancer {
     ejected: Cell<u32>,
     ejected_bits: [Cell<u64>; MASK_WORDS],
     total_in_flight: Cell<u32>,
+    /// Least connections' servers with the least load for their weight.
+    least: LeastIndex,
     /// The clock of the pick under way.
     now_ms: Cell<u64>,
     budget: RetryBudget,
@@ -172,12 +177,14 @@ impl Balancer {
         Self {
             servers: (0..group.len()).map(|_| ServerState::default()).collect(),
             in_flight: (0..group.len()).map(|_| Cell::new(0)).collect(),
+            round_at: Cell::new(group.schedule().map_or(0, |round| spread(worker, round.len()))),
             current: (0..group.len()).map(|_| Cell::new(0)).collect(),
             next: Cell::new(worker % n),
             rng: Cell::new(mix(0x5eed ^ (worker as u64 + 1))),
             ejected: Cell::new(0),
             ejected_bits: Default::default(),
             total_in_flight: Cell::new(0),
+            least: LeastIndex::default(),
             now_ms: Cell::new(0),
             budget,
             addrs: group.servers.iter().map(|s| Cell::new(s.addr)).collect(),
@@ -252,6 +259,7 @@ impl Balancer {
     fn lease(self: &Rc<Self>, peer: PeerId, fail_open: bool) -> Lease {
         let load = &self.in_flight[peer];
         load.set(load.get() + 1);
+        self.least.raised(peer);
         self.total_in_flight.set(self.total_in_flight.get() + 1);
         Lease {
             balancer: Rc::clone(self),
@@ -293,9 +301,16 @@ impl Balancer {
 
     /// The servers not tried by this request, as bits, without those at
     /// their connection limit: the base of every candidate set.
+    #[inline]
     fn open_mask(&self, tried: &Tried) -> Mask {
-        let n = self.servers.len();
-        let mut mask = Mask::full(n);
+        let mut mask = Mask::full(self.servers.len());
+        self.close(&mut mask, tried);
+        mask
+    }
+
+    /// Takes out of `mask` the servers tried and those at their limit.
+    #[inline]
+    fn close(&self, mask: &mut Mask, tried: &Tried) {
         for &t in tried.ids() {
             mask.clear(usize::from(t));
         }
@@ -306,18 +321,16 @@ impl Balancer {
                 }
             }
         }
-        mask
     }
 
-    /// Of `open`, the servers that are healthy: up by active checks and
-    /// not ejected by this worker.
+    /// Keeps of `mask` the servers that are healthy: up by active checks
+    /// and not ejected by this worker.
     #[inline]
-    fn healthy_mask(&self, open: &Mask, now_ms: u64) -> Mask {
-        let mut mask = *open;
+    fn keep_healthy(&self, mask: &mut Mask, now_ms: u64) {
         let health = &self.group.health;
         let any_ejected = self.ejected.get() != 0;
-        for w in 0..mask.len {
-            let mut word = mask.words[w] & !health.down_word(w);
+        mask.retain(|w, word| {
+            let mut word = word & !health.down_word(w);
             if any_ejected {
                 // Only the ejected servers' clocks are read.
                 let mut out = word & self.ejected_bits[w].get();
@@ -329,54 +342,75 @@ impl Balancer {
                     }
                 }
             }
-            mask.words[w] = word;
-        }
-        mask
+            word
+        });
     }
 
     /// The server for the next attempt, and whether the pick failed open.
+    /// (Masks are built and narrowed in place: at 136 bytes, each copy
+    /// would be a call to `memcpy`.)
     fn choose(&self, key: u64, tried: &Tried, now_ms: u64) -> Result<(PeerId, bool), NoPeer> {
         self.now_ms.set(now_ms);
-        if tried.len() >= self.servers.len() {
+        let n = self.servers.len();
+        if tried.len() >= n {
             return Err(NoPeer::AllTried);
         }
-        let open = self.open_mask(tried);
-        let healthy = self.healthy_mask(&open, now_ms);
         let backups = self.group.backup_words();
-        let (mut primary, mut backup) = (healthy, healthy);
-        for w in 0..primary.len {
-            let b = backups.get(w).copied().unwrap_or(0);
-            primary.words[w] &= !b;
-            backup.words[w] &= b;
+        let backup = |w: usize| backups.get(w).copied().unwrap_or(0);
+        let has_backups = backups.iter().any(|&b| b != 0);
+        // The healthy primaries this request did not try, under their
+        // limit. Least connections also keeps an index over all the
+        // healthy primaries, tried or not.
+        let least_conn = matches!(self.group.algorithm, Algorithm::LeastConn);
+        let mut ok = Mask::full(n);
+        self.close(&mut ok, tried);
+        let mut universe = Mask::full(if least_conn { n } else { 0 });
+        if least_conn {
+            self.keep_healthy(&mut universe, now_ms);
+            universe.retain(|w, word| word & !backup(w));
+            ok.retain(|w, word| word & universe.words[w]);
+        } else {
+            self.keep_healthy(&mut ok, now_ms);
+            if has_backups {
+                ok.retain(|w, word| word & !backup(w));
+            }
         }
-        if let Some(peer) = self.by_algorithm(key, &primary) {
+        if let Some(peer) = self.by_algorithm(key, &ok, least_conn.then_some(&universe)) {
             return Ok((peer, false));
         }
-        if let Some(peer) = self.by_algorithm(key, &backup) {
-            return Ok((peer, false));
+        if has_backups {
+            let mut ok = Mask::full(n);
+            self.close(&mut ok, tried);
+            self.keep_healthy(&mut ok, now_ms);
+            ok.retain(|w, word| word & backup(w));
+            if let Some(peer) = self.by_algorithm(key, &ok, None) {
+                return Ok((peer, false));
+            }
         }
         // Nothing healthy under its limit: is it the limits, or health?
-        let untried = {
-            let mut m = Mask::full(self.servers.len());
-            for &t in tried.ids() {
-                m.clear(usize::from(t));
-            }
-            m
-        };
-        if !self.healthy_mask(&untried, now_ms).is_empty() {
+        let mut untried = Mask::full(n);
+        for &t in tried.ids() {
+            untried.clear(usize::from(t));
+        }
+        let mut healthy = untried;
+        self.keep_healthy(&mut healthy, now_ms);
+        if !healthy.is_empty() {
             return Err(NoPeer::AtLimit);
         }
         if !self.group.fail_open {
             return Err(NoPeer::Unhealthy);
         }
-        match self.by_algorithm(key, &open) {
+        match self.by_algorithm(key, &self.open_mask(tried), None) {
             Some(peer) => Ok((peer, true)),
             None if !untried.is_empty() => Err(NoPeer::AtLimit),
             None => Err(NoPeer::AllTried),
         }
     }
 
-    fn by_algorithm(&self, key: u64, ok: &Mask) -> Option<PeerId> {
+    /// Picks from `ok` by the group's algorithm. `primaries`, for least
+    /// connections: all the healthy primaries, when `ok` is those of them
+    /// this request did not try and that are under their limit.
+    fn by_algorithm(&self, key: u64, ok: &Mask, primaries: Option<&Mask>) -> Option<PeerId> {
         if ok.is_empty() {
             return None;
         }
@@ -384,7 +418,10 @@ impl Balancer {
             Algorithm::RoundRobin => self.round_robin(ok),
             Algorithm::WeightedRoundRobin => self.smooth_weighted(ok),
             Algorithm::Random => self.random(ok),
-            Algorithm::LeastConn => self.least_conn(ok),
+            Algorithm::LeastConn => match primaries {
+                Some(universe) => self.least_conn_indexed(ok, universe),
+                None => self.least_conn(ok),
+            },
             Algorithm::P2cEwma => self.p2c(ok),
             Algorithm::ConsistentHash { balance_factor, .. } => self.consistent(key, *balance_factor, ok),
         }
@@ -400,10 +437,32 @@ impl Balancer {
         Some(peer)
     }
 
-    /// nginx's smooth weighted round robin: every server gains its weight,
-    /// the richest is picked and pays the total. Weights 5, 1, 1 give
-    /// a a b a c a a, not a a a a a b c.
+    /// nginx's smooth weighted round robin: weights 5, 1, 1 give
+    /// a a b a c a a, not a a a a a b c. The group keeps one round of the
+    /// sequence; a pick takes the next entry that is a candidate, so that
+    /// over a round every candidate gets its weight's share whoever is
+    /// left out. A walk that meets only servers left out falls back to the
+    /// scan nginx does.
     fn smooth_weighted(&self, ok: &Mask) -> Option<PeerId> {
+        let Some(round) = self.group.schedule() else {
+            return self.smooth_weighted_scan(ok);
+        };
+        let mut at = self.round_at.get();
+        for _ in 0..SCHEDULE_WALK.min(round.len()) {
+            let peer = usize::from(round[at]);
+            at = if at + 1 == round.len() { 0 } else { at + 1 };
+            if ok.contains(peer) {
+                self.round_at.set(at);
+                return Some(peer);
+            }
+        }
+        self.round_at.set(at);
+        self.smooth_weighted_scan(ok)
+    }
+
+    /// Smooth weighted round robin over `ok` by nginx's scan: every server
+    /// gains its weight, the richest is picked and pays the total.
+    fn smooth_weighted_scan(&self, ok: &Mask) -> Option<PeerId> {
         let weights = self.group.weights();
         let mut total = 0i64;
         let mut best: Option<(PeerId, i64)> = None;
@@ -443,10 +502,12 @@ impl Balancer {
         if self.group.uniform_weights() {
             return ((u128::from(r) * n as u128) >> 64) as usize;
         }
-        let sums = self.group.weight_sums();
-        let total = sums.last().copied().unwrap_or(1);
-        let point = ((u128::from(r) * u128::from(total)) >> 64) as u64;
-        sums.partition_point(|&s| s <= point).min(n - 1)
+        // The high half picks a slot, the low half a point in it.
+        let slot = (((r >> 32) * n as u64) >> 32) as usize;
+        match self.group.alias().get(slot) {
+            Some(a) if r & 0xffff_ffff >= a.keep => usize::from(a.other),
+            _ => slot,
+        }
     }
 
     fn random(&self, ok: &Mask) -> Option<PeerId> {
@@ -457,36 +518,55 @@ impl Balancer {
         ok.first_from(at)
     }
 
+    /// Requests in flight to `peer` for its weight, as least connections
+    /// compares them: load x (L / weight), with no division.
+    #[inline]
+    fn load_score(&self, peer: PeerId) -> u64 {
+        u64::from(self.in_flight[peer].get()) * self.group.load_factors()[peer]
+    }
+
+    /// The fewest requests in flight for the weight; ties go to the first
+    /// from a rotating start.
     fn least_conn(&self, ok: &Mask) -> Option<PeerId> {
-        let n = self.servers.len();
-        let start = self.next.get() % n.max(1);
-        let weights = self.group.weights();
-        // Ties go to the first server from the rotating start.
-        let mut best: Option<(PeerId, u64, u64, usize)> = None;
-        for (w, &word) in ok.words[..ok.len].iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let i = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let load = u64::from(self.in_flight[i].get());
-                let weight = weights[i] as u64;
-                let rank = if i >= start { i - start } else { i + n - start };
-                // load / weight < best_load / best_weight, without division.
-                let better = match best {
-                    None => true,
-                    Some((_, l, bw, r)) => {
-                        let (a, b) = (load * bw, l * weight);
-                        a < b || (a == b && rank < r)
-                    }
-                };
-                if better {
-                    best = Some((i, load, weight, rank));
-                }
+        let mut best = None;
+        let mut least = u64::MAX;
+        // Visited from the start, so the first of equals wins.
+        ok.for_each_from(self.next.get(), |i| {
+            let load = self.load_score(i);
+            if load < least {
+                least = load;
+                best = Some(i);
             }
+        });
+        let peer = best?;
+        Some(self.after_least(peer))
+    }
+
+    fn after_least(&self, peer: PeerId) -> PeerId {
+        self.next.set(if peer + 1 >= self.servers.len() {
+            0
+        } else {
+            peer + 1
+        });
+        peer
+    }
+
+    /// [`Balancer::least_conn`] over `ok`, a subset of `universe` (the
+    /// healthy primaries), through the index of the servers at the least
+    /// load: the same pick, without a scan while one of them is a
+    /// candidate.
+    fn least_conn_indexed(&self, ok: &Mask, universe: &Mask) -> Option<PeerId> {
+        if !self.least.covers(universe) {
+            self.least.rebuild(universe, |i| self.load_score(i));
         }
-        let (peer, ..) = best?;
-        self.next.set(if peer + 1 >= n { 0 } else { peer + 1 });
-        Some(peer)
+        // `ok` is within the universe: its least load is the universe's
+        // when any of the servers at that load is in it.
+        let mut at_least = Mask::full(self.servers.len());
+        at_least.retain(|w, word| word & ok.words[w] & self.least.at_least[w].get());
+        match at_least.first_from(self.next.get()) {
+            Some(peer) => Some(self.after_least(peer)),
+            None => self.least_conn(ok),
+        }
     }
 
     /// Power of two choices over peak-EWMA latency times load.
@@ -495,18 +575,23 @@ impl Balancer {
         let n = self.servers.len();
         let mut b = self.random_index();
         if b == a || !ok.contains(b) {
-            let mut others = *ok;
-            others.clear(a);
-            b = match others.first_from((b + 1) % n) {
-                Some(b) => b,
-                None => return Some(a),
+            // The next candidate after `b` that is not `a`.
+            b = match ok.first_from((b + 1) % n) {
+                Some(b) if b != a => b,
+                _ => match ok.first_from((a + 1) % n) {
+                    Some(b) if b != a => b,
+                    _ => return Some(a),
+                },
             };
         }
+        // (latency + 1) x (load + 1) / weight, compared without dividing.
         let weights = self.group.weights();
-        let cost = |i: PeerId| {
-            (self.decayed_latency(i) + 1.0) * f64::from(self.in_flight[i].get() + 1) / weights[i] as f64
-        };
-        Some(if cost(b) < cost(a) { b } else { a })
+        let cost = |i: PeerId| (self.decayed_latency(i) + 1.0) * f64::from(self.in_flight[i].get() + 1);
+        Some(if cost(b) * (weights[a] as f64) < cost(a) * (weights[b] as f64) {
+            b
+        } else {
+            a
+        })
     }
 
     /// The peak-EWMA latency of `peer`, decayed to now: a server that was
@@ -552,6 +637,9 @@ impl Balancer {
     fn finish(&self, peer: PeerId, outcome: Outcome, now_ms: u64) -> Option<HealthEvent> {
         let load = &self.in_flight[peer];
         load.set(load.get().saturating_sub(1));
+        if self.least.tracks(peer) {
+            self.least.lowered(peer, self.load_score(peer));
+        }
         self.total_in_flight
             .set(self.total_in_flight.get().saturating_sub(1));
         if self.group.servers[peer].max_connections.is_some() {
@@ -561,15 +649,15 @@ impl Balancer {
         let failed = match outcome {
             Outcome::Neutral => return None,
             Outcome::Success { latency } => {
-                self.observe_latency(peer, latency.as_nanos() as f64, now_ms);
+                self.observe_latency(peer, latency, now_ms);
                 false
             }
             Outcome::ServerError { latency } => {
-                self.observe_latency(peer, latency.as_nanos() as f64, now_ms);
+                self.observe_latency(peer, latency, now_ms);
                 passive.on_5xx
             }
             Outcome::Failure => {
-                self.observe_latency(peer, FAILURE_PENALTY_NS, now_ms);
+                self.observe_latency(peer, FAILURE_PENALTY, now_ms);
                 true
             }
         };
@@ -634,18 +722,22 @@ impl Balancer {
 
     /// Peak EWMA: a slower sample takes over at once, faster ones pull the
     /// estimate down as time passes.
-    fn observe_latency(&self, peer: PeerId, sample_ns: f64, now_ms: u64) {
+    fn observe_latency(&self, peer: PeerId, sample: Duration, now_ms: u64) {
         // Only p2c_ewma reads it.
         if !matches!(self.group.algorithm, Algorithm::P2cEwma) {
             return;
         }
+        let sample_ns = sample.as_secs_f64() * 1e9;
         let s = &self.servers[peer];
         let old = s.latency_ns.get();
+        let elapsed = now_ms.saturating_sub(s.latency_at_ms.get());
         let next = if sample_ns > old {
             sample_ns
+        } else if elapsed == 0 {
+            // No time has passed: the estimate keeps its weight whole.
+            old
         } else {
-            let elapsed = now_ms.saturating_sub(s.latency_at_ms.get()) as f64;
-            let keep = (-elapsed / DECAY_MS).exp2();
+            let keep = (-(elapsed as f64) / DECAY_MS).exp2();
             old * keep + sample_ns * (1.0 - keep)
         };
         s.latency_ns.set(next);
@@ -668,8 +760,10 @@ struct Mask {
 }
 
 impl Mask {
-    /// Servers `0..n` (at most [`MAX_SERVERS`]).
-    #[inline]
+    /// Servers `0..n` (at most [`MAX_SERVERS`]). Always inlined, so that
+    /// the mask is built where it lives: a copy of a mask just written
+    /// word by word stalls on store forwarding.
+    #[inline(always)]
     fn full(n: usize) -> Self {
         let n = n.min(MAX_SERVERS);
         let len = n.div_ceil(64);
@@ -705,6 +799,35 @@ impl Mask {
             .sum()
     }
 
+    /// Replaces each word in use by `f(index, word)`.
+    #[inline]
+    fn retain(&mut self, f: impl Fn(usize, u64) -> u64) {
+        for (w, word) in self.words.iter_mut().enumerate().take(self.len) {
+            *word = f(w, *word);
+        }
+    }
+
+    /// Calls `f` with every member, from `start` on, wrapping.
+    #[inline]
+    fn for_each_from(&self, start: usize, mut f: impl FnMut(usize)) {
+        if self.len == 0 {
+            return;
+        }
+        let start = if start >= self.len * 64 { 0 } else { start };
+        let (w0, b0) = (start / 64, start % 64);
+        let mut visit = |w: usize, mut bits: u64| {
+            while bits != 0 {
+                f(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        };
+        visit(w0, self.words[w0] & (u64::MAX << b0));
+        for w in (w0 + 1..self.len).chain(0..w0) {
+            visit(w, self.words[w]);
+        }
+        visit(w0, self.words[w0] & !(u64::MAX << b0));
+    }
+
     /// The first member at or after `start`, wrapping.
     #[inline]
     fn first_from(&self, start: usize) -> Option<usize> {
@@ -731,6 +854,99 @@ impl Mask {
         }
         None
     }
+}
+
+/// Least connections' index, per worker: the servers of a universe (the
+/// healthy primaries when it was built) whose load for their weight is the
+/// least. A lease takes its server out of the set; a finished request puts
+/// its server in, or starts a new set when it went below the least. An
+/// empty set, or a universe that changed (health, ejections), rebuilds it
+/// by one scan. So a pick scans only when the servers at the least load
+/// are all out for this request (tried, at their limit).
+#[derive(Debug, Default)]
+struct LeastIndex {
+    valid: Cell<bool>,
+    least: Cell<u64>,
+    at_least: [Cell<u64>; MASK_WORDS],
+    universe: [Cell<u64>; MASK_WORDS],
+}
+
+impl LeastIndex {
+    /// Whether the index is valid and built over `universe`.
+    fn covers(&self, universe: &Mask) -> bool {
+        self.valid.get()
+            && universe.words[..universe.len]
+                .iter()
+                .zip(&self.universe)
+                .all(|(&word, built)| word == built.get())
+    }
+
+    fn rebuild(&self, universe: &Mask, score: impl Fn(PeerId) -> u64) {
+        let mut least = u64::MAX;
+        universe.for_each_from(0, |i| least = least.min(score(i)));
+        for (w, word) in universe.words.iter().enumerate() {
+            self.universe[w].set(*word);
+            self.at_least[w].set(0);
+        }
+        universe.for_each_from(0, |i| {
+            if score(i) == least {
+                self.at_least[i / 64].set(self.at_least[i / 64].get() | 1 << (i % 64));
+            }
+        });
+        self.least.set(least);
+        self.valid.set(true);
+    }
+
+    /// Whether `peer` is in the universe of a valid index.
+    #[inline]
+    fn tracks(&self, peer: PeerId) -> bool {
+        self.valid.get()
+            && self
+                .universe
+                .get(peer / 64)
+                .is_some_and(|w| w.get() & 1 << (peer % 64) != 0)
+    }
+
+    /// `peer` took one more request.
+    #[inline]
+    fn raised(&self, peer: PeerId) {
+        let Some(word) = self.at_least.get(peer / 64) else {
+            return;
+        };
+        let bit = 1 << (peer % 64);
+        if word.get() & bit != 0 {
+            word.set(word.get() & !bit);
+            if self.at_least.iter().all(|w| w.get() == 0) {
+                self.valid.set(false);
+            }
+        }
+    }
+
+    /// `peer`, in the universe, finished a request: its load is `score`.
+    fn lowered(&self, peer: PeerId, score: u64) {
+        let bit = 1 << (peer % 64);
+        let word = &self.at_least[peer / 64];
+        if score < self.least.get() {
+            self.least.set(score);
+            for w in &self.at_least {
+                w.set(0);
+            }
+            word.set(bit);
+        } else if score == self.least.get() {
+            word.set(word.get() | bit);
+        }
+    }
+}
+
+/// How many entries of the smooth weighted round robin schedule a pick
+/// walks before it scans instead.
+const SCHEDULE_WALK: usize = 64;
+
+/// Where worker `worker` starts in a sequence of `len` (worker 0 at the
+/// start, the others spread over it by the golden ratio), so that workers
+/// do not all send their first requests to the same servers.
+fn spread(worker: usize, len: usize) -> usize {
+    (((worker as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize) % len.max(1)
 }
 
 /// How far a consistent-hash walk goes before giving up on the bound.

@@ -76,6 +76,54 @@ fn smooth_weighted_round_robin_interleaves() {
 }
 
 #[test]
+fn smooth_weighted_round_robin_shares_out_the_servers_left_out() {
+    // Server 1 (weight 2) is down: the others keep their 1 : 3 shares, in
+    // whole rounds, and the walk over the schedule never picks it.
+    let group = UpstreamGroup::new("g", servers(&[1, 2, 3]), Algorithm::WeightedRoundRobin);
+    group.health.set_up(1, false);
+    let b = balancer(group);
+    assert_eq!(counts(&b, 4000), [1000, 0, 3000]);
+    // A retry skips the server tried, whatever the schedule says next.
+    let b = balancer(UpstreamGroup::new(
+        "g",
+        servers(&[5, 1, 1]),
+        Algorithm::WeightedRoundRobin,
+    ));
+    let mut tried = Tried::default();
+    tried.add(0);
+    let picks: Vec<_> = (0..4).map(|_| b.pick(0, &tried, 0).unwrap().peer()).collect();
+    assert_eq!(picks, [1, 2, 1, 2]);
+}
+
+#[test]
+fn smooth_weighted_round_robin_scans_when_a_round_is_too_long_to_keep() {
+    // A round of 20,001 picks is not kept: the pick scans as nginx does,
+    // with the same result.
+    let b = balancer(UpstreamGroup::new(
+        "g",
+        servers(&[10_000, 1, 10_000]),
+        Algorithm::WeightedRoundRobin,
+    ));
+    assert!(b.group().schedule().is_none());
+    let picks: Vec<_> = (0..4).map(|_| pick(&b)).collect();
+    assert_eq!(picks, [0, 2, 0, 2]);
+    assert_eq!(counts(&b, 20_001 - 4)[1], 1, "the light server once a round");
+}
+
+#[test]
+fn smooth_weighted_round_robin_workers_start_apart() {
+    let group = Arc::new(UpstreamGroup::new(
+        "g",
+        servers(&[1; 16]),
+        Algorithm::WeightedRoundRobin,
+    ));
+    let firsts: std::collections::HashSet<_> = (0..4)
+        .map(|worker| pick(&Rc::new(Balancer::new(Arc::clone(&group), worker))))
+        .collect();
+    assert_eq!(firsts.len(), 4, "four workers, four first servers: {firsts:?}");
+}
+
+#[test]
 fn random_follows_the_weights() {
     let b = balancer(UpstreamGroup::new("g", servers(&[1, 3]), Algorithm::Random));
     let c = counts(&b, 40_000);
@@ -84,6 +132,34 @@ fn random_follows_the_weights() {
     let b = balancer(UpstreamGroup::new("g", servers(&[1; 4]), Algorithm::Random));
     for n in counts(&b, 40_000) {
         assert!((9_400..10_600).contains(&n), "{n} of 40000 over 4");
+    }
+}
+
+#[test]
+fn the_alias_table_gives_each_server_its_weights_share() {
+    for weights in [
+        &[1i64, 3][..],
+        &[5, 1, 1],
+        &[1, 2, 3, 4, 5, 6, 7],
+        &[1000, 1, 1, 1],
+    ] {
+        let table = crate::group::alias_table(weights);
+        let n = weights.len() as f64;
+        let total: i64 = weights.iter().sum();
+        let mut share = vec![0f64; weights.len()];
+        for (i, slot) in table.iter().enumerate() {
+            let keep = slot.keep as f64 / 2f64.powi(32);
+            share[i] += keep / n;
+            share[usize::from(slot.other)] += (1.0 - keep) / n;
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            let want = w as f64 / total as f64;
+            assert!(
+                (share[i] - want).abs() < 1e-8,
+                "{weights:?}: server {i} has {} of {want}",
+                share[i]
+            );
+        }
     }
 }
 
@@ -102,6 +178,105 @@ fn least_conn_sends_to_the_least_loaded_for_its_weight() {
         assert_ne!(pick(&b), 0);
     }
     drop(slow);
+}
+
+#[test]
+fn least_conn_compares_load_for_weight_exactly() {
+    // Weights 2 and 3: loads 2 and 3 are level, so the next request goes
+    // to the next server from the rotating start, not to whichever a
+    // rounded ratio favours; one more on the first tips it to the second.
+    let b = balancer(UpstreamGroup::new("g", servers(&[2, 3]), Algorithm::LeastConn));
+    let tried = Tried::default();
+    let mut held: Vec<_> = (0..2).map(|_| b.pick_server(0, &tried, 0).unwrap()).collect();
+    held.extend((0..3).map(|_| b.pick_server(1, &tried, 0).unwrap()));
+    let first = pick(&b);
+    let second = pick(&b);
+    assert_ne!(first, second, "level loads take turns");
+    held.push(b.pick_server(0, &tried, 0).unwrap());
+    assert_eq!(pick(&b), 1, "3 for weight 2 is more than 3 for weight 3");
+    // Weights whose least common multiple passes 32 bits still order by
+    // load for weight.
+    let b = balancer(UpstreamGroup::new(
+        "g",
+        servers(&[65_521, 65_519, 65_497]),
+        Algorithm::LeastConn,
+    ));
+    let held: Vec<_> = (0..3 * 65_000).map(|_| b.pick(0, &tried, 0).unwrap()).collect();
+    for peer in 0..3 {
+        assert!(
+            (64_900..65_100).contains(&b.in_flight(peer)),
+            "{peer}: {}",
+            b.in_flight(peer)
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn least_conn_index_picks_what_a_scan_would() {
+    // Random picks (some retries), finished requests and health changes:
+    // every pick has the least load for its weight among the candidates.
+    let weights = [1, 2, 3, 1, 2, 1, 1, 4, 1, 1];
+    let group = UpstreamGroup::new("g", servers(&weights), Algorithm::LeastConn);
+    let health = Arc::clone(&group.health);
+    let b = balancer(group);
+    let mut held = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut scanned = 0;
+    for _ in 0..50_000 {
+        let r = next();
+        match r % 16 {
+            0..=7 => {
+                let mut tried = Tried::default();
+                if r % 5 == 0 {
+                    tried.add((r >> 20) as usize % weights.len());
+                }
+                let candidates: Vec<usize> = (0..weights.len())
+                    .filter(|&i| health.is_up(i) && !tried.contains(i))
+                    .collect();
+                let ratio = |i: usize| (u64::from(b.in_flight(i)), u64::from(weights[i]));
+                let Ok(lease) = b.pick(0, &tried, 0) else {
+                    assert!(candidates.is_empty());
+                    continue;
+                };
+                let (load, weight) = ratio(lease.peer());
+                let (load, weight) = (load - 1, weight);
+                for &i in &candidates {
+                    let (l, w) = ratio(i);
+                    let l = if i == lease.peer() { l - 1 } else { l };
+                    assert!(
+                        load * w <= l * weight,
+                        "picked {} at {load}/{weight} over {i} at {l}/{w}",
+                        lease.peer()
+                    );
+                }
+                scanned += 1;
+                held.push(lease);
+            }
+            8..=14 if !held.is_empty() => {
+                let lease = held.swap_remove((r >> 8) as usize % held.len());
+                lease.finish(
+                    Outcome::Success {
+                        latency: Duration::from_millis(1),
+                    },
+                    0,
+                );
+            }
+            _ => {
+                let peer = (r >> 12) as usize % weights.len();
+                // Keep one server up: with none, the group fails open.
+                let up = health.is_up(peer) || peer == 0;
+                health.set_up(peer, !up || peer == 0);
+            }
+        }
+    }
+    assert!(scanned > 20_000);
 }
 
 #[test]
