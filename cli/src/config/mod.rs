@@ -6,10 +6,12 @@
 //! path, which [`crate::locate`] turns into a line. Validation reports every
 //! problem it finds, not only the first.
 //!
-//! One module per section where a section has grown its own rules:
-//! `http` (`[http]`), `upstream` (`[[upstream]]`), `forward` (`[acl.*]`,
-//! `[auth.*]`, forward listeners), `dns` (`[dns]`); the file, the runtime,
-//! listeners and routes stay here.
+//! One module per section: `runtime` (`[runtime]`), `http` (`[http]`),
+//! `listener` (`[[listener]]` and their routes), `upstream`
+//! (`[[upstream]]`), `forward` (`[acl.*]`, `[auth.*]`, forward listeners),
+//! `dns` (`[dns]`). This module holds the file, the validated
+//! [`Config`], the errors and what every section shares: value shapes,
+//! sizes, durations and the validator's bookkeeping.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,11 +41,17 @@ use crate::locate::{key_at, line_of, KeyPath};
 mod dns;
 mod forward;
 mod http;
+mod listener;
+mod runtime;
 mod upstream;
 
 use dns::DnsSection;
 use forward::{AclSection, AuthSection};
 use http::HttpSection;
+pub use listener::{Listener, ListenerMode};
+use listener::{ListenerSection, Named};
+use runtime::RuntimeSection;
+pub use runtime::MAX_WORKERS;
 use upstream::UpstreamSection;
 
 /// The configuration file as written.
@@ -123,90 +131,11 @@ pub(crate) enum SizeValue {
 }
 
 /// `workers = 4` or `workers = "auto"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "a number of workers or \"auto\"")]
-pub(crate) enum Workers {
-    Count(i64),
-    Word(String),
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuntimeSection {
-    pub(crate) workers: Option<Workers>,
-    pub(crate) driver: Option<String>,
-    pub(crate) pin_cpus: Option<bool>,
-    pub(crate) ring_entries: Option<u32>,
-    pub(crate) max_connections: Option<usize>,
-    pub(crate) max_connections_per_ip: Option<u32>,
-    pub(crate) shutdown_timeout: Option<String>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogSection {
     pub(crate) level: Option<String>,
     pub(crate) access_log: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ListenerSection {
-    pub(crate) name: Option<String>,
-    pub(crate) listen: Option<String>,
-    pub(crate) mode: Option<String>,
-    pub(crate) forwarded: Option<String>,
-    pub(crate) via: Option<bool>,
-    #[serde(default, rename = "route")]
-    pub(crate) routes: Vec<RouteSection>,
-    pub(crate) acl: Option<String>,
-    pub(crate) auth: Option<String>,
-    pub(crate) forwarded_for: Option<String>,
-    pub(crate) pac: Option<String>,
-    pub(crate) pac_direct: Option<Vec<String>>,
-    pub(crate) deny_page: Option<String>,
-    pub(crate) upstream: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RouteSection {
-    pub(crate) host: Option<String>,
-    pub(crate) path_prefix: Option<String>,
-    pub(crate) upstream: Option<String>,
-}
-
-/// What a listener does with requests.
-#[derive(Debug, Clone)]
-pub enum ListenerMode {
-    /// A reverse proxy.
-    Reverse {
-        /// Its routes.
-        routes: Arc<RouteTable>,
-        /// How many routes (for the summary).
-        route_count: usize,
-    },
-    /// A forward proxy.
-    Forward {
-        /// Its ACL, authentication and PAC settings.
-        settings: Arc<ForwardSettings>,
-    },
-    /// An L4 (TCP) load balancer.
-    Tcp {
-        /// Index of the upstream group connections go to.
-        upstream: usize,
-    },
-}
-
-/// A validated listener.
-#[derive(Debug, Clone)]
-pub struct Listener {
-    /// Name and address.
-    pub spec: ListenerSpec,
-    /// Reverse or forward, with its routing.
-    pub mode: ListenerMode,
-    /// Limits, timeouts and proxy headers of its engine.
-    pub settings: EngineSettings,
 }
 
 /// The validated configuration.
@@ -283,9 +212,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// The most workers a configuration or the command line may ask for.
-pub const MAX_WORKERS: usize = 1024;
 
 /// Reads, parses and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -474,21 +400,7 @@ impl Validator {
 
     fn config(&mut self, user: &ConfigFile) -> Config {
         let root = KeyPath::root();
-        let runtime = self.runtime(&user.runtime, &root.key("runtime"));
-        let rt = &user.runtime;
-        let max_connections = match rt.max_connections {
-            Some(0) => {
-                self.problem(root.key("runtime").key("max_connections"), "must be at least 1");
-                1
-            }
-            Some(n) => n,
-            None => 100_000,
-        };
-        let shutdown_timeout = self.duration(
-            root.key("runtime").key("shutdown_timeout"),
-            rt.shutdown_timeout.as_ref(),
-            Duration::from_secs(30),
-        );
+        let rt = self.runtime(&user.runtime, &root.key("runtime"));
         if let Some(level) = &user.log.level {
             if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
                 self.problem(
@@ -527,11 +439,11 @@ impl Validator {
         let listeners = self.listeners(&user.listeners, &named, &settings, &root.key("listener"));
         self.no_upstream_is_a_listener(&listeners);
         Config {
-            runtime,
-            max_connections,
-            max_connections_set: rt.max_connections.is_some(),
-            max_connections_per_ip: rt.max_connections_per_ip.filter(|&n| n > 0),
-            shutdown_timeout,
+            runtime: rt.config,
+            max_connections: rt.max_connections,
+            max_connections_set: rt.max_connections_set,
+            max_connections_per_ip: rt.max_connections_per_ip,
+            shutdown_timeout: rt.shutdown_timeout,
             log_level: user.log.level.clone(),
             listeners,
             upstreams,
@@ -539,216 +451,6 @@ impl Validator {
             pool,
             dns,
             timer_tick: Duration::from_millis(100),
-        }
-    }
-
-    /// An upstream server that is one of ringway's own listeners would send
-    /// every request back to the proxy, without end.
-    fn no_upstream_is_a_listener(&mut self, listeners: &[Listener]) {
-        let bound: Vec<SocketAddr> = listeners
-            .iter()
-            .map(|l| l.spec.addr)
-            .filter(|a| a.port() != 0)
-            .collect();
-        let own = OwnAddresses::new(&bound);
-        let found: Vec<_> = self
-            .servers
-            .iter()
-            .filter(|(_, addr)| own.contains(*addr))
-            .cloned()
-            .collect();
-        for (at, addr) in found {
-            let listener = listeners
-                .iter()
-                .find(|l| OwnAddresses::new(&[l.spec.addr]).contains(addr))
-                .map_or("a listener", |l| l.spec.name.as_str());
-            self.problem(
-                at,
-                format!(
-                    "{addr} is ringway's own listener {listener:?}: requests would loop back to the proxy"
-                ),
-            );
-        }
-    }
-
-    fn runtime(&mut self, rt: &RuntimeSection, path: &KeyPath) -> RuntimeConfig {
-        let mut config = RuntimeConfig::default();
-        match &rt.workers {
-            None => {}
-            Some(Workers::Word(w)) if w == "auto" => {}
-            Some(Workers::Count(n)) if (1..=MAX_WORKERS as i64).contains(n) => config.workers = *n as usize,
-            Some(_) => self.problem(
-                path.key("workers"),
-                format!("expected a number from 1 to {MAX_WORKERS}, or \"auto\""),
-            ),
-        }
-        if let Some(driver) = &rt.driver {
-            match driver.parse::<DriverChoice>() {
-                Ok(d) => config.driver = d,
-                Err(e) => self.problem(path.key("driver"), e),
-            }
-        }
-        if let Some(pin) = rt.pin_cpus {
-            config.pin_cpus = pin;
-        }
-        if let Some(entries) = rt.ring_entries {
-            if !(256..=32768).contains(&entries) || !entries.is_power_of_two() {
-                self.problem(
-                    path.key("ring_entries"),
-                    "expected a power of two from 256 to 32768",
-                );
-            } else {
-                config.ring_entries = entries;
-            }
-        }
-        config
-    }
-
-    fn listeners(
-        &mut self,
-        sections: &[ListenerSection],
-        named: &Named<'_>,
-        settings: &EngineSettings,
-        path: &KeyPath,
-    ) -> Vec<Listener> {
-        let upstreams = named.upstreams;
-        if sections.is_empty() {
-            self.problem(
-                KeyPath::root().key("listener"),
-                "at least one [[listener]] is needed",
-            );
-        }
-        let by_name: HashMap<&str, usize> = upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.name.as_str(), i))
-            .collect();
-        let mut listeners: Vec<Listener> = Vec::new();
-        for (i, l) in sections.iter().enumerate() {
-            let at = path.index(i);
-            let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
-            if listeners.iter().any(|other| other.spec.name == name) {
-                self.problem(at.key("name"), format!("listener name {name:?} is used twice"));
-            }
-            let addr = match l.listen.as_deref() {
-                None => {
-                    self.problem(at.key("listen"), "every listener needs a listen address");
-                    None
-                }
-                Some(text) => match text.parse::<SocketAddr>() {
-                    Ok(addr) => Some(addr),
-                    Err(_) => {
-                        self.problem(
-                            at.key("listen"),
-                            format!("invalid address {text:?}: expected IP:PORT, like \"127.0.0.1:8080\" or \"[::1]:8080\""),
-                        );
-                        None
-                    }
-                },
-            };
-            if let Some(addr) = addr {
-                if listeners
-                    .iter()
-                    .any(|other| other.spec.addr == addr && addr.port() != 0)
-                {
-                    self.problem(at.key("listen"), format!("{addr} is used by two listeners"));
-                }
-            }
-            let mut settings = settings.clone();
-            if let Some(via) = l.via {
-                settings.proxy_headers.via = via.then(|| self.via_name.clone());
-            }
-            let mode_name = l.mode.as_deref().unwrap_or("reverse");
-            self.check_mode_keys(l, mode_name, &at);
-            let mode = match mode_name {
-                // `[http] forwarded` and a listener's `forwarded` shape what a
-                // reverse proxy tells its servers; a forward proxy follows
-                // Squid's `forwarded_for` instead.
-                "reverse" => {
-                    settings.proxy_headers.forwarded = self.forwarded(
-                        at.key("forwarded"),
-                        l.forwarded.as_ref(),
-                        settings.proxy_headers.forwarded,
-                    );
-                    self.reverse_routes(l, &by_name, &at)
-                }
-                "forward" => {
-                    settings.proxy_headers.forwarded = match l.forwarded_for.as_deref() {
-                        None | Some("append") => ForwardedStyle::AppendFor,
-                        Some("truncate") => ForwardedStyle::TruncateFor,
-                        Some("delete") => ForwardedStyle::DeleteFor,
-                        Some(other) => {
-                            self.problem(
-                                at.key("forwarded_for"),
-                                format!("unknown value {other:?}: expected \"append\", \"truncate\" or \"delete\""),
-                            );
-                            ForwardedStyle::AppendFor
-                        }
-                    };
-                    self.forward(l, &name, addr, named, &at)
-                }
-                "tcp" => match l.upstream.as_deref() {
-                    None => {
-                        self.problem(at.key("upstream"), "a tcp listener needs an upstream");
-                        None
-                    }
-                    Some(upstream) => match by_name.get(upstream) {
-                        Some(&index) => Some(ListenerMode::Tcp { upstream: index }),
-                        None => {
-                            self.problem(
-                                at.key("upstream"),
-                                format!("no [[upstream]] is named {upstream:?}"),
-                            );
-                            None
-                        }
-                    },
-                },
-                other => {
-                    self.problem(
-                        at.key("mode"),
-                        format!("unknown mode {other:?}: expected \"reverse\", \"forward\" or \"tcp\""),
-                    );
-                    None
-                }
-            };
-            if let (Some(addr), Some(mode)) = (addr, mode) {
-                listeners.push(Listener {
-                    spec: ListenerSpec::new(name, addr),
-                    mode,
-                    settings,
-                });
-            }
-        }
-        listeners
-    }
-
-    /// Keys that belong to the other mode are errors, not silently ignored.
-    fn check_mode_keys(&mut self, l: &ListenerSection, mode: &str, at: &KeyPath) {
-        let forward_keys = [
-            ("acl", l.acl.is_some()),
-            ("auth", l.auth.is_some()),
-            ("forwarded_for", l.forwarded_for.is_some()),
-            ("pac", l.pac.is_some()),
-            ("pac_direct", l.pac_direct.is_some()),
-            ("deny_page", l.deny_page.is_some()),
-        ];
-        let reverse_keys = [
-            ("route", !l.routes.is_empty()),
-            ("forwarded", l.forwarded.is_some()),
-        ];
-        let tcp_keys = [("upstream", l.upstream.is_some())];
-        let wrong: &[(&[(&str, bool)], &str)] = match mode {
-            "reverse" => &[(&forward_keys, "forward"), (&tcp_keys, "tcp")],
-            "forward" => &[(&reverse_keys, "reverse"), (&tcp_keys, "tcp")],
-            "tcp" => &[(&forward_keys, "forward"), (&reverse_keys, "reverse")],
-            _ => return,
-        };
-        for (keys, other) in wrong {
-            for (key, present) in keys.iter() {
-                if *present {
-                    self.problem(at.key(key), format!("{key} applies to {other} listeners only"));
-                }
-            }
         }
     }
 
@@ -766,65 +468,8 @@ impl Validator {
             }
         }
     }
-
-    fn reverse_routes(
-        &mut self,
-        l: &ListenerSection,
-        upstreams: &HashMap<&str, usize>,
-        at: &KeyPath,
-    ) -> Option<ListenerMode> {
-        if l.routes.is_empty() {
-            self.problem(
-                at.key("route"),
-                "a reverse listener needs at least one [[listener.route]]",
-            );
-            return None;
-        }
-        let mut specs = Vec::new();
-        let mut spec_keys = Vec::new();
-        for (j, r) in l.routes.iter().enumerate() {
-            let rat = at.key("route").index(j);
-            let Some(upstream) = r.upstream.as_deref() else {
-                self.problem(rat.key("upstream"), "every route needs an upstream");
-                continue;
-            };
-            let Some(&index) = upstreams.get(upstream) else {
-                self.problem(
-                    rat.key("upstream"),
-                    format!("no [[upstream]] is named {upstream:?}"),
-                );
-                continue;
-            };
-            let spec = RouteSpec {
-                host: r.host.clone(),
-                path_prefix: r.path_prefix.clone().unwrap_or_else(|| "/".to_owned()),
-                upstream: index,
-            };
-            // Each route alone first, so that every malformed one is reported.
-            if let Err(e) = RouteTable::new(std::slice::from_ref(&spec)) {
-                self.problem(rat.key(e.field.key()), e.message);
-                continue;
-            }
-            specs.push(spec);
-            spec_keys.push(rat);
-        }
-        match RouteTable::new(&specs) {
-            Ok(table) => Some(ListenerMode::Reverse {
-                routes: Arc::new(table),
-                route_count: specs.len(),
-            }),
-            Err(e) => {
-                let key = spec_keys
-                    .get(e.route)
-                    .map_or_else(|| at.key("route"), |k| k.key(e.field.key()));
-                self.problem(key, e.message);
-                None
-            }
-        }
-    }
 }
 
-/// The named sections listeners refer to.
 /// The name this instance gives itself in `Via` when none is configured:
 /// `ringway-` and eight hex digits hashed from the host name, the process
 /// and the moment it started, made once per process. Loop detection needs
@@ -846,12 +491,6 @@ fn default_via_name() -> ViaName {
         ViaName::new(&format!("ringway-{:08x}", (hash ^ (hash >> 32)) as u32)).unwrap_or_default()
     })
     .clone()
-}
-
-struct Named<'a> {
-    upstreams: &'a [Arc<UpstreamGroup>],
-    acls: &'a BTreeMap<String, Arc<Acl>>,
-    auths: &'a BTreeMap<String, Arc<BasicAuth>>,
 }
 
 #[cfg(test)]
