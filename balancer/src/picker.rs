@@ -256,6 +256,7 @@ impl Balancer {
         Some(self.lease(peer, false))
     }
 
+    #[inline]
     fn lease(self: &Rc<Self>, peer: PeerId, fail_open: bool) -> Lease {
         let load = &self.in_flight[peer];
         load.set(load.get() + 1);
@@ -766,13 +767,15 @@ impl Mask {
     #[inline(always)]
     fn full(n: usize) -> Self {
         let n = n.min(MAX_SERVERS);
-        let len = n.div_ceil(64);
-        let mut words = [0u64; MASK_WORDS];
-        for (w, word) in words.iter_mut().enumerate().take(len) {
+        let mut mask = Self {
+            words: [0u64; MASK_WORDS],
+            len: n.div_ceil(64),
+        };
+        for (w, word) in mask.words.iter_mut().enumerate().take(mask.len) {
             let bits = (n - w * 64).min(64);
             *word = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
         }
-        Self { words, len }
+        mask
     }
 
     #[inline]
