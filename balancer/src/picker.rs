@@ -156,6 +156,11 @@ pub struct Balancer {
     total_in_flight: Cell<u32>,
     /// Least connections' servers with the least load for their weight.
     least: LeastIndex,
+    /// Every server: the candidates while none is tried, down, ejected,
+    /// limited or a backup (the usual case, with no mask to build).
+    everyone: Mask,
+    /// Whether the group has backups or connection limits.
+    plain: bool,
     /// The clock of the pick under way.
     now_ms: Cell<u64>,
     budget: RetryBudget,
@@ -185,6 +190,8 @@ impl Balancer {
             ejected_bits: Default::default(),
             total_in_flight: Cell::new(0),
             least: LeastIndex::default(),
+            everyone: Mask::full(group.len()),
+            plain: !group.has_limits() && group.backup_words().iter().all(|&b| b == 0),
             now_ms: Cell::new(0),
             budget,
             addrs: group.servers.iter().map(|s| Cell::new(s.addr)).collect(),
@@ -356,13 +363,20 @@ impl Balancer {
         if tried.len() >= n {
             return Err(NoPeer::AllTried);
         }
+        let least_conn = matches!(self.group.algorithm, Algorithm::LeastConn);
+        if self.plain && tried.is_empty() && self.ejected.get() == 0 && !self.group.health.any_down() {
+            let everyone = &self.everyone;
+            return match self.by_algorithm(key, everyone, least_conn.then_some(everyone)) {
+                Some(peer) => Ok((peer, false)),
+                None => Err(NoPeer::AllTried),
+            };
+        }
         let backups = self.group.backup_words();
         let backup = |w: usize| backups.get(w).copied().unwrap_or(0);
         let has_backups = backups.iter().any(|&b| b != 0);
         // The healthy primaries this request did not try, under their
         // limit. Least connections also keeps an index over all the
         // healthy primaries, tried or not.
-        let least_conn = matches!(self.group.algorithm, Algorithm::LeastConn);
         let mut ok = Mask::full(n);
         self.close(&mut ok, tried);
         let mut universe = Mask::full(if least_conn { n } else { 0 });
