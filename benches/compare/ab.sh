@@ -87,6 +87,12 @@ run_one() {
     kill "$proxy"
     wait "$proxy" 2>/dev/null || true
     proxy=
+    # An io_uring listener can stay bound a moment after its process
+    # exits: wait until the port is free, or the next start fails.
+    for _ in $(seq 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null || break
+        sleep 0.1
+    done
     local n tick
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     tick=$(getconf CLK_TCK)

@@ -1,8 +1,10 @@
-//! Per-worker free lists of I/O buffers.
+//! Per-worker free lists of read buffers, and the free list type the
+//! engine keeps its connection slots in.
 //!
-//! A connection holds buffers only while it is busy: a keep-alive
-//! connection waiting for its next request, and an upstream connection
-//! idle in the pool, give theirs back here, so ten thousand idle
+//! A connection holds buffers only while it is busy: an upstream
+//! connection idle in the pool gives its read buffer back here (a client
+//! connection waiting for its next request gives back its whole slot, its
+//! buffers with it: see the engine's `Slot`), so ten thousand idle
 //! connections cost no buffer memory and a busy worker allocates none.
 //! Each worker is one thread, so the lists are thread-locals: no lock, no
 //! sharing, and nothing to wire through the engine.
@@ -37,6 +39,12 @@ impl<B> FreeList<B> {
         }
     }
 
+    /// How many it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buffers.len()
+    }
+
     pub(crate) fn pop(&mut self) -> Option<B> {
         let buf = self.buffers.pop();
         self.low = self.low.min(self.buffers.len());
@@ -64,7 +72,6 @@ impl<B> FreeList<B> {
 
 thread_local! {
     static READ_BUFFERS: RefCell<FreeList<BytesMut>> = const { RefCell::new(FreeList::new()) };
-    static WRITE_BUFFERS: RefCell<FreeList<Vec<u8>>> = const { RefCell::new(FreeList::new()) };
 }
 
 /// Frees this worker's buffers that no request took since the last call
@@ -72,8 +79,7 @@ thread_local! {
 /// hands the memory back to the system. Meant to run about once a second
 /// per worker.
 pub(crate) fn release_unused() -> bool {
-    let freed = READ_BUFFERS.with(|l| l.borrow_mut().trim()) + WRITE_BUFFERS.with(|l| l.borrow_mut().trim());
-    freed > 0
+    READ_BUFFERS.with(|l| l.borrow_mut().trim()) > 0
 }
 
 /// Room a read buffer has past the configured size, for a typical head: a
@@ -100,21 +106,6 @@ pub(crate) fn take_read(size: usize) -> BytesMut {
 pub(crate) fn give_read(buf: BytesMut, size: usize) {
     let capacity = buf.capacity();
     keep(&READ_BUFFERS, buf, capacity, size);
-}
-
-/// An empty write buffer with room for at least `size` bytes.
-pub(crate) fn take_write(size: usize) -> Vec<u8> {
-    let found = WRITE_BUFFERS.with(|list| list.borrow_mut().pop());
-    let mut buf = found.unwrap_or_default();
-    buf.clear();
-    buf.reserve(size);
-    buf
-}
-
-/// Gives back a write buffer.
-pub(crate) fn give_write(buf: Vec<u8>, size: usize) {
-    let capacity = buf.capacity();
-    keep(&WRITE_BUFFERS, buf, capacity, size);
 }
 
 /// Puts `buf` on `list` unless it is smaller than the usual `size` (a
@@ -146,12 +137,6 @@ mod tests {
         // Nor one smaller than the usual size.
         give_read(BytesMut::with_capacity(100), 4096);
         assert!(take_read(4096).capacity() >= 4096);
-
-        let w = take_write(100);
-        let wptr = w.as_ptr();
-        give_write(w, 100);
-        let again = take_write(100);
-        assert_eq!(again.as_ptr(), wptr);
     }
 
     #[test]

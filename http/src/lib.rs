@@ -33,6 +33,7 @@ mod io;
 mod l4;
 mod limits;
 mod pool;
+mod recycle;
 mod reply;
 mod reverse;
 mod splice;
@@ -58,12 +59,14 @@ pub use tunnel::TunnelBytes;
 pub use write::{origin_form, write_upstream_head};
 
 /// Frees what this worker's free lists hold that no request took since the
-/// last call (I/O buffers, and the connections' heads and edit buffers):
+/// last call (read buffers, the connections' slots with their heads and
+/// buffers, the blocks exchanges ran in):
 /// after a flood they would keep it all. Returns whether anything was
 /// freed, so that the caller hands the memory back to the system. Meant to
 /// run about once a second per worker.
 pub fn release_unused_buffers() -> bool {
     let buffers = buffers::release_unused();
     let slots = engine::release_unused_slots();
-    buffers || slots
+    let blocks = recycle::release_unused();
+    buffers || slots || blocks
 }

@@ -20,10 +20,13 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
     net::SocketAddr,
     time::Duration,
 };
+
+// foldhash, not SipHash: looked up on every request, with keys from the
+// configuration and the worker's own connections.
+use hashbrown::HashMap;
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;

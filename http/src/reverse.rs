@@ -10,11 +10,14 @@
 
 use std::{
     cell::Cell,
-    collections::HashMap,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+// foldhash, not SipHash: looked up on every request, with keys from the
+// configuration and the worker's own connections.
+use hashbrown::HashMap;
 
 use ringway_balancer::{
     ip_hash, key_hash, Algorithm, Balancer, HashKey, HealthEvent, Lease, NoPeer, Outcome, Tried,

@@ -137,9 +137,12 @@ pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers
                     out.extend_from_slice(b", ");
                 }
             }
-            let _ = write!(out, "{}\r\n", req.client_ip);
+            push_ip(out, req.client_ip);
+            out.extend_from_slice(b"\r\n");
             if headers.forwarded == ForwardedStyle::XForwarded {
-                let _ = write!(out, "X-Forwarded-Proto: {}\r\n", req.scheme);
+                out.extend_from_slice(b"X-Forwarded-Proto: ");
+                out.extend_from_slice(req.scheme.as_bytes());
+                out.extend_from_slice(b"\r\n");
                 if let Some(host) = host {
                     push_field(out, b"X-Forwarded-Host", host);
                 }
@@ -154,14 +157,18 @@ pub(crate) fn request_head(out: &mut Vec<u8>, req: &UpstreamRequest<'_>, headers
                 }
             }
             match req.client_ip {
-                IpAddr::V4(ip) => {
-                    let _ = write!(out, "for={ip}");
+                IpAddr::V4(_) => {
+                    out.extend_from_slice(b"for=");
+                    push_ip(out, req.client_ip);
                 }
-                IpAddr::V6(ip) => {
-                    let _ = write!(out, "for=\"[{ip}]\"");
+                IpAddr::V6(_) => {
+                    out.extend_from_slice(b"for=\"[");
+                    push_ip(out, req.client_ip);
+                    out.extend_from_slice(b"]\"");
                 }
             }
-            let _ = write!(out, ";proto={}", req.scheme);
+            out.extend_from_slice(b";proto=");
+            out.extend_from_slice(req.scheme.as_bytes());
             if let Some(host) = host {
                 out.extend_from_slice(b";host=\"");
                 out.extend_from_slice(host);
@@ -219,6 +226,25 @@ fn write_framing(out: &mut Vec<u8>, framing: BodyFraming) {
         }
         BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+}
+
+/// Appends `ip` as text: an IPv4 address digit by digit (the common case,
+/// per request, without the formatting machinery), IPv6 as `Display`
+/// writes it.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -334,6 +360,23 @@ mod tests {
     use crate::limits::HttpLimits;
 
     use crate::head::parsed as head;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "192.0.2.100",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, text.as_bytes());
+        }
+    }
 
     fn upstream_head(raw: &str, headers: ProxyHeaders) -> String {
         let h = head(raw);

@@ -49,6 +49,7 @@ use crate::{
     hooks::{Peer, ProxyHooks, Route, Summary},
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
+    recycle::Recycled,
     splice::SpliceSocket,
     tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
 };
@@ -254,11 +255,12 @@ impl<H: ProxyHooks> Engine<H> {
                 first = false;
                 let st = slot.get(size);
                 let started = self.settings.access_log.then(Instant::now);
-                // Boxed: an exchange's state is large, and an idle connection
-                // holds none of it (one allocation per request; see
-                // benches/results/balancing-20261202.md).
+                // On the heap: an exchange's state is large, and an idle
+                // connection holds none of it; in a block the worker
+                // recycles, not a new allocation per request.
                 client.now_ms = conn.clock_ms();
-                let (outcome, status, upstream) = Box::pin(self.exchange(&mut io, st, &client, &conn)).await;
+                let exchange = Recycled::new_with(|| self.exchange(&mut io, st, &client, &conn));
+                let (outcome, status, upstream) = exchange.await;
                 conn.count_request();
                 if let Some(started) = started {
                     self.log_access(&client, &st.req, status, started, upstream);

@@ -47,30 +47,38 @@ impl ConnBuffers {
     /// head is still arriving holds none.
     pub(super) fn take_write_buffer(&mut self) {
         if self.wbuf.capacity() == 0 {
-            self.wbuf = buffers::take_write(self.size);
+            self.wbuf = Vec::with_capacity(self.size);
         }
     }
 
-    /// Gives the buffers back to the worker's free lists (the read buffer
-    /// must hold nothing still needed).
-    pub(super) fn release_buffers(&mut self) {
-        buffers::give_read(std::mem::take(&mut self.rbuf), self.size);
-        buffers::give_write(std::mem::take(&mut self.wbuf), self.size);
-        buffers::give_write(std::mem::take(&mut self.scratch), self.size);
-    }
-}
-
-impl Drop for ConnBuffers {
-    fn drop(&mut self) {
+    /// Empties everything for the next request on any connection, keeping
+    /// the I/O buffers (the read buffer must hold nothing still needed)
+    /// unless one grew far past the usual size.
+    fn tidy(&mut self) {
         self.req.clear();
         self.resp.clear();
-        self.release_buffers();
+        self.edits.clear();
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.scratch.clear();
+        let most = 4 * self.size.max(1);
+        if self.rbuf.capacity() > most {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.capacity() > most {
+            self.wbuf = Vec::new();
+        }
+        if self.scratch.capacity() > most {
+            self.scratch = Vec::new();
+        }
     }
 }
 
 thread_local! {
-    /// The worker's spare [`ConnBuffers`], their field tables and edit
-    /// buffers grown to what requests needed, ready for the next one.
+    /// The worker's spare [`ConnBuffers`], their field tables, edit and
+    /// I/O buffers grown to what requests needed, ready for the next one
+    /// (a busy connection takes one, and so one allocation-free step,
+    /// per request). Trimmed with the buffer lists: a flood's are freed.
     static SLOTS: RefCell<FreeList<Box<ConnBuffers>>> = const { RefCell::new(FreeList::new()) };
 }
 
@@ -78,7 +86,8 @@ thread_local! {
 /// worker's free list when a request's first bytes arrive, given back
 /// whenever the connection waits for its next request. An idle keep-alive
 /// connection so holds one empty pointer, not two heads, their field
-/// tables and the edit buffers; a busy worker allocates none of them.
+/// tables, the edit buffers and its I/O buffers; a busy worker allocates
+/// none of them.
 pub(super) struct Slot(Option<Box<ConnBuffers>>);
 
 impl Slot {
@@ -87,7 +96,7 @@ impl Slot {
     }
 
     /// The connection's buffers, taken from the free list if it holds
-    /// none (with no I/O buffer yet: see [`buffers::take_read`]).
+    /// none (their I/O buffers, if any, empty).
     pub(super) fn get(&mut self, size: usize) -> &mut ConnBuffers {
         let st = self.0.get_or_insert_with(|| {
             SLOTS.with(|list| list.borrow_mut().pop()).unwrap_or_else(|| {
@@ -111,14 +120,11 @@ impl Slot {
         self.0.as_ref().is_some_and(|st| !st.rbuf.is_empty())
     }
 
-    /// Gives the buffers back: the heads, edits and I/O buffers emptied
-    /// (the read buffer must hold nothing still needed).
+    /// Gives the buffers back, emptied (the read buffer must hold nothing
+    /// still needed).
     pub(super) fn release(&mut self) {
         if let Some(mut st) = self.0.take() {
-            st.req.clear();
-            st.resp.clear();
-            st.edits.clear();
-            st.release_buffers();
+            st.tidy();
             SLOTS.with(|list| list.borrow_mut().push(st));
         }
     }
@@ -197,7 +203,9 @@ impl<H: ProxyHooks> Engine<H> {
             let next = async {
                 io.wait_readable().await?;
                 let rbuf = &mut slot.get(size).rbuf;
-                *rbuf = buffers::take_read(size);
+                if rbuf.capacity() < size {
+                    *rbuf = buffers::take_read(size);
+                }
                 read_some(io, rbuf, size).await
             };
             let armed = conn.deadline(Wait::ClientRead, wait);
