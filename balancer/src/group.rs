@@ -267,6 +267,12 @@ pub struct UpstreamGroup {
     pub connect_timeout: Option<Duration>,
     /// Time allowed for a response head; `None`: the listener's.
     pub response_timeout: Option<Duration>,
+    /// Idle connections kept per server and worker (0: none); `None`:
+    /// `[http] upstream_keepalive`.
+    pub keepalive: Option<usize>,
+    /// How long an idle connection is kept; `None`: `[http]
+    /// upstream_keepalive_timeout`.
+    pub keepalive_timeout: Option<Duration>,
     /// Active health and connection counts, shared by all workers.
     pub health: Arc<HealthTable>,
     ring: Option<Ring>,
@@ -327,6 +333,8 @@ impl UpstreamGroup {
             sticky: None,
             connect_timeout: None,
             response_timeout: None,
+            keepalive: None,
+            keepalive_timeout: None,
             health,
             ring,
             alias,

@@ -445,3 +445,41 @@ fn a_server_given_by_name_follows_its_dns_answer() {
     running.shutdown();
     running.wait();
 }
+
+#[test]
+fn an_upstream_keeps_as_many_idle_connections_as_its_keepalive_says() {
+    // Two groups on one listener: `pooled` with the [http] default, `fresh`
+    // with `keepalive = 0` (a new upstream connection per request, nginx's
+    // behaviour without `keepalive`).
+    let pooled = named("pooled");
+    let fresh = named("fresh");
+    let source = format!(
+        "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+         [[listener.route]]\npath_prefix = \"/fresh\"\nupstream = \"fresh\"\n\n\
+         [[listener.route]]\nupstream = \"pooled\"\n\n\
+         [[upstream]]\nname = \"pooled\"\nservers = [\"{}\"]\n\n\
+         [[upstream]]\nname = \"fresh\"\nservers = [\"{}\"]\nkeepalive = 0\n",
+        pooled.addr(),
+        fresh.addr()
+    );
+    let config = config::parse(Path::new("test.toml"), &source).unwrap_or_else(|e| panic!("{e}\n{source}"));
+    let running = factory::start(&config).expect("the proxy starts");
+    let mut client = TestClient::connect(running.local_addrs()[0]);
+    for _ in 0..5 {
+        assert_eq!(get(&mut client, "/", None).text(), "pooled");
+        assert_eq!(get(&mut client, "/fresh", None).text(), "fresh");
+    }
+    assert_eq!(
+        pooled.connections(),
+        1,
+        "the pooled upstream's connection is reused"
+    );
+    assert_eq!(
+        fresh.connections(),
+        5,
+        "keepalive = 0: one upstream connection per request"
+    );
+    running.shutdown();
+    running.wait();
+}

@@ -37,6 +37,11 @@ pub struct Peer {
     /// Time allowed for the response head once the request is sent;
     /// `None`: the listener's.
     pub response_timeout: Option<Duration>,
+    /// Idle connections to it kept by each worker (0: none, the
+    /// connection closes after its response); `None`: the pool's setting.
+    pub keepalive: Option<usize>,
+    /// How long an idle connection to it is kept; `None`: the pool's.
+    pub keepalive_timeout: Option<Duration>,
 }
 
 impl Peer {
@@ -46,6 +51,8 @@ impl Peer {
             addr,
             connect_timeout: None,
             response_timeout: None,
+            keepalive: None,
+            keepalive_timeout: None,
         }
     }
 }

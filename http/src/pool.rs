@@ -5,7 +5,9 @@
 //! kept per server address, most recently used first (so the ones kept warm
 //! are the ones in use, and the rest age out). A connection idle longer than
 //! the idle timeout is closed when it is next looked at; at most
-//! `max_idle_per_server` are kept per server.
+//! `max_idle_per_server` are kept per server. An upstream group may set
+//! its own count and timeout (`keepalive`, `keepalive_timeout`, carried by
+//! its connections), as nginx's `keepalive` does per upstream block.
 //!
 //! Every connection is looked at before it is handed out, however briefly
 //! it was idle: anything that arrived while it sat in the pool (stray bytes
@@ -43,6 +45,16 @@ pub(crate) struct UpstreamConn {
     /// Whether it came from the pool (it may have been closed by the server
     /// while idle, which makes a failure before the response retryable).
     pub(crate) reused: bool,
+    /// Its upstream's own keep-alive limits, over the pool's settings.
+    pub(crate) keep: KeepIdle,
+}
+
+/// An upstream's own keep-alive limits (`[[upstream]] keepalive` and
+/// `keepalive_timeout`); `None` takes the pool's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KeepIdle {
+    pub(crate) max: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl UpstreamConn {
@@ -72,6 +84,7 @@ impl UpstreamConn {
             rbuf: buffers::take_read(buffer_size),
             addr,
             reused: false,
+            keep: KeepIdle::default(),
         })
     }
 }
@@ -96,8 +109,9 @@ impl Default for PoolSettings {
 
 struct IdleConn {
     conn: UpstreamConn,
-    /// When it was returned, on the worker's coarse clock (milliseconds).
-    since_ms: u64,
+    /// When it stops being reused, on the worker's coarse clock
+    /// (milliseconds).
+    expires_ms: u64,
 }
 
 /// A worker's idle upstream connections.
@@ -177,9 +191,8 @@ impl UpstreamPool {
     fn take(&self, addr: SocketAddr, buffer_size: usize, now_ms: u64) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
-        let timeout_ms = self.idle_timeout_ms();
         while let Some(entry) = list.pop() {
-            if now_ms.saturating_sub(entry.since_ms) >= timeout_ms {
+            if now_ms >= entry.expires_ms {
                 continue;
             }
             // Closed by the server, reset, or stray bytes waiting that the
@@ -204,27 +217,23 @@ impl UpstreamPool {
             self.dropped_unquiet.set(self.dropped_unquiet.get() + 1);
             return;
         }
-        if self.settings.max_idle_per_server == 0 {
+        let max_idle = conn.keep.max.unwrap_or(self.settings.max_idle_per_server);
+        if max_idle == 0 {
             return;
         }
         // An idle connection holds no buffer.
         buffers::give_read(std::mem::take(&mut conn.rbuf), buffer_size);
-        let timeout_ms = self.idle_timeout_ms();
+        let timeout = conn.keep.timeout.unwrap_or(self.settings.idle_timeout);
+        let expires_ms = now_ms.saturating_add(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.addr).or_default();
         // The oldest entry is at the front: close it once it has expired, so
         // connections that are never taken again do not linger.
-        if list
-            .first()
-            .is_some_and(|oldest| now_ms.saturating_sub(oldest.since_ms) >= timeout_ms)
-        {
+        if list.first().is_some_and(|oldest| now_ms >= oldest.expires_ms) {
             list.remove(0);
         }
-        if list.len() < self.settings.max_idle_per_server {
-            list.push(IdleConn {
-                conn,
-                since_ms: now_ms,
-            });
+        if list.len() < max_idle {
+            list.push(IdleConn { conn, expires_ms });
         }
     }
 
@@ -233,21 +242,15 @@ impl UpstreamPool {
     /// run about once a second, so that they do not hold descriptors until
     /// a request next looks for one. Returns how many were closed.
     pub fn close_stale(&self, now_ms: u64) -> usize {
-        let timeout_ms = self.idle_timeout_ms();
         let mut closed = 0;
         self.idle.borrow_mut().retain(|_, list| {
             let before = list.len();
             list.retain(|entry| {
-                now_ms.saturating_sub(entry.since_ms) < timeout_ms
-                    && ringway_core::socket::is_quiet(&entry.conn.stream)
+                now_ms < entry.expires_ms && ringway_core::socket::is_quiet(&entry.conn.stream)
             });
             closed += before - list.len();
             !list.is_empty()
         });
         closed
-    }
-
-    fn idle_timeout_ms(&self) -> u64 {
-        self.settings.idle_timeout.as_millis().min(u128::from(u64::MAX)) as u64
     }
 }

@@ -339,6 +339,8 @@ impl ReverseHandler {
             addr: lease.addr(),
             connect_timeout: group.connect_timeout,
             response_timeout: group.response_timeout,
+            keepalive: group.keepalive,
+            keepalive_timeout: group.keepalive_timeout,
         };
         cx.started = matches!(group.algorithm, Algorithm::P2cEwma).then(Instant::now);
         cx.tried.add(lease.peer());

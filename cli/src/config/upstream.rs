@@ -53,6 +53,8 @@ pub(crate) struct UpstreamSection {
     pub(crate) total_timeout: Option<String>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) response_timeout: Option<String>,
+    pub(crate) keepalive: Option<usize>,
+    pub(crate) keepalive_timeout: Option<String>,
     pub(crate) fail_open: Option<bool>,
     pub(crate) sticky: Option<StickySection>,
 }
@@ -151,6 +153,9 @@ impl Validator {
                 self.optional_duration(at.key("connect_timeout"), up.connect_timeout.as_ref());
             group.response_timeout =
                 self.optional_duration(at.key("response_timeout"), up.response_timeout.as_ref());
+            group.keepalive = up.keepalive;
+            group.keepalive_timeout =
+                self.optional_duration(at.key("keepalive_timeout"), up.keepalive_timeout.as_ref());
             if let Some(sticky) = &up.sticky {
                 group.sticky = self.sticky(sticky, &name, &group.servers, &at.key("sticky"));
             }
@@ -574,6 +579,8 @@ retry_budget_min = 2
 total_timeout = "9s"
 connect_timeout = "2s"
 response_timeout = "20s"
+keepalive = 16
+keepalive_timeout = "30s"
 fail_open = false
 sticky = { cookie = "pin", ttl = "1h", secret = "s3" }"#,
         );
@@ -597,6 +604,8 @@ sticky = { cookie = "pin", ttl = "1h", secret = "s3" }"#,
         assert_eq!(g.retry.total_timeout.map(|d| d.as_secs()), Some(9));
         assert_eq!(g.connect_timeout.map(|d| d.as_secs()), Some(2));
         assert_eq!(g.response_timeout.map(|d| d.as_secs()), Some(20));
+        assert_eq!(g.keepalive, Some(16));
+        assert_eq!(g.keepalive_timeout.map(|d| d.as_secs()), Some(30));
         assert!(!g.fail_open);
         let sticky = g.sticky.as_ref().unwrap();
         assert_eq!(

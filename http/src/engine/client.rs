@@ -107,7 +107,12 @@ impl<H: ProxyHooks> Engine<H> {
                     // A server that cannot take a new connection either is
                     // a failed attempt like any other: the hooks hear of it.
                     match self.reconnect(up.addr, timeouts.connect).await {
-                        Ok(fresh) => *up = fresh,
+                        Ok(fresh) => {
+                            *up = UpstreamConn {
+                                keep: up.keep,
+                                ..fresh
+                            }
+                        }
                         Err(failure) => return Ok(Err(failure.error)),
                     }
                     continue;
@@ -191,7 +196,12 @@ impl<H: ProxyHooks> Engine<H> {
                     // A server that cannot take a new connection either is
                     // a failed attempt like any other: the hooks hear of it.
                     match self.reconnect(up.addr, timeouts.connect).await {
-                        Ok(fresh) => *up = fresh,
+                        Ok(fresh) => {
+                            *up = UpstreamConn {
+                                keep: up.keep,
+                                ..fresh
+                            }
+                        }
                         Err(failure) => return Ok(Err(failure.error)),
                     }
                 }

@@ -21,7 +21,7 @@ use crate::{
     head::{BodyFraming, RequestHead, Version},
     hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry},
     io::{bounded, io_error},
-    pool::UpstreamConn,
+    pool::{KeepIdle, UpstreamConn},
     write::{end_head, request_head, response_head, ClientResponse, UpstreamRequest, NO_EDITS},
 };
 
@@ -99,6 +99,12 @@ impl<H: ProxyHooks> Engine<H> {
                 }
             };
             *last = Some(up.addr);
+            if let Some(p) = &peer {
+                up.keep = KeepIdle {
+                    max: p.keepalive,
+                    timeout: p.keepalive_timeout,
+                };
+            }
             self.upstream_head(
                 st,
                 client,
