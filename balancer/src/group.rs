@@ -494,8 +494,9 @@ fn load_factors(weights: &[i64]) -> Box<[u64]> {
     let lcm = weights
         .iter()
         .try_fold(1i64, |l, &w| {
-            let next = l / gcd(l, w) * w;
-            (next <= i64::from(u32::MAX)).then_some(next)
+            (l / gcd(l, w))
+                .checked_mul(w)
+                .filter(|&next| next <= i64::from(u32::MAX))
         })
         .unwrap_or(1 << 32);
     weights.iter().map(|&w| (lcm / w) as u64).collect()

@@ -204,6 +204,8 @@ impl UpstreamPool {
             }
             let mut conn = entry.conn;
             conn.reused = true;
+            // The limits are the next request's upstream's to set.
+            conn.keep = KeepIdle::default();
             conn.rbuf = buffers::take_read(buffer_size);
             return Some(conn);
         }

@@ -125,7 +125,8 @@ impl Slot {
     pub(super) fn release(&mut self) {
         if let Some(mut st) = self.0.take() {
             st.tidy();
-            SLOTS.with(|list| list.borrow_mut().push(st));
+            // Past the thread's end (a task dropped late) it is freed.
+            let _ = SLOTS.try_with(|list| list.borrow_mut().push(st));
         }
     }
 }
