@@ -108,11 +108,16 @@ pub(crate) fn give_read(buf: BytesMut, size: usize) {
     keep(&READ_BUFFERS, buf, capacity, size);
 }
 
+/// Whether a buffer of `capacity` grew far past the usual `size` (a huge
+/// head, a long transfer): such a buffer is freed, not kept for reuse.
+pub(crate) fn grew_too_large(capacity: usize, size: usize) -> bool {
+    capacity > 4 * size.max(1)
+}
+
 /// Puts `buf` on `list` unless it is smaller than the usual `size` (a
-/// small head buffer), grew far past it (a huge head, a long transfer), or
-/// the list is full.
+/// small head buffer), grew far past it, or the list is full.
 fn keep<B: 'static>(list: &'static LocalKey<RefCell<FreeList<B>>>, buf: B, capacity: usize, size: usize) {
-    if capacity < size.max(1) || capacity > 4 * size {
+    if capacity < size.max(1) || grew_too_large(capacity, size) {
         return;
     }
     list.with(|list| list.borrow_mut().push(buf));

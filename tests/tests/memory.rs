@@ -110,8 +110,10 @@ fn floods(driver: DriverChoice) {
         format!("GET /{i} HTTP/1.1\r\nHost: a\r\nX-Slow: ")
     });
     eprintln!("{driver:?}: {per_slow} bytes per slowloris connection");
-    // The connection task (about 2.3 KB), a 4 KiB head buffer and the
-    // registry entry; a full read and write buffer each would be 132 KiB.
+    // The connection task (under 1 KB since the phases issue), its slot of
+    // heads (a trickling head gives up the slot's write buffers), a 4 KiB
+    // head buffer and the registry entry; a full read and write buffer
+    // each would be 132 KiB.
     assert!(
         per_slow <= 12 * 1024,
         "{driver:?}: {per_slow} bytes per slowloris connection"

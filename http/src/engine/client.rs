@@ -7,7 +7,6 @@
 use std::{
     cell::Cell,
     io,
-    net::SocketAddr,
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
@@ -106,14 +105,8 @@ impl<H: ProxyHooks> Engine<H> {
                     retried = true;
                     // A server that cannot take a new connection either is
                     // a failed attempt like any other: the hooks hear of it.
-                    match self.reconnect(up.addr, timeouts.connect).await {
-                        Ok(fresh) => {
-                            *up = UpstreamConn {
-                                keep: up.keep,
-                                ..fresh
-                            }
-                        }
-                        Err(failure) => return Ok(Err(failure.error)),
+                    if let Err(e) = self.reconnect(up, timeouts.connect).await {
+                        return Ok(Err(e));
                     }
                     continue;
                 }
@@ -195,14 +188,8 @@ impl<H: ProxyHooks> Engine<H> {
                     retried = true;
                     // A server that cannot take a new connection either is
                     // a failed attempt like any other: the hooks hear of it.
-                    match self.reconnect(up.addr, timeouts.connect).await {
-                        Ok(fresh) => {
-                            *up = UpstreamConn {
-                                keep: up.keep,
-                                ..fresh
-                            }
-                        }
-                        Err(failure) => return Ok(Err(failure.error)),
+                    if let Err(e) = self.reconnect(up, timeouts.connect).await {
+                        return Ok(Err(e));
                     }
                 }
                 Err(e) => return Ok(Err(e)),
@@ -210,16 +197,18 @@ impl<H: ProxyHooks> Engine<H> {
         }
     }
 
-    pub(super) async fn reconnect(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> std::result::Result<UpstreamConn, Failure> {
-        let s = &self.settings;
-        self.pool
-            .connect(std::slice::from_ref(&addr), timeout, s.buffer_size)
-            .await
-            .map_err(Failure::before)
+    /// Replaces `up` by a new connection to the same server, under the
+    /// same keep-alive limits.
+    async fn reconnect(&self, up: &mut UpstreamConn, timeout: Duration) -> Result<()> {
+        let fresh = self
+            .pool
+            .connect(std::slice::from_ref(&up.addr), timeout, self.settings.buffer_size)
+            .await?;
+        *up = UpstreamConn {
+            keep: up.keep,
+            ..fresh
+        };
+        Ok(())
     }
 
     /// Relays a request body upstream. When the upstream stops taking it,

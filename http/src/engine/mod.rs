@@ -219,7 +219,8 @@ impl<H: ProxyHooks> Engine<H> {
     /// connection's context, each once: it is what an idle keep-alive
     /// connection costs (an `async fn` would keep its arguments beside
     /// their moved copies). While idle it holds no buffer and no heads
-    /// (see [`Slot`]); an exchange's state is boxed while it runs.
+    /// (see [`Slot`]); an exchange's state lives in a block the worker
+    /// recycles (see [`Recycled`]) while it runs.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments beside their moved copies for the whole connection"

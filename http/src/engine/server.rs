@@ -51,6 +51,20 @@ impl ConnBuffers {
         }
     }
 
+    /// Shrinks to what a head that trickles in needs (slowloris, or a slow
+    /// link): its bytes move to a small buffer, and the write buffers a
+    /// recycled slot brought are freed, so thousands of such connections
+    /// do not each hold full ones. A whole head takes a write buffer again.
+    fn wait_for_head(&mut self) {
+        if self.rbuf.len() < SMALL_HEAD_BUFFER / 2 && self.rbuf.capacity() > SMALL_HEAD_BUFFER {
+            let mut small = BytesMut::with_capacity(SMALL_HEAD_BUFFER);
+            small.extend_from_slice(&self.rbuf);
+            buffers::give_read(std::mem::replace(&mut self.rbuf, small), self.size);
+        }
+        self.wbuf = Vec::new();
+        self.scratch = Vec::new();
+    }
+
     /// Empties everything for the next request on any connection, keeping
     /// the I/O buffers (the read buffer must hold nothing still needed)
     /// unless one grew far past the usual size.
@@ -61,14 +75,13 @@ impl ConnBuffers {
         self.rbuf.clear();
         self.wbuf.clear();
         self.scratch.clear();
-        let most = 4 * self.size.max(1);
-        if self.rbuf.capacity() > most {
+        if buffers::grew_too_large(self.rbuf.capacity(), self.size) {
             self.rbuf = BytesMut::new();
         }
-        if self.wbuf.capacity() > most {
+        if buffers::grew_too_large(self.wbuf.capacity(), self.size) {
             self.wbuf = Vec::new();
         }
-        if self.scratch.capacity() > most {
+        if buffers::grew_too_large(self.scratch.capacity(), self.size) {
             self.scratch = Vec::new();
         }
     }
@@ -230,13 +243,7 @@ impl<H: ProxyHooks> Engine<H> {
             return Ok(true);
         }
         let head_limit = started.map_or(t.client_head, |at| t.client_head.saturating_sub(at.elapsed()));
-        // A head that trickles in (slowloris, or a slow link) waits in a
-        // small buffer: thousands of them must not each hold a full one.
-        if st.rbuf.len() < SMALL_HEAD_BUFFER / 2 && st.rbuf.capacity() > SMALL_HEAD_BUFFER {
-            let mut small = BytesMut::with_capacity(SMALL_HEAD_BUFFER);
-            small.extend_from_slice(&st.rbuf);
-            buffers::give_read(std::mem::replace(&mut st.rbuf, small), s.buffer_size);
-        }
+        st.wait_for_head();
         let ConnBuffers { rbuf, req, .. } = st;
         let rest_of_head = async {
             loop {
@@ -448,6 +455,49 @@ pub(super) fn loggable_target(target: &[u8]) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn buffers_of_a_busy_slot(size: usize) -> ConnBuffers {
+        let mut rbuf = BytesMut::with_capacity(size + 4096);
+        rbuf.extend_from_slice(b"GET / HTTP/1.1\r\nX-Slow: ");
+        ConnBuffers {
+            rbuf,
+            wbuf: Vec::with_capacity(size),
+            scratch: Vec::with_capacity(size),
+            req: RequestHead::new(),
+            resp: ResponseHead::new(),
+            edits: HeadEdits::new(),
+            size,
+        }
+    }
+
+    #[test]
+    fn a_trickling_head_holds_a_small_buffer_and_no_write_buffers() {
+        // A slot from the free list carries a served request's buffers; a
+        // head that does not come whole in the first read must not keep
+        // them while it waits.
+        let mut st = buffers_of_a_busy_slot(64 * 1024);
+        st.wait_for_head();
+        assert_eq!(&st.rbuf[..], b"GET / HTTP/1.1\r\nX-Slow: ");
+        assert!(st.rbuf.capacity() <= SMALL_HEAD_BUFFER, "{}", st.rbuf.capacity());
+        assert_eq!((st.wbuf.capacity(), st.scratch.capacity()), (0, 0));
+        st.take_write_buffer();
+        assert!(st.wbuf.capacity() >= 64 * 1024, "a whole head writes again");
+    }
+
+    #[test]
+    fn a_released_slot_keeps_its_usual_buffers_and_frees_grown_ones() {
+        let mut st = buffers_of_a_busy_slot(16 * 1024);
+        st.rbuf.clear();
+        st.wbuf.extend_from_slice(b"response");
+        st.scratch.reserve(1 << 20);
+        st.tidy();
+        assert!(
+            st.wbuf.is_empty() && st.wbuf.capacity() >= 16 * 1024,
+            "kept, emptied"
+        );
+        assert!(st.rbuf.capacity() >= 16 * 1024, "kept");
+        assert_eq!(st.scratch.capacity(), 0, "1 MiB is past 4x the usual size: freed");
+    }
 
     #[test]
     fn logged_targets_carry_no_credentials() {
