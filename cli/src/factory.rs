@@ -5,17 +5,30 @@
 //! DNS resolver shared by that worker's listeners, and per listener its
 //! handler (reverse: the route table and per-worker balancers; forward: the
 //! ACL, authentication and PAC settings) inside an HTTP engine, or for a
-//! tcp listener its L4 balancer; and once per process the prober: the
-//! health checks of the upstreams that have them, and the lookups that
-//! follow servers given by name.
+//! tcp listener its L4 balancer; a TLS listener's acceptor runs the
+//! handshake first; and once per process the prober: the health checks of
+//! the upstreams that have them, and the lookups that follow servers given
+//! by name, and the watcher that reloads certificates whose files changed.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, rc::Rc, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 use ringway_http::{
-    ClientInfo, Engine, ForwardHandler, Prober, ReverseHandler, TcpBalancer, TunnelOptions, UpstreamPool,
+    ClientInfo, ClientStream, Engine, ForwardHandler, PeerTls, Prober, ProxyHooks, ReverseHandler,
+    TcpBalancer, TunnelOptions, UpstreamPool,
 };
+use ringway_tls::{Acceptor, CertStore};
 
 use crate::config::{Config, ListenerMode};
 
@@ -29,8 +42,42 @@ enum ListenerEngine {
 
 /// Everything one worker serves with.
 struct WorkerListeners {
-    engines: Vec<(ListenerEngine, SocketAddr)>,
+    engines: Vec<(ListenerEngine, SocketAddr, Option<Rc<TlsListener>>)>,
     pool: Rc<UpstreamPool>,
+}
+
+/// A TLS listener's acceptor on one worker.
+struct TlsListener {
+    name: Rc<str>,
+    acceptor: Acceptor,
+}
+
+/// Runs the TLS handshake, then serves the connection with `engine`. A
+/// failed or stalled handshake costs the connection and one log line.
+async fn serve_tls<H: ProxyHooks>(
+    tls: Rc<TlsListener>,
+    engine: Rc<Engine<H>>,
+    stream: TcpStream,
+    mut client: ClientInfo,
+    conn: ConnCtx,
+) where
+    ringway_http::TlsClient: ClientStream,
+{
+    match tls.acceptor.accept(stream).await {
+        Ok((stream, info)) => {
+            client.tls = Some(Rc::new(info));
+            engine.serve(stream, client, conn).await;
+        }
+        Err(e) => {
+            tracing::info!(
+                listener = &*tls.name,
+                client = %client.peer,
+                sni = e.sni.as_deref().unwrap_or("-"),
+                "TLS handshake failed: {}",
+                e.error
+            );
+        }
+    }
 }
 
 impl WorkerApp for WorkerListeners {
@@ -46,12 +93,18 @@ impl WorkerApp for WorkerListeners {
         // for the largest of the modes.
         let serve: Pin<Box<dyn Future<Output = ()>>> = match self.engines.get(listener) {
             None => Box::pin(std::future::ready(())),
-            Some((engine, local)) => {
+            Some((engine, local, tls)) => {
                 let client = ClientInfo::new(peer, *local);
-                match engine {
-                    ListenerEngine::Reverse(e) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
-                    ListenerEngine::Forward(e) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
-                    ListenerEngine::Tcp(b) => Box::pin(Rc::clone(b).serve(stream, client, conn)),
+                match (engine, tls) {
+                    (ListenerEngine::Reverse(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
+                    (ListenerEngine::Forward(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
+                    (ListenerEngine::Reverse(e), Some(tls)) => {
+                        Box::pin(serve_tls(Rc::clone(tls), Rc::clone(e), stream, client, conn))
+                    }
+                    (ListenerEngine::Forward(e), Some(tls)) => {
+                        Box::pin(serve_tls(Rc::clone(tls), Rc::clone(e), stream, client, conn))
+                    }
+                    (ListenerEngine::Tcp(b), _) => Box::pin(Rc::clone(b).serve(stream, client, conn)),
                 }
             }
         };
@@ -64,19 +117,95 @@ impl WorkerApp for WorkerListeners {
     }
 }
 
-/// A running server: its workers, and the process's health prober.
+/// A running server: its workers, the process's health prober, and the
+/// watcher of its certificate files.
 pub struct Running {
     server: ServerHandle,
     /// Stops (and joins) with the server.
     prober: Option<Prober>,
+    certs: Arc<Vec<(String, Arc<CertStore>)>>,
+    watcher: Option<CertWatcher>,
 }
 
 impl Running {
     /// Waits until the workers have stopped (after a shutdown), then stops
-    /// the health checks.
+    /// the health checks and the certificate watcher.
     pub fn wait(self) {
         self.server.wait();
         drop(self.prober);
+        drop(self.watcher);
+    }
+
+    /// Loads every TLS listener's certificates again (SIGHUP): new
+    /// handshakes use the new ones; a listener whose files fail to load
+    /// keeps its old ones, and the log says why.
+    pub fn reload_certificates(&self) {
+        for (listener, store) in self.certs.iter() {
+            match store.reload() {
+                Ok(()) => tracing::info!(listener = %listener, "certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(listener = %listener, "certificates not reloaded, the old ones stay: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// Reloads certificates whose files changed, looking every few seconds.
+struct CertWatcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often certificate files are looked at.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+impl CertWatcher {
+    fn start(certs: Arc<Vec<(String, Arc<CertStore>)>>) -> std::io::Result<Option<Self>> {
+        if certs.is_empty() {
+            return Ok(None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("ringway-certs".to_owned())
+            .spawn(move || {
+                let step = Duration::from_millis(100);
+                let mut waited = Duration::ZERO;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited < CERT_CHECK_INTERVAL {
+                        continue;
+                    }
+                    waited = Duration::ZERO;
+                    for (listener, store) in certs.iter() {
+                        match store.reload_if_changed() {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                tracing::info!(listener = %listener, "certificate files changed: reloaded")
+                            }
+                            Err(e) => tracing::error!(
+                                listener = %listener,
+                                "certificate files changed but do not load, the old ones stay: {e}"
+                            ),
+                        }
+                    }
+                }
+            })?;
+        Ok(Some(Self {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+}
+
+impl Drop for CertWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -108,15 +237,53 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
     };
     let upstreams = config.upstreams.clone();
     let dns = Arc::clone(&config.dns);
+    let certs: Arc<Vec<_>> = Arc::new(
+        config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.spec.name.clone(), Arc::clone(l.tls.as_ref()?.store()))))
+            .collect(),
+    );
     let config = config.clone();
     let server = ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))?;
     let prober = Prober::start(checks, &upstreams, dns)?;
-    Ok(Running { server, prober })
+    let watcher = CertWatcher::start(Arc::clone(&certs))?;
+    Ok(Running {
+        server,
+        prober,
+        certs,
+        watcher,
+    })
+}
+
+/// Each upstream's servers' TLS identities on one worker (`None` for a
+/// plain upstream), by group and server index.
+fn peer_tls(config: &Config) -> Vec<Vec<Option<Rc<PeerTls>>>> {
+    config
+        .upstreams
+        .iter()
+        .zip(&config.upstream_tls)
+        .map(|(group, connector)| {
+            group
+                .servers
+                .iter()
+                .map(|server| {
+                    let connector = connector.as_ref()?;
+                    Some(Rc::new(PeerTls::new(
+                        connector.clone(),
+                        server.host.as_deref(),
+                        server.addr.ip(),
+                    )))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
     let pool = Rc::new(UpstreamPool::new(config.pool));
     let resolver = Rc::new(Resolver::new(config.dns.clone()));
+    let peer_tls = Rc::new(peer_tls(config));
     let engines = config
         .listeners
         .iter()
@@ -125,7 +292,8 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
             let engine_settings = l.settings.clone();
             let engine = match &l.mode {
                 ListenerMode::Reverse { routes, .. } => {
-                    let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index);
+                    let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index)
+                        .with_tls(Rc::clone(&peer_tls));
                     ListenerEngine::Reverse(Rc::new(Engine::new(
                         name,
                         handler,
@@ -162,7 +330,13 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
                     )))
                 }
             };
-            (engine, l.spec.addr)
+            let tls = l.tls.as_ref().map(|acceptor| {
+                Rc::new(TlsListener {
+                    name: Rc::from(name.as_str()),
+                    acceptor: acceptor.clone(),
+                })
+            });
+            (engine, l.spec.addr, tls)
         })
         .collect();
     WorkerListeners { engines, pool }

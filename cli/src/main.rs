@@ -353,7 +353,12 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let stop = signals.forever().find(|&signal| !keeps_running(signal));
+    let stop = signals.forever().find(|&signal| {
+        if signal == SIGHUP {
+            server.reload_certificates();
+        }
+        !keeps_running(signal)
+    });
     if let Some(signal) = stop {
         tracing::info!(
             "signal {}: stopping; finishing in-flight requests (up to {:?})",
@@ -436,8 +441,9 @@ fn raise_descriptor_limit(config: &mut Config) {
 fn keeps_running(signal: i32) -> bool {
     match signal {
         SIGHUP => tracing::warn!(
-            "signal SIGHUP: received; live reload is not implemented yet, so the running \
-             configuration stays as it is (restart ringway to apply a changed file)"
+            "signal SIGHUP: received; live reload is not implemented yet beyond TLS \
+             certificates (loaded again): the rest of the running configuration stays as it \
+             is (restart ringway to apply a changed file)"
         ),
         SIGUSR1 => {
             tracing::info!("signal SIGUSR1: received; logs go to stderr, so there is no log file to reopen")

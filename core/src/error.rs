@@ -44,6 +44,9 @@ pub enum ErrorKind {
     ConnectFailed,
     /// Connecting to an upstream took longer than the connect timeout.
     ConnectTimeout,
+    /// A TLS handshake failed (with an upstream: its certificate did not
+    /// verify, or no common protocol or cipher).
+    TlsHandshake,
     /// A peer did not send the next bytes in time.
     ReadTimeout,
     /// The client closed its connection while the proxy waited for the

@@ -633,7 +633,14 @@ unsafe impl Split for MemoryStream {}
 
 impl SpliceSocket for MemoryStream {}
 
-impl ClientStream for MemoryStream {}
+impl ClientStream for MemoryStream {
+    type ReadHalf = monoio::io::OwnedReadHalf<MemoryStream>;
+    type WriteHalf = monoio::io::OwnedWriteHalf<MemoryStream>;
+
+    fn into_halves(self) -> (Self::ReadHalf, Self::WriteHalf) {
+        monoio::io::Splitable::into_split(self)
+    }
+}
 
 #[cfg(test)]
 mod tests {

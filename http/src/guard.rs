@@ -23,11 +23,51 @@ use crate::{
     reply::LocalReply,
 };
 
+/// A 308 to the request's URL over HTTPS at `port` (308, not 301: the
+/// method and body stay what they were).
+fn redirect_https(req: &RequestHead, port: u16) -> LocalReply {
+    let Some(host) = req
+        .host()
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .filter(|h| !h.is_empty())
+    else {
+        return LocalReply::new(
+            400,
+            "text/plain; charset=utf-8",
+            "400 Bad Request: no Host to redirect to\n",
+        );
+    };
+    // The host without its port: an IPv6 literal keeps its brackets.
+    let name = match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host,
+    };
+    let (path, _) = crate::write::origin_form(req.target());
+    let path = std::str::from_utf8(path).unwrap_or("/");
+    let mut location = format!("https://{name}");
+    if port != 443 {
+        let _ = write!(location, ":{port}");
+    }
+    if !path.starts_with('/') {
+        location.push('/');
+    }
+    location.push_str(path);
+    LocalReply::new(
+        308,
+        "text/plain; charset=utf-8",
+        format!("308 Permanent Redirect: {location}\n"),
+    )
+    .with_header("Location", &location)
+}
+
 /// The methods a 405 and an OPTIONS answer list.
 const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 /// The proxy's own answer to `req`, if it gives one.
 pub(crate) fn answer(req: &RequestHead, settings: &EngineSettings) -> Option<LocalReply> {
+    if let Some(port) = settings.redirect_https {
+        return Some(redirect_https(req, port));
+    }
     if let (BodyFraming::Length(n), Some(max)) = (req.body(), settings.limits.max_body) {
         if n > max {
             return Some(LocalReply::new(

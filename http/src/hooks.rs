@@ -25,10 +25,11 @@ use crate::{
     engine::ClientInfo,
     head::{RequestHead, ResponseHead},
     reply::LocalReply,
+    tls::PeerTls,
 };
 
 /// A server an attempt goes to, with the settings of its upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// Its address.
     pub addr: SocketAddr,
@@ -42,7 +43,22 @@ pub struct Peer {
     pub keepalive: Option<usize>,
     /// How long an idle connection to it is kept; `None`: the pool's.
     pub keepalive_timeout: Option<Duration>,
+    /// TLS to it, when its upstream speaks TLS.
+    pub tls: Option<Rc<PeerTls>>,
 }
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.connect_timeout == other.connect_timeout
+            && self.response_timeout == other.response_timeout
+            && self.keepalive == other.keepalive
+            && self.keepalive_timeout == other.keepalive_timeout
+            && self.tls.as_ref().map(|t| t.identity()) == other.tls.as_ref().map(|t| t.identity())
+    }
+}
+
+impl Eq for Peer {}
 
 impl Peer {
     /// A peer at `addr` with the listener's timeouts.
@@ -53,6 +69,7 @@ impl Peer {
             response_timeout: None,
             keepalive: None,
             keepalive_timeout: None,
+            tls: None,
         }
     }
 }
@@ -99,7 +116,7 @@ pub struct Attempt<'a> {
 }
 
 /// What to do after an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retry {
     /// Keep the result: the response goes to the client, or the error is
     /// answered.

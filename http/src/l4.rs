@@ -105,9 +105,14 @@ impl TcpBalancer {
             let _ = upstream.set_nodelay(true);
             let latency = started.elapsed();
             // Boxed: a tunnel's state is large.
-            let moved =
-                Box::pin(client.tunnel_with(BytesMut::new(), upstream, BytesMut::new(), self.tunnel, conn))
-                    .await;
+            let moved = Box::pin(client.tunnel_with(
+                BytesMut::new(),
+                crate::tls::UpstreamStream::Plain(upstream),
+                BytesMut::new(),
+                self.tunnel,
+                conn,
+            ))
+            .await;
             lease.finish(Outcome::Success { latency }, conn.clock_ms());
             tracing::debug!(
                 listener = &*self.listener,

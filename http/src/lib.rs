@@ -37,6 +37,7 @@ mod recycle;
 mod reply;
 mod reverse;
 mod splice;
+mod tls;
 mod tunnel;
 mod write;
 
@@ -55,6 +56,7 @@ pub use pool::{PoolSettings, UpstreamPool};
 pub use reply::LocalReply;
 pub use reverse::{ReverseCtx, ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
 pub use splice::SpliceSocket;
+pub use tls::{PeerTls, TlsClient, UpstreamStream};
 pub use tunnel::TunnelBytes;
 pub use write::{origin_form, write_upstream_head};
 

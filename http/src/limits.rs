@@ -214,6 +214,9 @@ pub struct EngineSettings {
     /// Forward TRACE requests (off: they are answered 405, as nginx does,
     /// since a TRACE echoes the client's cookies and credentials back).
     pub allow_trace: bool,
+    /// Answer every request with a 308 to the same URL over HTTPS, at this
+    /// port (a plain listener's `redirect_https`).
+    pub redirect_https: Option<u16>,
 }
 
 impl Default for EngineSettings {
@@ -227,6 +230,7 @@ impl Default for EngineSettings {
             access_log: false,
             splice: true,
             allow_trace: false,
+            redirect_https: None,
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! One pool per worker, shared by its listeners through an `Rc`: taking and
 //! returning a connection touches only worker-local state. Connections are
-//! kept per server address, most recently used first (so the ones kept warm
+//! kept per server address and TLS identity (plain, or the TLS settings
+//! and server name a session was opened with: a session verified for one
+//! name is never reused for another), most recently used first (so the ones kept warm
 //! are the ones in use, and the rest age out). A connection idle longer than
 //! the idle timeout is closed when it is next looked at; at most
 //! `max_idle_per_server` are kept per server. An upstream group may set
@@ -34,14 +36,24 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 use ringway_core::{Error, ErrorKind, Result, Side};
 
-use crate::{buffers, io::timed};
+use crate::{
+    buffers,
+    io::timed,
+    tls::{PeerTls, UpstreamStream},
+};
+
+/// What an idle connection is kept under: the server's address and the
+/// TLS identity of its session (0: plain).
+type PoolKey = (SocketAddr, u64);
 
 /// An open connection to an upstream server, with its read buffer.
 #[derive(Debug)]
 pub(crate) struct UpstreamConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: UpstreamStream,
     pub(crate) rbuf: BytesMut,
     pub(crate) addr: SocketAddr,
+    /// The TLS identity of its session (0: plain).
+    pub(crate) tls: u64,
     /// Whether it came from the pool (it may have been closed by the server
     /// while idle, which makes a failure before the response retryable).
     pub(crate) reused: bool,
@@ -58,8 +70,15 @@ pub(crate) struct KeepIdle {
 }
 
 impl UpstreamConn {
-    /// Connects to `addr` within `timeout`.
-    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration, buffer_size: usize) -> Result<Self> {
+    /// Connects to `addr` within `timeout`, and with `tls` runs the TLS
+    /// handshake within the same time.
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        tls: Option<&PeerTls>,
+        timeout: Duration,
+        buffer_size: usize,
+    ) -> Result<Self> {
+        let started = std::time::Instant::now();
         let stream = timed(
             timeout,
             ErrorKind::ConnectTimeout,
@@ -79,10 +98,25 @@ impl UpstreamConn {
         // One write per message already; this keeps small writes from
         // waiting on Nagle when a message does take two.
         let _ = stream.set_nodelay(true);
+        let (stream, identity) = match tls {
+            None => (UpstreamStream::Plain(stream), 0),
+            Some(tls) => {
+                let left = timeout.saturating_sub(started.elapsed());
+                let handshake = timed(
+                    left,
+                    ErrorKind::ConnectTimeout,
+                    Side::Upstream,
+                    "the TLS handshake with the upstream took too long",
+                    tls.handshake(stream, addr),
+                );
+                (Box::pin(handshake).await??, tls.identity())
+            }
+        };
         Ok(Self {
             stream,
             rbuf: buffers::take_read(buffer_size),
             addr,
+            tls: identity,
             reused: false,
             keep: KeepIdle::default(),
         })
@@ -117,7 +151,7 @@ struct IdleConn {
 /// A worker's idle upstream connections.
 pub struct UpstreamPool {
     settings: PoolSettings,
-    idle: RefCell<HashMap<SocketAddr, Vec<IdleConn>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<IdleConn>>>,
     created: Cell<u64>,
     reused: Cell<u64>,
     dropped_unquiet: Cell<u64>,
@@ -151,17 +185,19 @@ impl UpstreamPool {
     pub(crate) async fn get(
         &self,
         candidates: &[SocketAddr],
+        tls: Option<&PeerTls>,
         connect_timeout: Duration,
         buffer_size: usize,
         now_ms: u64,
     ) -> Result<UpstreamConn> {
+        let identity = tls.map_or(0, PeerTls::identity);
         for &addr in candidates {
-            if let Some(conn) = self.take(addr, buffer_size, now_ms) {
+            if let Some(conn) = self.take((addr, identity), buffer_size, now_ms) {
                 self.reused.set(self.reused.get() + 1);
                 return Ok(conn);
             }
         }
-        self.connect(candidates, connect_timeout, buffer_size).await
+        self.connect(candidates, tls, connect_timeout, buffer_size).await
     }
 
     /// A new connection to the first of `candidates` that accepts, never
@@ -169,6 +205,7 @@ impl UpstreamPool {
     pub(crate) async fn connect(
         &self,
         candidates: &[SocketAddr],
+        tls: Option<&PeerTls>,
         connect_timeout: Duration,
         buffer_size: usize,
     ) -> Result<UpstreamConn> {
@@ -177,7 +214,7 @@ impl UpstreamPool {
             // Boxed: monoio's connect future is large, and new connections
             // are rare next to pooled ones; inline it would size every
             // client connection's task.
-            match Box::pin(UpstreamConn::connect(addr, connect_timeout, buffer_size)).await {
+            match Box::pin(UpstreamConn::connect(addr, tls, connect_timeout, buffer_size)).await {
                 Ok(conn) => {
                     self.created.set(self.created.get() + 1);
                     return Ok(conn);
@@ -188,9 +225,9 @@ impl UpstreamPool {
         Err(last)
     }
 
-    fn take(&self, addr: SocketAddr, buffer_size: usize, now_ms: u64) -> Option<UpstreamConn> {
+    fn take(&self, key: PoolKey, buffer_size: usize, now_ms: u64) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(entry) = list.pop() {
             if now_ms >= entry.expires_ms {
                 continue;
@@ -198,7 +235,7 @@ impl UpstreamPool {
             // Closed by the server, reset, or stray bytes waiting that the
             // next request would take for its response: whatever the idle
             // time, such a connection is dropped (see the module docs).
-            if !ringway_core::socket::is_quiet(&entry.conn.stream) {
+            if !ringway_core::socket::is_quiet(entry.conn.stream.tcp()) {
                 self.dropped_unquiet.set(self.dropped_unquiet.get() + 1);
                 continue;
             }
@@ -215,7 +252,7 @@ impl UpstreamPool {
     /// Returns a connection whose last exchange ended cleanly, at `now_ms`
     /// on the worker's coarse clock. One with unread bytes is closed.
     pub(crate) fn put(&self, mut conn: UpstreamConn, buffer_size: usize, now_ms: u64) {
-        if !conn.rbuf.is_empty() {
+        if !conn.rbuf.is_empty() || conn.stream.has_buffered_input() {
             self.dropped_unquiet.set(self.dropped_unquiet.get() + 1);
             return;
         }
@@ -228,7 +265,7 @@ impl UpstreamPool {
         let timeout = conn.keep.timeout.unwrap_or(self.settings.idle_timeout);
         let expires_ms = now_ms.saturating_add(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(conn.addr).or_default();
+        let list = idle.entry((conn.addr, conn.tls)).or_default();
         // The oldest entry is at the front: close it once it has expired, so
         // connections that are never taken again do not linger.
         if list.first().is_some_and(|oldest| now_ms >= oldest.expires_ms) {
@@ -248,7 +285,7 @@ impl UpstreamPool {
         self.idle.borrow_mut().retain(|_, list| {
             let before = list.len();
             list.retain(|entry| {
-                now_ms < entry.expires_ms && ringway_core::socket::is_quiet(&entry.conn.stream)
+                now_ms < entry.expires_ms && ringway_core::socket::is_quiet(entry.conn.stream.tcp())
             });
             closed += before - list.len();
             !list.is_empty()

@@ -81,6 +81,7 @@ pub(crate) fn status_for(error: &Error) -> Option<u16> {
 pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",

@@ -31,6 +31,7 @@ use crate::{
     head::{Method, RequestHead, ResponseHead},
     hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary},
     reply::LocalReply,
+    tls::PeerTls,
     write::origin_form,
 };
 
@@ -246,6 +247,8 @@ pub struct ReverseHandler {
     balancers: Vec<Rc<Balancer>>,
     /// When a fail-open pick was last logged, per group (one line a second).
     fail_open_logged: Vec<Cell<u64>>,
+    /// TLS identities of the servers of TLS upstreams, by group and server.
+    tls: Rc<Vec<Vec<Option<Rc<PeerTls>>>>>,
 }
 
 /// What the reverse hooks keep about one request.
@@ -285,7 +288,16 @@ impl ReverseHandler {
                 .map(|g| Rc::new(Balancer::new(Arc::clone(g), worker)))
                 .collect(),
             fail_open_logged: groups.iter().map(|_| Cell::new(0)).collect(),
+            tls: Rc::default(),
         }
+    }
+
+    /// The same handler, reaching the servers of TLS upstreams with these
+    /// identities (by group, then server index).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Rc<Vec<Vec<Option<Rc<PeerTls>>>>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The balancer of group `group` on this worker.
@@ -341,6 +353,7 @@ impl ReverseHandler {
             response_timeout: group.response_timeout,
             keepalive: group.keepalive,
             keepalive_timeout: group.keepalive_timeout,
+            tls: cx.group.and_then(|g| self.tls.get(g)?.get(lease.peer())?.clone()),
         };
         cx.started = matches!(group.algorithm, Algorithm::P2cEwma).then(Instant::now);
         cx.tried.add(lease.peer());
@@ -450,7 +463,9 @@ impl ProxyHooks for ReverseHandler {
             }
             AttemptResult::Failed(error) => {
                 let wanted = match error.kind() {
-                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => on.connect,
+                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake => {
+                        on.connect
+                    }
                     ErrorKind::ReadTimeout | ErrorKind::WriteTimeout => on.timeout,
                     ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed | ErrorKind::Io => on.reset,
                     _ => false,

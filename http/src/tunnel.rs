@@ -21,6 +21,8 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, Splitable},
     net::TcpStream,
 };
+
+use crate::tls::UpstreamStream;
 use ringway_core::{ConnCtx, Wait};
 
 use crate::{
@@ -42,22 +44,17 @@ pub struct TunnelBytes {
 ///
 /// `client_buf` and `upstream_buf` hold bytes already read from each side,
 /// which are sent first.
-pub(crate) async fn copy_tunnel<C>(
-    client: C,
+pub(crate) async fn copy_tunnel<CR: AsyncReadRent, CW: AsyncWriteRent>(
+    client: (CR, CW),
     client_buf: BytesMut,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     upstream_buf: BytesMut,
     idle: Duration,
     conn: &ConnCtx,
-) -> TunnelBytes
-where
-    C: Splitable,
-    C::OwnedRead: AsyncReadRent,
-    C::OwnedWrite: AsyncWriteRent,
-{
+) -> TunnelBytes {
     let _armed = conn.upstream_deadline(Wait::Tunnel, idle, upstream.as_raw_fd());
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let (mut client_read, mut client_write) = client;
+    let (mut upstream_read, mut upstream_write) = upstream.into_halves();
     let up = copy_one_way(&mut client_read, client_buf, &mut upstream_write, conn);
     let down = copy_one_way(&mut upstream_read, upstream_buf, &mut client_write, conn);
     let (upstream, downstream) = monoio::join!(up, down);
@@ -78,7 +75,16 @@ pub(crate) async fn splice_tunnel(
     let ways = OneWay::new(client_fd, upstream_fd, u64::MAX)
         .and_then(|up| Ok((up, OneWay::new(upstream_fd, client_fd, u64::MAX)?)));
     let Ok((up_way, down_way)) = ways else {
-        return copy_tunnel(client, client_buf, upstream, upstream_buf, idle, conn).await;
+        let upstream = UpstreamStream::Plain(upstream);
+        return copy_tunnel(
+            client.into_split(),
+            client_buf,
+            upstream,
+            upstream_buf,
+            idle,
+            conn,
+        )
+        .await;
     };
     let _armed = conn.upstream_deadline(Wait::Tunnel, idle, upstream.as_raw_fd());
     let mut moved = TunnelBytes {

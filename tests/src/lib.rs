@@ -134,6 +134,7 @@ impl ProxySetup {
                 routes,
             },
             settings: self.settings,
+            tls: None,
         };
         let mut config = test_config(self.driver, listener, Arc::new(silent_dns(&[])));
         config.runtime.workers = self.workers;
@@ -195,6 +196,7 @@ impl ForwardSetup {
             spec: ListenerSpec::new("outbound", "127.0.0.1:0".parse().expect("address")),
             mode: ListenerMode::Forward { settings },
             settings: self.settings,
+            tls: None,
         };
         let config = test_config(self.driver, listener, Arc::new(silent_dns(&self.hosts)));
         launch(&config)
@@ -230,6 +232,7 @@ fn test_config(driver: DriverChoice, listener: Listener, dns: Arc<DnsConfig>) ->
         listeners: vec![listener],
         upstreams: Vec::new(),
         health_checks: Vec::new(),
+        upstream_tls: Vec::new(),
         pool: PoolSettings::default(),
         dns,
         timer_tick: Duration::from_millis(20),

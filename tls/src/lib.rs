@@ -1,7 +1,106 @@
-//! ringway-tls: TLS termination and TLS to upstreams, over monoio's IO traits.
+//! ringway-tls: TLS termination and TLS to upstreams, with rustls over
+//! monoio's ownership-passing IO.
 //!
-//! Empty on purpose: TLS is the subject of its own issue and nothing here may
-//! pretend to work before then. The engine is generic over
-//! `AsyncReadRent + AsyncWriteRent`, so a TLS stream will plug in where a
-//! `TcpStream` does today.
-#![forbid(unsafe_code)]
+//! - [`stream`]: [`TlsStream`], a rustls session as an `AsyncReadRent +
+//!   AsyncWriteRent` stream, and its halves for tunnels;
+//! - [`certs`]: loading certificates and keys, picking one by SNI,
+//!   reloading them;
+//! - [`acceptor`]: a listener's server configuration and handshake;
+//! - [`connector`]: an upstream's client configuration and handshake.
+//!
+//! The crypto provider is chosen here, once ([`crypto`]).
+
+pub mod acceptor;
+pub mod certs;
+pub mod connector;
+mod der;
+mod rawbuf;
+pub mod stream;
+
+use std::{borrow::Cow, fmt, path::Path};
+
+pub use acceptor::{Acceptor, HandshakeError, ServerTlsSettings, TlsInfo};
+pub use certs::{CertFiles, CertStore};
+pub use connector::{ClientTlsSettings, Connector};
+pub use rustls::{pki_types as rustls_pki_types, ClientConnection, ServerConnection};
+pub use stream::{TlsReadHalf, TlsStream, TlsWriteHalf};
+
+/// The oldest TLS version a side accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl TlsVersion {
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            Self::Tls12 => &BOTH,
+            Self::Tls13 => &TLS13_ONLY,
+        }
+    }
+}
+
+/// A TLS setting that cannot be used: the key or file at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfigError {
+    /// The file at fault, if a file is.
+    pub file: Option<String>,
+    /// The setting at fault when no file is.
+    pub key: &'static str,
+    /// Why.
+    pub reason: Cow<'static, str>,
+}
+
+impl TlsConfigError {
+    fn new(key: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            file: None,
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    fn file(path: &Path, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            file: Some(path.display().to_string()),
+            key: "",
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{file}: {}", self.reason),
+            None => write!(f, "{}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for TlsConfigError {}
+
+/// The crypto provider (ring; see the README's TLS section for the
+/// measurements behind the choice).
+pub mod crypto {
+    use std::sync::Arc;
+
+    use rustls::{crypto::CryptoProvider, server::ProducesTickets};
+
+    /// The provider every configuration is built with.
+    pub fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A session ticket producer whose keys rotate.
+    pub fn ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
+        rustls::crypto::ring::Ticketer::new()
+    }
+}

@@ -202,6 +202,7 @@ impl Validator {
             access_log,
             splice: http.splice.unwrap_or(true),
             allow_trace: http.allow_trace.unwrap_or(false),
+            redirect_https: None,
         };
         (settings, pool)
     }

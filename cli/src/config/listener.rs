@@ -21,6 +21,8 @@ pub(crate) struct ListenerSection {
     pub(crate) pac_direct: Option<Vec<String>>,
     pub(crate) deny_page: Option<String>,
     pub(crate) upstream: Option<String>,
+    pub(crate) tls: Option<super::tls::ListenerTlsSection>,
+    pub(crate) redirect_https: Option<super::tls::RedirectValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +64,8 @@ pub struct Listener {
     pub mode: ListenerMode,
     /// Limits, timeouts and proxy headers of its engine.
     pub settings: EngineSettings,
+    /// TLS termination, on an HTTPS listener.
+    pub tls: Option<ringway_tls::Acceptor>,
 }
 
 impl Validator {
@@ -150,6 +154,33 @@ impl Validator {
             }
             let mode_name = l.mode.as_deref().unwrap_or("reverse");
             self.check_mode_keys(l, mode_name, &at);
+            let tls = match &l.tls {
+                None => None,
+                Some(_) if mode_name == "tcp" => {
+                    self.problem(
+                        at.key("tls"),
+                        "a tcp listener passes bytes through: TLS applies to reverse and forward listeners",
+                    );
+                    None
+                }
+                Some(section) => {
+                    let acceptor = self.listener_tls(section, &at.key("tls"));
+                    settings.scheme = "https";
+                    acceptor
+                }
+            };
+            match &l.redirect_https {
+                None | Some(super::tls::RedirectValue::On(false)) => {}
+                Some(_) if l.tls.is_some() || mode_name != "reverse" => self.problem(
+                    at.key("redirect_https"),
+                    "redirect_https applies to plain reverse listeners (it sends their clients to HTTPS)",
+                ),
+                Some(super::tls::RedirectValue::On(true)) => settings.redirect_https = Some(443),
+                Some(super::tls::RedirectValue::Port(port)) => match u16::try_from(*port) {
+                    Ok(port) if port > 0 => settings.redirect_https = Some(port),
+                    _ => self.problem(at.key("redirect_https"), format!("{port} is not a port")),
+                },
+            }
             let mode = match mode_name {
                 // `[http] forwarded` and a listener's `forwarded` shape what a
                 // reverse proxy tells its servers; a forward proxy follows
@@ -206,6 +237,7 @@ impl Validator {
                     spec: ListenerSpec::new(name, addr),
                     mode,
                     settings,
+                    tls,
                 });
             }
         }

@@ -43,6 +43,7 @@ mod forward;
 mod http;
 mod listener;
 mod runtime;
+mod tls;
 mod upstream;
 
 use dns::DnsSection;
@@ -160,6 +161,9 @@ pub struct Config {
     pub upstreams: Vec<Arc<UpstreamGroup>>,
     /// Active health checks, by index into `upstreams`.
     pub health_checks: Vec<(usize, HealthCheck)>,
+    /// Each upstream's TLS connector, by index into `upstreams`, when its
+    /// servers speak TLS.
+    pub upstream_tls: Vec<Option<ringway_tls::Connector>>,
     /// The upstream keep-alive pool.
     pub pool: PoolSettings,
     /// Name resolution for forward listeners and upstream server names.
@@ -419,6 +423,7 @@ impl Validator {
         let upstream::Upstreams {
             groups: upstreams,
             checks: health_checks,
+            tls: upstream_tls,
         } = self.upstreams(&user.upstreams, &dns, &root.key("upstream"));
         let mut acls: BTreeMap<String, Arc<Acl>> = BTreeMap::new();
         for (name, section) in &user.acl {
@@ -448,6 +453,7 @@ impl Validator {
             listeners,
             upstreams,
             health_checks,
+            upstream_tls,
             pool,
             dns,
             timer_tick: Duration::from_millis(100),

@@ -57,6 +57,7 @@ pub(crate) struct UpstreamSection {
     pub(crate) keepalive_timeout: Option<String>,
     pub(crate) fail_open: Option<bool>,
     pub(crate) sticky: Option<StickySection>,
+    pub(crate) tls: Option<super::tls::UpstreamTlsValue>,
 }
 
 /// A server: `"IP:PORT"` (or `"host:port"`), or a table.
@@ -113,6 +114,8 @@ pub(crate) struct StickySection {
 pub(crate) struct Upstreams {
     pub(crate) groups: Vec<Arc<UpstreamGroup>>,
     pub(crate) checks: Vec<(usize, HealthCheck)>,
+    /// Each group's TLS connector, when its servers speak TLS.
+    pub(crate) tls: Vec<Option<ringway_tls::Connector>>,
 }
 
 impl Validator {
@@ -124,6 +127,7 @@ impl Validator {
     ) -> Upstreams {
         let mut groups: Vec<Arc<UpstreamGroup>> = Vec::new();
         let mut checks = Vec::new();
+        let mut tls = Vec::new();
         for (i, up) in sections.iter().enumerate() {
             let at = path.index(i);
             let Some(name) = up.name.clone() else {
@@ -159,14 +163,25 @@ impl Validator {
             if let Some(sticky) = &up.sticky {
                 group.sticky = self.sticky(sticky, &name, &group.servers, &at.key("sticky"));
             }
+            let connector = up
+                .tls
+                .as_ref()
+                .and_then(|t| self.upstream_tls(t, &name, &at.key("tls")));
             if let Some(health) = &up.health {
                 if let Some(check) = self.health(health, &at.key("health")) {
+                    if connector.is_some() && !matches!(check.probe, Probe::Tcp) {
+                        self.problem(
+                            at.key("health").key("type"),
+                            "the HTTP check does not speak TLS yet: use type = \"tcp\" for a TLS upstream",
+                        );
+                    }
                     checks.push((groups.len(), check));
                 }
             }
             groups.push(Arc::new(group));
+            tls.push(connector);
         }
-        Upstreams { groups, checks }
+        Upstreams { groups, checks, tls }
     }
 
     fn servers(&mut self, values: &[ServerValue], dns: &Arc<DnsConfig>, at: &KeyPath) -> Vec<ServerSpec> {

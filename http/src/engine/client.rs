@@ -24,6 +24,7 @@ use crate::{
     hooks::ProxyHooks,
     io::{bounded, read_some, write_vec},
     pool::UpstreamConn,
+    tls::PeerTls,
 };
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -51,11 +52,13 @@ impl Progress {
     }
 }
 
-/// The connect and response-head timeouts of the peer an attempt is on.
+/// The connect and response-head timeouts of the peer an attempt is on,
+/// and its TLS identity.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct PeerTimeouts {
+pub(super) struct PeerTimeouts<'a> {
     pub(super) connect: Duration,
     pub(super) response: Duration,
+    pub(super) tls: Option<&'a PeerTls>,
 }
 
 impl<H: ProxyHooks> Engine<H> {
@@ -70,7 +73,7 @@ impl<H: ProxyHooks> Engine<H> {
         up: &mut UpstreamConn,
         conn: &ConnCtx,
         progress: &mut Progress,
-        timeouts: PeerTimeouts,
+        timeouts: PeerTimeouts<'_>,
     ) -> std::result::Result<Result<()>, Failure> {
         let s = &self.settings;
         let t = &s.timeouts;
@@ -105,7 +108,7 @@ impl<H: ProxyHooks> Engine<H> {
                     retried = true;
                     // A server that cannot take a new connection either is
                     // a failed attempt like any other: the hooks hear of it.
-                    if let Err(e) = self.reconnect(up, timeouts.connect).await {
+                    if let Err(e) = self.reconnect(up, timeouts).await {
                         return Ok(Err(e));
                     }
                     continue;
@@ -183,12 +186,12 @@ impl<H: ProxyHooks> Engine<H> {
                         && up.reused
                         && progress.body_in_head
                         && up.rbuf.is_empty()
-                        && Box::pin(retry_on(&e, idempotent, &up.stream)).await =>
+                        && Box::pin(retry_on(&e, idempotent, up.stream.tcp())).await =>
                 {
                     retried = true;
                     // A server that cannot take a new connection either is
                     // a failed attempt like any other: the hooks hear of it.
-                    if let Err(e) = self.reconnect(up, timeouts.connect).await {
+                    if let Err(e) = self.reconnect(up, timeouts).await {
                         return Ok(Err(e));
                     }
                 }
@@ -199,10 +202,15 @@ impl<H: ProxyHooks> Engine<H> {
 
     /// Replaces `up` by a new connection to the same server, under the
     /// same keep-alive limits.
-    async fn reconnect(&self, up: &mut UpstreamConn, timeout: Duration) -> Result<()> {
+    async fn reconnect(&self, up: &mut UpstreamConn, peer: PeerTimeouts<'_>) -> Result<()> {
         let fresh = self
             .pool
-            .connect(std::slice::from_ref(&up.addr), timeout, self.settings.buffer_size)
+            .connect(
+                std::slice::from_ref(&up.addr),
+                peer.tls,
+                peer.connect,
+                self.settings.buffer_size,
+            )
             .await?;
         *up = UpstreamConn {
             keep: up.keep,

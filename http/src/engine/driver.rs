@@ -75,19 +75,30 @@ impl<H: ProxyHooks> Engine<H> {
                 None => candidates,
             };
             let timeouts = PeerTimeouts {
-                connect: peer.and_then(|p| p.connect_timeout).unwrap_or(s.timeouts.connect),
+                connect: peer
+                    .as_ref()
+                    .and_then(|p| p.connect_timeout)
+                    .unwrap_or(s.timeouts.connect),
                 response: peer
+                    .as_ref()
                     .and_then(|p| p.response_timeout)
                     .unwrap_or(s.timeouts.upstream_response),
+                tls: peer.as_ref().and_then(|p| p.tls.as_deref()),
             };
             let mut up = match self
                 .pool
-                .get(addrs, timeouts.connect, s.buffer_size, conn.clock_ms())
+                .get(
+                    addrs,
+                    timeouts.tls,
+                    timeouts.connect,
+                    s.buffer_size,
+                    conn.clock_ms(),
+                )
                 .await
             {
                 Ok(up) => up,
                 Err(e) => {
-                    *last = peer.map(|p| p.addr);
+                    *last = peer.as_ref().map(|p| p.addr);
                     let failed = AttemptResult::Failed(&e);
                     match self.after_attempt(&st.req, peer.as_ref(), failed, false, true, conn, cx) {
                         Some(next) => {
@@ -155,7 +166,7 @@ impl<H: ProxyHooks> Engine<H> {
             // request (a reconnect after a stale pooled connection).
             let sent = !matches!(
                 failed.kind(),
-                ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+                ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake
             );
             let replayable = progress.replayable();
             match self.after_attempt(&st.req, peer.as_ref(), result, sent, replayable, conn, cx) {
@@ -242,7 +253,7 @@ impl<H: ProxyHooks> Engine<H> {
         peer: Option<&Peer>,
         conn: &ConnCtx,
         progress: &mut Progress,
-        timeouts: PeerTimeouts,
+        timeouts: PeerTimeouts<'_>,
         cx: &mut H::Ctx,
     ) -> std::result::Result<FinalHead, Failure> {
         let s = &self.settings;
@@ -316,7 +327,7 @@ impl<H: ProxyHooks> Engine<H> {
         mut up: UpstreamConn,
         conn: &ConnCtx,
         progress: &Progress,
-        timeouts: PeerTimeouts,
+        timeouts: PeerTimeouts<'_>,
         cx: &mut H::Ctx,
     ) -> std::result::Result<(Outcome, u16), Failure> {
         let s = &self.settings;
@@ -462,7 +473,7 @@ impl<H: ProxyHooks> Engine<H> {
         }
         let up = self
             .pool
-            .connect(candidates, s.timeouts.connect, s.buffer_size)
+            .connect(candidates, None, s.timeouts.connect, s.buffer_size)
             .await
             .map_err(Failure::before)?;
         st.wbuf.clear();

@@ -33,7 +33,7 @@ use std::{
 
 use bytes::BytesMut;
 use monoio::{
-    io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Split},
+    io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable},
     net::TcpStream,
 };
 use ringway_core::{ConnCtx, Error, ErrorKind};
@@ -51,15 +51,22 @@ use crate::{
     pool::{UpstreamConn, UpstreamPool},
     recycle::Recycled,
     splice::SpliceSocket,
-    tunnel::{copy_tunnel, splice_tunnel, TunnelBytes},
+    tls::{copy_client_tunnel, UpstreamStream},
+    tunnel::{splice_tunnel, TunnelBytes},
 };
 
 /// A client connection the engine can serve: a monoio stream that can be
-/// split into halves (for tunnels), whose reads can be cancelled, and which
-/// may expose its socket for splicing.
-pub trait ClientStream:
-    AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent + Split + SpliceSocket + Sized + 'static
-{
+/// split into halves (for tunnels), and which may expose its socket for
+/// splicing.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + SpliceSocket + Sized + 'static {
+    /// The reading half of a split stream.
+    type ReadHalf: AsyncReadRent;
+    /// The writing half of a split stream.
+    type WriteHalf: AsyncWriteRent;
+
+    /// Splits the stream into halves that read and write at once.
+    fn into_halves(self) -> (Self::ReadHalf, Self::WriteHalf);
+
     /// Waits until a read would find data (or the end of the stream),
     /// without holding a buffer. The default returns at once.
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
@@ -73,16 +80,23 @@ pub trait ClientStream:
     fn tunnel_with(
         self,
         client_buf: BytesMut,
-        upstream: TcpStream,
+        upstream: UpstreamStream,
         upstream_buf: BytesMut,
         options: TunnelOptions,
         conn: &ConnCtx,
     ) -> impl Future<Output = TunnelBytes> {
-        copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn)
+        copy_client_tunnel(self, client_buf, upstream, upstream_buf, options, conn)
     }
 }
 
 impl ClientStream for TcpStream {
+    type ReadHalf = OwnedReadHalf<TcpStream>;
+    type WriteHalf = OwnedWriteHalf<TcpStream>;
+
+    fn into_halves(self) -> (Self::ReadHalf, Self::WriteHalf) {
+        self.into_split()
+    }
+
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
         // Relaxed: on epoll a stale "ready" only means the read that
         // follows waits as usual.
@@ -92,15 +106,16 @@ impl ClientStream for TcpStream {
     async fn tunnel_with(
         self,
         client_buf: BytesMut,
-        upstream: TcpStream,
+        upstream: UpstreamStream,
         upstream_buf: BytesMut,
         options: TunnelOptions,
         conn: &ConnCtx,
     ) -> TunnelBytes {
-        if options.splice {
-            splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
-        } else {
-            copy_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
+        match upstream {
+            UpstreamStream::Plain(upstream) if options.splice => {
+                splice_tunnel(self, client_buf, upstream, upstream_buf, options.idle, conn).await
+            }
+            upstream => copy_client_tunnel(self, client_buf, upstream, upstream_buf, options, conn).await,
         }
     }
 }
@@ -115,7 +130,7 @@ pub struct TunnelOptions {
 }
 
 /// Who is on the other end of a client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// The client's address.
     pub peer: SocketAddr,
@@ -124,6 +139,9 @@ pub struct ClientInfo {
     /// The worker's coarse clock (milliseconds) when the request being
     /// handled began; the engine sets it for each request.
     pub now_ms: u64,
+    /// What its TLS handshake established (server name asked for, client
+    /// certificate), on a TLS listener.
+    pub tls: Option<Rc<ringway_tls::TlsInfo>>,
 }
 
 impl ClientInfo {
@@ -133,12 +151,12 @@ impl ClientInfo {
             peer,
             local,
             now_ms: 0,
+            tls: None,
         }
     }
 }
 
 /// Where an exchange sends the request.
-#[derive(Clone, Copy)]
 enum Target<'a> {
     /// A peer the hooks picked; they hear how each attempt went.
     Peer(Peer),
@@ -344,19 +362,19 @@ impl<H: ProxyHooks> Engine<H> {
                     None => self.handler.route(&st.req, client, &mut cx).await,
                 },
             };
-            let result = match &route {
+            let result = match route {
                 Route::Peer(peer) => {
-                    let target = Target::Peer(*peer);
+                    let target = Target::Peer(peer);
                     self.proxy(io, st, client, conn, target, &mut cx, &mut upstream)
                         .await
                 }
                 Route::Forward(addrs) => {
-                    let target = Target::Addrs(addrs);
+                    let target = Target::Addrs(&addrs);
                     self.proxy(io, st, client, conn, target, &mut cx, &mut upstream)
                         .await
                 }
-                Route::Connect(addrs) => self.connect_tunnel(io, st, addrs, conn).await,
-                Route::Reply(reply) => break 'done self.reply(io, st, reply, conn).await,
+                Route::Connect(addrs) => self.connect_tunnel(io, st, &addrs, conn).await,
+                Route::Reply(reply) => break 'done self.reply(io, st, &reply, conn).await,
             };
             match result {
                 Ok(done) => done,

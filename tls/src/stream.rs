@@ -1,0 +1,461 @@
+//! A TLS session over a monoio stream: [`TlsStream`] implements monoio's
+//! ownership-passing `AsyncReadRent` and `AsyncWriteRent` on top of a
+//! rustls connection, so the HTTP engine runs over it as over a socket.
+//!
+//! Ciphertext moves through two buffers the stream owns (one read, one
+//! write); plaintext is copied straight between rustls and the caller's
+//! buffers. A write returns once its ciphertext is written to the socket,
+//! so a completed write means what it means on a plain socket.
+//!
+//! For tunnels (CONNECT inside an HTTPS proxy, upgrades) the stream splits
+//! into a read half and a write half that share the rustls session through
+//! an `Rc<RefCell<_>>`; the session is only borrowed between awaits, never
+//! across one, so the halves can run at once.
+
+use std::{
+    cell::RefCell,
+    io::{self, Write},
+    ops::DerefMut,
+    rc::Rc,
+};
+
+use monoio::{
+    buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut},
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Split, Splitable},
+    BufResult,
+};
+use rustls::{ConnectionCommon, SideData};
+
+use crate::rawbuf;
+
+/// Ciphertext read from the socket at once: one full TLS record (16 KiB of
+/// plaintext plus its header and tag).
+const READ_SIZE: usize = 16 * 1024 + 256;
+
+/// A write buffer larger than this is given back after use.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// Access to a rustls session: owned by a whole stream, shared by halves.
+pub(crate) trait Session {
+    type Data: SideData;
+    fn with<R>(&mut self, f: impl FnOnce(&mut ConnectionCommon<Self::Data>) -> R) -> R;
+}
+
+/// A session owned by one stream.
+pub(crate) struct Owned<C>(pub(crate) C);
+
+impl<C, D> Session for Owned<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    type Data = D;
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut ConnectionCommon<D>) -> R) -> R {
+        f(&mut self.0)
+    }
+}
+
+/// A session shared by the two halves of a split stream.
+pub(crate) struct Shared<C>(Rc<RefCell<C>>);
+
+impl<C, D> Session for Shared<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    type Data = D;
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut ConnectionCommon<D>) -> R) -> R {
+        // Never borrowed across an await, so never borrowed twice.
+        f(&mut self.0.borrow_mut())
+    }
+}
+
+/// Ciphertext read from the socket and not yet handed to rustls.
+#[derive(Default)]
+pub(crate) struct ReadSide {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ReadSide {
+    /// Whether what the peer sent first looks like a plain HTTP request
+    /// (a method's capital letters), not a TLS record.
+    fn looks_like_http(&self) -> bool {
+        let start = &self.buf[..self.buf.len().min(8)];
+        start.len() >= 4 && start.iter().take(3).all(u8::is_ascii_uppercase)
+    }
+
+    /// Whether ciphertext is waiting in the buffer.
+    pub(crate) fn pending(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    /// Hands buffered ciphertext to rustls, reading more from `io` first
+    /// when none is buffered, and processes it. A peer's end of stream is
+    /// handed over too (rustls then reports a clean or unclean close);
+    /// `Ok(false)` says it came.
+    async fn feed<IO: AsyncReadRent, S: Session>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+    ) -> io::Result<bool> {
+        if !self.pending() {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            if buf.capacity() < READ_SIZE {
+                buf.reserve_exact(READ_SIZE);
+            }
+            let (result, buf) = io.read(buf).await;
+            self.buf = buf;
+            self.pos = 0;
+            if result? == 0 {
+                session.with(|c| c.read_tls(&mut io::empty()))?;
+                session.with(|c| c.process_new_packets()).map_err(tls_error)?;
+                return Ok(false);
+            }
+        }
+        let pending = &self.buf[self.pos..];
+        let taken = session.with(|c| c.read_tls(&mut &pending[..]))?;
+        self.pos += taken;
+        session.with(|c| c.process_new_packets()).map_err(tls_error)?;
+        Ok(true)
+    }
+
+    /// Reads plaintext into `buf`, feeding ciphertext until some is there.
+    /// `Ok(0)`: the peer closed (with or without `close_notify`).
+    async fn read<IO: AsyncReadRent, S: Session, T: IoBufMut>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+        buf: &mut T,
+    ) -> io::Result<usize> {
+        let mut open = true;
+        loop {
+            match session.with(|c| rawbuf::fill(buf, &mut c.reader())) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !open => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A peer that closed without close_notify: HTTP/1.1's own
+                // framing tells a cut message from a complete one.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            open = self.feed(io, session).await?;
+        }
+    }
+
+    async fn readv<IO: AsyncReadRent, S: Session, T: IoVecBufMut>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+        buf: &mut T,
+    ) -> io::Result<usize> {
+        let mut open = true;
+        loop {
+            match session.with(|c| rawbuf::fill_vectored(buf, &mut c.reader())) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !open => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            open = self.feed(io, session).await?;
+        }
+    }
+}
+
+/// Ciphertext on its way to the socket.
+#[derive(Default)]
+pub(crate) struct WriteSide {
+    buf: Vec<u8>,
+}
+
+impl WriteSide {
+    /// Writes everything rustls has to send.
+    pub(crate) async fn flush<IO: AsyncWriteRent, S: Session>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+    ) -> io::Result<()> {
+        while session.with(|c| c.wants_write()) {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            session.with(|c| c.write_tls(&mut buf))?;
+            let (result, mut buf) = io.write_all(buf).await;
+            if buf.capacity() > KEEP_WRITE_BUFFER {
+                buf = Vec::new();
+            }
+            self.buf = buf;
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn write<IO: AsyncWriteRent, S: Session>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+        plain: &[u8],
+    ) -> io::Result<usize> {
+        let n = session.with(|c| c.writer().write(plain))?;
+        self.flush(io, session).await?;
+        Ok(n)
+    }
+
+    async fn writev<IO: AsyncWriteRent, S: Session, T: IoVecBuf>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+        buf: &T,
+    ) -> io::Result<usize> {
+        let n = rawbuf::with_slices(buf, |slices| session.with(|c| c.writer().write_vectored(slices)))?;
+        self.flush(io, session).await?;
+        Ok(n)
+    }
+
+    async fn shutdown<IO: AsyncWriteRent, S: Session>(
+        &mut self,
+        io: &mut IO,
+        session: &mut S,
+    ) -> io::Result<()> {
+        session.with(|c| c.send_close_notify());
+        self.flush(io, session).await?;
+        io.shutdown().await
+    }
+}
+
+/// A handshake that failed because the client spoke plain HTTP.
+#[derive(Debug)]
+pub struct PlainHttp(io::Error);
+
+impl std::fmt::Display for PlainHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a plain HTTP request came to a TLS port ({})", self.0)
+    }
+}
+
+impl std::error::Error for PlainHttp {}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The methods of `AsyncWriteRent` for a type with `io`, `session` and
+/// `write` fields (a whole stream, or its write half).
+macro_rules! write_methods {
+    () => {
+        async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+            let result = self
+                .write
+                .write(&mut self.io, &mut self.session, rawbuf::bytes_of(&buf))
+                .await;
+            (result, buf)
+        }
+
+        async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+            let result = self
+                .write
+                .writev(&mut self.io, &mut self.session, &buf)
+                .await;
+            (result, buf)
+        }
+
+        async fn flush(&mut self) -> io::Result<()> {
+            self.write.flush(&mut self.io, &mut self.session).await?;
+            self.io.flush().await
+        }
+
+        async fn shutdown(&mut self) -> io::Result<()> {
+            self.write.shutdown(&mut self.io, &mut self.session).await
+        }
+    };
+}
+
+/// A TLS session over `IO`: `C` is rustls's `ServerConnection` or
+/// `ClientConnection`.
+pub struct TlsStream<IO, C> {
+    io: IO,
+    session: Owned<C>,
+    read: ReadSide,
+    write: WriteSide,
+}
+
+impl<IO, C, D> TlsStream<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent,
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    /// A stream for `session` over `io`, before its handshake.
+    pub(crate) fn new(io: IO, session: C) -> Self {
+        Self {
+            io,
+            session: Owned(session),
+            read: ReadSide::default(),
+            write: WriteSide::default(),
+        }
+    }
+
+    /// Runs the handshake to its end, then sends what it left to send
+    /// (TLS 1.3 session tickets). On failure the alert rustls prepared is
+    /// sent, best effort, before the error is returned.
+    pub(crate) async fn handshake(&mut self) -> io::Result<()> {
+        while self.session.0.is_handshaking() {
+            if self.session.0.wants_write() {
+                self.write.flush(&mut self.io, &mut self.session).await?;
+                continue;
+            }
+            match self.read.feed(&mut self.io, &mut self.session).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection during the handshake",
+                    ))
+                }
+                Err(e) if self.read.looks_like_http() => {
+                    // No alert: a plain HTTP client would print it as text.
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, PlainHttp(e)));
+                }
+                Err(e) => {
+                    let _ = self.write.flush(&mut self.io, &mut self.session).await;
+                    return Err(e);
+                }
+            }
+        }
+        if self.session.0.wants_write() {
+            self.write.flush(&mut self.io, &mut self.session).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to the stream under the session, unencrypted (a
+    /// plain answer to a plain HTTP request sent to a TLS port).
+    pub(crate) async fn write_plain(&mut self, bytes: &'static [u8]) -> io::Result<()> {
+        self.io.write_all(bytes).await.0.map(|_| ())
+    }
+
+    /// The rustls session.
+    pub fn session(&self) -> &C {
+        &self.session.0
+    }
+
+    /// The stream under the session.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Whether plaintext or ciphertext the peer sent is waiting to be read:
+    /// a read would return without waiting for the socket.
+    pub fn has_buffered_input(&mut self) -> bool {
+        use std::io::BufRead;
+        self.read.pending() || matches!(self.session.0.reader().fill_buf(), Ok(b) if !b.is_empty())
+    }
+}
+
+impl<IO, C, D> TlsStream<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent + Split,
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    /// Splits the stream into halves that can read and write at once.
+    pub fn into_split(self) -> (TlsReadHalf<IO, C>, TlsWriteHalf<IO, C>) {
+        let (read_io, write_io) = self.io.into_split();
+        let shared = Rc::new(RefCell::new(self.session.0));
+        (
+            TlsReadHalf {
+                io: read_io,
+                session: Shared(Rc::clone(&shared)),
+                read: self.read,
+            },
+            TlsWriteHalf {
+                io: write_io,
+                session: Shared(shared),
+                write: self.write,
+            },
+        )
+    }
+}
+
+impl<IO, C, D> AsyncReadRent for TlsStream<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent,
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let result = self.read.read(&mut self.io, &mut self.session, &mut buf).await;
+        // What reading made rustls want to send (a key update's answer,
+        // an alert) goes out now.
+        if self.session.0.wants_write() {
+            if let Err(e) = self.write.flush(&mut self.io, &mut self.session).await {
+                return (Err(e), buf);
+            }
+        }
+        (result, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let result = self.read.readv(&mut self.io, &mut self.session, &mut buf).await;
+        if self.session.0.wants_write() {
+            if let Err(e) = self.write.flush(&mut self.io, &mut self.session).await {
+                return (Err(e), buf);
+            }
+        }
+        (result, buf)
+    }
+}
+
+impl<IO, C, D> AsyncWriteRent for TlsStream<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent,
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    write_methods!();
+}
+
+/// The reading half of a split [`TlsStream`].
+pub struct TlsReadHalf<IO, C> {
+    io: OwnedReadHalf<IO>,
+    session: Shared<C>,
+    read: ReadSide,
+}
+
+/// The writing half of a split [`TlsStream`].
+pub struct TlsWriteHalf<IO: AsyncWriteRent, C> {
+    io: OwnedWriteHalf<IO>,
+    session: Shared<C>,
+    write: WriteSide,
+}
+
+impl<IO, C, D> AsyncReadRent for TlsReadHalf<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent + Split,
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // What reading makes rustls want to send goes out with the write
+        // half's next write.
+        let result = self.read.read(&mut self.io, &mut self.session, &mut buf).await;
+        (result, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let result = self.read.readv(&mut self.io, &mut self.session, &mut buf).await;
+        (result, buf)
+    }
+}
+
+impl<IO, C, D> AsyncWriteRent for TlsWriteHalf<IO, C>
+where
+    IO: AsyncReadRent + AsyncWriteRent + Split,
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    write_methods!();
+}
