@@ -81,9 +81,13 @@ struct Leaf {
     der: Vec<u8>,
 }
 
-/// Accepts any server certificate and remembers the last one shown.
+/// Accepts any server certificate and remembers the last one shown, with
+/// the OCSP response stapled to it.
 #[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<u8>>);
+struct Recorder {
+    cert: Mutex<Vec<u8>>,
+    ocsp: Mutex<Vec<u8>>,
+}
 
 impl ServerCertVerifier for Recorder {
     fn verify_server_cert(
@@ -91,10 +95,11 @@ impl ServerCertVerifier for Recorder {
         end_entity: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
         _: &ServerName<'_>,
-        _: &[u8],
+        ocsp: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.0.lock().expect("lock") = end_entity.to_vec();
+        *self.cert.lock().expect("lock") = end_entity.to_vec();
+        *self.ocsp.lock().expect("lock") = ocsp.to_vec();
         Ok(ServerCertVerified::assertion())
     }
 
@@ -122,11 +127,27 @@ impl ServerCertVerifier for Recorder {
 }
 
 /// A client config that records the server's certificate, offers `alpn`,
-/// and presents `client` (cert, key) when given.
+/// and presents `client` (cert, key) when given; every handshake is a full
+/// one.
 fn recording_client(alpn: &[&str], client: Option<&Leaf>) -> (Arc<rustls::ClientConfig>, Arc<Recorder>) {
+    let (config, recorder) = client_config(alpn, client, rustls::client::Resumption::disabled(), &[]);
+    (Arc::new(config), recorder)
+}
+
+fn client_config(
+    alpn: &[&str],
+    client: Option<&Leaf>,
+    resumption: rustls::client::Resumption,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (rustls::ClientConfig, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
+    let versions = if versions.is_empty() {
+        rustls::DEFAULT_VERSIONS
+    } else {
+        versions
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::clone(&recorder) as _);
@@ -139,9 +160,8 @@ fn recording_client(alpn: &[&str], client: Option<&Leaf>) -> (Arc<rustls::Client
         }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    // Every handshake a full one, so that each shows its certificate.
-    config.resumption = rustls::client::Resumption::disabled();
-    (Arc::new(config), recorder)
+    config.resumption = resumption;
+    (config, recorder)
 }
 
 trait KeyFromPem {
@@ -158,6 +178,15 @@ impl KeyFromPem for PrivateKeyDer<'static> {
 /// One request over a new TLS connection to `addr` asking for `sni`;
 /// returns the whole response, or the handshake's or connection's error.
 fn https_get(addr: SocketAddr, sni: &str, config: &Arc<rustls::ClientConfig>) -> Result<String, String> {
+    https_get_kind(addr, sni, config).map(|(response, _)| response)
+}
+
+/// As [`https_get`], with whether the handshake resumed a session.
+fn https_get_kind(
+    addr: SocketAddr,
+    sni: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(String, bool), String> {
     let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
@@ -173,7 +202,8 @@ fn https_get(addr: SocketAddr, sni: &str, config: &Arc<rustls::ClientConfig>) ->
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
         Err(e) => return Err(e.to_string()),
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok((String::from_utf8_lossy(&out).into_owned(), resumed))
 }
 
 /// A proxy started from `source` by the binary's own factory.
@@ -249,7 +279,7 @@ fn sni_picks_the_exact_name_then_the_wildcard_then_the_default() {
             assert!(response.starts_with("HTTP/1.1 200"), "{driver} {sni}: {response}");
             assert!(response.ends_with("hello"), "{response}");
             assert_eq!(
-                &*recorder.0.lock().expect("lock"),
+                &*recorder.cert.lock().expect("lock"),
                 expected,
                 "{driver}: {sni} ({which})"
             );
@@ -456,7 +486,7 @@ fn certificates_reload_under_traffic_without_a_failed_handshake_and_a_bad_file_k
                         Err(e) => failures.lock().expect("lock").push(e),
                     }
                     handshakes.fetch_add(1, Ordering::Relaxed);
-                    if *recorder.0.lock().expect("lock") == second_der {
+                    if *recorder.cert.lock().expect("lock") == second_der {
                         seen_second.store(true, Ordering::Relaxed);
                     }
                 }
@@ -485,7 +515,7 @@ fn certificates_reload_under_traffic_without_a_failed_handshake_and_a_bad_file_k
         .expect("after a bad reload")
         .starts_with("HTTP/1.1 200"));
     assert_eq!(
-        *recorder.0.lock().expect("lock"),
+        *recorder.cert.lock().expect("lock"),
         second.der,
         "a bad file replaced a good certificate"
     );
@@ -557,8 +587,22 @@ struct TlsOrigin {
     connections: Arc<AtomicUsize>,
 }
 
+/// How a [`TlsOrigin`] answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// 200 with a length, keeping the connection.
+    KeepAlive,
+    /// 200 delimited by the close, then close_notify (`clean`) or a bare
+    /// TCP close (a cut).
+    UntilClose { clean: bool },
+}
+
 impl TlsOrigin {
     fn start(leaf: &Leaf) -> TlsOrigin {
+        TlsOrigin::answering(leaf, Answer::KeepAlive)
+    }
+
+    fn answering(leaf: &Leaf, answer: Answer) -> TlsOrigin {
         use rustls::pki_types::pem::PemObject;
         let chain: Vec<CertificateDer<'static>> = vec![CertificateDer::from(leaf.der.clone())];
         let key = PrivateKeyDer::from_pem_file(&leaf.key).expect("key");
@@ -588,6 +632,15 @@ impl TlsOrigin {
                         match tls.read(&mut byte) {
                             Ok(1) => head.push(byte[0]),
                             _ => return,
+                        }
+                        if head.ends_with(b"\r\n\r\n") && answer != Answer::KeepAlive {
+                            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\n\r\nthe whole body");
+                            if answer == (Answer::UntilClose { clean: true }) {
+                                tls.conn.send_close_notify();
+                            }
+                            let _ = tls.flush();
+                            let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+                            return;
                         }
                         if head.ends_with(b"\r\n\r\n") {
                             head.clear();
@@ -812,4 +865,118 @@ fn certificate_problems_are_config_errors_naming_the_file_and_the_key() {
         empty.display()
     ));
     assert!(upstream.contains("upstream[0].tls.ca"), "{upstream}");
+}
+
+#[test]
+fn sessions_resume_across_workers_by_ticket_and_by_session_id_and_ocsp_is_stapled() {
+    let ca = Ca::new("resume");
+    let leaf = ca.leaf("resume-site", &["site.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let ocsp = temp_file("resume-ocsp.der", "pretend DER OCSP response");
+    let origin = Origin::start(|_| Reply::ok("hello"));
+    let certs = format!(
+        "certs = [{{ cert = \"{}\", key = \"{}\", ocsp = \"{}\" }}]",
+        leaf.cert.display(),
+        leaf.key.display(),
+        ocsp.display()
+    );
+    let running = start(&format!(
+        "[runtime]\nworkers = 2\npin_cpus = false\n\n\
+         [[listener]]\nname = \"https\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+         [listener.tls]\n{certs}\n\n\
+         [[listener.route]]\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+        origin.addr()
+    ));
+    let addr = running.local_addrs()[0];
+    use rustls::client::{Resumption, Tls12Resumption};
+    for (what, resumption, versions) in [
+        (
+            "TLS 1.3 tickets",
+            Resumption::in_memory_sessions(64),
+            &[&rustls::version::TLS13][..],
+        ),
+        (
+            "TLS 1.2 tickets",
+            Resumption::in_memory_sessions(64),
+            &[&rustls::version::TLS12][..],
+        ),
+        (
+            "TLS 1.2 session IDs",
+            Resumption::in_memory_sessions(64).tls12_resumption(Tls12Resumption::SessionIdOnly),
+            &[&rustls::version::TLS12][..],
+        ),
+    ] {
+        let (config, recorder) = client_config(&["http/1.1"], None, resumption, versions);
+        let config = Arc::new(config);
+        let (first, resumed) = https_get_kind(addr, "site.test", &config).expect("first");
+        assert!(first.starts_with("HTTP/1.1 200") && !resumed, "{what}: {first}");
+        assert_eq!(
+            *recorder.ocsp.lock().expect("lock"),
+            b"pretend DER OCSP response",
+            "{what}: OCSP stapled"
+        );
+        // Two workers behind one port: later connections land on either,
+        // and every one resumes (the ticket keys and the session cache are
+        // the listener's, not a worker's).
+        for i in 0..6 {
+            let (response, resumed) = https_get_kind(addr, "site.test", &config).expect("again");
+            assert!(response.starts_with("HTTP/1.1 200"), "{what}: {response}");
+            assert!(resumed, "{what}: connection {i} did not resume");
+        }
+    }
+    running.shutdown();
+    running.wait();
+}
+
+#[test]
+fn bodies_delimited_by_the_close_end_with_close_notify_and_a_cut_one_is_not_passed_as_whole() {
+    let ca = Ca::new("close");
+    let site = ca.leaf("close-site", &["site.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    // To an HTTP/1.0 client over TLS, a body without a length ends with the
+    // connection: the proxy's close_notify tells it the body is whole.
+    let body = "z".repeat(100_000);
+    let plain =
+        Origin::start(move |_| Reply::BytesThenClose(format!("HTTP/1.1 200 OK\r\n\r\n{body}").into_bytes()));
+    for driver in DRIVERS {
+        let running = tls_reverse(
+            driver,
+            &format!("certs = [{}]", cert_entry(&site, &[])),
+            plain.addr(),
+        );
+        let port = running.local_addrs()[0].port();
+        let (code, out) = curl(&[
+            "--http1.0",
+            "--cacert",
+            &ca.pem.display().to_string(),
+            "--resolve",
+            &format!("site.test:{port}:127.0.0.1"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("https://site.test:{port}/"),
+        ]);
+        assert_eq!((code, out.as_str()), (0, "100000"), "{driver}");
+        running.shutdown();
+        running.wait();
+    }
+    // A TLS upstream's close-delimited body: whole after its close_notify;
+    // after a bare TCP close (what a cut on the path looks like) the
+    // client's chunked response is not finished.
+    let app = ca.leaf("close-app", &["app.internal"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    for (clean, whole) in [(true, true), (false, false)] {
+        let origin = TlsOrigin::answering(&app, Answer::UntilClose { clean });
+        let running = to_tls_upstream(
+            &format!("{{ sni = \"app.internal\", ca = \"{}\" }}", ca.pem.display()),
+            origin.addr,
+        );
+        let (code, out) = curl(&[&format!("http://{}/", running.local_addrs()[0])]);
+        if whole {
+            assert_eq!((code, out.as_str()), (0, "the whole body"));
+        } else {
+            assert_ne!(code, 0, "a cut body was passed on as complete: {out}");
+        }
+        running.shutdown();
+        running.wait();
+    }
 }

@@ -262,6 +262,7 @@ impl UpstreamPool {
         }
         // An idle connection holds no buffer.
         buffers::give_read(std::mem::take(&mut conn.rbuf), buffer_size);
+        conn.stream.release_buffers();
         let timeout = conn.keep.timeout.unwrap_or(self.settings.idle_timeout);
         let expires_ms = now_ms.saturating_add(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         let mut idle = self.idle.borrow_mut();

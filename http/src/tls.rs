@@ -31,6 +31,9 @@ use crate::{
     tunnel::{copy_tunnel, TunnelBytes},
 };
 
+/// How long a closing TLS connection may take to send its close_notify.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A client connection after its TLS handshake.
 pub type TlsClient = TlsStream<TcpStream, ServerConnection>;
 
@@ -44,10 +47,17 @@ impl ClientStream for TlsClient {
         self.into_split()
     }
 
+    async fn close(&mut self) {
+        // Bounded: a client that stopped reading cannot hold the task.
+        let _ = Box::pin(monoio::time::timeout(CLOSE_NOTIFY_TIMEOUT, self.shutdown())).await;
+    }
+
     async fn wait_readable(&mut self) -> io::Result<()> {
         if self.has_buffered_input() {
             return Ok(());
         }
+        // An idle connection keeps no ciphertext buffers (17 KiB or more).
+        self.release_buffers();
         self.get_ref().readable(true).await
     }
 }
@@ -116,6 +126,14 @@ impl UpstreamStream {
         match self {
             Self::Plain(s) => s,
             Self::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// Gives back a TLS session's ciphertext buffers while it is idle in
+    /// the pool.
+    pub(crate) fn release_buffers(&mut self) {
+        if let Self::Tls(s) = self {
+            s.release_buffers();
         }
     }
 

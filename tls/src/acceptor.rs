@@ -40,7 +40,8 @@ impl Default for ServerTlsSettings {
         Self {
             certs: Vec::new(),
             min_version: TlsVersion::Tls12,
-            alpn: vec!["http/1.1".to_owned()],
+            // As nginx: HTTP/1.0 clients name their own protocol.
+            alpn: vec!["http/1.1".to_owned(), "http/1.0".to_owned()],
             client_ca: None,
             handshake_timeout: Duration::from_secs(10),
             session_cache: 4096,
@@ -144,7 +145,7 @@ impl Acceptor {
             error: std::io::Error::other(e),
             timed_out: false,
         })?;
-        let mut stream = TlsStream::new(io, session);
+        let mut stream = TlsStream::new(io, session, false);
         let result = monoio::time::timeout(self.timeout, stream.handshake()).await;
         let sni = stream
             .session()

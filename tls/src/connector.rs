@@ -127,7 +127,7 @@ impl Connector {
         IO: AsyncReadRent + AsyncWriteRent,
     {
         let session = ClientConnection::new(Arc::clone(&self.config), name).map_err(std::io::Error::other)?;
-        let mut stream = TlsStream::new(io, session);
+        let mut stream = TlsStream::new(io, session, true);
         stream.handshake().await?;
         Ok(stream)
     }

@@ -192,10 +192,11 @@ fn dotted(oid: &[u8]) -> String {
 
 /// Escapes the characters RFC 4514 reserves in attribute values.
 fn escape_into(out: &mut String, value: &str) {
+    let last = value.chars().count().saturating_sub(1);
     for (i, c) in value.chars().enumerate() {
         let reserved = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
             || (i == 0 && matches!(c, '#' | ' '))
-            || (i + 1 == value.chars().count() && c == ' ');
+            || (i == last && c == ' ');
         if reserved {
             out.push('\\');
         }

@@ -87,20 +87,34 @@ impl fmt::Display for TlsConfigError {
 
 impl std::error::Error for TlsConfigError {}
 
-/// The crypto provider (ring; see the README's TLS section for the
-/// measurements behind the choice).
+/// The crypto provider: ring, or aws-lc-rs with the `aws-lc-rs` feature
+/// (see the README's TLS section for the measurements behind the choice).
 pub mod crypto {
     use std::sync::Arc;
 
     use rustls::{crypto::CryptoProvider, server::ProducesTickets};
 
+    #[cfg(feature = "aws-lc-rs")]
+    use rustls::crypto::aws_lc_rs as chosen;
+    #[cfg(not(feature = "aws-lc-rs"))]
+    use rustls::crypto::ring as chosen;
+
     /// The provider every configuration is built with.
     pub fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        Arc::new(chosen::default_provider())
     }
 
     /// A session ticket producer whose keys rotate.
     pub fn ticketer() -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
-        rustls::crypto::ring::Ticketer::new()
+        chosen::Ticketer::new()
+    }
+
+    /// The provider's name, for the start-up log.
+    pub fn name() -> &'static str {
+        if cfg!(feature = "aws-lc-rs") {
+            "aws-lc-rs"
+        } else {
+            "ring"
+        }
     }
 }

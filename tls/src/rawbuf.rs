@@ -69,7 +69,8 @@ pub(crate) fn fill_vectored<T: IoVecBufMut>(buf: &mut T, src: &mut impl BufRead)
         while done < iov.iov_len {
             let available = match src.fill_buf() {
                 Ok(a) => a,
-                Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                // What was copied is returned; the error comes again.
+                Err(_) if total > 0 => break,
                 Err(e) => return Err(e),
             };
             if available.is_empty() {

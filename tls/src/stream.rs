@@ -32,8 +32,12 @@ use crate::rawbuf;
 /// plaintext plus its header and tag).
 const READ_SIZE: usize = 16 * 1024 + 256;
 
-/// A write buffer larger than this is given back after use.
-const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+/// The write buffer's first size: a small response's records.
+const FIRST_WRITE_BUFFER: usize = 4096;
+
+/// A write buffer larger than this is given back after use (64 KiB of
+/// plaintext and its records' overhead fit).
+const KEEP_WRITE_BUFFER: usize = 66 * 1024;
 
 /// Access to a rustls session: owned by a whole stream, shared by halves.
 pub(crate) trait Session {
@@ -77,6 +81,10 @@ where
 pub(crate) struct ReadSide {
     buf: Vec<u8>,
     pos: usize,
+    /// A peer that closes without `close_notify` is an error, not an end
+    /// of stream (upstreams: a body delimited by the close must not be
+    /// taken as complete when an attacker on the path cut it).
+    strict_eof: bool,
 }
 
 impl ReadSide {
@@ -123,46 +131,60 @@ impl ReadSide {
         Ok(true)
     }
 
-    /// Reads plaintext into `buf`, feeding ciphertext until some is there.
-    /// `Ok(0)`: the peer closed (with or without `close_notify`).
-    async fn read<IO: AsyncReadRent, S: Session, T: IoBufMut>(
+    /// Reads plaintext with `fill`, feeding ciphertext until some is
+    /// there. `Ok(0)`: the peer closed (without `close_notify` only when
+    /// the side is not strict). What processing makes rustls want to send
+    /// (an alert) goes out through `write` when the caller has it, before
+    /// the next wait, so that a peer waiting for it is not left waiting.
+    async fn read_with<IO, S, W, F>(
         &mut self,
         io: &mut IO,
         session: &mut S,
-        buf: &mut T,
-    ) -> io::Result<usize> {
+        mut write: W,
+        mut fill: F,
+    ) -> io::Result<usize>
+    where
+        IO: AsyncReadRent,
+        S: Session,
+        W: SendPending<IO>,
+        F: FnMut(&mut rustls::Reader<'_>) -> io::Result<usize>,
+    {
         let mut open = true;
         loop {
-            match session.with(|c| rawbuf::fill(buf, &mut c.reader())) {
+            match session.with(|c| fill(&mut c.reader())) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !open => return Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // A peer that closed without close_notify: HTTP/1.1's own
-                // framing tells a cut message from a complete one.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                // A client that closed without close_notify: HTTP/1.1's own
+                // framing tells a cut request from a complete one.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !self.strict_eof => return Ok(0),
                 Err(e) => return Err(e),
             }
+            write.send_pending(io, session).await?;
             open = self.feed(io, session).await?;
         }
     }
+}
 
-    async fn readv<IO: AsyncReadRent, S: Session, T: IoVecBufMut>(
-        &mut self,
-        io: &mut IO,
-        session: &mut S,
-        buf: &mut T,
-    ) -> io::Result<usize> {
-        let mut open = true;
-        loop {
-            match session.with(|c| rawbuf::fill_vectored(buf, &mut c.reader())) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !open => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
-            }
-            open = self.feed(io, session).await?;
+/// Where a read sends what rustls queued while processing (alerts): the
+/// whole stream's write side, or nowhere for a read half (its write half
+/// sends it with its next write).
+pub(crate) trait SendPending<IO> {
+    async fn send_pending<S: Session>(&mut self, io: &mut IO, session: &mut S) -> io::Result<()>;
+}
+
+impl<IO> SendPending<IO> for () {
+    async fn send_pending<S: Session>(&mut self, _: &mut IO, _: &mut S) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<IO: AsyncWriteRent> SendPending<IO> for &mut WriteSide {
+    async fn send_pending<S: Session>(&mut self, io: &mut IO, session: &mut S) -> io::Result<()> {
+        if session.with(|c| c.wants_write()) {
+            self.flush(io, session).await?;
         }
+        Ok(())
     }
 }
 
@@ -182,6 +204,8 @@ impl WriteSide {
         while session.with(|c| c.wants_write()) {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
+            // One allocation for a small message, rather than a few.
+            buf.reserve(FIRST_WRITE_BUFFER);
             session.with(|c| c.write_tls(&mut buf))?;
             let (result, mut buf) = io.write_all(buf).await;
             if buf.capacity() > KEEP_WRITE_BUFFER {
@@ -288,12 +312,16 @@ where
     C: DerefMut<Target = ConnectionCommon<D>>,
     D: SideData,
 {
-    /// A stream for `session` over `io`, before its handshake.
-    pub(crate) fn new(io: IO, session: C) -> Self {
+    /// A stream for `session` over `io`, before its handshake; with
+    /// `strict_eof`, a close without `close_notify` is an error.
+    pub(crate) fn new(io: IO, session: C, strict_eof: bool) -> Self {
         Self {
             io,
             session: Owned(session),
-            read: ReadSide::default(),
+            read: ReadSide {
+                strict_eof,
+                ..ReadSide::default()
+            },
             write: WriteSide::default(),
         }
     }
@@ -347,11 +375,25 @@ where
         &self.io
     }
 
+    /// Gives back the ciphertext buffers while the stream is idle (a
+    /// keep-alive connection between requests); the next read or write
+    /// takes new ones. Buffered input is kept.
+    pub fn release_buffers(&mut self) {
+        if !self.read.pending() {
+            self.read.buf = Vec::new();
+            self.read.pos = 0;
+        }
+        self.write.buf = Vec::new();
+    }
+
     /// Whether plaintext or ciphertext the peer sent is waiting to be read:
     /// a read would return without waiting for the socket.
     pub fn has_buffered_input(&mut self) -> bool {
         use std::io::BufRead;
-        self.read.pending() || matches!(self.session.0.reader().fill_buf(), Ok(b) if !b.is_empty())
+        // Plaintext, or the end of the session (close_notify, or a close
+        // without it): either way a read returns at once.
+        self.read.pending()
+            || !matches!(self.session.0.reader().fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -387,24 +429,22 @@ where
     D: SideData,
 {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        let result = self.read.read(&mut self.io, &mut self.session, &mut buf).await;
-        // What reading made rustls want to send (a key update's answer,
-        // an alert) goes out now.
-        if self.session.0.wants_write() {
-            if let Err(e) = self.write.flush(&mut self.io, &mut self.session).await {
-                return (Err(e), buf);
-            }
-        }
+        let write = &mut self.write;
+        let fill = |r: &mut rustls::Reader<'_>| rawbuf::fill(&mut buf, r);
+        let result = self
+            .read
+            .read_with(&mut self.io, &mut self.session, write, fill)
+            .await;
         (result, buf)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        let result = self.read.readv(&mut self.io, &mut self.session, &mut buf).await;
-        if self.session.0.wants_write() {
-            if let Err(e) = self.write.flush(&mut self.io, &mut self.session).await {
-                return (Err(e), buf);
-            }
-        }
+        let write = &mut self.write;
+        let fill = |r: &mut rustls::Reader<'_>| rawbuf::fill_vectored(&mut buf, r);
+        let result = self
+            .read
+            .read_with(&mut self.io, &mut self.session, write, fill)
+            .await;
         (result, buf)
     }
 }
@@ -441,12 +481,20 @@ where
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         // What reading makes rustls want to send goes out with the write
         // half's next write.
-        let result = self.read.read(&mut self.io, &mut self.session, &mut buf).await;
+        let fill = |r: &mut rustls::Reader<'_>| rawbuf::fill(&mut buf, r);
+        let result = self
+            .read
+            .read_with(&mut self.io, &mut self.session, (), fill)
+            .await;
         (result, buf)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        let result = self.read.readv(&mut self.io, &mut self.session, &mut buf).await;
+        let fill = |r: &mut rustls::Reader<'_>| rawbuf::fill_vectored(&mut buf, r);
+        let result = self
+            .read
+            .read_with(&mut self.io, &mut self.session, (), fill)
+            .await;
         (result, buf)
     }
 }

@@ -147,10 +147,10 @@ impl Validator {
         settings.min_version = self.tls_version(at.key("min_version"), section.min_version.as_deref());
         if let Some(alpn) = &section.alpn {
             for (i, p) in alpn.iter().enumerate() {
-                if p != "http/1.1" {
+                if p != "http/1.1" && p != "http/1.0" {
                     self.problem(
                         at.key("alpn").index(i),
-                        format!("{p:?} is not served: only \"http/1.1\" (HTTP/2 is not implemented yet)"),
+                        format!("{p:?} is not served: \"http/1.1\" and \"http/1.0\" are (HTTP/2 is not implemented yet)"),
                     );
                 }
             }

@@ -171,8 +171,8 @@ impl Validator {
                 if let Some(check) = self.health(health, &at.key("health")) {
                     if connector.is_some() && !matches!(check.probe, Probe::Tcp) {
                         self.problem(
-                            at.key("health").key("type"),
-                            "the HTTP check does not speak TLS yet: use type = \"tcp\" for a TLS upstream",
+                            at.key("health").key("path"),
+                            "the HTTP check does not speak TLS yet: use tcp = true for a TLS upstream",
                         );
                     }
                     checks.push((groups.len(), check));

@@ -357,6 +357,9 @@ pub(super) fn upstream_read_error(e: io::Error) -> Error {
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
             ErrorKind::ConnectionReset
         }
+        // A TLS upstream that closed without close_notify: closed, as far
+        // as retries go (a body it cut is not taken as complete).
+        io::ErrorKind::UnexpectedEof => ErrorKind::ConnectionClosed,
         _ => ErrorKind::Io,
     };
     Error::new(kind, Side::Upstream, "reading the upstream's response").with_cause(e)

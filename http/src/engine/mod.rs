@@ -67,6 +67,14 @@ pub trait ClientStream: AsyncReadRent + AsyncWriteRent + SpliceSocket + Sized + 
     /// Splits the stream into halves that read and write at once.
     fn into_halves(self) -> (Self::ReadHalf, Self::WriteHalf);
 
+    /// Ends the connection from this side once its last answer is written
+    /// (a TLS stream sends close_notify, so that a body delimited by the
+    /// close is seen whole). The default does nothing: dropping a socket
+    /// closes it.
+    fn close(&mut self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
+
     /// Waits until a read would find data (or the end of the stream),
     /// without holding a buffer. The default returns at once.
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<()>> {
@@ -268,6 +276,7 @@ impl<H: ProxyHooks> Engine<H> {
                         let status = Box::pin(answer).await;
                         self.log_failure(&client, &st.req, status, &error, None);
                         conn.count_request();
+                        io.close().await;
                         return;
                     }
                 }
@@ -286,7 +295,11 @@ impl<H: ProxyHooks> Engine<H> {
                 }
                 match outcome {
                     Outcome::KeepAlive => {}
-                    Outcome::Close => return,
+                    Outcome::Close => {
+                        slot.release();
+                        io.close().await;
+                        return;
+                    }
                     Outcome::CloseUnread => break,
                     Outcome::Upgrade(up) => {
                         let client_buf = std::mem::take(&mut st.rbuf);

@@ -413,6 +413,8 @@ impl<H: ProxyHooks> Engine<H> {
             status,
             upstream = upstream.map(tracing::field::display),
             micros = started.elapsed().as_micros() as u64,
+            sni = client.tls.as_ref().and_then(|t| t.sni.as_deref()),
+            client_cert = client.tls.as_ref().and_then(|t| t.client_subject.as_deref()),
         );
     }
 }
