@@ -2,11 +2,15 @@
 """TLS termination, ringway against nginx, one worker each, same certificate.
 
 Scenarios, per key type (ECDSA P-256 and RSA 2048):
-  - full handshakes: wrk over HTTPS with `Connection: close`, so every
-    request is a new connection and a full handshake (wrk does not resume);
-  - resumed handshakes: `openssl s_time -reuse`, one connection at a time,
-    each resuming the first one's session;
-  - keep-alive requests over TLS: wrk over HTTPS, 64 connections, 16 B.
+  - full handshakes: 8 `openssl s_time -new` clients at once, each making
+    connection after connection with a full handshake and one request
+    (wrk is no use here: with `Connection: close` it resumes its TLS
+    sessions, so its "new connections" are resumed handshakes);
+  - resumed handshakes: 8 `openssl s_time -reuse` clients, each resuming
+    its first session on every later connection;
+  - keep-alive requests over TLS: wrk over HTTPS, 64 connections, 16 B;
+  - bulk: wrk over HTTPS, 8 keep-alive connections fetching 1 MiB each
+    (the provider's AES-GCM and ringway's copies).
 
 As in compare.py, the proxies run interleaved for several rounds, and the
 figure that matters is each proxy's own CPU time (utime + stime from /proc)
@@ -140,28 +144,38 @@ def start(name, tmp, cpus, binary, cert, key):
     return c.Proc(name, [c.tool("nginx"), "-c", str(conf), "-e", str(tmp / "nginx-tls-error.log")], cpus, PORTS[name])
 
 
-def s_time(port, seconds, load_cpus):
-    """Resumed handshakes (one connection at a time): how many completed."""
+S_TIME_CLIENTS = 8
+
+
+def s_time(port, seconds, load_cpus, mode):
+    """Handshakes by S_TIME_CLIENTS `openssl s_time` clients at once, each
+    one connection at a time (`mode`: -new for full handshakes, -reuse for
+    resumed ones): how many completed, and at what rate."""
     argv = ["taskset", "-c", ",".join(map(str, load_cpus)), "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
-            "-reuse", "-time", str(seconds), "-www", "/16B"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.findall(r"(\d+) connections in ([\d.]+) real seconds", out)
-    if not m:
-        c.die("could not read openssl s_time's output:\n" + out)
-    count, secs = m[-1]
-    return {"ops": int(count), "rate": int(count) / float(secs)}, " ".join(argv[3:])
+            mode, "-time", str(seconds), "-www", "/16B"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(S_TIME_CLIENTS)]
+    count, rate = 0, 0.0
+    for p in procs:
+        out = p.communicate(timeout=seconds + 60)[0]
+        m = re.findall(r"(\d+) connections in ([\d.]+) real seconds", out)
+        if not m:
+            c.die("could not read openssl s_time's output:\n" + out)
+        n, secs = m[-1]
+        count += int(n)
+        rate += int(n) / float(secs)
+    return {"ops": count, "rate": rate}, f"{S_TIME_CLIENTS} x " + " ".join(argv[3:])
 
 
 def measure(peer, scenario, seconds, load_cpus):
     label, kind = scenario
-    url = f"https://127.0.0.1:{peer.port}/16B"
+    path, conns = ("/1MiB", 8) if kind == "bulk" else ("/16B", 64)
+    url = f"https://127.0.0.1:{peer.port}{path}"
     before = peer.cpu_seconds()
-    if kind == "resumed":
-        result, cmd = s_time(peer.port, seconds, load_cpus)
+    if kind in ("full", "resumed"):
+        result, cmd = s_time(peer.port, seconds, load_cpus, "-new" if kind == "full" else "-reuse")
     else:
-        close = kind == "full"
-        conns = 16 if close else 64
-        wrk, cmd = c.run_wrk(url, conns, seconds, load_cpus, close=close)
+        wrk, cmd = c.run_wrk(url, conns, seconds, load_cpus)
         if wrk["bad_status"]:
             c.die(f"{peer.name}: {wrk['bad_status']} non-2xx answers in {label}")
         result = {"ops": wrk["requests"], "rate": wrk["rps"]}
@@ -172,9 +186,10 @@ def measure(peer, scenario, seconds, load_cpus):
 
 
 SCENARIOS = [
-    ("full handshake + request (Connection: close, c16)", "full"),
-    ("resumed handshake + request (s_time -reuse)", "resumed"),
-    ("keep-alive request over TLS (16 B, c64)", "keepalive"),
+    ("full handshake + request (s_time -new x8)", "full"),
+    ("resumed handshake + request (s_time -reuse x8)", "resumed"),
+    ("keep-alive request over TLS (16 B, wrk c64)", "keepalive"),
+    ("bulk: 1 MiB responses over TLS (wrk c8)", "bulk"),
 ]
 
 

@@ -224,6 +224,9 @@ fn summary(path: &Path, c: &Config) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
+    for warning in &c.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     let driver = match c.runtime.driver {
         DriverChoice::Auto => "auto",
         DriverChoice::Uring => "uring",
@@ -269,6 +272,32 @@ fn summary(path: &Path, c: &Config) -> String {
                     if settings.pac.is_some() { "/proxy.pac" } else { "off" },
                 );
             }
+        }
+    }
+    for l in &c.listeners {
+        if let Some(tls) = &l.tls {
+            let files = tls.store().files();
+            let named = files.iter().filter(|f| !f.sni.is_empty()).count();
+            let _ = writeln!(
+                out,
+                "listener {:?}: TLS, {} certificates ({named} by SNI)",
+                l.spec.name,
+                files.len()
+            );
+        }
+    }
+    for (u, tls) in c.upstreams.iter().zip(&c.upstream_tls) {
+        if let Some(tls) = tls {
+            let verified = if tls.is_insecure() {
+                "NOT verified"
+            } else {
+                "verified"
+            };
+            let _ = writeln!(
+                out,
+                "upstream {:?}: TLS to its servers, certificates {verified}",
+                u.name
+            );
         }
     }
     for u in &c.upstreams {
@@ -329,6 +358,9 @@ fn init_logging(level: Option<&str>) {
 
 fn run(config: &Config) -> anyhow::Result<ExitCode> {
     init_logging(config.log_level.as_deref());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let mut config = config.clone();
     raise_descriptor_limit(&mut config);
     let config = &config;

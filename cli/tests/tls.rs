@@ -852,9 +852,28 @@ fn certificate_problems_are_config_errors_naming_the_file_and_the_key() {
         cert_file.display(),
         key_file.display()
     ));
+    let parsed =
+        config::parse(Path::new("test.toml"), &source).expect("an expired certificate is not an error");
     assert!(
-        config::parse(Path::new("test.toml"), &source).is_ok(),
-        "an expired certificate is not an error"
+        parsed
+            .warnings
+            .iter()
+            .any(|w| w.contains("expired") && w.contains(&cert_file.display().to_string())),
+        "{:?}",
+        parsed.warnings
+    );
+    // Verifying nothing is allowed, and said loudly.
+    let insecure = config::parse(
+        Path::new("test.toml"),
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\
+         [[listener.route]]\nupstream = \"app\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\ntls = { insecure_skip_verify = true }\n",
+    )
+    .expect("valid");
+    assert!(
+        insecure.warnings.iter().any(|w| w.contains("DANGEROUS")),
+        "{:?}",
+        insecure.warnings
     );
     // An upstream CA file that holds no certificate.
     let empty = temp_file("errors-empty-ca.pem", "nothing here\n");

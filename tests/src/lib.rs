@@ -236,6 +236,7 @@ fn test_config(driver: DriverChoice, listener: Listener, dns: Arc<DnsConfig>) ->
         pool: PoolSettings::default(),
         dns,
         timer_tick: Duration::from_millis(20),
+        warnings: Vec::new(),
     }
 }
 

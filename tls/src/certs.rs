@@ -74,6 +74,8 @@ pub struct CertStore {
     provider: Arc<CryptoProvider>,
     table: RwLock<Arc<CertTable>>,
     stamps: Mutex<Stamps>,
+    /// What the first load found worth a warning (expired certificates).
+    warnings: Vec<String>,
 }
 
 impl fmt::Debug for CertStore {
@@ -98,13 +100,21 @@ impl CertStore {
             ));
         }
         let stamps = stamps(&files);
-        let table = build_table(&files, &provider)?;
+        let (table, warnings) = build_table(&files, &provider)?;
         Ok(Self {
             files,
             provider,
             table: RwLock::new(Arc::new(table)),
             stamps: Mutex::new(stamps),
+            warnings,
         })
+    }
+
+    /// What the first load found worth a warning (an expired
+    /// certificate), for the start-up log and `ringway check`; a reload
+    /// logs its own.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Loads every file again and swaps the certificates if all loaded;
@@ -117,7 +127,10 @@ impl CertStore {
         if let Ok(mut old) = self.stamps.lock() {
             *old = stamps;
         }
-        let table = table?;
+        let (table, warnings) = table?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         if let Ok(mut current) = self.table.write() {
             *current = Arc::new(table);
         }
@@ -165,10 +178,16 @@ fn stamps(files: &[CertFiles]) -> Stamps {
         .collect()
 }
 
-fn build_table(files: &[CertFiles], provider: &Arc<CryptoProvider>) -> Result<CertTable, TlsConfigError> {
+fn build_table(
+    files: &[CertFiles],
+    provider: &Arc<CryptoProvider>,
+) -> Result<(CertTable, Vec<String>), TlsConfigError> {
     let mut table = CertTable::default();
+    let mut warnings = Vec::new();
     for files in files {
-        let key = Arc::new(load_certified_key(files, provider)?);
+        let (key, warning) = load_certified_key(files, provider)?;
+        warnings.extend(warning);
+        let key = Arc::new(key);
         if files.sni.is_empty() {
             table.default = Some(Arc::clone(&key));
         }
@@ -183,7 +202,7 @@ fn build_table(files: &[CertFiles], provider: &Arc<CryptoProvider>) -> Result<Ce
             table.default = Some(key);
         }
     }
-    Ok(table)
+    Ok((table, warnings))
 }
 
 /// Reads a PEM certificate chain.
@@ -216,12 +235,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
 }
 
 /// Loads one certificate: its chain, its key (which must match it) and its
-/// stapled OCSP response. An expired certificate is logged and still used,
-/// as nginx does.
+/// stapled OCSP response. An expired certificate is still used, as nginx
+/// does, with a warning returned beside it.
 pub(crate) fn load_certified_key(
     files: &CertFiles,
     provider: &Arc<CryptoProvider>,
-) -> Result<CertifiedKey, TlsConfigError> {
+) -> Result<(CertifiedKey, Option<String>), TlsConfigError> {
     let chain = load_chain(&files.cert)?;
     let key_der = load_key(&files.key)?;
     let key = provider
@@ -240,15 +259,16 @@ pub(crate) fn load_certified_key(
             ))
         }
     }
+    let mut warning = None;
     if let Some(not_after) = certified.end_entity_cert().ok().and_then(|c| der::not_after(c)) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         if not_after < now {
-            tracing::warn!(
-                file = %files.cert.display(),
-                "the certificate has expired; it is served anyway, and clients will reject it"
-            );
+            warning = Some(format!(
+                "{}: the certificate has expired; it is served anyway, and clients will reject it",
+                files.cert.display()
+            ));
         }
     }
     if let Some(ocsp) = &files.ocsp {
@@ -262,7 +282,7 @@ pub(crate) fn load_certified_key(
         }
         certified.ocsp = Some(response);
     }
-    Ok(certified)
+    Ok((certified, warning))
 }
 
 /// The subject of a peer's certificate (RFC 4514), for logs and rules.

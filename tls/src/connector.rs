@@ -58,6 +58,7 @@ pub struct Connector {
     config: Arc<ClientConfig>,
     sni: Option<ServerName<'static>>,
     identity: u64,
+    insecure: bool,
 }
 
 impl Connector {
@@ -98,7 +99,13 @@ impl Connector {
             config: Arc::new(config),
             sni,
             identity: hasher.finish(),
+            insecure: settings.insecure_skip_verify,
         })
+    }
+
+    /// Whether it verifies nothing (`insecure_skip_verify`).
+    pub fn is_insecure(&self) -> bool {
+        self.insecure
     }
 
     /// A number that differs between connectors with different settings:

@@ -171,6 +171,10 @@ pub struct Config {
     /// How often each worker's timer sweep runs (deadlines are this
     /// coarse); not in the file: 100 ms, and shorter in tests.
     pub timer_tick: Duration,
+    /// What is allowed but worth a warning (an expired certificate, an
+    /// upstream whose certificates are not verified): logged at start,
+    /// printed by `ringway check`.
+    pub warnings: Vec<String>,
 }
 
 /// One problem in a configuration file.
@@ -343,6 +347,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 struct Validator {
     problems: Vec<(KeyPath, String)>,
+    /// What is allowed but worth saying at start and by `check`.
+    warnings: Vec<String>,
     /// Directory that relative file names are taken from.
     base: PathBuf,
     /// The proxy's name in `Via` (`[http] via_name`), for listeners that
@@ -358,6 +364,7 @@ impl Validator {
     fn for_file(file: &Path) -> Self {
         Self {
             problems: Vec::new(),
+            warnings: Vec::new(),
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
             via_name: ViaName::default(),
             servers: Vec::new(),
@@ -457,6 +464,7 @@ impl Validator {
             pool,
             dns,
             timer_tick: Duration::from_millis(100),
+            warnings: std::mem::take(&mut self.warnings),
         }
     }
 

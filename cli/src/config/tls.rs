@@ -174,7 +174,10 @@ impl Validator {
             return None;
         }
         match Acceptor::new(&settings) {
-            Ok(acceptor) => Some(acceptor),
+            Ok(acceptor) => {
+                self.warnings.extend(acceptor.store().warnings().iter().cloned());
+                Some(acceptor)
+            }
             Err(e) => {
                 self.tls_problem(e, &files, at.clone());
                 None
@@ -229,11 +232,10 @@ impl Validator {
         match Connector::new(&settings) {
             Ok(connector) => {
                 if settings.insecure_skip_verify {
-                    tracing::warn!(
-                        upstream = name,
-                        "DANGEROUS: tls.insecure_skip_verify is set: the servers' certificates are not verified, \
-                         and anyone on the path can read and change this upstream's traffic"
-                    );
+                    self.warnings.push(format!(
+                        "DANGEROUS: upstream {name:?} has tls.insecure_skip_verify: its servers' certificates \
+                         are not verified, and anyone on the path can read and change its traffic"
+                    ));
                 }
                 Some(connector)
             }
