@@ -202,6 +202,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--keys", default="ecdsa,rsa")
+    ap.add_argument("--only", default="", help="comma-separated scenario kinds: full, resumed, keepalive, bulk")
     args = ap.parse_args()
     c.check_tools(["wrk", "nginx"])
     if not shutil.which("openssl"):
@@ -215,6 +216,8 @@ def main():
     origin = c.Proc("origin", [c.tool("nginx"), "-c", str(c.write_origin(tmp, load_cpus)), "-e",
                                str(tmp / "origin-error.log")], load_cpus[-1:], c.ORIGIN_PORT)
     names = ["ringway", "nginx"] + (["ringway-b"] if args.ringway_b else [])
+    only = {k.strip() for k in args.only.split(",") if k.strip()}
+    scenarios = [sc for sc in SCENARIOS if not only or sc[1] in only]
     binaries = {"ringway": args.ringway, "ringway-b": args.ringway_b}
     labels = {"ringway": "ringway", "nginx": "nginx", "ringway-b": args.label_b}
     results = {}
@@ -224,7 +227,7 @@ def main():
             peers = {n: start(n, tmp, proxy_cpus, binaries.get(n), cert, key) for n in names}
             try:
                 for _ in range(args.rounds):
-                    for sc in SCENARIOS:
+                    for sc in scenarios:
                         for n in names:
                             r = measure(peers[n], sc, args.seconds, load_cpus)
                             results.setdefault((kind, sc[0], n), []).append(r)
@@ -249,7 +252,7 @@ def main():
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for kind in certs:
-        for sc in SCENARIOS:
+        for sc in scenarios:
             base = results.get((kind, sc[0], "nginx"))
             if not base:
                 continue

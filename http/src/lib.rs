@@ -62,7 +62,7 @@ pub use write::{origin_form, write_upstream_head};
 
 /// Frees what this worker's free lists hold that no request took since the
 /// last call (read buffers, the connections' slots with their heads and
-/// buffers, the blocks exchanges ran in):
+/// buffers, the blocks exchanges ran in, TLS ciphertext buffers):
 /// after a flood they would keep it all. Returns whether anything was
 /// freed, so that the caller hands the memory back to the system. Meant to
 /// run about once a second per worker.
@@ -70,5 +70,6 @@ pub fn release_unused_buffers() -> bool {
     let buffers = buffers::release_unused();
     let slots = engine::release_unused_slots();
     let blocks = recycle::release_unused();
-    buffers || slots || blocks
+    let tls = ringway_tls::release_unused_buffers();
+    buffers || slots || blocks || tls
 }

@@ -79,7 +79,7 @@ impl PeerTls {
         let name = connector.server_name(host, ip);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         connector.identity().hash(&mut hasher);
-        format!("{name:?}").hash(&mut hasher);
+        name.to_str().hash(&mut hasher);
         // 0 is a plain connection's.
         let identity = hasher.finish().max(1);
         Self {
@@ -105,7 +105,7 @@ impl PeerTls {
             Err(e) => Err(Error::new(
                 ErrorKind::TlsHandshake,
                 Side::Upstream,
-                format!("TLS handshake with {addr} ({:?})", self.name),
+                format!("TLS handshake with {addr} (verified as {})", self.name.to_str()),
             )
             .with_cause(e)),
         }
@@ -192,7 +192,9 @@ impl SpliceSocket for UpstreamStream {
 }
 
 /// Implements monoio's read trait for an enum of a `Plain` and a `Tls`
-/// stream by passing each call to the variant.
+/// stream by passing each call to the variant. (Boxing the TLS variant's
+/// futures, to keep the plain ones small, changed nothing measurable: the
+/// plain path ran the same instructions per request under callgrind.)
 macro_rules! read_either {
     ($ty:ty) => {
         impl AsyncReadRent for $ty {

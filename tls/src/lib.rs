@@ -23,7 +23,7 @@ pub use acceptor::{Acceptor, HandshakeError, ServerTlsSettings, TlsInfo};
 pub use certs::{CertFiles, CertStore};
 pub use connector::{ClientTlsSettings, Connector};
 pub use rustls::{pki_types as rustls_pki_types, ClientConnection, ServerConnection};
-pub use stream::{TlsReadHalf, TlsStream, TlsWriteHalf};
+pub use stream::{release_unused_buffers, TlsReadHalf, TlsStream, TlsWriteHalf};
 
 /// The oldest TLS version a side accepts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

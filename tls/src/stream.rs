@@ -39,6 +39,84 @@ const FIRST_WRITE_BUFFER: usize = 4096;
 /// plaintext and its records' overhead fit).
 const KEEP_WRITE_BUFFER: usize = 66 * 1024;
 
+/// Idle connections give their ciphertext buffers back to their thread
+/// (each worker is one thread) and busy ones take them from here: a
+/// keep-alive request then costs no allocation for them. At most this
+/// many of each kind are kept, and [`release_unused_buffers`] frees those
+/// no connection took for a while.
+const FREE_BUFFERS: usize = 64;
+
+/// A thread's spare buffers, and the fewest it held since the last trim.
+struct FreeList {
+    buffers: Vec<Vec<u8>>,
+    low: usize,
+}
+
+impl FreeList {
+    const fn new() -> Self {
+        Self {
+            buffers: Vec::new(),
+            low: 0,
+        }
+    }
+}
+
+thread_local! {
+    static FREE_READ: RefCell<FreeList> = const { RefCell::new(FreeList::new()) };
+    static FREE_WRITE: RefCell<FreeList> = const { RefCell::new(FreeList::new()) };
+}
+
+type FreeKey = std::thread::LocalKey<RefCell<FreeList>>;
+
+/// An empty buffer of at least `capacity`, from the thread's free list.
+fn take_buffer(list: &'static FreeKey, capacity: usize) -> Vec<u8> {
+    let found = list
+        .try_with(|l| {
+            let mut l = l.borrow_mut();
+            let buf = l.buffers.pop();
+            l.low = l.low.min(l.buffers.len());
+            buf
+        })
+        .ok()
+        .flatten();
+    found
+        .filter(|b| b.capacity() >= capacity)
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Keeps `buf` for another connection of this thread, if there is room
+/// and it is no larger than `max_capacity`.
+fn give_buffer(list: &'static FreeKey, mut buf: Vec<u8>, max_capacity: usize) {
+    if buf.capacity() == 0 || buf.capacity() > max_capacity {
+        return;
+    }
+    buf.clear();
+    let _ = list.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if l.buffers.len() < FREE_BUFFERS {
+            l.buffers.push(buf);
+        }
+    });
+}
+
+/// Frees the spare ciphertext buffers of this thread that no connection
+/// took since the last call (after a burst they would stay); returns
+/// whether any were freed. Meant to run about once a second per worker.
+pub fn release_unused_buffers() -> bool {
+    let trim = |l: &RefCell<FreeList>| {
+        let mut l = l.borrow_mut();
+        let unused = l.low.min(l.buffers.len());
+        let keep = l.buffers.len() - unused;
+        l.buffers.truncate(keep);
+        l.buffers.shrink_to_fit();
+        l.low = l.buffers.len();
+        unused > 0
+    };
+    let read = FREE_READ.try_with(trim).unwrap_or(false);
+    let write = FREE_WRITE.try_with(trim).unwrap_or(false);
+    read || write
+}
+
 /// Access to a rustls session: owned by a whole stream, shared by halves.
 pub(crate) trait Session {
     type Data: SideData;
@@ -113,7 +191,7 @@ impl ReadSide {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
             if buf.capacity() < READ_SIZE {
-                buf.reserve_exact(READ_SIZE);
+                buf = take_buffer(&FREE_READ, READ_SIZE);
             }
             let (result, buf) = io.read(buf).await;
             self.buf = buf;
@@ -182,7 +260,9 @@ impl<IO> SendPending<IO> for () {
 impl<IO: AsyncWriteRent> SendPending<IO> for &mut WriteSide {
     async fn send_pending<S: Session>(&mut self, io: &mut IO, session: &mut S) -> io::Result<()> {
         if session.with(|c| c.wants_write()) {
-            self.flush(io, session).await?;
+            // Boxed: rare (alerts), and inline it would size every read's
+            // future, which the engine moves into place on each request.
+            Box::pin(self.flush(io, session)).await?;
         }
         Ok(())
     }
@@ -204,8 +284,11 @@ impl WriteSide {
         while session.with(|c| c.wants_write()) {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            // One allocation for a small message, rather than a few.
-            buf.reserve(FIRST_WRITE_BUFFER);
+            if buf.capacity() == 0 {
+                // One buffer for a small message, rather than a few
+                // allocations as it grows.
+                buf = take_buffer(&FREE_WRITE, FIRST_WRITE_BUFFER);
+            }
             session.with(|c| c.write_tls(&mut buf))?;
             let (result, mut buf) = io.write_all(buf).await;
             if buf.capacity() > KEEP_WRITE_BUFFER {
@@ -380,10 +463,10 @@ where
     /// takes new ones. Buffered input is kept.
     pub fn release_buffers(&mut self) {
         if !self.read.pending() {
-            self.read.buf = Vec::new();
+            give_buffer(&FREE_READ, std::mem::take(&mut self.read.buf), READ_SIZE);
             self.read.pos = 0;
         }
-        self.write.buf = Vec::new();
+        give_buffer(&FREE_WRITE, std::mem::take(&mut self.write.buf), READ_SIZE);
     }
 
     /// Whether plaintext or ciphertext the peer sent is waiting to be read:
