@@ -142,7 +142,11 @@ impl Running {
     pub fn reload_certificates(&self) {
         for (listener, store) in self.certs.iter() {
             match store.reload() {
-                Ok(()) => tracing::info!(listener = %listener, "certificates reloaded"),
+                Ok(()) => tracing::info!(
+                    listener = %listener,
+                    "certificates reloaded ({} certificates)",
+                    store.files().len()
+                ),
                 Err(e) => {
                     tracing::error!(listener = %listener, "certificates not reloaded, the old ones stay: {e}")
                 }

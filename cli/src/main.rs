@@ -278,9 +278,14 @@ fn summary(path: &Path, c: &Config) -> String {
         if let Some(tls) = &l.tls {
             let files = tls.store().files();
             let named = files.iter().filter(|f| !f.sni.is_empty()).count();
+            let clients = if tls.requires_client_certificates() {
+                ", client certificates required"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "listener {:?}: TLS, {} certificates ({named} by SNI)",
+                "listener {:?}: TLS, {} certificates ({named} by SNI){clients}",
                 l.spec.name,
                 files.len()
             );
@@ -381,7 +386,10 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
             }
             ListenerMode::Forward { .. } => {
                 tracing::info!("listener {:?}: forward proxy on {addr}", listener.spec.name);
-                println!("ringway: forward proxy on {addr}; try: curl -x http://{addr} https://example.com");
+                let scheme = if listener.tls.is_some() { "https" } else { "http" };
+                println!(
+                    "ringway: forward proxy on {addr}; try: curl -x {scheme}://{addr} https://example.com"
+                );
             }
         }
     }
@@ -474,8 +482,8 @@ fn keeps_running(signal: i32) -> bool {
     match signal {
         SIGHUP => tracing::warn!(
             "signal SIGHUP: received; live reload is not implemented yet beyond TLS \
-             certificates (loaded again): the rest of the running configuration stays as it \
-             is (restart ringway to apply a changed file)"
+             certificates (their reload is logged above): the rest of the running configuration \
+             stays as it is (restart ringway to apply a changed file)"
         ),
         SIGUSR1 => {
             tracing::info!("signal SIGUSR1: received; logs go to stderr, so there is no log file to reopen")

@@ -786,6 +786,11 @@ fn a_plain_listener_redirects_to_https_with_308() {
         response.header("location"),
         Some("https://www.example.test:8443/a/b?c=d")
     );
+    // An absolute-form target's host wins over Host.
+    client.send(b"GET http://other.test/abs HTTP/1.1\r\nHost: www.example.test\r\n\r\n");
+    let response = client.response();
+    assert_eq!(response.status, 308);
+    assert_eq!(response.header("location"), Some("https://other.test:8443/abs"));
     running.shutdown();
     running.wait();
 }
@@ -886,11 +891,16 @@ fn certificate_problems_are_config_errors_naming_the_file_and_the_key() {
     assert!(upstream.contains("upstream[0].tls.ca"), "{upstream}");
 }
 
+const OCSP_BYTES: &[u8] = &[0x30, 0x03, 0x0a, 0x01, 0x00];
+
 #[test]
 fn sessions_resume_across_workers_by_ticket_and_by_session_id_and_ocsp_is_stapled() {
     let ca = Ca::new("resume");
     let leaf = ca.leaf("resume-site", &["site.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
-    let ocsp = temp_file("resume-ocsp.der", "pretend DER OCSP response");
+    // One DER SEQUENCE (what the check asks of an OCSP response); rustls
+    // staples the bytes as they are.
+    let ocsp = std::env::temp_dir().join(format!("ringway-test-{}-resume-ocsp.der", std::process::id()));
+    std::fs::write(&ocsp, OCSP_BYTES).expect("write");
     let origin = Origin::start(|_| Reply::ok("hello"));
     let certs = format!(
         "certs = [{{ cert = \"{}\", key = \"{}\", ocsp = \"{}\" }}]",
@@ -931,7 +941,7 @@ fn sessions_resume_across_workers_by_ticket_and_by_session_id_and_ocsp_is_staple
         assert!(first.starts_with("HTTP/1.1 200") && !resumed, "{what}: {first}");
         assert_eq!(
             *recorder.ocsp.lock().expect("lock"),
-            b"pretend DER OCSP response",
+            OCSP_BYTES,
             "{what}: OCSP stapled"
         );
         // Two workers behind one port: later connections land on either,

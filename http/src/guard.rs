@@ -37,13 +37,17 @@ fn redirect_https(req: &RequestHead, port: u16) -> LocalReply {
             "400 Bad Request: no Host to redirect to\n",
         );
     };
+    let (path, authority) = crate::write::origin_form(req.target());
+    let path = std::str::from_utf8(path).unwrap_or("/");
+    // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+    let host = authority
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .unwrap_or(host);
     // The host without its port: an IPv6 literal keeps its brackets.
     let name = match host.rfind(':') {
         Some(colon) if !host[colon..].contains(']') => &host[..colon],
         _ => host,
     };
-    let (path, _) = crate::write::origin_form(req.target());
-    let path = std::str::from_utf8(path).unwrap_or("/");
     let mut location = format!("https://{name}");
     if port != 443 {
         let _ = write!(location, ":{port}");

@@ -83,6 +83,7 @@ pub struct Acceptor {
     config: Arc<ServerConfig>,
     store: Arc<CertStore>,
     timeout: Duration,
+    client_certificates: bool,
 }
 
 impl Acceptor {
@@ -124,7 +125,13 @@ impl Acceptor {
             config: Arc::new(config),
             store,
             timeout: settings.handshake_timeout,
+            client_certificates: settings.client_ca.is_some(),
         })
+    }
+
+    /// Whether clients must present a certificate (`client_ca`).
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_certificates
     }
 
     /// The certificates (to reload them).

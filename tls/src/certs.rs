@@ -184,8 +184,8 @@ fn build_table(
 ) -> Result<(CertTable, Vec<String>), TlsConfigError> {
     let mut table = CertTable::default();
     let mut warnings = Vec::new();
-    for files in files {
-        let (key, warning) = load_certified_key(files, provider)?;
+    for (index, files) in files.iter().enumerate() {
+        let (key, warning) = load_certified_key(files, provider).map_err(|e| e.in_cert(index))?;
         warnings.extend(warning);
         let key = Arc::new(key);
         if files.sni.is_empty() {
@@ -209,14 +209,17 @@ fn build_table(
 pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
     let chain: Result<Vec<_>, _> = match CertificateDer::pem_file_iter(path) {
         Ok(iter) => iter.collect(),
-        Err(e) => return Err(TlsConfigError::file(path, format!("cannot read it: {e}"))),
+        Err(e) => return Err(TlsConfigError::file(path, crate::pem_error_text(&e)).at("cert")),
     };
-    let chain = chain.map_err(|e| TlsConfigError::file(path, format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(TlsConfigError::file(
+    let chain = chain.map_err(|e| {
+        TlsConfigError::file(
             path,
-            "holds no certificate (PEM `CERTIFICATE` block)",
-        ));
+            format!("not a PEM certificate chain: {}", crate::pem_error_text(&e)),
+        )
+        .at("cert")
+    })?;
+    if chain.is_empty() {
+        return Err(TlsConfigError::file(path, "holds no certificate (PEM `CERTIFICATE` block)").at("cert"));
     }
     Ok(chain)
 }
@@ -228,9 +231,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
             rustls::pki_types::pem::Error::NoItemsFound => {
                 "holds no private key (PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)".to_owned()
             }
-            other => format!("cannot read a private key from it: {other}"),
+            other => format!(
+                "cannot read a private key from it: {}",
+                crate::pem_error_text(&other)
+            ),
         };
-        TlsConfigError::file(path, why)
+        TlsConfigError::file(path, why).at("key")
     })
 }
 
@@ -246,7 +252,7 @@ pub(crate) fn load_certified_key(
     let key = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| TlsConfigError::file(&files.key, format!("unusable private key: {e}")))?;
+        .map_err(|e| TlsConfigError::file(&files.key, format!("unusable private key: {e}")).at("key"))?;
     let mut certified = CertifiedKey::new(chain, key);
     match certified.keys_match() {
         Ok(()) => {}
@@ -256,7 +262,8 @@ pub(crate) fn load_certified_key(
             return Err(TlsConfigError::file(
                 &files.key,
                 format!("does not match the certificate in {}: {e}", files.cert.display()),
-            ))
+            )
+            .at("key"))
         }
     }
     let mut warning = None;
@@ -272,13 +279,14 @@ pub(crate) fn load_certified_key(
         }
     }
     if let Some(ocsp) = &files.ocsp {
-        let response =
-            std::fs::read(ocsp).map_err(|e| TlsConfigError::file(ocsp, format!("cannot read it: {e}")))?;
-        if response.is_empty() {
+        let response = std::fs::read(ocsp)
+            .map_err(|e| TlsConfigError::file(ocsp, format!("cannot read it: {e}")).at("ocsp"))?;
+        if !der::is_one_sequence(&response) {
             return Err(TlsConfigError::file(
                 ocsp,
-                "is empty (a DER OCSP response is expected)",
-            ));
+                "is not a DER OCSP response (`openssl ocsp ... -respout FILE` writes one)",
+            )
+            .at("ocsp"));
         }
         certified.ocsp = Some(response);
     }

@@ -69,6 +69,11 @@ fn tbs(cert_der: &[u8]) -> Option<Tbs<'_>> {
     Some(Tbs { validity, subject })
 }
 
+/// Whether `bytes` are exactly one DER SEQUENCE (an OCSP response is one).
+pub(crate) fn is_one_sequence(bytes: &[u8]) -> bool {
+    matches!(element(bytes), Some((SEQUENCE, _, rest)) if rest.is_empty())
+}
+
 /// When the certificate stops being valid, in seconds since the Unix epoch.
 pub(crate) fn not_after(cert_der: &[u8]) -> Option<i64> {
     let validity = tbs(cert_der)?.validity;

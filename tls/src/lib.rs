@@ -52,8 +52,11 @@ impl TlsVersion {
 pub struct TlsConfigError {
     /// The file at fault, if a file is.
     pub file: Option<String>,
-    /// The setting at fault when no file is.
+    /// The setting at fault (`cert`, `key`, `ocsp`, `min_version`...), or
+    /// empty when only the file says.
     pub key: &'static str,
+    /// Which of a listener's `certs` it is about, when it is one of them.
+    pub cert: Option<usize>,
     /// Why.
     pub reason: Cow<'static, str>,
 }
@@ -63,6 +66,7 @@ impl TlsConfigError {
         Self {
             file: None,
             key,
+            cert: None,
             reason: reason.into(),
         }
     }
@@ -71,8 +75,35 @@ impl TlsConfigError {
         Self {
             file: Some(path.display().to_string()),
             key: "",
+            cert: None,
             reason: reason.into(),
         }
+    }
+
+    /// The same error, about the setting `key`.
+    fn at(mut self, key: &'static str) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The same error, about the listener's certificate `index`.
+    fn in_cert(mut self, index: usize) -> Self {
+        self.cert = Some(index);
+        self
+    }
+}
+
+/// A PEM reading error in words (the library's own names its markers as
+/// byte arrays).
+fn pem_error_text(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => "a PEM section has no END line (is the file cut short?)".to_owned(),
+        E::IllegalSectionStart { .. } => "a PEM section's BEGIN line is malformed".to_owned(),
+        E::Base64Decode(_) => "a PEM section's base64 does not decode".to_owned(),
+        E::Io(e) => format!("cannot read it: {e}"),
+        E::NoItemsFound => "holds no PEM section of the expected kind".to_owned(),
+        other => other.to_string(),
     }
 }
 

@@ -280,10 +280,14 @@ impl Validator {
         upstreams: &HashMap<&str, usize>,
         at: &KeyPath,
     ) -> Option<ListenerMode> {
-        if l.routes.is_empty() {
+        let redirects = matches!(
+            l.redirect_https,
+            Some(super::tls::RedirectValue::On(true) | super::tls::RedirectValue::Port(_))
+        );
+        if l.routes.is_empty() && !redirects {
             self.problem(
                 at.key("route"),
-                "a reverse listener needs at least one [[listener.route]]",
+                "a reverse listener needs at least one [[listener.route]] (or redirect_https, which answers every request)",
             );
             return None;
         }

@@ -31,14 +31,37 @@ pub(crate) struct CertSection {
 }
 
 /// `tls = true`, or a table of settings.
-#[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "true, false, or a table such as { sni = \"app.internal\", ca = \"ca.pem\" }"
-)]
+#[derive(Debug)]
 pub(crate) enum UpstreamTlsValue {
     On(bool),
     Settings(UpstreamTlsSection),
+}
+
+/// By hand rather than `untagged`: a table's own errors (an unknown key)
+/// reach the user instead of one message for any mistake.
+impl<'de> Deserialize<'de> for UpstreamTlsValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamTlsValue;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a table such as { sni = \"app.internal\", ca = \"ca.pem\" }")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(UpstreamTlsValue::On(v))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                UpstreamTlsSection::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(UpstreamTlsValue::Settings)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,20 +102,25 @@ impl Validator {
         self.base.join(name)
     }
 
-    /// Reports `error` at the key whose file it names, or at `fallback`.
+    /// Reports `error` at the key it is about: a listener's `certs[i].key`
+    /// when it says which, else the key whose file it names, else
+    /// `fallback` (or its `key`).
     fn tls_problem(&mut self, error: TlsConfigError, files: &[(KeyPath, PathBuf)], fallback: KeyPath) {
-        let at = error
-            .file
-            .as_deref()
-            .and_then(|file| files.iter().find(|(_, p)| p.display().to_string() == file))
-            .map(|(at, _)| at.clone())
-            .unwrap_or_else(|| {
-                if error.key.is_empty() {
-                    fallback.clone()
-                } else {
-                    fallback.key(error.key)
-                }
-            });
+        let at = match (error.cert, error.key) {
+            (Some(index), key) if !key.is_empty() => fallback.key("certs").index(index).key(key),
+            _ => error
+                .file
+                .as_deref()
+                .and_then(|file| files.iter().find(|(_, p)| p.display().to_string() == file))
+                .map(|(at, _)| at.clone())
+                .unwrap_or_else(|| {
+                    if error.key.is_empty() {
+                        fallback.clone()
+                    } else {
+                        fallback.key(error.key)
+                    }
+                }),
+        };
         self.problem(at, error.to_string());
     }
 
@@ -102,6 +130,7 @@ impl Validator {
         let mut settings = ServerTlsSettings::default();
         let mut files = Vec::new();
         let certs_at = at.key("certs");
+        let mut seen_sni: Vec<(String, usize)> = Vec::new();
         match section.certs.as_deref() {
             None | Some([]) => {
                 self.problem(
@@ -120,13 +149,27 @@ impl Validator {
                     let sni: Vec<String> = c.sni.as_ref().map(|s| s.items().to_vec()).unwrap_or_default();
                     for (j, name) in sni.iter().enumerate() {
                         let bare = name.strip_prefix("*.").unwrap_or(name).trim_end_matches('.');
-                        if ringway_tls::rustls_pki_types::DnsName::try_from(bare.to_ascii_lowercase())
+                        let lower = name.trim_end_matches('.').to_ascii_lowercase();
+                        let problem = if bare.parse::<std::net::IpAddr>().is_ok() {
+                            Some(format!(
+                                "{name:?} is an address: clients send only DNS names as SNI (a certificate for an address is the default one)"
+                            ))
+                        } else if ringway_tls::rustls_pki_types::DnsName::try_from(bare.to_ascii_lowercase())
                             .is_err()
                         {
-                            self.problem(
-                                cat.key("sni").index(j),
-                                format!("{name:?} is not a server name (`*.` may only begin one)"),
-                            );
+                            Some(format!(
+                                "{name:?} is not a DNS name (a wildcard is \"*.\" before one, as in \"*.example.com\")"
+                            ))
+                        } else if let Some((_, other)) = seen_sni.iter().find(|(n, _)| *n == lower) {
+                            Some(format!(
+                                "{name:?} is already a name of certs[{other}]: which certificate it gets would be a guess"
+                            ))
+                        } else {
+                            seen_sni.push((lower, i));
+                            None
+                        };
+                        if let Some(problem) = problem {
+                            self.problem(cat.key("sni").index(j), problem);
                         }
                     }
                     let files_of = CertFiles {
@@ -145,7 +188,17 @@ impl Validator {
             }
         }
         settings.min_version = self.tls_version(at.key("min_version"), section.min_version.as_deref());
+        if settings.certs.is_empty() {
+            // Each entry's problem is reported already.
+            return None;
+        }
         if let Some(alpn) = &section.alpn {
+            if !alpn.iter().any(|p| p == "http/1.1") {
+                self.problem(
+                    at.key("alpn"),
+                    "alpn must offer \"http/1.1\": clients that speak it (all of them) would be refused",
+                );
+            }
             for (i, p) in alpn.iter().enumerate() {
                 if p != "http/1.1" && p != "http/1.0" {
                     self.problem(
@@ -175,7 +228,8 @@ impl Validator {
         }
         match Acceptor::new(&settings) {
             Ok(acceptor) => {
-                self.warnings.extend(acceptor.store().warnings().iter().cloned());
+                let warnings = acceptor.store().warnings().iter().map(|w| format!("{at}: {w}"));
+                self.warnings.extend(warnings);
                 Some(acceptor)
             }
             Err(e) => {
