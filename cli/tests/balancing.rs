@@ -70,7 +70,10 @@ fn a_killed_server_costs_no_client_error_and_a_recovered_one_gets_traffic_again(
     // The prober sees it down; then it comes back on the same address.
     drop(b);
     let b = named_on(b_addr, "b");
-    let back = eventually(Duration::from_secs(10), || {
+    // Passive health took it out for its first backoff (10 s by default)
+    // while it was down: it is back once that ends and its checks pass, so
+    // the wait is longer than the backoff, not equal to it (a race).
+    let back = eventually(Duration::from_secs(30), || {
         let mut client = TestClient::connect(addr);
         (0..6).any(|_| get(&mut client, "/", None).text() == "b")
     });

@@ -1009,3 +1009,42 @@ fn bodies_delimited_by_the_close_end_with_close_notify_and_a_cut_one_is_not_pass
         running.wait();
     }
 }
+
+#[test]
+fn http_health_checks_of_a_tls_upstream_speak_tls_and_take_out_a_server_that_fails_verification() {
+    let ca = Ca::new("health");
+    let good_leaf = ca.leaf("health-good", &["app.internal"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let stranger = Ca::new("health-stranger");
+    let bad_leaf = stranger.leaf("health-bad", &["app.internal"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let good = TlsOrigin::start(&good_leaf);
+    let bad = TlsOrigin::start(&bad_leaf);
+    let running = start(&format!(
+        "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+         [[listener.route]]\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{}\"]\nretries = 0\n\
+         tls = {{ sni = \"app.internal\", ca = \"{}\" }}\n\
+         health = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }}\n",
+        good.addr,
+        bad.addr,
+        ca.pem.display()
+    ));
+    // The server whose certificate does not verify fails its checks and
+    // leaves; the one that verifies passes them over TLS and stays (a
+    // plain HTTP check would fail both, and the group would fail open).
+    let addr = running.local_addrs()[0];
+    let settled = ringway_tests::eventually(Duration::from_secs(10), || {
+        let mut client = ringway_tests::TestClient::connect(addr);
+        (0..6).all(|_| client.get("/").status == 200)
+    });
+    assert!(
+        settled,
+        "requests still went to the server that fails verification"
+    );
+    let mut client = ringway_tests::TestClient::connect(addr);
+    for _ in 0..10 {
+        assert_eq!(client.get("/").status, 200);
+    }
+    running.shutdown();
+    running.wait();
+}

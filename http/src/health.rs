@@ -5,7 +5,9 @@
 //!
 //! A probe is a TCP connect, or an HTTP/1.1 `GET` of the check's path
 //! (`Connection: close`) whose status must fall in the expected range, each
-//! within the check's timeout. `healthy` passes in a row bring a server
+//! within the check's timeout. For an upstream reached over TLS the GET
+//! goes over TLS too, verified as the upstream's requests are (a server
+//! whose certificate fails is down). `healthy` passes in a row bring a server
 //! back, `unhealthy` failures in a row take it out; every change is logged
 //! with the group and the server. Servers start up, as HAProxy's do: a
 //! server that is down at start leaves after its first `unhealthy` checks.
@@ -32,7 +34,7 @@ use std::{
 };
 
 use monoio::{
-    io::{AsyncReadRent, AsyncWriteRentExt},
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
     net::TcpStream,
 };
 use ringway_balancer::{CheckCounter, ServerSpec, Transition, UpstreamGroup};
@@ -67,6 +69,9 @@ pub struct HealthCheck {
     pub healthy: u32,
     /// Failures in a row that take a server down.
     pub unhealthy: u32,
+    /// TLS to the servers, when the upstream speaks TLS (an HTTP probe
+    /// then runs over it; a TCP probe stays a TCP connect).
+    pub tls: Option<ringway_tls::Connector>,
 }
 
 /// The running prober; dropping it stops the probes and joins its thread.
@@ -195,7 +200,7 @@ async fn probe_server(
     loop {
         // The server's address now: a name may have moved it.
         let addr = group.health.addr(peer);
-        let probe = probe_once(&check.probe, addr, &group.servers[peer]);
+        let probe = probe_once(&check, addr, &group.servers[peer]);
         let result = match monoio::time::timeout(check.timeout, probe).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {:?}", check.timeout)),
@@ -284,16 +289,38 @@ async fn follow_name(group: Arc<UpstreamGroup>, peer: usize, resolver: Rc<Resolv
 }
 
 /// One probe of `server` at `addr`: `Ok` when it passes, else why not.
-async fn probe_once(probe: &Probe, addr: SocketAddr, server: &ServerSpec) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
+async fn probe_once(check: &HealthCheck, addr: SocketAddr, server: &ServerSpec) -> Result<(), String> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let Probe::Http { path, host, expect } = probe else {
+    let Probe::Http { path, host, expect } = &check.probe else {
         return Ok(());
     };
+    match &check.tls {
+        None => http_probe(stream, path, host.as_deref(), expect, addr, server).await,
+        Some(connector) => {
+            let name = connector.server_name(server.host.as_deref(), addr.ip());
+            let stream = connector
+                .connect(stream, name)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            http_probe(stream, path, host.as_deref(), expect, addr, server).await
+        }
+    }
+}
+
+/// The HTTP part of a probe, over a plain or a TLS stream.
+async fn http_probe<S: AsyncReadRent + AsyncWriteRent>(
+    mut stream: S,
+    path: &str,
+    host: Option<&str>,
+    expect: &RangeInclusive<u16>,
+    addr: SocketAddr,
+    server: &ServerSpec,
+) -> Result<(), String> {
     // The Host a server given by name expects is its name.
     let host = match (host, &server.host) {
-        (Some(host), _) => host.clone(),
+        (Some(host), _) => host.to_owned(),
         (None, Some(_)) => server.identity(),
         (None, None) => addr.to_string(),
     };

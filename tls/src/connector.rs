@@ -53,6 +53,7 @@ pub struct ClientTlsSettings {
 }
 
 /// Opens TLS sessions to one upstream's servers; shared by the workers.
+/// Two connectors are equal when their settings are.
 #[derive(Debug, Clone)]
 pub struct Connector {
     config: Arc<ClientConfig>,
@@ -139,6 +140,14 @@ impl Connector {
         Ok(stream)
     }
 }
+
+impl PartialEq for Connector {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+    }
+}
+
+impl Eq for Connector {}
 
 fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
     let mut roots = RootCertStore::empty();

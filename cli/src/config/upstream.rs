@@ -168,13 +168,9 @@ impl Validator {
                 .as_ref()
                 .and_then(|t| self.upstream_tls(t, &name, &at.key("tls")));
             if let Some(health) = &up.health {
-                if let Some(check) = self.health(health, &at.key("health")) {
-                    if connector.is_some() && !matches!(check.probe, Probe::Tcp) {
-                        self.problem(
-                            at.key("health").key("path"),
-                            "the HTTP check does not speak TLS yet: use tcp = true for a TLS upstream",
-                        );
-                    }
+                if let Some(mut check) = self.health(health, &at.key("health")) {
+                    // An HTTP check of a TLS upstream speaks TLS as its requests do.
+                    check.tls = connector.clone();
                     checks.push((groups.len(), check));
                 }
             }
@@ -487,6 +483,7 @@ impl Validator {
             timeout,
             healthy,
             unhealthy,
+            tls: None,
         })
     }
 }
