@@ -1024,14 +1024,17 @@ fn http_health_checks_of_a_tls_upstream_speak_tls_and_take_out_a_server_that_fai
          [[listener.route]]\nupstream = \"app\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{}\"]\nretries = 0\n\
          tls = {{ sni = \"app.internal\", ca = \"{}\" }}\n\
-         health = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }}\n",
+         health = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }}\n\
+         passive = {{ failures = 0 }}\n",
         good.addr,
         bad.addr,
         ca.pem.display()
     ));
     // The server whose certificate does not verify fails its checks and
     // leaves; the one that verifies passes them over TLS and stays (a
-    // plain HTTP check would fail both, and the group would fail open).
+    // plain HTTP check would fail both, and the group would fail open; a
+    // check that did not verify would keep both). Passive health is off,
+    // so only the active checks can take a server out.
     let addr = running.local_addrs()[0];
     let settled = ringway_tests::eventually(Duration::from_secs(10), || {
         let mut client = ringway_tests::TestClient::connect(addr);

@@ -26,23 +26,20 @@ use crate::{
 /// A 308 to the request's URL over HTTPS at `port` (308, not 301: the
 /// method and body stay what they were).
 fn redirect_https(req: &RequestHead, port: u16) -> LocalReply {
-    let Some(host) = req
-        .host()
+    let (path, authority) = crate::write::origin_form(req.target());
+    let path = std::str::from_utf8(path).unwrap_or("/");
+    // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+    let host = authority
+        .or(req.host())
         .and_then(|h| std::str::from_utf8(h).ok())
-        .filter(|h| !h.is_empty())
-    else {
+        .filter(|h| !h.is_empty());
+    let Some(host) = host else {
         return LocalReply::new(
             400,
             "text/plain; charset=utf-8",
             "400 Bad Request: no Host to redirect to\n",
         );
     };
-    let (path, authority) = crate::write::origin_form(req.target());
-    let path = std::str::from_utf8(path).unwrap_or("/");
-    // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
-    let host = authority
-        .and_then(|a| std::str::from_utf8(a).ok())
-        .unwrap_or(host);
     // The host without its port: an IPv6 literal keeps its brackets.
     let name = match host.rfind(':') {
         Some(colon) if !host[colon..].contains(']') => &host[..colon],

@@ -304,7 +304,11 @@ async fn probe_once(check: &HealthCheck, addr: SocketAddr, server: &ServerSpec) 
                 .connect(stream, name)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            http_probe(stream, path, host.as_deref(), expect, addr, server).await
+            // The name the session is for is the Host a server that checks
+            // them against each other expects (unless the check sets one).
+            let sni = connector.sni();
+            let host = host.as_deref().or(sni.as_deref());
+            http_probe(stream, path, host, expect, addr, server).await
         }
     }
 }

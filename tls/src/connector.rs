@@ -109,6 +109,11 @@ impl Connector {
         self.insecure
     }
 
+    /// The name configured as `sni`, if any.
+    pub fn sni(&self) -> Option<String> {
+        self.sni.as_ref().map(|name| name.to_str().into_owned())
+    }
+
     /// A number that differs between connectors with different settings:
     /// part of the key under which their connections are pooled.
     pub fn identity(&self) -> u64 {
@@ -161,7 +166,7 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
             )),
         },
     };
-    let (added, _ignored) = roots.add_parsable_certificates(load_chain(path)?);
+    let (added, _ignored) = roots.add_parsable_certificates(load_chain(path).map_err(|e| e.at("ca"))?);
     if added == 0 {
         return Err(TlsConfigError::file(path, "holds no usable CA certificate"));
     }

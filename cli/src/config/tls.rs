@@ -188,12 +188,13 @@ impl Validator {
             }
         }
         settings.min_version = self.tls_version(at.key("min_version"), section.min_version.as_deref());
-        if settings.certs.is_empty() {
-            // Each entry's problem is reported already.
+        if settings.certs.len() != section.certs.as_deref().map_or(0, <[_]>::len) {
+            // An entry's problem is reported already; loading the others
+            // would number their errors after the missing one.
             return None;
         }
         if let Some(alpn) = &section.alpn {
-            if !alpn.iter().any(|p| p == "http/1.1") {
+            if !alpn.is_empty() && !alpn.iter().any(|p| p == "http/1.1") {
                 self.problem(
                     at.key("alpn"),
                     "alpn must offer \"http/1.1\": clients that speak it (all of them) would be refused",
