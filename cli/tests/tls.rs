@@ -29,7 +29,7 @@ use rustls::{
 };
 
 mod common;
-use common::temp_file;
+use common::{temp_file, Running};
 
 const DRIVERS: [&str; 2] = ["legacy", "io_uring"];
 
@@ -1050,4 +1050,46 @@ fn http_health_checks_of_a_tls_upstream_speak_tls_and_take_out_a_server_that_fai
     }
     running.shutdown();
     running.wait();
+}
+
+#[test]
+fn the_access_log_names_the_sni_and_the_verified_client_certificate() {
+    let ca = Ca::new("log");
+    let site = ca.leaf("log-site", &["site.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let clients = Ca::new("log-clients");
+    let alice = clients.leaf("log-alice", &["alice.client"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let origin = Origin::start(|_| Reply::ok("hello"));
+    let config = temp_file(
+        "log.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n[log]\naccess_log = true\n\n\
+             [[listener]]\nname = \"https\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [listener.tls]\ncerts = [{}]\nclient_ca = \"{}\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+            cert_entry(&site, &[]),
+            clients.pem.display(),
+            origin.addr()
+        ),
+    );
+    let running = Running::start(&["run", "--config", &config.display().to_string()]);
+    let port = running.addr.port();
+    let (code, out) = curl(&[
+        "--cacert",
+        &ca.pem.display().to_string(),
+        "--cert",
+        &alice.cert.display().to_string(),
+        "--key",
+        &alice.key.display().to_string(),
+        "--resolve",
+        &format!("site.test:{port}:127.0.0.1"),
+        &format!("https://site.test:{port}/"),
+    ]);
+    assert_eq!((code, out.as_str()), (0, "hello"));
+    let line = running.wait_for_log("status=200");
+    assert!(
+        line.contains("sni=\"site.test\"") || line.contains("sni=site.test"),
+        "{line}"
+    );
+    assert!(line.contains("CN=alice.client"), "{line}");
 }

@@ -64,6 +64,17 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// Whether it ended an attempt while connecting (the TCP connect or
+    /// the TLS handshake): no byte of a request reached the server.
+    pub fn is_connecting(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectFailed | Self::ConnectTimeout | Self::TlsHandshake
+        )
+    }
+}
+
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -11,6 +11,7 @@
 
 pub mod dns;
 mod error;
+pub mod free_list;
 mod listener;
 mod per_ip;
 pub mod rlimit;
@@ -20,6 +21,7 @@ pub mod socket;
 mod worker;
 
 pub use error::{Error, ErrorKind, OrErr, Result, Side};
+pub use free_list::FreeList;
 pub use listener::{ListenerSpec, OwnAddresses};
 pub use per_ip::PerIpConnections;
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};

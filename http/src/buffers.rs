@@ -1,5 +1,5 @@
-//! Per-worker free lists of read buffers, and the free list type the
-//! engine keeps its connection slots in.
+//! Per-worker free lists of read buffers (in core's [`FreeList`], which
+//! the engine keeps its connection slots and exchange blocks in too).
 //!
 //! A connection holds buffers only while it is busy: an upstream
 //! connection idle in the pool gives its read buffer back here (a client
@@ -18,57 +18,7 @@ use std::{cell::RefCell, thread::LocalKey};
 
 use bytes::BytesMut;
 
-/// Buffers kept per worker and kind; more are freed.
-const MAX_KEPT: usize = 1024;
-
-/// Buffers a list keeps however long they go unused.
-const MIN_KEPT: usize = 16;
-
-/// A free list, and the fewest buffers it held since it was last trimmed:
-/// that many were never needed. It keeps at most `MAX_KEPT`.
-pub(crate) struct FreeList<B> {
-    buffers: Vec<B>,
-    low: usize,
-}
-
-impl<B> FreeList<B> {
-    pub(crate) const fn new() -> Self {
-        Self {
-            buffers: Vec::new(),
-            low: 0,
-        }
-    }
-
-    /// How many it holds.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.buffers.len()
-    }
-
-    pub(crate) fn pop(&mut self) -> Option<B> {
-        let buf = self.buffers.pop();
-        self.low = self.low.min(self.buffers.len());
-        buf
-    }
-
-    /// Keeps `buf` unless the list is full (then it is dropped).
-    pub(crate) fn push(&mut self, buf: B) {
-        if self.buffers.len() < MAX_KEPT {
-            self.buffers.push(buf);
-        }
-    }
-
-    /// Frees the buffers that went unused since the last trim, down to
-    /// `MIN_KEPT`; returns how many.
-    pub(crate) fn trim(&mut self) -> usize {
-        let unused = self.low.min(self.buffers.len().saturating_sub(MIN_KEPT));
-        let keep = self.buffers.len() - unused;
-        self.buffers.truncate(keep);
-        self.buffers.shrink_to(keep.max(MIN_KEPT));
-        self.low = self.buffers.len();
-        unused
-    }
-}
+pub(crate) use ringway_core::FreeList;
 
 thread_local! {
     static READ_BUFFERS: RefCell<FreeList<BytesMut>> = const { RefCell::new(FreeList::new()) };
@@ -150,7 +100,7 @@ mod tests {
         for b in flood {
             give_read(b, 4096);
         }
-        let kept = || READ_BUFFERS.with(|l| l.borrow().buffers.len());
+        let kept = || READ_BUFFERS.with(|l| l.borrow().len());
         release_unused();
         let after_flood = kept();
         assert!(
@@ -161,7 +111,8 @@ mod tests {
         let b = take_read(4096);
         give_read(b, 4096);
         release_unused();
-        assert!(kept() <= MIN_KEPT + 1, "{}", kept());
-        assert!(kept() >= MIN_KEPT);
+        let floor = ringway_core::free_list::MIN_KEPT;
+        assert!(kept() <= floor + 1, "{}", kept());
+        assert!(kept() >= floor);
     }
 }

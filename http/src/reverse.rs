@@ -463,9 +463,7 @@ impl ProxyHooks for ReverseHandler {
             }
             AttemptResult::Failed(error) => {
                 let wanted = match error.kind() {
-                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake => {
-                        on.connect
-                    }
+                    kind if kind.is_connecting() => on.connect,
                     ErrorKind::ReadTimeout | ErrorKind::WriteTimeout => on.timeout,
                     ErrorKind::ConnectionReset | ErrorKind::ConnectionClosed | ErrorKind::Io => on.reset,
                     _ => false,

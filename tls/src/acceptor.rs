@@ -12,7 +12,7 @@ use rustls::{
 };
 
 use crate::{
-    certs::{load_chain, CertFiles, CertStore},
+    certs::{load_roots, CertFiles, CertStore},
     crypto, der, TlsConfigError, TlsStream, TlsVersion,
 };
 
@@ -98,12 +98,7 @@ impl Acceptor {
         let builder = match &settings.client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in load_chain(path)? {
-                    roots.add(cert).map_err(|e| {
-                        TlsConfigError::file(path, format!("not a usable CA certificate: {e}"))
-                    })?;
-                }
+                let roots = load_roots(path, "client_ca")?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                         .build()

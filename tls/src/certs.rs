@@ -224,6 +224,18 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfig
     Ok(chain)
 }
 
+/// Reads a PEM bundle of trusted CA certificates (`key` names the setting
+/// in errors). Certificates webpki cannot use are skipped, as a host's
+/// bundle may hold some; a file with none it can use is an error.
+pub fn load_roots(path: &Path, key: &'static str) -> Result<rustls::RootCertStore, TlsConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _skipped) = roots.add_parsable_certificates(load_chain(path).map_err(|e| e.at(key))?);
+    if added == 0 {
+        return Err(TlsConfigError::file(path, "holds no usable CA certificate").at(key));
+    }
+    Ok(roots)
+}
+
 /// Reads a PEM private key.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| {

@@ -23,7 +23,7 @@ use rustls::{
 };
 
 use crate::{
-    certs::{load_chain, load_key},
+    certs::{load_chain, load_key, load_roots},
     crypto, TlsConfigError, TlsStream, TlsVersion,
 };
 
@@ -155,7 +155,6 @@ impl PartialEq for Connector {
 impl Eq for Connector {}
 
 fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
-    let mut roots = RootCertStore::empty();
     let path = match ca {
         Some(path) => path,
         None => match SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.exists()) {
@@ -166,11 +165,7 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {
             )),
         },
     };
-    let (added, _ignored) = roots.add_parsable_certificates(load_chain(path).map_err(|e| e.at("ca"))?);
-    if added == 0 {
-        return Err(TlsConfigError::file(path, "holds no usable CA certificate"));
-    }
-    Ok(roots)
+    load_roots(path, "ca")
 }
 
 /// `insecure_skip_verify`: takes any certificate, still checks that the

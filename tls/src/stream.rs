@@ -24,6 +24,7 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Split, Splitable},
     BufResult,
 };
+use ringway_core::FreeList;
 use rustls::{ConnectionCommon, SideData};
 
 use crate::rawbuf;
@@ -39,79 +40,40 @@ const FIRST_WRITE_BUFFER: usize = 4096;
 /// plaintext and its records' overhead fit).
 const KEEP_WRITE_BUFFER: usize = 66 * 1024;
 
-/// Idle connections give their ciphertext buffers back to their thread
-/// (each worker is one thread) and busy ones take them from here: a
-/// keep-alive request then costs no allocation for them. At most this
-/// many of each kind are kept, and [`release_unused_buffers`] frees those
-/// no connection took for a while.
-const FREE_BUFFERS: usize = 64;
-
-/// A thread's spare buffers, and the fewest it held since the last trim.
-struct FreeList {
-    buffers: Vec<Vec<u8>>,
-    low: usize,
-}
-
-impl FreeList {
-    const fn new() -> Self {
-        Self {
-            buffers: Vec::new(),
-            low: 0,
-        }
-    }
-}
-
+// Idle connections give their ciphertext buffers back to their thread
+// (each worker is one thread) and busy ones take them from here: a
+// keep-alive request then costs no allocation for them. The lists are
+// core's `FreeList`s, trimmed by `release_unused_buffers`.
 thread_local! {
-    static FREE_READ: RefCell<FreeList> = const { RefCell::new(FreeList::new()) };
-    static FREE_WRITE: RefCell<FreeList> = const { RefCell::new(FreeList::new()) };
+    static FREE_READ: RefCell<FreeList<Vec<u8>>> = const { RefCell::new(FreeList::new()) };
+    static FREE_WRITE: RefCell<FreeList<Vec<u8>>> = const { RefCell::new(FreeList::new()) };
 }
 
-type FreeKey = std::thread::LocalKey<RefCell<FreeList>>;
+type FreeKey = std::thread::LocalKey<RefCell<FreeList<Vec<u8>>>>;
 
 /// An empty buffer of at least `capacity`, from the thread's free list.
 fn take_buffer(list: &'static FreeKey, capacity: usize) -> Vec<u8> {
-    let found = list
-        .try_with(|l| {
-            let mut l = l.borrow_mut();
-            let buf = l.buffers.pop();
-            l.low = l.low.min(l.buffers.len());
-            buf
-        })
-        .ok()
-        .flatten();
+    let found = list.try_with(|l| l.borrow_mut().pop()).ok().flatten();
     found
         .filter(|b| b.capacity() >= capacity)
         .unwrap_or_else(|| Vec::with_capacity(capacity))
 }
 
-/// Keeps `buf` for another connection of this thread, if there is room
-/// and it is no larger than `max_capacity`.
+/// Keeps `buf` for another connection of this thread, if it is no larger
+/// than `max_capacity`.
 fn give_buffer(list: &'static FreeKey, mut buf: Vec<u8>, max_capacity: usize) {
     if buf.capacity() == 0 || buf.capacity() > max_capacity {
         return;
     }
     buf.clear();
-    let _ = list.try_with(|l| {
-        let mut l = l.borrow_mut();
-        if l.buffers.len() < FREE_BUFFERS {
-            l.buffers.push(buf);
-        }
-    });
+    let _ = list.try_with(|l| l.borrow_mut().push(buf));
 }
 
 /// Frees the spare ciphertext buffers of this thread that no connection
 /// took since the last call (after a burst they would stay); returns
 /// whether any were freed. Meant to run about once a second per worker.
 pub fn release_unused_buffers() -> bool {
-    let trim = |l: &RefCell<FreeList>| {
-        let mut l = l.borrow_mut();
-        let unused = l.low.min(l.buffers.len());
-        let keep = l.buffers.len() - unused;
-        l.buffers.truncate(keep);
-        l.buffers.shrink_to_fit();
-        l.low = l.buffers.len();
-        unused > 0
-    };
+    let trim = |l: &RefCell<FreeList<Vec<u8>>>| l.borrow_mut().trim() > 0;
     let read = FREE_READ.try_with(trim).unwrap_or(false);
     let write = FREE_WRITE.try_with(trim).unwrap_or(false);
     read || write

@@ -164,10 +164,7 @@ impl<H: ProxyHooks> Engine<H> {
             let result = AttemptResult::Failed(&failed);
             // A connection that was never made carried nothing of the
             // request (a reconnect after a stale pooled connection).
-            let sent = !matches!(
-                failed.kind(),
-                ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::TlsHandshake
-            );
+            let sent = !failed.kind().is_connecting();
             let replayable = progress.replayable();
             match self.after_attempt(&st.req, peer.as_ref(), result, sent, replayable, conn, cx) {
                 Some(next) => peer = Some(next),
