@@ -40,8 +40,10 @@ pub struct HeadEdits {
     removed: Vec<u8>,
     /// The lines to add, each `Name: value\r\n`.
     added: Vec<u8>,
-    /// A new request target.
-    target: Option<Vec<u8>>,
+    /// A new request target (kept, with its memory, when cleared).
+    target: Vec<u8>,
+    /// Whether `target` replaces the head's.
+    has_target: bool,
 }
 
 const FRAMING: [&[u8]; 7] = [
@@ -67,8 +69,7 @@ fn check_name(name: &str) -> Result<(), EditError> {
     if !is_token(name) {
         return Err(EditError::BadName);
     }
-    let lower = name.to_ascii_lowercase();
-    if FRAMING.contains(&lower.as_bytes()) {
+    if FRAMING.iter().any(|f| f.eq_ignore_ascii_case(name.as_bytes())) {
         return Err(EditError::Framing);
     }
     Ok(())
@@ -86,7 +87,8 @@ impl HeadEdits {
     pub const EMPTY: HeadEdits = HeadEdits {
         removed: Vec::new(),
         added: Vec::new(),
-        target: None,
+        target: Vec::new(),
+        has_target: false,
     };
 
     /// No edits.
@@ -97,14 +99,14 @@ impl HeadEdits {
     /// Whether there is nothing to apply.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.added.is_empty() && self.target.is_none()
+        self.removed.is_empty() && self.added.is_empty() && !self.has_target
     }
 
     /// Forgets every edit, keeping the memory for the next head.
     pub fn clear(&mut self) {
         self.removed.clear();
         self.added.clear();
-        self.target = None;
+        self.has_target = false;
     }
 
     /// Drops every line of field `name` from the head.
@@ -126,6 +128,24 @@ impl HeadEdits {
         Ok(())
     }
 
+    /// Adds a line `name: VALUE` where `value` writes VALUE into the
+    /// edits' own buffer (no copy, no allocation once it has grown). A
+    /// value with CR, LF or NUL is taken back.
+    pub fn append_with(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) -> Result<(), EditError> {
+        check_name(name)?;
+        let start = self.added.len();
+        self.added.extend_from_slice(name.as_bytes());
+        self.added.extend_from_slice(b": ");
+        let at = self.added.len();
+        value(&mut self.added);
+        if let Err(e) = check_value(&self.added[at..]) {
+            self.added.truncate(start);
+            return Err(e);
+        }
+        self.added.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
     /// Replaces every line of field `name` with one `name: value`.
     pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
         check_value(value)?;
@@ -139,13 +159,15 @@ impl HeadEdits {
         if target.first() != Some(&b'/') || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
             return Err(EditError::BadValue);
         }
-        self.target = Some(target.to_vec());
+        self.target.clear();
+        self.target.extend_from_slice(target);
+        self.has_target = true;
         Ok(())
     }
 
     /// The replaced target, if any.
     pub(crate) fn target(&self) -> Option<&[u8]> {
-        self.target.as_deref()
+        self.has_target.then_some(&self.target[..])
     }
 
     /// Whether the head's field `name` is dropped.

@@ -212,7 +212,7 @@ mod tests {
             &s,
         )
         .unwrap();
-        assert_eq!((r.status, r.content_type), (200, "message/http"));
+        assert_eq!((r.status, &*r.content_type), (200, "message/http"));
         assert!(r.body.starts_with("TRACE /t HTTP/1.1\r\n"), "{}", r.body);
         assert!(r.body.contains("X-A: 1\r\n"));
         assert!(!r.body.contains("secret"), "credentials are not echoed");

@@ -32,9 +32,12 @@ mod hooks;
 mod io;
 mod l4;
 mod limits;
+pub mod matching;
 mod pool;
 mod recycle;
+pub mod rules;
 mod reply;
+mod request_id;
 mod reverse;
 mod splice;
 mod tls;
@@ -53,7 +56,8 @@ pub use limits::{
     DEFAULT_BUFFER_SIZE, MAX_HEADERS_CAP,
 };
 pub use pool::{PoolSettings, UpstreamPool};
-pub use reply::LocalReply;
+pub use reply::{reason_phrase, LocalReply, Text};
+pub use request_id::RequestId;
 pub use reverse::{ReverseCtx, ReverseHandler, RouteError, RouteField, RouteSpec, RouteTable};
 pub use splice::SpliceSocket;
 pub use tls::{PeerTls, TlsClient, UpstreamStream};

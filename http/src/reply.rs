@@ -2,9 +2,85 @@
 //! sends, and the one mapping from an [`Error`] to the status that answers
 //! it. The engine and the serialiser both use these; neither owns them.
 
-use std::borrow::Cow;
+use std::{fmt, ops::Deref, sync::Arc};
 
 use ringway_core::{Error, ErrorKind, Side};
+
+/// Text of a local answer: a constant, one made for this answer, or one
+/// shared from the configuration (an error page), so that sending a
+/// configured page copies no string.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Text {
+    /// A constant.
+    Static(&'static str),
+    /// Made for this answer.
+    Owned(String),
+    /// Shared from the configuration.
+    Shared(Arc<str>),
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Owned(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Self {
+        Text::Shared(s)
+    }
+}
+
+impl From<std::borrow::Cow<'static, str>> for Text {
+    fn from(s: std::borrow::Cow<'static, str>) -> Self {
+        match s {
+            std::borrow::Cow::Borrowed(s) => Text::Static(s),
+            std::borrow::Cow::Owned(s) => Text::Owned(s),
+        }
+    }
+}
 
 /// A response the handler gives itself instead of forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,31 +88,37 @@ pub struct LocalReply {
     /// Status code.
     pub status: u16,
     /// Content-Type of the body.
-    pub content_type: &'static str,
+    pub content_type: Text,
     /// Body.
-    pub body: Cow<'static, str>,
+    pub body: Text,
     /// Further header lines, each `Name: value\r\n`.
     pub headers: String,
+    /// Whether the body is the stock text for the status, which a
+    /// configured error page replaces.
+    pub stock: bool,
 }
 
 impl LocalReply {
     /// A reply with `status` and the standard short text body for it.
     pub fn status(status: u16) -> Self {
         let reason = reason_phrase(status);
-        Self::new(
+        let mut reply = Self::new(
             status,
             "text/plain; charset=utf-8",
             format!("{status} {reason}\n"),
-        )
+        );
+        reply.stock = true;
+        reply
     }
 
     /// A reply with `status`, a body and its content type.
-    pub fn new(status: u16, content_type: &'static str, body: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(status: u16, content_type: impl Into<Text>, body: impl Into<Text>) -> Self {
         Self {
             status,
-            content_type,
+            content_type: content_type.into(),
             body: body.into(),
             headers: String::new(),
+            stock: false,
         }
     }
 
@@ -78,21 +160,32 @@ pub(crate) fn status_for(error: &Error) -> Option<u16> {
 }
 
 /// The reason phrase ringway sends with `status`.
-pub(crate) fn reason_phrase(status: u16) -> &'static str {
+pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        410 => "Gone",
         413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
         421 => "Misdirected Request",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",

@@ -50,6 +50,7 @@ use crate::{
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
     recycle::Recycled,
+    request_id::RequestId,
     splice::SpliceSocket,
     tls::{copy_client_tunnel, UpstreamStream},
     tunnel::{splice_tunnel, TunnelBytes},
@@ -150,6 +151,9 @@ pub struct ClientInfo {
     /// What its TLS handshake established (server name asked for, client
     /// certificate), on a TLS listener.
     pub tls: Option<Rc<ringway_tls::TlsInfo>>,
+    /// The ID of the request being handled (`$request_id`); the engine
+    /// draws one for each request.
+    pub request_id: RequestId,
 }
 
 impl ClientInfo {
@@ -160,6 +164,7 @@ impl ClientInfo {
             local,
             now_ms: 0,
             tls: None,
+            request_id: RequestId::default(),
         }
     }
 }
@@ -287,6 +292,7 @@ impl<H: ProxyHooks> Engine<H> {
                 // connection holds none of it; in a block the worker
                 // recycles, not a new allocation per request.
                 client.now_ms = conn.clock_ms();
+                client.request_id = RequestId::next();
                 let exchange = Recycled::new_with(|| self.exchange(&mut io, st, &client, &conn));
                 let (outcome, status, upstream) = exchange.await;
                 conn.count_request();

@@ -391,6 +391,7 @@ impl<H: ProxyHooks> Engine<H> {
                 target = %loggable_target(req.target()),
                 upstream,
                 status,
+                request_id = %client.request_id,
                 "request failed: {error}"
             ),
         }
@@ -415,6 +416,7 @@ impl<H: ProxyHooks> Engine<H> {
             micros = started.elapsed().as_micros() as u64,
             sni = client.tls.as_ref().and_then(|t| t.sni.as_deref()),
             client_cert = client.tls.as_ref().and_then(|t| t.client_subject.as_deref()),
+            request_id = %client.request_id,
         );
     }
 }

@@ -12,83 +12,18 @@
 //! Matching allocates nothing.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
     sync::Arc,
 };
 
+pub use crate::matching::IpNet;
+use crate::matching::canonical_target;
+
 use super::{
     domains::DomainSet,
     host::{Destination, Host},
 };
-
-/// An IP network in CIDR notation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    /// Whether `ip` is in the network (IPv4-mapped IPv6 counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-
-    /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a single host).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid network {s:?}: expected CIDR like 10.0.0.0/8"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
-        };
-        let mapped = addr.is_ipv6() && addr.to_canonical().is_ipv4();
-        if mapped && prefix < 96 {
-            // ::ffff:a.b.c.d/64 would quietly become an IPv4 /0.
-            return Err(format!(
-                "invalid network {s:?}: an IPv4-mapped network needs a prefix of at least 96"
-            ));
-        }
-        Ok(IpNet {
-            addr: addr.to_canonical(),
-            prefix: if mapped { prefix - 96 } else { prefix },
-        })
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// Whether a destination address is one a forward proxy must not reach by
 /// default: loopback, private (RFC 1918), link-local (cloud metadata at
@@ -484,53 +419,7 @@ pub(crate) fn canonical_url(out: &mut Vec<u8>, dest: &Destination, target: &[u8]
     if dest.port != 80 {
         let _ = write!(out, ":{}", dest.port);
     }
-    let query_at = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
-    let (path, query) = target.split_at(query_at);
-    let path = path.strip_prefix(b"/").unwrap_or(path);
-    let base = out.len();
-    let mut ends_in_dot = false;
-    for segment in path.split(|&b| b == b'/') {
-        let start = out.len();
-        out.push(b'/');
-        push_decoded(out, segment);
-        ends_in_dot = match &out[start + 1..] {
-            b"." => {
-                out.truncate(start);
-                true
-            }
-            b".." => {
-                out.truncate(start);
-                let parent = out[base..].iter().rposition(|&b| b == b'/').unwrap_or(0);
-                out.truncate(base + parent);
-                true
-            }
-            _ => false,
-        };
-    }
-    if ends_in_dot || out.len() == base {
-        out.push(b'/');
-    }
-    push_decoded(out, query);
-}
-
-/// Appends `text` with percent-encoded unreserved characters decoded.
-fn push_decoded(out: &mut Vec<u8>, text: &[u8]) {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'%' && i + 2 < text.len() {
-            if let (Some(h), Some(l)) = (hex(text[i + 1]), hex(text[i + 2])) {
-                let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(text[i]);
-        i += 1;
-    }
+    canonical_target(out, target);
 }
 
 impl Acl {
@@ -603,7 +492,7 @@ mod tests {
             ("/a/b/%2e%2e", "/a/"),
             ("/a/./", "/a/"),
             ("/../../ads", "/ads"),
-            ("/a//b", "/a//b"),
+            ("/a//b", "/a/b"),
             ("/a%2Fb", "/a%2Fb"),
             ("/a/..?q=/../%61", "/?q=/../a"),
             ("", "/"),

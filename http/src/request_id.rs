@@ -1,0 +1,88 @@
+//! Request IDs: `$request_id` in rules and the access log's `request_id`.
+//!
+//! Each worker draws a random 64-bit prefix when it first needs one and
+//! counts its requests after it, so an ID is unique across workers and
+//! restarts without any shared state: making one is a thread-local
+//! increment. It is written as 32 hex digits, as nginx writes its own.
+
+use std::{
+    cell::Cell,
+    fmt,
+    hash::{BuildHasher, Hasher},
+};
+
+/// One request's ID.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RequestId(u128);
+
+thread_local! {
+    static NEXT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+impl RequestId {
+    /// The next ID of this worker.
+    #[inline]
+    pub fn next() -> Self {
+        NEXT.with(|next| {
+            let (mut prefix, count) = next.get();
+            if prefix == 0 {
+                prefix = random_prefix();
+            }
+            next.set((prefix, count.wrapping_add(1)));
+            RequestId(u128::from(prefix) << 64 | u128::from(count))
+        })
+    }
+
+    /// The ID as 32 lowercase hex digits.
+    pub fn hex(self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = DIGITS[(self.0 >> (124 - 4 * i) & 0xf) as usize];
+        }
+        out
+    }
+}
+
+/// 64 random bits (never 0): std's hasher keys are drawn from the OS once
+/// per process and differ per thread; the time and thread mix in.
+fn random_prefix() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    std::hash::Hash::hash(&std::thread::current().id(), &mut hasher);
+    hasher.finish().max(1)
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_distinct_and_written_as_32_hex_digits() {
+        let a = RequestId::next();
+        let b = RequestId::next();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 32);
+        assert!(text.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let other = std::thread::spawn(RequestId::next).join().unwrap();
+        assert_ne!(other.to_string()[..16], text[..16], "each worker has its own prefix");
+    }
+}

@@ -1,0 +1,306 @@
+//! Value templates: the `to` of redirects and rewrites and the values of
+//! header edits, with variables (`$host`, `${request_id}`, `$1`) compiled
+//! at load and rendered into a caller's buffer.
+
+use std::{fmt, net::SocketAddr};
+
+use regex::bytes::CaptureLocations;
+
+use crate::{head::RequestHead, request_id::RequestId};
+
+/// A variable a template may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Var {
+    /// `$scheme`: `http` or `https`, as the client connected.
+    Scheme,
+    /// `$host`: the request's host, without a port.
+    Host,
+    /// `$path`: the path in canonical form (decoded, dot-segments
+    /// resolved), without the query.
+    Path,
+    /// `$query`: the query as sent, without its `?`.
+    Query,
+    /// `$is_args`: `?` when there is a query, else nothing.
+    IsArgs,
+    /// `$request_uri`: the target as the client sent it (origin-form).
+    RequestUri,
+    /// `$method`.
+    Method,
+    /// `$remote_addr`: the client's IP address.
+    RemoteAddr,
+    /// `$request_id`: 32 hex digits, unique per request.
+    RequestId,
+    /// `$http_NAME`: the request's header NAME (`_` for `-`).
+    Header(Box<str>),
+    /// `$1` to `$9`: a capture of the rule's `path_regex`.
+    Capture(u8),
+}
+
+const NAMES: [(&str, Var); 9] = [
+    ("scheme", Var::Scheme),
+    ("host", Var::Host),
+    ("path", Var::Path),
+    ("query", Var::Query),
+    ("is_args", Var::IsArgs),
+    ("request_uri", Var::RequestUri),
+    ("method", Var::Method),
+    ("remote_addr", Var::RemoteAddr),
+    ("request_id", Var::RequestId),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(Box<[u8]>),
+    Var(Var),
+}
+
+/// A compiled template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+    source: Box<str>,
+}
+
+/// What a template is rendered from.
+pub struct Vars<'a> {
+    /// The request.
+    pub req: &'a RequestHead,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The request's ID.
+    pub request_id: RequestId,
+    /// Whether the client connected over TLS.
+    pub https: bool,
+    /// The canonical path, when the caller has it (else it is made).
+    pub path: Option<&'a [u8]>,
+    /// The haystack and capture positions of a `path_regex` that matched.
+    pub captures: Option<(&'a [u8], &'a CaptureLocations)>,
+}
+
+impl Template {
+    /// Compiles `text`. `groups` is how many capture groups `$1`... may
+    /// refer to (0: none may be used).
+    pub fn parse(text: &str, groups: usize) -> Result<Self, String> {
+        let bytes = text.as_bytes();
+        let mut parts = Vec::new();
+        let mut literal = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b != b'$' {
+                literal.push(b);
+                i += 1;
+                continue;
+            }
+            i += 1;
+            let (name, next) = match bytes.get(i) {
+                Some(b'$') => {
+                    literal.push(b'$');
+                    i += 1;
+                    continue;
+                }
+                Some(b'{') => {
+                    let end = text[i..]
+                        .find('}')
+                        .ok_or_else(|| format!("unclosed \"${{\" in {text:?}"))?;
+                    (&text[i + 1..i + end], i + end + 1)
+                }
+                Some(c) if c.is_ascii_digit() => (&text[i..=i], i + 1),
+                Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
+                    let len = bytes[i..]
+                        .iter()
+                        .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                        .unwrap_or(bytes.len() - i);
+                    (&text[i..i + len], i + len)
+                }
+                _ => {
+                    return Err(format!(
+                        "a lone \"$\" in {text:?}: write \"$$\" for a dollar sign"
+                    ))
+                }
+            };
+            let var = Self::var(name, groups, text)?;
+            if !literal.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut literal).into()));
+            }
+            parts.push(Part::Var(var));
+            i = next;
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Text(literal.into()));
+        }
+        Ok(Template {
+            parts,
+            source: text.into(),
+        })
+    }
+
+    fn var(name: &str, groups: usize, text: &str) -> Result<Var, String> {
+        if let Some(digit) = name.parse::<u8>().ok().filter(|_| name.len() == 1) {
+            if digit == 0 || usize::from(digit) > groups {
+                let have = match groups {
+                    0 => "no path_regex with capture groups".to_owned(),
+                    1 => "1 capture group".to_owned(),
+                    n => format!("{n} capture groups"),
+                };
+                return Err(format!("${digit} in {text:?}, but the rule has {have}"));
+            }
+            return Ok(Var::Capture(digit));
+        }
+        if let Some((_, var)) = NAMES.iter().find(|(n, _)| *n == name) {
+            return Ok(var.clone());
+        }
+        if let Some(header) = name.strip_prefix("http_").filter(|h| !h.is_empty()) {
+            return Ok(Var::Header(header.replace('_', "-").into()));
+        }
+        let known: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
+        Err(format!(
+            "unknown variable ${name} in {text:?}: expected one of ${}, $http_NAME or $1-$9",
+            known.join(", $")
+        ))
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether it reads no variable.
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    /// Whether it reads `var`.
+    pub fn reads(&self, var: &Var) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Var(v) if v == var))
+    }
+
+    /// Appends the rendered value to `out`.
+    pub fn render(&self, out: &mut Vec<u8>, vars: &Vars<'_>) {
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.extend_from_slice(text),
+                Part::Var(var) => render_var(out, var, vars),
+            }
+        }
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+fn render_var(out: &mut Vec<u8>, var: &Var, vars: &Vars<'_>) {
+    let req = vars.req;
+    let (path_query, authority) = crate::write::origin_form(req.target());
+    let query_at = memchr::memchr(b'?', path_query);
+    match var {
+        Var::Scheme => out.extend_from_slice(if vars.https { b"https" } else { b"http" }),
+        Var::Host => {
+            let host = authority.or(req.host()).unwrap_or_default();
+            out.extend_from_slice(host_without_port(host));
+        }
+        Var::Path => match vars.path {
+            Some(path) => out.extend_from_slice(path),
+            None => {
+                let start = out.len();
+                let len = crate::matching::canonical_target(out, path_query);
+                out.truncate(start + len);
+            }
+        },
+        Var::Query => {
+            if let Some(at) = query_at {
+                out.extend_from_slice(&path_query[at + 1..]);
+            }
+        }
+        Var::IsArgs => {
+            if query_at.is_some_and(|at| at + 1 < path_query.len()) {
+                out.push(b'?');
+            }
+        }
+        Var::RequestUri => out.extend_from_slice(path_query),
+        Var::Method => out.extend_from_slice(req.method_bytes()),
+        Var::RemoteAddr => {
+            use std::io::Write;
+            let _ = write!(out, "{}", vars.remote.ip().to_canonical());
+        }
+        Var::RequestId => out.extend_from_slice(&vars.request_id.hex()),
+        Var::Header(name) => {
+            if let Some(value) = req.header(name) {
+                out.extend_from_slice(value);
+            }
+        }
+        Var::Capture(n) => {
+            if let Some((haystack, locations)) = vars.captures {
+                if let Some((start, end)) = locations.get(usize::from(*n)) {
+                    out.extend_from_slice(&haystack[start..end]);
+                }
+            }
+        }
+    }
+}
+
+/// `host` without its port (an IPv6 literal keeps its brackets).
+pub(crate) fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match memchr::memchr(b']', host) {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match memchr::memrchr(b':', host) {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::parsed;
+
+    fn render(template: &str, groups: usize, request: &str) -> String {
+        let t = Template::parse(template, groups).unwrap();
+        let req = parsed(request);
+        let mut out = Vec::new();
+        t.render(
+            &mut out,
+            &Vars {
+                req: &req,
+                remote: "[::ffff:127.0.0.9]:4000".parse().unwrap(),
+                request_id: RequestId::default(),
+                https: true,
+                path: None,
+                captures: None,
+            },
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn variables_render_from_the_request() {
+        let req = "GET /a/./b?x=1 HTTP/1.1\r\nHost: Ex.test:8080\r\nX-Tenant: t1\r\n\r\n";
+        assert_eq!(
+            render("$scheme://$host${path}$is_args$query $method", 0, req),
+            "https://Ex.test/a/b?x=1 GET"
+        );
+        assert_eq!(render("$request_uri|$remote_addr|$http_x_tenant|$$", 0, req), "/a/./b?x=1|127.0.0.9|t1|$");
+        assert_eq!(render("$request_id", 0, req), "0".repeat(32));
+        let bare = "GET /p HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(render("$path$is_args$query", 0, bare), "/p");
+    }
+
+    #[test]
+    fn bad_templates_say_why() {
+        let error = |t: &str, groups| Template::parse(t, groups).unwrap_err();
+        assert!(error("/v2/$3", 2).contains("$3 in \"/v2/$3\", but the rule has 2 capture groups"));
+        assert!(error("/v2/$1", 0).contains("no path_regex"));
+        assert!(error("$hots", 0).starts_with("unknown variable $hots"));
+        assert!(error("${host", 0).starts_with("unclosed"));
+        assert!(error("100$", 0).contains("lone"));
+        assert!(Template::parse("/v2/$1", 1).unwrap().reads(&Var::Capture(1)));
+        assert!(Template::parse("plain", 0).unwrap().is_literal());
+    }
+}
