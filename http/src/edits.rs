@@ -165,6 +165,21 @@ impl HeadEdits {
         Ok(())
     }
 
+    /// Sends the request with the target `target` writes (into the
+    /// edits' own buffer); refused, and not applied, unless it is
+    /// origin-form.
+    pub fn set_target_with(&mut self, target: impl FnOnce(&mut Vec<u8>)) -> Result<(), EditError> {
+        self.target.clear();
+        target(&mut self.target);
+        if self.target.first() != Some(&b'/') || self.target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+            self.target.clear();
+            self.has_target = false;
+            return Err(EditError::BadValue);
+        }
+        self.has_target = true;
+        Ok(())
+    }
+
     /// The replaced target, if any.
     pub(crate) fn target(&self) -> Option<&[u8]> {
         self.has_target.then_some(&self.target[..])

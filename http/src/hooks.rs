@@ -15,6 +15,8 @@
 //!    again to another peer.
 //! 5. [`ProxyHooks::response`]: edits to the head sent to the client.
 //! 6. [`ProxyHooks::finish`]: the exchange is over (logs, metrics).
+//!
+//! [`ProxyHooks::error_page`] dresses the answers the proxy gives itself.
 
 use std::{future::Future, net::SocketAddr, rc::Rc, time::Duration};
 
@@ -160,9 +162,16 @@ pub trait ProxyHooks: 'static {
         cx: &mut Self::Ctx,
     ) -> impl Future<Output = Route>;
 
-    /// Edits the head sent to `peer`, before each attempt. The default
-    /// sends it as the engine writes it.
-    fn upstream_request(&self, req: &RequestHead, peer: &Peer, edits: &mut HeadEdits, cx: &mut Self::Ctx) {
+    /// Edits the head sent upstream, before each attempt: to `peer` on a
+    /// [`Route::Peer`], to the next address (`None`) on a
+    /// [`Route::Forward`]. The default sends it as the engine writes it.
+    fn upstream_request(
+        &self,
+        req: &RequestHead,
+        peer: Option<&Peer>,
+        edits: &mut HeadEdits,
+        cx: &mut Self::Ctx,
+    ) {
         let _ = (req, peer, edits, cx);
     }
 
@@ -178,6 +187,14 @@ pub trait ProxyHooks: 'static {
     /// sends it as the engine writes it.
     fn response(&self, req: &RequestHead, resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut Self::Ctx) {
         let _ = (req, resp, edits, cx);
+    }
+
+    /// The page that answers `status` when the proxy answers it itself
+    /// with its stock text (a refusal, a failed upstream, a malformed
+    /// request): the configured error page, if any. The default has none.
+    fn error_page(&self, status: u16, cx: &Self::Ctx) -> Option<LocalReply> {
+        let _ = (status, cx);
+        None
     }
 
     /// The exchange is over, whatever its end (not called for requests

@@ -121,7 +121,7 @@ impl fmt::Display for ValueMatch {
 
 /// The last line of a regex compile error is the reason; the rest repeats
 /// the pattern with a caret under it.
-pub(crate) fn first_line(message: &str) -> String {
+pub fn first_line(message: &str) -> String {
     message
         .lines()
         .rev()
@@ -210,7 +210,15 @@ mod tests {
 
     #[test]
     fn every_spelling_of_a_path_reads_alike() {
-        for spelling in ["/admin", "/%61dmin", "/x/../admin", "/./admin", "//admin", "/%2e%2e/admin", "/x/%2E%2E/admin"] {
+        for spelling in [
+            "/admin",
+            "/%61dmin",
+            "/x/../admin",
+            "/./admin",
+            "//admin",
+            "/%2e%2e/admin",
+            "/x/%2E%2E/admin",
+        ] {
             assert_eq!(canonical(spelling), "/admin", "{spelling}");
         }
         assert_eq!(canonical("/a//b/"), "/a/b/");
@@ -227,6 +235,9 @@ mod tests {
         let re = ValueMatch::parse("~(?i)sqlmap|nikto").unwrap();
         assert!(re.matches(b"Mozilla SQLMap/1.0") && !re.matches(b"curl"));
         let error = ValueMatch::parse("~(").unwrap_err();
-        assert!(error.starts_with("invalid regex \"(\": ") && !error.contains('\n'), "{error}");
+        assert!(
+            error.starts_with("invalid regex \"(\": ") && !error.contains('\n'),
+            "{error}"
+        );
     }
 }

@@ -81,8 +81,14 @@ mod tests {
         assert_ne!(a, b);
         let text = a.to_string();
         assert_eq!(text.len(), 32);
-        assert!(text.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(text
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         let other = std::thread::spawn(RequestId::next).join().unwrap();
-        assert_ne!(other.to_string()[..16], text[..16], "each worker has its own prefix");
+        assert_ne!(
+            other.to_string()[..16],
+            text[..16],
+            "each worker has its own prefix"
+        );
     }
 }

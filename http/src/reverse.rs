@@ -10,6 +10,7 @@
 
 use std::{
     cell::Cell,
+    net::SocketAddr,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -31,6 +32,8 @@ use crate::{
     head::{Method, RequestHead, ResponseHead},
     hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary},
     reply::LocalReply,
+    request_id::RequestId,
+    rules::{template::Vars, with_canonical, Effects, Facts, HeaderRules, NoTrace, Policy, Verdict},
     tls::PeerTls,
     write::origin_form,
 };
@@ -47,20 +50,31 @@ pub struct RouteSpec {
     pub upstream: usize,
 }
 
+/// What a route does to requests besides choosing their upstream.
+#[derive(Debug, Default)]
+pub struct RouteRules {
+    /// Its rules, header edits, CORS and error pages.
+    pub policy: Policy,
+    /// Send the path without the route's prefix.
+    pub strip_prefix: bool,
+    /// The Host sent upstream instead of the client's.
+    pub upstream_host: Option<Box<str>>,
+}
+
 #[derive(Debug, Default)]
 struct PathRoutes {
-    /// Longest prefix first.
+    /// Longest prefix first: the prefix, and the route's index.
     routes: Vec<(Box<[u8]>, usize)>,
 }
 
 impl PathRoutes {
-    fn insert(&mut self, prefix: &str, upstream: usize) -> Result<(), String> {
+    fn insert(&mut self, prefix: &str, route: usize) -> Result<(), String> {
         if self.routes.iter().any(|(p, _)| **p == *prefix.as_bytes()) {
             return Err(format!(
                 "path_prefix {prefix:?} is routed twice for the same host"
             ));
         }
-        self.routes.push((prefix.as_bytes().into(), upstream));
+        self.routes.push((prefix.as_bytes().into(), route));
         self.routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Ok(())
     }
@@ -69,7 +83,7 @@ impl PathRoutes {
         self.routes
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix))
-            .map(|&(_, upstream)| upstream)
+            .map(|&(_, route)| route)
     }
 }
 
@@ -111,7 +125,8 @@ impl std::fmt::Display for RouteError {
 
 impl std::error::Error for RouteError {}
 
-/// Compiled routes of a listener.
+/// Compiled routes of a listener, with the rules of the listener and of
+/// each route.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<Box<[u8]>, PathRoutes>,
@@ -119,6 +134,11 @@ pub struct RouteTable {
     /// longest suffix first.
     suffixes: Vec<(Box<[u8]>, bool, PathRoutes)>,
     any: PathRoutes,
+    specs: Vec<RouteSpec>,
+    /// The listener's rules, run before any route's.
+    listener: Policy,
+    /// Each route's rules (empty when none were given).
+    rules: Vec<RouteRules>,
 }
 
 impl RouteTable {
@@ -184,16 +204,51 @@ impl RouteTable {
                 }
             };
             paths
-                .insert(&route.path_prefix, route.upstream)
+                .insert(&route.path_prefix, index)
                 .map_err(|message| error(RouteField::PathPrefix, message))?;
         }
+        table.specs = routes.to_vec();
+        table.rules = routes.iter().map(|_| RouteRules::default()).collect();
         table
             .suffixes
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Ok(table)
     }
 
-    /// The upstream group for `host` (a Host value, port allowed) and `path`.
+    /// The same table with the listener's rules and each route's (in the
+    /// order of the routes given to [`RouteTable::new`]; missing ones are
+    /// empty).
+    #[must_use]
+    pub fn with_rules(mut self, listener: Policy, routes: Vec<RouteRules>) -> Self {
+        self.listener = listener;
+        for (slot, rules) in self.rules.iter_mut().zip(routes) {
+            *slot = rules;
+        }
+        self
+    }
+
+    /// The route at `index`.
+    pub fn spec(&self, index: usize) -> Option<&RouteSpec> {
+        self.specs.get(index)
+    }
+
+    /// The rules of route `index`.
+    pub fn rules(&self, index: usize) -> Option<&RouteRules> {
+        self.rules.get(index)
+    }
+
+    /// The listener's rules.
+    pub fn listener_rules(&self) -> &Policy {
+        &self.listener
+    }
+
+    /// The upstream group of route `index`.
+    pub fn upstream(&self, index: usize) -> Option<usize> {
+        self.specs.get(index).map(|s| s.upstream)
+    }
+
+    /// The route for `host` (a Host value, port allowed) and `path` (in
+    /// canonical form: see [`crate::rules::with_canonical`]).
     pub fn lookup(&self, host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
         let mut lower = [0u8; 256];
         let name = host.and_then(|h| normalize_host(h, &mut lower));
@@ -272,6 +327,20 @@ pub struct ReverseCtx {
     outcome: Option<Outcome>,
     /// Send the sticky cookie naming the server that answers.
     set_cookie: bool,
+    /// The route the request took.
+    route: Option<usize>,
+    /// What its rules leave for the upstream request.
+    effects: Effects,
+    /// The client, for header templates.
+    remote: Option<SocketAddr>,
+    request_id: RequestId,
+    https: bool,
+}
+
+/// What the rules decided, before a server is picked.
+enum Step {
+    Reply(LocalReply),
+    Route(usize),
 }
 
 /// How long a request waits for a server under its connection limit.
@@ -406,7 +475,43 @@ impl ProxyHooks for ReverseHandler {
         if !is_origin_form && authority.is_none() {
             return Route::Reply(LocalReply::status(400));
         }
-        let Some(group) = self.routes.lookup(authority.or(req.host()), path) else {
+        cx.remote = Some(client.peer);
+        cx.request_id = client.request_id;
+        cx.https = client.tls.is_some();
+        let host = authority.or(req.host());
+        let step = with_canonical(path, |path, query, raw_query| {
+            let facts = Facts {
+                req,
+                client,
+                path,
+                query,
+                raw_query,
+            };
+            let listener = self.routes.listener_rules();
+            if let Verdict::Reply(reply) = listener.evaluate(&facts, &mut cx.effects, &mut NoTrace) {
+                return Step::Reply(reply);
+            }
+            let Some(route) = self.routes.lookup(host, path) else {
+                return Step::Reply(LocalReply::status(404));
+            };
+            cx.route = Some(route);
+            let Some(rules) = self.routes.rules(route) else {
+                return Step::Route(route);
+            };
+            if let Verdict::Reply(reply) = rules.policy.evaluate(&facts, &mut cx.effects, &mut NoTrace) {
+                return Step::Reply(reply);
+            }
+            let cors = rules.policy.cors.as_ref().or(listener.cors.as_ref());
+            match cors.and_then(|c| c.preflight(req)) {
+                Some(reply) => Step::Reply(reply),
+                None => Step::Route(route),
+            }
+        });
+        let route = match step {
+            Step::Reply(reply) => return Route::Reply(reply),
+            Step::Route(route) => route,
+        };
+        let Some(group) = self.routes.upstream(route) else {
             return Route::Reply(LocalReply::status(404));
         };
         let Some(balancer) = self.balancers.get(group) else {
@@ -521,7 +626,106 @@ impl ProxyHooks for ReverseHandler {
         }
     }
 
-    fn response(&self, _req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ReverseCtx) {
+    fn upstream_request(
+        &self,
+        req: &RequestHead,
+        _peer: Option<&Peer>,
+        edits: &mut HeadEdits,
+        cx: &mut ReverseCtx,
+    ) {
+        let Some(rules) = cx.route.and_then(|r| self.routes.rules(r)) else {
+            return;
+        };
+        let listener = self.routes.listener_rules();
+        if let Some(host) = &rules.upstream_host {
+            // Checked as a host name at load.
+            let _ = edits.set("Host", host.as_bytes());
+        }
+        if let Some(target) = &cx.effects.rewrite {
+            // A rewrite that renders a byte a target cannot hold is not
+            // applied: the request goes as it came.
+            let _ = edits.set_target(target);
+        } else if rules.strip_prefix {
+            let prefix_len = cx
+                .route
+                .and_then(|r| self.routes.spec(r))
+                .map_or(0, |s| s.path_prefix.trim_end_matches('/').len());
+            let (path, _) = origin_form(req.target());
+            with_canonical(path, |path, _, raw_query| {
+                let _ = edits.set_target_with(|out| {
+                    let rest = path.get(prefix_len..).unwrap_or_default();
+                    if rest.first() != Some(&b'/') {
+                        out.push(b'/');
+                    }
+                    out.extend_from_slice(rest);
+                    if !raw_query.is_empty() {
+                        out.push(b'?');
+                        out.extend_from_slice(raw_query);
+                    }
+                });
+            });
+        }
+        if listener.headers.request.is_empty() && rules.policy.headers.request.is_empty() {
+            return;
+        }
+        let vars = vars(req, cx);
+        HeaderRules::apply(&listener.headers.request, &vars, edits);
+        HeaderRules::apply(&rules.policy.headers.request, &vars, edits);
+    }
+
+    fn response(&self, req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ReverseCtx) {
+        if let Some(rules) = cx.route.and_then(|r| self.routes.rules(r)) {
+            let listener = self.routes.listener_rules();
+            if !listener.headers.response.is_empty() || !rules.policy.headers.response.is_empty() {
+                let vars = vars(req, cx);
+                HeaderRules::apply(&listener.headers.response, &vars, edits);
+                HeaderRules::apply(&rules.policy.headers.response, &vars, edits);
+            }
+            if let Some(cors) = rules.policy.cors.as_ref().or(listener.cors.as_ref()) {
+                cors.respond(req, edits);
+            }
+        }
+        self.sticky_cookie(edits, cx);
+    }
+
+    fn error_page(&self, status: u16, cx: &ReverseCtx) -> Option<LocalReply> {
+        let route = cx.route.and_then(|r| self.routes.rules(r));
+        let pages = [route.map(|r| &r.policy), Some(self.routes.listener_rules())];
+        pages
+            .into_iter()
+            .flatten()
+            .find_map(|p| p.error_pages.get(status))
+            .map(|(body, content_type)| LocalReply::new(status, content_type, body.clone()))
+    }
+
+    fn finish(&self, _req: &RequestHead, summary: &Summary, cx: &mut ReverseCtx) {
+        let outcome = match (cx.outcome.take(), summary.status) {
+            // The client left before its answer: nothing said about the server.
+            (_, 499) => Outcome::Neutral,
+            (Some(outcome), _) => outcome,
+            (None, _) => Outcome::Neutral,
+        };
+        let now = cx.first_ms.max(cx.last_ms).max(1);
+        self.end_attempt(cx, outcome, now);
+    }
+}
+
+/// What header templates read, from the request and its context.
+fn vars<'a>(req: &'a RequestHead, cx: &ReverseCtx) -> Vars<'a> {
+    Vars {
+        req,
+        remote: cx.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        request_id: cx.request_id,
+        https: cx.https,
+        path: None,
+        captures: None,
+    }
+}
+
+impl ReverseHandler {
+    /// Adds the sticky cookie naming the server that answers, when the
+    /// client is pinned anew.
+    fn sticky_cookie(&self, edits: &mut HeadEdits, cx: &ReverseCtx) {
         if !cx.set_cookie {
             return;
         }
@@ -542,17 +746,6 @@ impl ProxyHooks for ReverseHandler {
         // The name was checked as a cookie name when the configuration was
         // read; a value is hex.
         let _ = edits.append("Set-Cookie", line.as_bytes());
-    }
-
-    fn finish(&self, _req: &RequestHead, summary: &Summary, cx: &mut ReverseCtx) {
-        let outcome = match (cx.outcome.take(), summary.status) {
-            // The client left before its answer: nothing said about the server.
-            (_, 499) => Outcome::Neutral,
-            (Some(outcome), _) => outcome,
-            (None, _) => Outcome::Neutral,
-        };
-        let now = cx.first_ms.max(cx.last_ms).max(1);
-        self.end_attempt(cx, outcome, now);
     }
 }
 

@@ -191,6 +191,7 @@ impl ForwardSetup {
             auth: self.auth.map(Arc::new),
             pac: self.pac.map(Arc::new),
             deny_page: None,
+            policy: Arc::default(),
         });
         let listener = Listener {
             spec: ListenerSpec::new("outbound", "127.0.0.1:0".parse().expect("address")),

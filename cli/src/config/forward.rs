@@ -102,9 +102,19 @@ impl Validator {
         } else {
             None
         };
-        let deny_page = match &l.deny_page {
-            Some(file) => Some(Arc::from(self.read_file(at.key("deny_page"), file)?.1)),
-            None => None,
+        let policy = self.policy(&[], l.headers.as_ref(), at, super::rules::PolicyScope::Forward);
+        // The deny page is the 403 error page, with its placeholders.
+        let page_403 = policy.error_pages.get(403).map(|(body, _)| body.clone());
+        let deny_page = match (&l.deny_page, page_403) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    at.key("deny_page"),
+                    "set either deny_page or headers.error_pages.403: both are the 403 page",
+                );
+                None
+            }
+            (Some(file), None) => Some(Arc::from(self.read_file(at.key("deny_page"), file)?.1)),
+            (None, page) => page,
         };
         Some(ListenerMode::Forward {
             settings: Arc::new(ForwardSettings {
@@ -113,6 +123,7 @@ impl Validator {
                 auth,
                 pac,
                 deny_page,
+                policy: Arc::new(policy),
             }),
         })
     }

@@ -2,7 +2,12 @@
 //! listener's routes, the keys that belong to another mode, and the check
 //! that no upstream server is one of ringway's own listeners.
 
-use super::*;
+use ringway_http::RouteRules;
+
+use super::{
+    rules::{HeadersSection, PolicyScope, RequestRuleSection},
+    *,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +28,9 @@ pub(crate) struct ListenerSection {
     pub(crate) upstream: Option<String>,
     pub(crate) tls: Option<super::tls::ListenerTlsSection>,
     pub(crate) redirect_https: Option<super::tls::RedirectValue>,
+    #[serde(default, rename = "rule")]
+    pub(crate) rules: Vec<RequestRuleSection>,
+    pub(crate) headers: Option<HeadersSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +39,11 @@ pub(crate) struct RouteSection {
     pub(crate) host: Option<String>,
     pub(crate) path_prefix: Option<String>,
     pub(crate) upstream: Option<String>,
+    pub(crate) strip_prefix: Option<bool>,
+    pub(crate) upstream_host: Option<String>,
+    #[serde(default, rename = "rule")]
+    pub(crate) rules: Vec<RequestRuleSection>,
+    pub(crate) headers: Option<HeadersSection>,
 }
 
 /// What a listener does with requests.
@@ -257,8 +270,21 @@ impl Validator {
         let reverse_keys = [
             ("route", !l.routes.is_empty()),
             ("forwarded", l.forwarded.is_some()),
+            ("rule", !l.rules.is_empty() && mode != "forward"),
         ];
         let tcp_keys = [("upstream", l.upstream.is_some())];
+        if mode == "forward" && !l.rules.is_empty() {
+            self.problem(
+                at.key("rule"),
+                "a forward listener's rules are its acl; [listener.headers] edits its requests and responses",
+            );
+        }
+        if mode == "tcp" && l.headers.is_some() {
+            self.problem(
+                at.key("headers"),
+                "a tcp listener passes bytes through: headers apply to reverse and forward listeners",
+            );
+        }
         let wrong: &[(&[(&str, bool)], &str)] = match mode {
             "reverse" => &[(&forward_keys, "forward"), (&tcp_keys, "tcp")],
             "forward" => &[(&reverse_keys, "reverse"), (&tcp_keys, "tcp")],
@@ -293,6 +319,7 @@ impl Validator {
         }
         let mut specs = Vec::new();
         let mut spec_keys = Vec::new();
+        let mut route_rules = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
             let rat = at.key("route").index(j);
             let Some(upstream) = r.upstream.as_deref() else {
@@ -316,12 +343,28 @@ impl Validator {
                 self.problem(rat.key(e.field.key()), e.message);
                 continue;
             }
+            let upstream_host = match &r.upstream_host {
+                Some(host) if !valid_host_value(host) => {
+                    self.problem(
+                        rat.key("upstream_host"),
+                        format!("{host:?} is not a host name (with an optional port)"),
+                    );
+                    None
+                }
+                other => other.as_deref().map(Into::into),
+            };
+            route_rules.push(RouteRules {
+                policy: self.policy(&r.rules, r.headers.as_ref(), &rat, PolicyScope::Reverse),
+                strip_prefix: r.strip_prefix.unwrap_or(false),
+                upstream_host,
+            });
             specs.push(spec);
             spec_keys.push(rat);
         }
+        let listener_policy = self.policy(&l.rules, l.headers.as_ref(), at, PolicyScope::Reverse);
         match RouteTable::new(&specs) {
             Ok(table) => Some(ListenerMode::Reverse {
-                routes: Arc::new(table),
+                routes: Arc::new(table.with_rules(listener_policy, route_rules)),
                 route_count: specs.len(),
             }),
             Err(e) => {
@@ -340,4 +383,13 @@ pub(super) struct Named<'a> {
     pub(super) upstreams: &'a [Arc<UpstreamGroup>],
     pub(super) acls: &'a BTreeMap<String, Arc<Acl>>,
     pub(super) auths: &'a BTreeMap<String, Arc<BasicAuth>>,
+}
+
+/// Whether `host` can be sent as a Host value: a name or an address, with
+/// an optional port.
+fn valid_host_value(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'))
 }

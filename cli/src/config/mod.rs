@@ -42,6 +42,7 @@ mod dns;
 mod forward;
 mod http;
 mod listener;
+mod rules;
 mod runtime;
 mod tls;
 mod upstream;

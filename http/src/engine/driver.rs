@@ -198,9 +198,7 @@ impl<H: ProxyHooks> Engine<H> {
         if !edits.is_empty() {
             edits.clear();
         }
-        if let Some(p) = peer {
-            self.handler.upstream_request(req, p, edits, cx);
-        }
+        self.handler.upstream_request(req, peer, edits, cx);
         let framing = req.body();
         let body_kept = (!first_attempt).then(|| wbuf.split_off(progress.head_len));
         wbuf.clear();

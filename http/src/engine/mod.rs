@@ -50,6 +50,7 @@ use crate::{
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
     recycle::Recycled,
+    reply::LocalReply,
     request_id::RequestId,
     splice::SpliceSocket,
     tls::{copy_client_tunnel, UpstreamStream},
@@ -277,7 +278,9 @@ impl<H: ProxyHooks> Engine<H> {
                         let head_request = st.rbuf.starts_with(b"HEAD ");
                         // Boxed: rare, and inline it would size every idle
                         // connection's task for it.
-                        let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, &conn);
+                        let cx = H::Ctx::default();
+                        client.request_id = RequestId::next();
+                        let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, &conn, &cx);
                         let status = Box::pin(answer).await;
                         self.log_failure(&client, &st.req, status, &error, None);
                         conn.count_request();
@@ -393,7 +396,22 @@ impl<H: ProxyHooks> Engine<H> {
                         .await
                 }
                 Route::Connect(addrs) => self.connect_tunnel(io, st, &addrs, conn).await,
-                Route::Reply(reply) => break 'done self.reply(io, st, &reply, conn).await,
+                Route::Reply(reply) => {
+                    let reply = match reply
+                        .stock
+                        .then(|| self.handler.error_page(reply.status, &cx))
+                        .flatten()
+                    {
+                        // The page, with the answer's own fields
+                        // (Retry-After, Location, Allow).
+                        Some(page) => LocalReply {
+                            headers: reply.headers,
+                            ..page
+                        },
+                        None => reply,
+                    };
+                    break 'done self.reply(io, st, &reply, conn).await;
+                }
             };
             match result {
                 Ok(done) => done,
@@ -407,7 +425,7 @@ impl<H: ProxyHooks> Engine<H> {
                         0
                     } else {
                         let head_request = st.req.method() == Method::Head;
-                        self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn)
+                        self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn, &cx)
                             .await
                     };
                     self.log_failure(client, &st.req, status, &failure.error, upstream);

@@ -350,12 +350,16 @@ impl<H: ProxyHooks> Engine<H> {
         error: &Error,
         head_request: bool,
         conn: &ConnCtx,
+        cx: &H::Ctx,
     ) -> u16 {
         let Some(status) = status_for(error) else {
             return 0;
         };
         wbuf.clear();
-        let reply = LocalReply::status(status);
+        let reply = self
+            .handler
+            .error_page(status, cx)
+            .unwrap_or_else(|| LocalReply::status(status));
         local_response(
             wbuf,
             &reply,

@@ -17,8 +17,8 @@ use std::{
     sync::Arc,
 };
 
-pub use crate::matching::IpNet;
 use crate::matching::canonical_target;
+pub use crate::matching::IpNet;
 
 use super::{
     domains::DomainSet,

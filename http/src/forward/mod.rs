@@ -31,10 +31,13 @@ use self::{
     pac::Pac,
 };
 use crate::{
+    edits::HeadEdits,
     engine::ClientInfo,
-    head::{HeaderKind, Method, RequestHead},
-    hooks::{ProxyHooks, Route},
+    head::{HeaderKind, Method, RequestHead, ResponseHead},
+    hooks::{Peer, ProxyHooks, Route},
     reply::LocalReply,
+    request_id::RequestId,
+    rules::{template::Vars, HeaderRules, Policy},
     write::origin_form,
 };
 
@@ -52,6 +55,18 @@ pub struct ForwardSettings {
     /// A custom 403 page: HTML with `{listener}`, `{rule}` and `{host}`
     /// placeholders.
     pub deny_page: Option<Arc<str>>,
+    /// Header edits on requests and responses, and error pages (rules
+    /// other than these are the ACL's).
+    pub policy: Arc<Policy>,
+}
+
+/// What the forward hooks keep about one request: the client, for header
+/// templates.
+#[derive(Debug, Default)]
+pub struct ForwardCtx {
+    remote: Option<SocketAddr>,
+    request_id: RequestId,
+    https: bool,
 }
 
 /// The forward proxy's handler for one worker.
@@ -73,6 +88,17 @@ impl ForwardHandler {
             resolver,
             auth,
             own,
+        }
+    }
+
+    fn vars<'a>(&self, req: &'a RequestHead, cx: &ForwardCtx) -> Vars<'a> {
+        Vars {
+            req,
+            remote: cx.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            request_id: cx.request_id,
+            https: cx.https,
+            path: None,
+            captures: None,
         }
     }
 
@@ -159,9 +185,37 @@ impl ForwardHandler {
 }
 
 impl ProxyHooks for ForwardHandler {
-    type Ctx = ();
+    type Ctx = ForwardCtx;
 
-    async fn route(&self, req: &RequestHead, client: &ClientInfo, _cx: &mut ()) -> Route {
+    fn upstream_request(
+        &self,
+        req: &RequestHead,
+        _peer: Option<&Peer>,
+        edits: &mut HeadEdits,
+        cx: &mut ForwardCtx,
+    ) {
+        let list = &self.settings.policy.headers.request;
+        if !list.is_empty() {
+            HeaderRules::apply(list, &self.vars(req, cx), edits);
+        }
+    }
+
+    fn response(&self, req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ForwardCtx) {
+        let list = &self.settings.policy.headers.response;
+        if !list.is_empty() {
+            HeaderRules::apply(list, &self.vars(req, cx), edits);
+        }
+    }
+
+    fn error_page(&self, status: u16, _cx: &ForwardCtx) -> Option<LocalReply> {
+        let (body, content_type) = self.settings.policy.error_pages.get(status)?;
+        Some(LocalReply::new(status, content_type, body.clone()))
+    }
+
+    async fn route(&self, req: &RequestHead, client: &ClientInfo, cx: &mut ForwardCtx) -> Route {
+        cx.remote = Some(client.peer);
+        cx.request_id = client.request_id;
+        cx.https = client.tls.is_some();
         let target = req.target();
         let connect = req.method() == Method::Connect;
         if !connect && target.first() == Some(&b'/') {
@@ -211,11 +265,14 @@ impl ProxyHooks for ForwardHandler {
             Outcome::Deny(reason) => self.denied(reason, &dest, client),
             Outcome::Unresolvable(why) => {
                 tracing::debug!(listener = %self.settings.listener, host = %dest.host, "resolution failed: {why}");
-                Route::Reply(LocalReply::new(
+                let mut reply = LocalReply::new(
                     502,
                     "text/plain; charset=utf-8",
                     format!("502 Bad Gateway: cannot resolve {}\n", dest.host),
-                ))
+                );
+                // A configured 502 page replaces it.
+                reply.stock = true;
+                Route::Reply(reply)
             }
         }
     }

@@ -16,7 +16,11 @@ enum Origin {
     /// This origin exactly (lowercased).
     Exact(Box<str>),
     /// `scheme://*.suffix[:port]`: any subdomain of the suffix.
-    Subdomains { scheme: Box<str>, suffix: Box<str>, port: Box<str> },
+    Subdomains {
+        scheme: Box<str>,
+        suffix: Box<str>,
+        port: Box<str>,
+    },
 }
 
 /// A route's CORS policy, compiled.
@@ -104,7 +108,11 @@ impl Cors {
             if h == "*" {
                 headers = None;
             } else if !crate::edits::is_token(h) {
-                return Err(error("allow_headers", Some(i), format!("{h:?} is not a header name")));
+                return Err(error(
+                    "allow_headers",
+                    Some(i),
+                    format!("{h:?} is not a header name"),
+                ));
             } else if let Some(list) = &mut headers {
                 list.push(h.to_ascii_lowercase().into());
             }
@@ -112,7 +120,11 @@ impl Cors {
         let mut expose = Vec::new();
         for (i, h) in settings.expose_headers.iter().enumerate() {
             if !crate::edits::is_token(h) {
-                return Err(error("expose_headers", Some(i), format!("{h:?} is not a header name")));
+                return Err(error(
+                    "expose_headers",
+                    Some(i),
+                    format!("{h:?} is not a header name"),
+                ));
             }
             expose.push(h.as_str().into());
         }
@@ -167,7 +179,11 @@ impl Cors {
         let method = req.header("access-control-request-method")?;
         let vary = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
         let refuse = |why: &str| {
-            let reply = LocalReply::new(403, "text/plain; charset=utf-8", format!("403 Forbidden: CORS preflight refused: {why}\n"));
+            let reply = LocalReply::new(
+                403,
+                "text/plain; charset=utf-8",
+                format!("403 Forbidden: CORS preflight refused: {why}\n"),
+            );
             Some(reply.with_header("Vary", vary))
         };
         if !self.allows(origin) {
@@ -197,7 +213,10 @@ impl Cors {
         reply = reply.with_header("Access-Control-Allow-Methods", &self.methods_line);
         match &self.headers {
             None if !requested.is_empty() => {
-                reply = reply.with_header("Access-Control-Allow-Headers", &String::from_utf8_lossy(requested));
+                reply = reply.with_header(
+                    "Access-Control-Allow-Headers",
+                    &String::from_utf8_lossy(requested),
+                );
             }
             Some(_) if !self.headers_line.is_empty() => {
                 reply = reply.with_header("Access-Control-Allow-Headers", &self.headers_line);
@@ -235,7 +254,10 @@ impl Cors {
         let Some(origin) = req.header("origin").filter(|o| self.allows(o)) else {
             return;
         };
-        let _ = edits.append("Access-Control-Allow-Origin", self.origin_value(origin).as_bytes());
+        let _ = edits.append(
+            "Access-Control-Allow-Origin",
+            self.origin_value(origin).as_bytes(),
+        );
         if self.credentials {
             let _ = edits.append("Access-Control-Allow-Credentials", b"true");
         }
@@ -263,13 +285,21 @@ fn parse_origin(text: &str) -> Result<Origin, String> {
     if text == "*" {
         return Ok(Origin::Any);
     }
-    let bad = |why: &str| format!("{text:?} is not an origin: {why} (expected like \"https://app.example.com\" or \"https://*.example.com\")");
+    let bad = |why: &str| {
+        format!("{text:?} is not an origin: {why} (expected like \"https://app.example.com\" or \"https://*.example.com\")")
+    };
     let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
         return Err(bad("a bad scheme"));
     }
     if rest.contains(['/', '?', '#']) {
-        return Err(bad("an origin has no path, query or fragment, not even a trailing /"));
+        return Err(bad(
+            "an origin has no path, query or fragment, not even a trailing /",
+        ));
     }
     if rest.contains('@') {
         return Err(bad("an origin has no user name"));
@@ -281,7 +311,8 @@ fn parse_origin(text: &str) -> Result<Origin, String> {
     let name_ok = |h: &str| {
         !h.is_empty()
             && (h.starts_with('[') && h.ends_with(']')
-                || h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
+                || h.split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')))
     };
     if let Some(suffix) = host.strip_prefix("*.") {
         if !name_ok(suffix) {
@@ -334,41 +365,71 @@ mod tests {
         };
         let ok = pre("https://app.example.com", "PUT", "x-token, content-type");
         assert_eq!(ok.status, 204);
-        assert_eq!(header(&ok, "Access-Control-Allow-Origin"), Some("https://app.example.com"));
+        assert_eq!(
+            header(&ok, "Access-Control-Allow-Origin"),
+            Some("https://app.example.com")
+        );
         assert_eq!(header(&ok, "Access-Control-Allow-Credentials"), Some("true"));
         assert_eq!(header(&ok, "Access-Control-Allow-Methods"), Some("GET, PUT"));
-        assert_eq!(header(&ok, "Access-Control-Allow-Headers"), Some("x-token, content-type"));
+        assert_eq!(
+            header(&ok, "Access-Control-Allow-Headers"),
+            Some("x-token, content-type")
+        );
         assert_eq!(header(&ok, "Access-Control-Max-Age"), Some("600"));
         assert!(header(&ok, "Vary").unwrap().starts_with("Origin"));
         assert_eq!(pre("https://a.b.example.org", "GET", "").status, 204);
-        assert_eq!(pre("https://example.org", "GET", "").status, 403, "*. needs a subdomain");
+        assert_eq!(
+            pre("https://example.org", "GET", "").status,
+            403,
+            "*. needs a subdomain"
+        );
         assert_eq!(pre("https://evil.com", "GET", "").status, 403);
         assert_eq!(pre("https://app.example.com.evil.com", "GET", "").status, 403);
-        assert_eq!(pre("http://app.example.com", "GET", "").status, 403, "the scheme counts");
+        assert_eq!(
+            pre("http://app.example.com", "GET", "").status,
+            403,
+            "the scheme counts"
+        );
         assert_eq!(pre("https://app.example.com", "DELETE", "").status, 403);
         assert_eq!(pre("https://app.example.com", "GET", "x-other").status, 403);
         // Not a preflight: an OPTIONS without the request method goes on.
-        assert!(c.preflight(&parsed("OPTIONS /x HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example.com\r\n\r\n")).is_none());
+        assert!(c
+            .preflight(&parsed(
+                "OPTIONS /x HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example.com\r\n\r\n"
+            ))
+            .is_none());
     }
 
     #[test]
     fn responses_name_the_origin_and_vary_by_it() {
         let c = cors(&["https://app.example.com"], true);
         let mut edits = HeadEdits::new();
-        c.respond(&parsed("GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example.com\r\n\r\n"), &mut edits);
+        c.respond(
+            &parsed("GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example.com\r\n\r\n"),
+            &mut edits,
+        );
         let added = String::from_utf8(edits.added().to_vec()).unwrap();
         assert_eq!(
             added,
             "Vary: Origin\r\nAccess-Control-Allow-Origin: https://app.example.com\r\nAccess-Control-Allow-Credentials: true\r\nAccess-Control-Expose-Headers: X-Total\r\n"
         );
-        assert!(edits.removes(b"access-control-allow-origin"), "the server's own are dropped");
+        assert!(
+            edits.removes(b"access-control-allow-origin"),
+            "the server's own are dropped"
+        );
         let mut edits = HeadEdits::new();
-        c.respond(&parsed("GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://evil.com\r\n\r\n"), &mut edits);
+        c.respond(
+            &parsed("GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://evil.com\r\n\r\n"),
+            &mut edits,
+        );
         assert_eq!(edits.added(), b"Vary: Origin\r\n");
         // Any origin without credentials: `*`, no Vary.
         let any = cors(&["*"], false);
         let mut edits = HeadEdits::new();
-        any.respond(&parsed("GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://x.test\r\n\r\n"), &mut edits);
+        any.respond(
+            &parsed("GET / HTTP/1.1\r\nHost: h\r\nOrigin: https://x.test\r\n\r\n"),
+            &mut edits,
+        );
         let added = String::from_utf8(edits.added().to_vec()).unwrap();
         assert!(added.starts_with("Access-Control-Allow-Origin: *\r\n"), "{added}");
     }
@@ -386,7 +447,14 @@ mod tests {
         let e = refuse(&["*"], true);
         assert_eq!((e.key, e.index), ("allow_origins", Some(0)));
         assert!(e.message.contains("cannot go with allow_credentials"));
-        for bad in ["app.example.com", "https://app.example.com/", "https://a.test/x", "https://a.test:x", "https://", "https://u@a.test"] {
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://a.test/x",
+            "https://a.test:x",
+            "https://",
+            "https://u@a.test",
+        ] {
             let e = refuse(&["https://ok.test", bad], false);
             assert_eq!(e.index, Some(1), "{bad}");
             assert!(e.message.contains("is not an origin"), "{}", e.message);

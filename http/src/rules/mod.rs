@@ -352,7 +352,7 @@ fn is_canonical(target: &[u8]) -> bool {
 pub fn with_canonical<R>(target: &[u8], f: impl FnOnce(&[u8], &[u8], &[u8]) -> R) -> R {
     let query_at = memchr::memchr(b'?', target);
     let raw_query = query_at.map_or(&b""[..], |q| &target[q + 1..]);
-    if is_canonical(target) {
+    if is_canonical(target) || target.first() != Some(&b'/') {
         return f(&target[..query_at.unwrap_or(target.len())], raw_query, raw_query);
     }
     CANONICAL.with(|cell| {
@@ -385,7 +385,9 @@ impl Test {
             Test::Method(methods) => methods.iter().any(|m| **m == *facts.req.method_bytes()),
             Test::PathPrefix(prefixes) => prefixes.iter().any(|p| facts.path.starts_with(p)),
             Test::PathRegex(re) => re.is_match(facts.path),
-            Test::Query { name, value } => query_params(facts.query).any(|(n, v)| n == &**name && value.matches(v)),
+            Test::Query { name, value } => {
+                query_params(facts.query).any(|(n, v)| n == &**name && value.matches(v))
+            }
             Test::Header { name, value } => facts
                 .req
                 .headers()
@@ -410,12 +412,13 @@ impl Test {
 
 /// The `name=value` pairs of a query.
 fn query_params(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    query.split(|&b| b == b'&').filter(|p| !p.is_empty()).map(|pair| {
-        match memchr::memchr(b'=', pair) {
+    query
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match memchr::memchr(b'=', pair) {
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &b""[..]),
-        }
-    })
+        })
 }
 
 impl Policy {
@@ -433,7 +436,8 @@ impl Policy {
                 Action::Deny { status, body } => {
                     let reply = match body {
                         Some(body) => {
-                            let mut reply = LocalReply::new(*status, "text/plain; charset=utf-8", body.clone());
+                            let mut reply =
+                                LocalReply::new(*status, "text/plain; charset=utf-8", body.clone());
                             reply.stock = false;
                             reply
                         }
@@ -472,7 +476,10 @@ impl Policy {
                             out.push(b'?');
                             out.extend_from_slice(facts.raw_query);
                         }
-                        trace.effect(&format!("rewrites the target to {}", String::from_utf8_lossy(&out)));
+                        trace.effect(&format!(
+                            "rewrites the target to {}",
+                            String::from_utf8_lossy(&out)
+                        ));
                         fx.rewrite = Some(out);
                     } else {
                         trace.effect("its path_regex did not match the path: no rewrite");
@@ -493,7 +500,8 @@ impl Policy {
                         Admit::Yes => trace.effect("within the rate limit"),
                         Admit::No { retry_after } => {
                             let seconds = retry_after.as_micros().div_ceil(1_000_000).max(1);
-                            let reply = LocalReply::status(429).with_header("Retry-After", &seconds.to_string());
+                            let reply =
+                                LocalReply::status(429).with_header("Retry-After", &seconds.to_string());
                             return Verdict::Reply(reply);
                         }
                     }
@@ -542,4 +550,3 @@ fn render_with_captures(
     }
     true
 }
-

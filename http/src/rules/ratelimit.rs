@@ -46,7 +46,11 @@ impl Rate {
         let count: u64 = count.trim().parse().map_err(|_| bad())?;
         let per = per.trim();
         let digits = per.bytes().take_while(u8::is_ascii_digit).count();
-        let times: u64 = if digits == 0 { 1 } else { per[..digits].parse().map_err(|_| bad())? };
+        let times: u64 = if digits == 0 {
+            1
+        } else {
+            per[..digits].parse().map_err(|_| bad())?
+        };
         let unit = match &per[digits..] {
             "s" => 1,
             "m" => 60,
@@ -54,7 +58,9 @@ impl Rate {
             _ => return Err(bad()),
         };
         if count == 0 || times == 0 {
-            return Err(format!("invalid rate {text:?}: it must allow at least one request"));
+            return Err(format!(
+                "invalid rate {text:?}: it must allow at least one request"
+            ));
         }
         Ok(Rate {
             count,
@@ -127,7 +133,10 @@ impl RateTable {
 
     /// How many slots hold a key.
     pub fn occupied(&self) -> usize {
-        self.slots.iter().filter(|s| s.load(Ordering::Relaxed) != 0).count()
+        self.slots
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) != 0)
+            .count()
     }
 
     /// Counts a request of `key` now.
@@ -176,7 +185,11 @@ impl RateTable {
             };
             // The bucket's arrival time, or now if it is in the past.
             let ahead = arrival.wrapping_sub(now) & TIME_MASK;
-            let ahead = if ahead >= HALF || found.is_none() { 0 } else { ahead };
+            let ahead = if ahead >= HALF || found.is_none() {
+                0
+            } else {
+                ahead
+            };
             if ahead > self.tolerance {
                 let wait = ahead - self.tolerance;
                 return Admit::No {
@@ -220,7 +233,11 @@ mod tests {
             panic!("the sixth request at once is over the limit")
         };
         assert_eq!(retry_after, Duration::from_millis(100));
-        assert_eq!(table.admit_at("b", t0), Admit::Yes, "another key has its own bucket");
+        assert_eq!(
+            table.admit_at("b", t0),
+            Admit::Yes,
+            "another key has its own bucket"
+        );
         // One token every 100 ms.
         assert!(matches!(table.admit_at("a", t0 + 50_000), Admit::No { .. }));
         assert_eq!(table.admit_at("a", t0 + 100_000), Admit::Yes);
@@ -246,7 +263,10 @@ mod tests {
         assert_eq!(table.capacity(), capacity, "the table never grows");
         assert!(table.occupied() <= capacity);
         // The table still limits: a key seen just now is still limited.
-        assert!(matches!(table.admit_at(999_999u32, t0 + 1_000_000), Admit::No { .. }));
+        assert!(matches!(
+            table.admit_at(999_999u32, t0 + 1_000_000),
+            Admit::No { .. }
+        ));
     }
 
     #[test]

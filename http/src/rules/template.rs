@@ -286,7 +286,10 @@ mod tests {
             render("$scheme://$host${path}$is_args$query $method", 0, req),
             "https://Ex.test/a/b?x=1 GET"
         );
-        assert_eq!(render("$request_uri|$remote_addr|$http_x_tenant|$$", 0, req), "/a/./b?x=1|127.0.0.9|t1|$");
+        assert_eq!(
+            render("$request_uri|$remote_addr|$http_x_tenant|$$", 0, req),
+            "/a/./b?x=1|127.0.0.9|t1|$"
+        );
         assert_eq!(render("$request_id", 0, req), "0".repeat(32));
         let bare = "GET /p HTTP/1.1\r\nHost: h\r\n\r\n";
         assert_eq!(render("$path$is_args$query", 0, bare), "/p");
