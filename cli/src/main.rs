@@ -2,6 +2,7 @@
 //! configuration, starts the workers and stops them on SIGINT/SIGTERM.
 
 mod explain;
+mod route_explain;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -77,6 +78,37 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: AclCommand,
+    },
+    /// Inspect a reverse listener's routes and rules.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCommand {
+    /// Print the route a request takes, each rule that matched or did
+    /// not, and the result. Exit status 0 when the request would be
+    /// forwarded, 1 when refused, redirected or answered by the proxy.
+    Explain {
+        /// The TOML configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The reverse listener's name.
+        #[arg(long)]
+        listener: String,
+        /// The client's address.
+        #[arg(long, default_value = "127.0.0.1")]
+        src: IpAddr,
+        /// The method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// A request header, "Name: value" (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The URL: http://host/path?query (https:// sets the SNI too).
+        url: String,
     },
 }
 
@@ -188,6 +220,26 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Some(Command::Route {
+            command:
+                RouteCommand::Explain {
+                    config,
+                    listener,
+                    src,
+                    method,
+                    headers,
+                    url,
+                },
+        }) => load(&config).and_then(|c| {
+            let request = route_explain::Request {
+                listener: &listener,
+                src,
+                method: &method,
+                url: &url,
+                headers: &headers,
+            };
+            route_explain::explain(&c, &request)
+        }),
     };
     match result {
         Ok(code) => code,
@@ -239,12 +291,28 @@ fn summary(path: &Path, c: &Config) -> String {
     );
     for l in &c.listeners {
         match &l.mode {
-            ListenerMode::Reverse { route_count, .. } => {
-                let _ = writeln!(
+            ListenerMode::Reverse { route_count, routes } => {
+                let policies = std::iter::once(routes.listener_rules())
+                    .chain((0..*route_count).filter_map(|i| routes.rules(i).map(|r| &r.policy)));
+                let (mut rules, mut edits, mut cors, mut pages) = (0, 0, 0, 0);
+                for p in policies {
+                    rules += p.rules.len();
+                    edits += p.headers.request.len() + p.headers.response.len();
+                    cors += usize::from(p.cors.is_some());
+                    pages += p.error_pages.len();
+                }
+                let _ = write!(
                     out,
                     "listener {:?}: {} reverse, {route_count} routes",
                     l.spec.name, l.spec.addr
                 );
+                if rules + edits + cors + pages > 0 {
+                    let _ = write!(
+                        out,
+                        ", {rules} rules, {edits} header edits, {cors} CORS policies, {pages} error pages"
+                    );
+                }
+                out.push('\n');
             }
             ListenerMode::Tcp { upstream } => {
                 let name = c.upstreams.get(*upstream).map_or("?", |u| u.name.as_str());

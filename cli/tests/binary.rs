@@ -49,6 +49,10 @@ fn check_accepts_every_example() {
             "reverse.toml",
             "listener \"web\": 127.0.0.1:8080 reverse, 3 routes",
         ),
+        (
+            "rules.toml",
+            "listener \"web\": 127.0.0.1:8080 reverse, 3 routes, 7 rules, 7 header edits, 1 CORS policies, 3 error pages",
+        ),
     ];
     let mut checked = 0;
     for entry in std::fs::read_dir(examples_dir()).expect("examples/") {

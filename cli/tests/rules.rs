@@ -3,7 +3,15 @@
 //! reached them. Each matcher and action, their order, captures, header
 //! edits, CORS, rate limits and error pages.
 
-use std::{path::Path, time::Duration};
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::{temp_file, Running, BIN};
 
 use ringway::{config, factory};
 use ringway_tests::{eventually, refused_addr, Origin, Reply, Response, TestClient};
@@ -496,4 +504,115 @@ fn bad_rules_are_config_errors_with_file_line_and_key() {
         let got = errors(&listener);
         assert!(got.contains(want), "want {want:?}\ngot {got}");
     }
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `ringway route explain` with `args`: exit code and output.
+fn explain(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["route", "explain", "--config"])
+        .arg(config)
+        .args(["--listener", "web"])
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn route_explain_on_every_example() {
+    let mut reverse = 0;
+    for entry in std::fs::read_dir(examples_dir()).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let (code, stdout, stderr) = explain(&path, &["http://www.example.com/api/v1/users?page=2"]);
+        if stderr.contains("no listener named \"web\"") || stderr.contains("is not a reverse listener") {
+            assert_eq!(code, 1, "{}", path.display());
+            continue;
+        }
+        assert!(matches!(code, 0 | 1), "{}: {code} {stderr}", path.display());
+        assert!(stdout.contains("\nresult: "), "{}: {stdout}", path.display());
+        reverse += 1;
+    }
+    assert!(
+        reverse >= 3,
+        "minimal, reverse and rules have a reverse listener \"web\""
+    );
+
+    let rules = examples_dir().join("rules.toml");
+    let (code, out, _) = explain(&rules, &["http://www.example.com/api/v1/users?page=2"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("rule 3 (v1 is v2 now)"), "{out}");
+    assert!(
+        out.contains("result: forwarded to upstream \"api\" (127.0.0.1:9100) as GET /v2/users?page=2"),
+        "{out}"
+    );
+    assert!(out.contains("+ X-Real-IP: 127.0.0.1"), "{out}");
+    let (code, out, _) = explain(&rules, &["http://www.example.com/blog/hello?x=1"]);
+    assert_eq!(code, 1, "a redirect is not forwarded");
+    assert!(
+        out.contains("Location: https://blog.example.com/hello?x=1"),
+        "{out}"
+    );
+    let (code, out, _) = explain(&rules, &["--src", "198.51.100.7", "http://www.example.com/"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("rule 2 (blocked range): when src 198.51.100.0/24 -> deny 403: MATCH"),
+        "{out}"
+    );
+    let (code, out, _) = explain(
+        &rules,
+        &["-H", "User-Agent: sqlmap/1.7", "http://www.example.com/"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("result: answered by the proxy: 403 Forbidden"),
+        "{out}"
+    );
+    let (code, out, _) = explain(
+        &rules,
+        &["--src", "192.0.2.1", "http://www.example.com/api/%69nternal/x"],
+    );
+    assert_eq!(code, 1, "the canonical path is matched: {out}");
+    let (code, _, stderr) = explain(&rules, &["ftp://x/"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("expected an http:// or https:// URL"), "{stderr}");
+}
+
+#[test]
+fn the_request_id_reaches_the_upstream_and_the_access_log() {
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let config = temp_file(
+        "request-id.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n[log]\naccess_log = true\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n\n\
+             [listener.route.headers]\nrequest_set = {{ \"X-Request-Id\" = \"$request_id\" }}\n",
+            origin.addr()
+        ),
+    );
+    let running = Running::start(&["run", "--config", config.to_str().expect("path")]);
+    let mut c = TestClient::connect(running.addr);
+    assert_eq!(get(&mut c, "/logged", "").status, 200);
+    let id = last_seen(&origin)
+        .header("x-request-id")
+        .expect("an id")
+        .to_owned();
+    let line = running.wait_for_log(&format!("request_id={id}"));
+    assert!(
+        line.contains("ringway::access") && line.contains("/logged"),
+        "{line}"
+    );
+    let _ = std::fs::remove_file(config);
 }

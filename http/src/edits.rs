@@ -181,13 +181,13 @@ impl HeadEdits {
     }
 
     /// The replaced target, if any.
-    pub(crate) fn target(&self) -> Option<&[u8]> {
+    pub fn target(&self) -> Option<&[u8]> {
         self.has_target.then_some(&self.target[..])
     }
 
     /// Whether the head's field `name` is dropped.
     #[inline]
-    pub(crate) fn removes(&self, name: &[u8]) -> bool {
+    pub fn removes(&self, name: &[u8]) -> bool {
         if self.removed.is_empty() {
             return false;
         }
@@ -197,7 +197,7 @@ impl HeadEdits {
     }
 
     /// The lines to append.
-    pub(crate) fn added(&self) -> &[u8] {
+    pub fn added(&self) -> &[u8] {
         &self.added
     }
 }

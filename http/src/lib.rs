@@ -58,7 +58,9 @@ pub use limits::{
 pub use pool::{PoolSettings, UpstreamPool};
 pub use reply::{reason_phrase, LocalReply, Text};
 pub use request_id::RequestId;
-pub use reverse::{ReverseCtx, ReverseHandler, RouteError, RouteField, RouteRules, RouteSpec, RouteTable};
+pub use reverse::{
+    Decision, ReverseCtx, ReverseHandler, RouteError, RouteField, RouteRules, RouteSpec, RouteTable,
+};
 pub use splice::SpliceSocket;
 pub use tls::{PeerTls, TlsClient, UpstreamStream};
 pub use tunnel::TunnelBytes;

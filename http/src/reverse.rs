@@ -33,7 +33,9 @@ use crate::{
     hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary},
     reply::LocalReply,
     request_id::RequestId,
-    rules::{template::Vars, with_canonical, Effects, Facts, HeaderRules, NoTrace, Policy, Verdict},
+    rules::{
+        template::Vars, with_canonical, Effects, Facts, HeaderRules, NoTrace, Policy, Scope, Trace, Verdict,
+    },
     tls::PeerTls,
     write::origin_form,
 };
@@ -247,6 +249,127 @@ impl RouteTable {
         self.specs.get(index).map(|s| s.upstream)
     }
 
+    /// Runs the listener's rules, finds the route, runs its rules and
+    /// answers a CORS preflight: where `req` goes, or what answers it.
+    /// Rewrites are left in `effects`; `trace` hears each rule.
+    pub fn decide<T: Trace>(
+        &self,
+        req: &RequestHead,
+        client: &ClientInfo,
+        effects: &mut Effects,
+        trace: &mut T,
+    ) -> Decision {
+        let (path, authority) = origin_form(req.target());
+        let host = authority.or(req.host());
+        with_canonical(path, |path, query, raw_query| {
+            let facts = Facts {
+                req,
+                client,
+                path,
+                query,
+                raw_query,
+            };
+            let listener = &self.listener;
+            trace.enter(Scope::Listener, path);
+            if let Verdict::Reply(reply) = listener.evaluate(&facts, effects, trace) {
+                return Decision {
+                    route: None,
+                    reply: Some(reply),
+                };
+            }
+            let Some(route) = self.lookup(host, path) else {
+                return Decision {
+                    route: None,
+                    reply: None,
+                };
+            };
+            trace.enter(Scope::Route(route), path);
+            let answer = |reply| Decision {
+                route: Some(route),
+                reply: Some(reply),
+            };
+            let Some(rules) = self.rules.get(route) else {
+                return Decision {
+                    route: Some(route),
+                    reply: None,
+                };
+            };
+            if let Verdict::Reply(reply) = rules.policy.evaluate(&facts, effects, trace) {
+                return answer(reply);
+            }
+            let cors = rules.policy.cors.as_ref().or(listener.cors.as_ref());
+            match cors.and_then(|c| c.preflight(req)) {
+                Some(reply) => {
+                    trace.effect("a CORS preflight: answered by the proxy");
+                    answer(reply)
+                }
+                None => Decision {
+                    route: Some(route),
+                    reply: None,
+                },
+            }
+        })
+    }
+
+    /// The edits route `route` makes to the head of `req` sent upstream:
+    /// its Host, the target (rewritten, or without the route's prefix),
+    /// then the listener's header edits and the route's.
+    pub fn edit_upstream_request(
+        &self,
+        route: usize,
+        req: &RequestHead,
+        effects: &Effects,
+        vars: &Vars<'_>,
+        edits: &mut HeadEdits,
+    ) {
+        let (Some(rules), Some(spec)) = (self.rules.get(route), self.specs.get(route)) else {
+            return;
+        };
+        if let Some(host) = &rules.upstream_host {
+            // Checked as a host name at load.
+            let _ = edits.set("Host", host.as_bytes());
+        }
+        // A rewrite's target, or the path as routed; without the route's
+        // prefix when it strips it (and the path still starts with it).
+        let strip = rules
+            .strip_prefix
+            .then(|| spec.path_prefix.trim_end_matches('/').as_bytes());
+        let stripped = |out: &mut Vec<u8>, path: &[u8], query: &[u8], prefix: &[u8]| {
+            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            if rest.first() != Some(&b'/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rest);
+            if !query.is_empty() {
+                out.push(b'?');
+                out.extend_from_slice(query);
+            }
+        };
+        // A target that renders a byte a target cannot hold is not
+        // applied: the request goes as it came.
+        match (&effects.rewrite, strip) {
+            (Some(target), None) => {
+                let _ = edits.set_target(target);
+            }
+            (Some(target), Some(prefix)) => {
+                let (path, query) = match memchr::memchr(b'?', target) {
+                    Some(q) => (&target[..q], &target[q + 1..]),
+                    None => (&target[..], &b""[..]),
+                };
+                let _ = edits.set_target_with(|out| stripped(out, path, query, prefix));
+            }
+            (None, Some(prefix)) => {
+                let (path, _) = origin_form(req.target());
+                with_canonical(path, |path, _, raw_query| {
+                    let _ = edits.set_target_with(|out| stripped(out, path, raw_query, prefix));
+                });
+            }
+            (None, None) => {}
+        }
+        HeaderRules::apply(&self.listener.headers.request, vars, edits);
+        HeaderRules::apply(&rules.policy.headers.request, vars, edits);
+    }
+
     /// The route for `host` (a Host value, port allowed) and `path` (in
     /// canonical form: see [`crate::rules::with_canonical`]).
     pub fn lookup(&self, host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
@@ -337,10 +460,14 @@ pub struct ReverseCtx {
     https: bool,
 }
 
-/// What the rules decided, before a server is picked.
-enum Step {
-    Reply(LocalReply),
-    Route(usize),
+/// What a listener's rules and its route's decided for a request.
+#[derive(Debug)]
+pub struct Decision {
+    /// The route it took, if one matched.
+    pub route: Option<usize>,
+    /// The answer, when the request is not forwarded (none with no route:
+    /// a 404).
+    pub reply: Option<LocalReply>,
 }
 
 /// How long a request waits for a server under its connection limit.
@@ -478,38 +605,12 @@ impl ProxyHooks for ReverseHandler {
         cx.remote = Some(client.peer);
         cx.request_id = client.request_id;
         cx.https = client.tls.is_some();
-        let host = authority.or(req.host());
-        let step = with_canonical(path, |path, query, raw_query| {
-            let facts = Facts {
-                req,
-                client,
-                path,
-                query,
-                raw_query,
-            };
-            let listener = self.routes.listener_rules();
-            if let Verdict::Reply(reply) = listener.evaluate(&facts, &mut cx.effects, &mut NoTrace) {
-                return Step::Reply(reply);
-            }
-            let Some(route) = self.routes.lookup(host, path) else {
-                return Step::Reply(LocalReply::status(404));
-            };
-            cx.route = Some(route);
-            let Some(rules) = self.routes.rules(route) else {
-                return Step::Route(route);
-            };
-            if let Verdict::Reply(reply) = rules.policy.evaluate(&facts, &mut cx.effects, &mut NoTrace) {
-                return Step::Reply(reply);
-            }
-            let cors = rules.policy.cors.as_ref().or(listener.cors.as_ref());
-            match cors.and_then(|c| c.preflight(req)) {
-                Some(reply) => Step::Reply(reply),
-                None => Step::Route(route),
-            }
-        });
-        let route = match step {
-            Step::Reply(reply) => return Route::Reply(reply),
-            Step::Route(route) => route,
+        let decision = self.routes.decide(req, client, &mut cx.effects, &mut NoTrace);
+        cx.route = decision.route;
+        let route = match (decision.reply, decision.route) {
+            (Some(reply), _) => return Route::Reply(reply),
+            (None, None) => return Route::Reply(LocalReply::status(404)),
+            (None, Some(route)) => route,
         };
         let Some(group) = self.routes.upstream(route) else {
             return Route::Reply(LocalReply::status(404));
@@ -633,44 +734,10 @@ impl ProxyHooks for ReverseHandler {
         edits: &mut HeadEdits,
         cx: &mut ReverseCtx,
     ) {
-        let Some(rules) = cx.route.and_then(|r| self.routes.rules(r)) else {
-            return;
-        };
-        let listener = self.routes.listener_rules();
-        if let Some(host) = &rules.upstream_host {
-            // Checked as a host name at load.
-            let _ = edits.set("Host", host.as_bytes());
+        if let Some(route) = cx.route {
+            self.routes
+                .edit_upstream_request(route, req, &cx.effects, &vars(req, cx), edits);
         }
-        if let Some(target) = &cx.effects.rewrite {
-            // A rewrite that renders a byte a target cannot hold is not
-            // applied: the request goes as it came.
-            let _ = edits.set_target(target);
-        } else if rules.strip_prefix {
-            let prefix_len = cx
-                .route
-                .and_then(|r| self.routes.spec(r))
-                .map_or(0, |s| s.path_prefix.trim_end_matches('/').len());
-            let (path, _) = origin_form(req.target());
-            with_canonical(path, |path, _, raw_query| {
-                let _ = edits.set_target_with(|out| {
-                    let rest = path.get(prefix_len..).unwrap_or_default();
-                    if rest.first() != Some(&b'/') {
-                        out.push(b'/');
-                    }
-                    out.extend_from_slice(rest);
-                    if !raw_query.is_empty() {
-                        out.push(b'?');
-                        out.extend_from_slice(raw_query);
-                    }
-                });
-            });
-        }
-        if listener.headers.request.is_empty() && rules.policy.headers.request.is_empty() {
-            return;
-        }
-        let vars = vars(req, cx);
-        HeaderRules::apply(&listener.headers.request, &vars, edits);
-        HeaderRules::apply(&rules.policy.headers.request, &vars, edits);
     }
 
     fn response(&self, req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ReverseCtx) {

@@ -300,9 +300,23 @@ pub struct Effects {
     pub rewrite: Option<Vec<u8>>,
 }
 
+/// Whose rules are being run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The listener's, before any route is looked up.
+    Listener,
+    /// Those of the route at this index.
+    Route(usize),
+}
+
 /// Hears each rule's outcome (`route explain`); [`NoTrace`] on the
 /// request path.
 pub trait Trace {
+    /// The rules of `scope` run next, on the canonical `path`.
+    fn enter(&mut self, scope: Scope, path: &[u8]) {
+        let _ = (scope, path);
+    }
+
     /// Rule `index` matched (`true`) or not.
     fn rule(&mut self, index: usize, rule: &Rule, matched: bool) {
         let _ = (index, rule, matched);
@@ -550,3 +564,63 @@ fn render_with_captures(
     }
     true
 }
+
+impl std::fmt::Display for Test {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
+        let text = |b: &[u8]| format!("{:?}", String::from_utf8_lossy(b));
+        match self {
+            Test::Src(nets) => write!(f, "src {}", list(&mut nets.iter().map(ToString::to_string))),
+            Test::Method(m) => write!(
+                f,
+                "method {}",
+                list(&mut m.iter().map(|m| String::from_utf8_lossy(m).into_owned()))
+            ),
+            Test::PathPrefix(p) => write!(f, "path_prefix {}", list(&mut p.iter().map(|p| text(p)))),
+            Test::PathRegex(re) => write!(f, "path_regex {:?}", re.as_str()),
+            Test::Query { name, value } => write!(f, "query {} = {value}", String::from_utf8_lossy(name)),
+            Test::Header { name, value } => write!(f, "header {name} = {value}"),
+            Test::Sni(names) => write!(f, "sni {}", list(&mut names.iter().map(|n| n.to_string()))),
+            Test::Not(inner) => write!(f, "not ({inner})"),
+        }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tests.is_empty() {
+            return f.write_str("always");
+        }
+        for (i, test) in self.tests.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" and ")?;
+            }
+            write!(f, "{test}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Allow => f.write_str("allow"),
+            Action::Deny { status, .. } => write!(f, "deny {status}"),
+            Action::Return { status, .. } => write!(f, "return {status}"),
+            Action::Redirect { to, status } => write!(f, "redirect {status} to {to}"),
+            Action::Rewrite { path_regex, to } => write!(f, "rewrite {:?} to {to}", path_regex.as_str()),
+            Action::RateLimit { key, .. } => write!(
+                f,
+                "rate_limit by {}",
+                match key {
+                    RateKey::ClientIp => "client_ip".to_owned(),
+                    RateKey::Header(h) => format!("header:{h}"),
+                    RateKey::Route => "route".to_owned(),
+                }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

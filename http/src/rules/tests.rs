@@ -1,0 +1,211 @@
+//! Evaluation of compiled rules, without sockets.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::head::parsed;
+
+fn client() -> ClientInfo {
+    ClientInfo::new("10.1.2.3:5000".parse().unwrap(), "127.0.0.1:80".parse().unwrap())
+}
+
+fn rule(tests: Vec<Test>, action: Action) -> Rule {
+    Rule {
+        name: None,
+        when: Condition { tests },
+        action,
+    }
+}
+
+fn deny(status: u16) -> Action {
+    Action::Deny { status, body: None }
+}
+
+/// Evaluates `policy` on `request`: the status of the answer (0: goes on)
+/// and the rewritten target.
+fn run(policy: &Policy, request: &str) -> (u16, Option<String>) {
+    let req = parsed(request);
+    let client = client();
+    let mut fx = Effects::default();
+    let verdict = with_canonical(req.target(), |path, query, raw_query| {
+        let facts = Facts {
+            req: &req,
+            client: &client,
+            path,
+            query,
+            raw_query,
+        };
+        policy.evaluate(&facts, &mut fx, &mut NoTrace)
+    });
+    let status = match verdict {
+        Verdict::Reply(r) => r.status,
+        _ => 0,
+    };
+    (status, fx.rewrite.map(|t| String::from_utf8(t).unwrap()))
+}
+
+fn get(target: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8\r\n\r\n")
+}
+
+#[test]
+fn the_first_terminal_action_ends_the_list_and_allow_stops_it() {
+    let policy = Policy {
+        rules: vec![
+            rule(
+                vec![Test::PathPrefix(vec![b"/open".as_slice().into()])],
+                Action::Allow,
+            ),
+            rule(vec![], deny(403)),
+            rule(vec![], deny(451)),
+        ],
+        ..Policy::default()
+    };
+    assert_eq!(run(&policy, &get("/open/x")).0, 0);
+    assert_eq!(run(&policy, &get("/closed")).0, 403);
+}
+
+#[test]
+fn matchers_read_the_request() {
+    let net = |s: &str| s.parse().unwrap();
+    let cases: Vec<(Test, &str, bool)> = vec![
+        (Test::Src(vec![net("10.0.0.0/8")]), "/", true),
+        (Test::Src(vec![net("192.168.0.0/16")]), "/", false),
+        (Test::Method(vec![b"GET".as_slice().into()]), "/", true),
+        (Test::Method(vec![b"get".as_slice().into()]), "/", false),
+        (
+            Test::PathRegex(regex::bytes::Regex::new("^/a/[0-9]+$").unwrap()),
+            "/a/%31%32",
+            true,
+        ),
+        (
+            Test::Query {
+                name: b"id".as_slice().into(),
+                value: ValueMatch::parse("~^[0-9]+$").unwrap(),
+            },
+            "/?x=1&id=42",
+            true,
+        ),
+        (
+            Test::Query {
+                name: b"id".as_slice().into(),
+                value: ValueMatch::parse("42").unwrap(),
+            },
+            "/?xid=42",
+            false,
+        ),
+        (
+            Test::Header {
+                name: "user-agent".into(),
+                value: ValueMatch::parse("curl/8").unwrap(),
+            },
+            "/",
+            true,
+        ),
+        (Test::Sni(vec!["*.example.com".into()]), "/", false),
+        (
+            Test::Not(Condition {
+                tests: vec![Test::Src(vec![net("10.0.0.0/8")])],
+            }),
+            "/",
+            false,
+        ),
+    ];
+    for (test, target, want) in cases {
+        let shown = test.to_string();
+        let policy = Policy {
+            rules: vec![rule(vec![test], deny(403))],
+            ..Policy::default()
+        };
+        assert_eq!(run(&policy, &get(target)).0 == 403, want, "{shown} on {target}");
+    }
+}
+
+#[test]
+fn rewrites_chain_keep_the_query_and_redirects_read_captures() {
+    let rewrite = |re: &str, to: &str| Action::Rewrite {
+        path_regex: regex::bytes::Regex::new(re).unwrap(),
+        to: template::Template::parse(to, 1).unwrap(),
+    };
+    let policy = Policy {
+        rules: vec![
+            rule(vec![], rewrite("^/api/v1/(.*)$", "/v2/$1")),
+            rule(vec![], rewrite("^/v2/(.*)$", "/internal/$1")),
+            rule(vec![], rewrite("^/nomatch/(.*)$", "/x/$1")),
+        ],
+        ..Policy::default()
+    };
+    assert_eq!(
+        run(&policy, &get("/api/v1/users?p=2")),
+        (0, Some("/internal/users?p=2".into()))
+    );
+    assert_eq!(run(&policy, &get("/other")), (0, None));
+    // A rewrite whose target names a query replaces the client's.
+    let policy = Policy {
+        rules: vec![rule(vec![], rewrite("^/s/(.*)$", "/search?q=$1"))],
+        ..Policy::default()
+    };
+    assert_eq!(
+        run(&policy, &get("/s/cats?x=1")).1.as_deref(),
+        Some("/search?q=cats")
+    );
+}
+
+#[test]
+fn a_rate_limit_answers_429_with_retry_after() {
+    let table = Arc::new(RateTable::new(ratelimit::Rate::parse("1/m").unwrap(), 2, 64));
+    let policy = Policy {
+        rules: vec![rule(
+            vec![],
+            Action::RateLimit {
+                table,
+                key: RateKey::ClientIp,
+            },
+        )],
+        ..Policy::default()
+    };
+    assert_eq!(run(&policy, &get("/")).0, 0);
+    assert_eq!(run(&policy, &get("/")).0, 0);
+    let req = parsed(&get("/"));
+    let client = client();
+    let verdict = with_canonical(req.target(), |path, query, raw_query| {
+        let facts = Facts {
+            req: &req,
+            client: &client,
+            path,
+            query,
+            raw_query,
+        };
+        policy.evaluate(&facts, &mut Effects::default(), &mut NoTrace)
+    });
+    let Verdict::Reply(reply) = verdict else {
+        panic!("over the limit")
+    };
+    assert_eq!(reply.status, 429);
+    let retry: u64 = reply
+        .headers
+        .trim_end()
+        .strip_prefix("Retry-After: ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((59..=60).contains(&retry), "{retry}");
+}
+
+#[test]
+fn targets_that_are_already_canonical_are_read_in_place() {
+    for (target, canonical) in [
+        ("/a/b?x=1", true),
+        ("/a/.b", true),
+        ("/a/./b", false),
+        ("/a//b", false),
+        ("/a/..", false),
+        ("/%61", false),
+        ("/a/b/", true),
+    ] {
+        assert_eq!(is_canonical(target.as_bytes()), canonical, "{target}");
+    }
+    with_canonical(b"/a/../b?x=%61", |path, query, raw| {
+        assert_eq!((path, query, raw), (&b"/b"[..], &b"x=a"[..], &b"x=%61"[..]));
+    });
+}
