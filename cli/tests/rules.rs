@@ -403,8 +403,7 @@ fn a_forward_listener_edits_headers() {
     let origin = Origin::start(|_| {
         Reply::Bytes(b"HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 2\r\n\r\nok".to_vec())
     });
-    let source = format!(
-        r#"
+    let source = r#"
 [runtime]
 workers = 1
 pin_cpus = false
@@ -422,11 +421,10 @@ acl = "lab"
 
 [listener.headers]
 request_remove = ["User-Agent", "Referer"]
-request_set = {{ "X-Filter" = "ringway" }}
+request_set = { "X-Filter" = "ringway" }
 response_remove = ["Server"]
-"#
-    );
-    let config = config::parse(Path::new("forward.toml"), &source).unwrap_or_else(|e| panic!("{e}"));
+"#;
+    let config = config::parse(Path::new("forward.toml"), source).unwrap_or_else(|e| panic!("{e}"));
     let running = factory::start(&config).expect("starts");
     let mut c = TestClient::connect(running.local_addrs()[0]);
     let r = request(
