@@ -1,5 +1,6 @@
 //! Microbenchmarks of the per-request hot paths: head parsing and
-//! serialisation (bytes/s), route lookup and the balancer's pick.
+//! serialisation (bytes/s), route lookup, request rules and the
+//! balancer's pick.
 
 use std::{hint::black_box, net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
@@ -8,8 +9,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringway_balancer::{Algorithm, Balancer, HashKey, Outcome, ServerSpec, Tried, UpstreamGroup};
 use ringway_benches::{BROWSER_REQUEST, ORIGIN_RESPONSE, WRK_REQUEST};
 use ringway_http::{
-    forward::domains::DomainSet, write_upstream_head, HttpLimits, ProxyHeaders, RequestHead, ResponseHead,
-    RouteSpec, RouteTable,
+    forward::domains::DomainSet,
+    matching::ValueMatch,
+    rules::{
+        template::{Template, Vars},
+        Action, Condition, EditOp, Effects, HeaderEdit, HeaderRules, NoTrace, Policy, Rule, Test,
+    },
+    write_upstream_head, ClientInfo, HeadEdits, HttpLimits, ProxyHeaders, RequestHead, RequestId,
+    ResponseHead, RouteRules, RouteSpec, RouteTable,
 };
 
 fn parse_request(c: &mut Criterion) {
@@ -179,12 +186,155 @@ fn domain_lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// Twenty rules of every kind that none of them match (so each one is
+/// evaluated), as an operator's route might hold: scanners by
+/// User-Agent, address ranges, methods, paths, queries, a negation.
+fn twenty_rules() -> Policy {
+    let net = |s: &str| s.parse().expect("network");
+    let deny = || Action::Deny {
+        status: 403,
+        body: None,
+    };
+    let rule = |tests: Vec<Test>| Rule {
+        name: None,
+        when: Condition { tests },
+        action: deny(),
+    };
+    let mut rules = Vec::new();
+    for i in 0..4 {
+        rules.push(rule(vec![Test::Header {
+            name: "User-Agent".into(),
+            value: ValueMatch::parse(&format!("~(?i)sqlmap{i}|nikto{i}|masscan{i}")).expect("regex"),
+        }]));
+        rules.push(rule(vec![Test::Src(vec![
+            net(&format!("198.51.{i}.0/24")),
+            net("2001:db8::/32"),
+        ])]));
+        rules.push(rule(vec![
+            Test::Method(vec![b"DELETE".as_slice().into()]),
+            Test::PathPrefix(vec![format!("/admin{i}").into_bytes().into()]),
+        ]));
+        rules.push(rule(vec![Test::Query {
+            name: format!("debug{i}").into_bytes().into(),
+            value: ValueMatch::parse("1").expect("value"),
+        }]));
+        rules.push(rule(vec![
+            Test::PathRegex(regex::bytes::Regex::new(&format!("^/old{i}/(.*)$")).expect("regex")),
+            Test::Not(Condition {
+                tests: vec![Test::Header {
+                    name: "X-Internal".into(),
+                    value: ValueMatch::parse("~.").expect("regex"),
+                }],
+            }),
+        ]));
+    }
+    Policy {
+        rules,
+        ..Policy::default()
+    }
+}
+
+/// What a route's rules add per request: the listener's and route's rules
+/// run, the route is found, and (with five header edits) the edits made.
+fn request_rules(c: &mut Criterion) {
+    let limits = HttpLimits::default();
+    let mut head = RequestHead::new();
+    assert!(head.parse(&mut BytesMut::from(BROWSER_REQUEST), &limits).unwrap());
+    let client = ClientInfo::new(
+        "192.0.2.10:50000".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    );
+    let spec = || RouteSpec {
+        host: None,
+        path_prefix: "/".into(),
+        upstream: 0,
+    };
+    let plain = RouteTable::new(&[spec()]).unwrap();
+    let ruled = RouteTable::new(&[spec()]).unwrap().with_rules(
+        Policy::default(),
+        vec![RouteRules {
+            policy: twenty_rules(),
+            ..RouteRules::default()
+        }],
+    );
+    let mut edits_policy = Policy::default();
+    let edit = |op, name: &str, value: Option<&str>| {
+        HeaderEdit::new(op, name, value.map(|v| Template::parse(v, 0).expect("template"))).expect("edit")
+    };
+    edits_policy.headers.request = vec![
+        edit(EditOp::Set, "X-Request-Id", Some("$request_id")),
+        edit(EditOp::Set, "X-Real-IP", Some("$remote_addr")),
+        edit(EditOp::Remove, "X-Debug", None),
+    ];
+    edits_policy.headers.response = vec![
+        edit(EditOp::Set, "Strict-Transport-Security", Some("max-age=31536000")),
+        edit(EditOp::Remove, "Server", None),
+    ];
+    let edited = RouteTable::new(&[spec()]).unwrap().with_rules(
+        Policy::default(),
+        vec![RouteRules {
+            policy: edits_policy,
+            ..RouteRules::default()
+        }],
+    );
+    let mut group = c.benchmark_group("request_rules");
+    group.bench_function("no_rules", |b| {
+        b.iter(|| {
+            let mut fx = Effects::default();
+            black_box(
+                plain
+                    .decide(black_box(&head), &client, &mut fx, &mut NoTrace)
+                    .route,
+            )
+        })
+    });
+    group.bench_function("twenty_rules", |b| {
+        b.iter(|| {
+            let mut fx = Effects::default();
+            black_box(
+                ruled
+                    .decide(black_box(&head), &client, &mut fx, &mut NoTrace)
+                    .route,
+            )
+        })
+    });
+    let mut edits = HeadEdits::new();
+    group.bench_function("five_header_edits", |b| {
+        b.iter(|| {
+            let mut fx = Effects::default();
+            let route = edited
+                .decide(black_box(&head), &client, &mut fx, &mut NoTrace)
+                .route
+                .unwrap();
+            let vars = Vars {
+                req: &head,
+                remote: client.peer,
+                request_id: RequestId::next(),
+                https: false,
+                path: None,
+                captures: None,
+            };
+            edits.clear();
+            edited.edit_upstream_request(route, &head, &fx, &vars, &mut edits);
+            edits.clear();
+            HeaderRules::apply(
+                &edited.rules(route).unwrap().policy.headers.response,
+                &vars,
+                &mut edits,
+            );
+            black_box(edits.added().len())
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     parse_request,
     parse_response,
     serialize_request,
     route_lookup,
+    request_rules,
     balancer_pick,
     domain_lookup
 );

@@ -38,6 +38,9 @@ impl std::error::Error for EditError {}
 pub struct HeadEdits {
     /// Lowercased names of the fields to drop, each followed by NUL.
     removed: Vec<u8>,
+    /// Bit `n % 64` is set when a removed name is `n` bytes long: most
+    /// fields of a head are passed over on their length alone.
+    removed_lengths: u64,
     /// The lines to add, each `Name: value\r\n`.
     added: Vec<u8>,
     /// A new request target (kept, with its memory, when cleared).
@@ -76,7 +79,7 @@ fn check_name(name: &str) -> Result<(), EditError> {
 }
 
 fn check_value(value: &[u8]) -> Result<(), EditError> {
-    if value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+    if memchr::memchr3(b'\r', b'\n', 0, value).is_some() {
         return Err(EditError::BadValue);
     }
     Ok(())
@@ -86,6 +89,7 @@ impl HeadEdits {
     /// No edits, as a constant.
     pub const EMPTY: HeadEdits = HeadEdits {
         removed: Vec::new(),
+        removed_lengths: 0,
         added: Vec::new(),
         target: Vec::new(),
         has_target: false,
@@ -105,6 +109,7 @@ impl HeadEdits {
     /// Forgets every edit, keeping the memory for the next head.
     pub fn clear(&mut self) {
         self.removed.clear();
+        self.removed_lengths = 0;
         self.added.clear();
         self.has_target = false;
     }
@@ -114,6 +119,7 @@ impl HeadEdits {
         check_name(name)?;
         self.removed.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
         self.removed.push(0);
+        self.removed_lengths |= 1 << (name.len() % 64);
         Ok(())
     }
 
@@ -138,12 +144,45 @@ impl HeadEdits {
         self.added.extend_from_slice(b": ");
         let at = self.added.len();
         value(&mut self.added);
+        self.end_line(start, at)
+    }
+
+    /// Ends the line begun at `start` whose value begins at `at`, or takes
+    /// it back when the value holds CR, LF or NUL.
+    fn end_line(&mut self, start: usize, at: usize) -> Result<(), EditError> {
         if let Err(e) = check_value(&self.added[at..]) {
             self.added.truncate(start);
             return Err(e);
         }
         self.added.extend_from_slice(b"\r\n");
         Ok(())
+    }
+
+    /// [`HeadEdits::remove`] of a name checked when the configuration was
+    /// read, given lowercased and followed by NUL.
+    pub(crate) fn remove_checked(&mut self, lowercase_name_nul: &[u8]) {
+        self.removed.extend_from_slice(lowercase_name_nul);
+        self.removed_lengths |= 1 << ((lowercase_name_nul.len() - 1) % 64);
+    }
+
+    /// Adds `line` (`Name: value\r\n`, checked when the configuration
+    /// was read).
+    pub(crate) fn append_line_checked(&mut self, line: &[u8]) {
+        self.added.extend_from_slice(line);
+    }
+
+    /// [`HeadEdits::append_with`] of a name checked when the configuration
+    /// was read, given with its `: `.
+    pub(crate) fn append_with_checked(
+        &mut self,
+        name_colon: &[u8],
+        value: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), EditError> {
+        let start = self.added.len();
+        self.added.extend_from_slice(name_colon);
+        let at = self.added.len();
+        value(&mut self.added);
+        self.end_line(start, at)
     }
 
     /// Replaces every line of field `name` with one `name: value`.
@@ -188,7 +227,7 @@ impl HeadEdits {
     /// Whether the head's field `name` is dropped.
     #[inline]
     pub fn removes(&self, name: &[u8]) -> bool {
-        if self.removed.is_empty() {
+        if self.removed_lengths & (1 << (name.len() % 64)) == 0 {
             return false;
         }
         self.removed

@@ -141,6 +141,10 @@ pub struct RouteTable {
     listener: Policy,
     /// Each route's rules (empty when none were given).
     rules: Vec<RouteRules>,
+    /// Per route: whether anything edits the request sent upstream, and
+    /// whether anything edits the response (the plain route skips both).
+    edits_request: Vec<bool>,
+    edits_response: Vec<bool>,
 }
 
 impl RouteTable {
@@ -226,6 +230,32 @@ impl RouteTable {
         for (slot, rules) in self.rules.iter_mut().zip(routes) {
             *slot = rules;
         }
+        let listener = &self.listener;
+        self.edits_request = self
+            .rules
+            .iter()
+            .map(|r| {
+                r.strip_prefix
+                    || r.upstream_host.is_some()
+                    || !r.policy.headers.request.is_empty()
+                    || !listener.headers.request.is_empty()
+                    || r.policy
+                        .rules
+                        .iter()
+                        .chain(&listener.rules)
+                        .any(|rule| matches!(rule.action, crate::rules::Action::Rewrite { .. }))
+            })
+            .collect();
+        self.edits_response = self
+            .rules
+            .iter()
+            .map(|r| {
+                !r.policy.headers.response.is_empty()
+                    || !listener.headers.response.is_empty()
+                    || r.policy.cors.is_some()
+                    || listener.cors.is_some()
+            })
+            .collect();
         self
     }
 
@@ -271,7 +301,13 @@ impl RouteTable {
             };
             let listener = &self.listener;
             trace.enter(Scope::Listener, path);
-            if let Verdict::Reply(reply) = listener.evaluate(&facts, effects, trace) {
+            // No call when there is nothing to run (the common case).
+            let listener_verdict = if listener.rules.is_empty() {
+                Verdict::Continue
+            } else {
+                listener.evaluate(&facts, effects, trace)
+            };
+            if let Verdict::Reply(reply) = listener_verdict {
                 return Decision {
                     route: None,
                     reply: Some(reply),
@@ -294,7 +330,12 @@ impl RouteTable {
                     reply: None,
                 };
             };
-            if let Verdict::Reply(reply) = rules.policy.evaluate(&facts, effects, trace) {
+            let verdict = if rules.policy.rules.is_empty() {
+                Verdict::Continue
+            } else {
+                rules.policy.evaluate(&facts, effects, trace)
+            };
+            if let Verdict::Reply(reply) = verdict {
                 return answer(reply);
             }
             let cors = rules.policy.cors.as_ref().or(listener.cors.as_ref());
@@ -741,7 +782,10 @@ impl ProxyHooks for ReverseHandler {
     }
 
     fn response(&self, req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ReverseCtx) {
-        if let Some(rules) = cx.route.and_then(|r| self.routes.rules(r)) {
+        let edited = cx
+            .route
+            .filter(|&r| self.routes.edits_response.get(r) == Some(&true));
+        if let Some(rules) = edited.and_then(|r| self.routes.rules(r)) {
             let listener = self.routes.listener_rules();
             if !listener.headers.response.is_empty() || !rules.policy.headers.response.is_empty() {
                 let vars = vars(req, cx);

@@ -15,7 +15,6 @@ use ringway_http::{
         Action as RuleAction, Condition, EditOp, ErrorPages, HeaderEdit, Policy, RateKey,
         Rule as RequestRule, Test,
     },
-    HeadEdits,
 };
 
 use super::*;
@@ -205,10 +204,6 @@ impl Validator {
         value: Option<&String>,
         at: &KeyPath,
     ) -> Option<HeaderEdit> {
-        if let Err(e) = HeadEdits::new().remove(name) {
-            self.problem(at.clone(), format!("{name:?}: {e}"));
-            return None;
-        }
         let value = match value {
             None => None,
             Some(text) => {
@@ -225,11 +220,13 @@ impl Validator {
                 }
             }
         };
-        Some(HeaderEdit {
-            op,
-            name: name.into(),
-            value,
-        })
+        match HeaderEdit::new(op, name, value) {
+            Ok(edit) => Some(edit),
+            Err(e) => {
+                self.problem(at.clone(), format!("{name:?}: {e}"));
+                None
+            }
+        }
     }
 
     fn cors(&mut self, c: &CorsSection, at: &KeyPath) -> Option<Cors> {

@@ -188,12 +188,56 @@ pub struct HeaderRules {
 /// One header edit.
 #[derive(Debug)]
 pub struct HeaderEdit {
-    /// What to do.
-    pub op: EditOp,
-    /// The field's name (checked as a token that frames nothing).
-    pub name: Box<str>,
-    /// The value (none for a removal).
-    pub value: Option<Template>,
+    op: EditOp,
+    name: Box<str>,
+    value: Option<Template>,
+    /// The name lowercased and followed by NUL, as a removal is kept.
+    removal: Box<[u8]>,
+    /// `Name: `.
+    name_colon: Box<[u8]>,
+    /// The whole line, when the value reads no variable.
+    line: Option<Box<[u8]>>,
+}
+
+impl HeaderEdit {
+    /// An edit of field `name`; refused when the name is not a token or
+    /// names a field that frames the message.
+    pub fn new(op: EditOp, name: &str, value: Option<Template>) -> Result<Self, crate::edits::EditError> {
+        HeadEdits::new().remove(name)?;
+        let mut removal = name.to_ascii_lowercase().into_bytes();
+        removal.push(0);
+        let name_colon = format!("{name}: ").into_bytes();
+        let line = match &value {
+            Some(t) if t.is_literal() => {
+                let mut line = name_colon.clone();
+                t.render_literal(&mut line);
+                if line.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+                    return Err(crate::edits::EditError::BadValue);
+                }
+                line.extend_from_slice(b"\r\n");
+                Some(line.into())
+            }
+            _ => None,
+        };
+        Ok(Self {
+            op,
+            name: name.into(),
+            value,
+            removal: removal.into(),
+            name_colon: name_colon.into(),
+            line,
+        })
+    }
+
+    /// What it does.
+    pub fn op(&self) -> EditOp {
+        self.op
+    }
+
+    /// The field it edits.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// A header edit's kind.
@@ -211,16 +255,19 @@ impl HeaderRules {
     /// Applies `list` (the request or response edits) to `edits`.
     pub fn apply(list: &[HeaderEdit], vars: &Vars<'_>, edits: &mut HeadEdits) {
         for edit in list {
-            // Names were checked at load; a value that renders a CR or LF
-            // (from a header's own value, which cannot hold one) is dropped.
-            let _ = match (&edit.op, &edit.value) {
-                (EditOp::Remove, _) | (_, None) => edits.remove(&edit.name),
-                (EditOp::Set, Some(value)) => {
-                    let _ = edits.remove(&edit.name);
-                    edits.append_with(&edit.name, |out| value.render(out, vars))
+            // Names were checked when the edit was made; a value that
+            // renders a CR or LF is dropped.
+            if edit.op != EditOp::Append {
+                edits.remove_checked(&edit.removal);
+            }
+            match (&edit.line, &edit.value) {
+                _ if edit.op == EditOp::Remove => {}
+                (Some(line), _) => edits.append_line_checked(line),
+                (None, Some(value)) => {
+                    let _ = edits.append_with_checked(&edit.name_colon, |out| value.render(out, vars));
                 }
-                (EditOp::Append, Some(value)) => edits.append_with(&edit.name, |out| value.render(out, vars)),
-            };
+                (None, None) => {}
+            }
         }
     }
 }
@@ -339,34 +386,59 @@ thread_local! {
     static CANONICAL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether an origin-form target is already canonical (no `%`, no empty
-/// or dot segment), so that matchers can read it as sent.
-fn is_canonical(target: &[u8]) -> bool {
-    if memchr::memchr(b'%', target).is_some() {
-        return false;
+/// Where the query of an origin-form target begins (its length when it
+/// has none), when the target is already canonical: no `%`, no empty or
+/// dot segment; `None` when it is not. One pass over short targets, no
+/// copy: the common case on the request path.
+fn canonical_end(target: &[u8]) -> Option<usize> {
+    if target.first() != Some(&b'/') {
+        return None;
     }
-    let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
-    if path.first() != Some(&b'/') {
-        return false;
-    }
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'/', &path[i..]) {
-        let rest = &path[i + at + 1..];
-        match rest {
-            [b'/', ..] | [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => return false,
+    let mut after_slash = false;
+    for (i, &b) in target.iter().enumerate() {
+        match b {
+            b'?' => {
+                return memchr::memchr(b'%', &target[i..]).is_none().then_some(i);
+            }
+            b'%' => return None,
+            b'/' if after_slash => return None,
+            b'/' => {
+                after_slash = true;
+                continue;
+            }
+            b'.' if after_slash => {
+                // "." or ".." as a whole segment.
+                let rest = &target[i..];
+                let dots = if rest.get(1) == Some(&b'.') { 2 } else { 1 };
+                if matches!(rest.get(dots), None | Some(b'/' | b'?')) {
+                    return None;
+                }
+            }
             _ => {}
         }
-        i += at + 1;
+        after_slash = false;
     }
-    true
+    Some(target.len())
+}
+
+/// Whether an origin-form target is already canonical (see
+/// [`canonical_end`]).
+#[cfg(test)]
+fn is_canonical(target: &[u8]) -> bool {
+    canonical_end(target).is_some()
 }
 
 /// Calls `f` with the canonical path and the query of an origin-form
 /// `target` (`/path?query`), and the query as sent.
 pub fn with_canonical<R>(target: &[u8], f: impl FnOnce(&[u8], &[u8], &[u8]) -> R) -> R {
+    if let Some(end) = canonical_end(target) {
+        let query = target.get(end + 1..).unwrap_or_default();
+        return f(&target[..end], query, query);
+    }
     let query_at = memchr::memchr(b'?', target);
     let raw_query = query_at.map_or(&b""[..], |q| &target[q + 1..]);
-    if is_canonical(target) || target.first() != Some(&b'/') {
+    if target.first() != Some(&b'/') {
+        // `*` (OPTIONS): read as it is.
         return f(&target[..query_at.unwrap_or(target.len())], raw_query, raw_query);
     }
     CANONICAL.with(|cell| {

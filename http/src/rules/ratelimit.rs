@@ -26,7 +26,7 @@ const WAYS: usize = 4;
 const TIME_BITS: u32 = 44;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 const HALF: u64 = 1 << (TIME_BITS - 1);
-/// Slots in a table (4,096 sets of 4: 512 KiB).
+/// Slots in a table (4,096 sets of 4: 128 KiB).
 pub const DEFAULT_SLOTS: usize = 16_384;
 
 /// A rate: so many requests per so long.

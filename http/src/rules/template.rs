@@ -175,6 +175,15 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Var(v) if v == var))
     }
 
+    /// Appends the text of a template that reads no variable.
+    pub(crate) fn render_literal(&self, out: &mut Vec<u8>) {
+        for part in &self.parts {
+            if let Part::Text(text) = part {
+                out.extend_from_slice(text);
+            }
+        }
+    }
+
     /// Appends the rendered value to `out`.
     pub fn render(&self, out: &mut Vec<u8>, vars: &Vars<'_>) {
         for part in &self.parts {
@@ -194,38 +203,69 @@ impl fmt::Display for Template {
 
 fn render_var(out: &mut Vec<u8>, var: &Var, vars: &Vars<'_>) {
     let req = vars.req;
-    let (path_query, authority) = crate::write::origin_form(req.target());
-    let query_at = memchr::memchr(b'?', path_query);
+    let target = || {
+        let (path_query, authority) = crate::write::origin_form(req.target());
+        (path_query, authority, memchr::memchr(b'?', path_query))
+    };
     match var {
         Var::Scheme => out.extend_from_slice(if vars.https { b"https" } else { b"http" }),
         Var::Host => {
+            let (_, authority, _) = target();
             let host = authority.or(req.host()).unwrap_or_default();
             out.extend_from_slice(host_without_port(host));
         }
         Var::Path => match vars.path {
             Some(path) => out.extend_from_slice(path),
             None => {
+                let (path_query, _, _) = target();
                 let start = out.len();
                 let len = crate::matching::canonical_target(out, path_query);
                 out.truncate(start + len);
             }
         },
         Var::Query => {
+            let (path_query, _, query_at) = target();
             if let Some(at) = query_at {
                 out.extend_from_slice(&path_query[at + 1..]);
             }
         }
         Var::IsArgs => {
+            let (path_query, _, query_at) = target();
             if query_at.is_some_and(|at| at + 1 < path_query.len()) {
                 out.push(b'?');
             }
         }
-        Var::RequestUri => out.extend_from_slice(path_query),
+        Var::RequestUri => out.extend_from_slice(target().0),
         Var::Method => out.extend_from_slice(req.method_bytes()),
-        Var::RemoteAddr => {
-            use std::io::Write;
-            let _ = write!(out, "{}", vars.remote.ip().to_canonical());
-        }
+        Var::RemoteAddr => match vars.remote.ip().to_canonical() {
+            std::net::IpAddr::V4(v4) => {
+                // Without the formatting machinery: this is in most
+                // configurations' header edits.
+                let mut text = [0u8; 15];
+                let mut len = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text[len] = b'.';
+                        len += 1;
+                    }
+                    if octet >= 100 {
+                        text[len] = b'0' + octet / 100;
+                        len += 1;
+                    }
+                    if octet >= 10 {
+                        text[len] = b'0' + octet / 10 % 10;
+                        len += 1;
+                    }
+                    text[len] = b'0' + octet % 10;
+                    len += 1;
+                }
+                out.extend_from_slice(&text[..len]);
+            }
+            v6 => {
+                use std::io::Write;
+                let _ = write!(out, "{v6}");
+            }
+        },
         Var::RequestId => out.extend_from_slice(&vars.request_id.hex()),
         Var::Header(name) => {
             if let Some(value) = req.header(name) {
@@ -305,5 +345,36 @@ mod tests {
         assert!(error("100$", 0).contains("lone"));
         assert!(Template::parse("/v2/$1", 1).unwrap().reads(&Var::Capture(1)));
         assert!(Template::parse("plain", 0).unwrap().is_literal());
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+    use crate::head::parsed;
+
+    #[test]
+    fn client_addresses_render_as_text() {
+        let req = parsed("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        let t = Template::parse("$remote_addr", 0).unwrap();
+        for (addr, want) in [
+            ("10.20.0.255:1", "10.20.0.255"),
+            ("1.99.100.7:1", "1.99.100.7"),
+            ("[2001:db8::1]:1", "2001:db8::1"),
+        ] {
+            let mut out = Vec::new();
+            t.render(
+                &mut out,
+                &Vars {
+                    req: &req,
+                    remote: addr.parse().unwrap(),
+                    request_id: RequestId::default(),
+                    https: false,
+                    path: None,
+                    captures: None,
+                },
+            );
+            assert_eq!(out, want.as_bytes());
+        }
     }
 }

@@ -202,10 +202,58 @@ fn targets_that_are_already_canonical_are_read_in_place() {
         ("/a/..", false),
         ("/%61", false),
         ("/a/b/", true),
+        ("/a/..b", true),
+        ("/a/.?x", false),
+        ("/a?x=/../%2e", false),
+        ("/a?x=/../", true),
+        ("/", true),
+        ("*", false),
     ] {
         assert_eq!(is_canonical(target.as_bytes()), canonical, "{target}");
     }
     with_canonical(b"/a/../b?x=%61", |path, query, raw| {
         assert_eq!((path, query, raw), (&b"/b"[..], &b"x=a"[..], &b"x=%61"[..]));
     });
+}
+
+#[test]
+fn sni_matches_the_name_the_client_asked_for() {
+    let policy = Policy {
+        rules: vec![rule(
+            vec![Test::Sni(vec![
+                "admin.example.com".into(),
+                "*.internal.test".into(),
+            ])],
+            deny(421),
+        )],
+        ..Policy::default()
+    };
+    let req = parsed(&get("/"));
+    let status = |sni: Option<&str>| {
+        let mut client = client();
+        client.tls = sni.map(|name| {
+            std::rc::Rc::new(ringway_tls::TlsInfo {
+                sni: Some(name.into()),
+                client_subject: None,
+                alpn: None,
+                version: "TLSv1.3",
+            })
+        });
+        let facts = Facts {
+            req: &req,
+            client: &client,
+            path: b"/",
+            query: b"",
+            raw_query: b"",
+        };
+        match policy.evaluate(&facts, &mut Effects::default(), &mut NoTrace) {
+            Verdict::Reply(r) => r.status,
+            _ => 0,
+        }
+    };
+    assert_eq!(status(Some("admin.example.com")), 421);
+    assert_eq!(status(Some("a.b.internal.test")), 421);
+    assert_eq!(status(Some("internal.test")), 0, "*. needs a subdomain");
+    assert_eq!(status(Some("www.example.com")), 0);
+    assert_eq!(status(None), 0, "a plain connection has no server name");
 }
