@@ -19,6 +19,8 @@ pub(crate) struct Request<'a> {
     pub(crate) method: &'a str,
     /// `http://host/path`, or `host:port` for a CONNECT.
     pub(crate) target: &'a str,
+    /// Request headers, `Name: value` (for `header` matchers).
+    pub(crate) headers: &'a [String],
 }
 
 /// Prints the decision; fails when the listener or the target is unusable.
@@ -42,6 +44,7 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         (Some(auth), Some(user)) => auth.groups_of(user),
         _ => Vec::new(),
     };
+    let head = crate::route_explain::request_head(method, "/", "explain", request.headers)?;
     let acl_request = AclRequest {
         src: request.src,
         dest: &dest,
@@ -50,6 +53,7 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         path,
         user: request.user,
         groups: &groups,
+        head: Some(&head),
     };
     let decision = runtime.block_on(decide(&settings.acl, &Rc::new(resolver), &acl_request));
     print!("{}", report(&settings, request, &dest, method, &decision));

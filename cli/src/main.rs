@@ -131,6 +131,9 @@ enum AclCommand {
         /// The method of a plain HTTP request.
         #[arg(long, default_value = "GET")]
         method: String,
+        /// A request header, "Name: value" (repeatable), for header rules.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
         /// URLs (http://host/path) or host:port (CONNECT); each is explained.
         #[arg(required = true)]
         targets: Vec<String>,
@@ -202,6 +205,7 @@ fn main() -> ExitCode {
                     src,
                     user,
                     method,
+                    headers,
                     targets,
                 },
         }) => load(&config).and_then(|c| {
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
                     user: user.as_deref(),
                     method: &method,
                     target,
+                    headers: &headers,
                 };
                 explain::explain(&c, &request)?;
             }

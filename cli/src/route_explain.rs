@@ -94,23 +94,7 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         );
     };
     let (https, authority, target) = split_url(request.url)?;
-    let mut raw = format!("{} {target} HTTP/1.1\r\nHost: {authority}\r\n", request.method);
-    for header in request.headers {
-        anyhow::ensure!(
-            header.contains(':') && !header.contains(['\r', '\n']),
-            "-H {header:?}: expected \"Name: value\""
-        );
-        raw.push_str(header);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    let mut buf = BytesMut::from(raw.as_bytes());
-    let mut req = RequestHead::new();
-    match req.parse(&mut buf, &HttpLimits::default()) {
-        Ok(true) => {}
-        Ok(false) => anyhow::bail!("the request is incomplete"),
-        Err(e) => anyhow::bail!("the proxy would refuse this request before routing it: {e}"),
-    }
+    let req = request_head(request.method, target, authority, request.headers)?;
     let mut client = ClientInfo::new((request.src, 50000).into(), listener.spec.addr);
     client.request_id = RequestId::next();
     if https {
@@ -185,6 +169,33 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
     };
     print!("{out}");
     Ok(code)
+}
+
+/// The head of `METHOD target` with `Host: authority` and `headers`
+/// (`Name: value` each), parsed as the proxy parses a request.
+pub(crate) fn request_head(
+    method: &str,
+    target: &str,
+    authority: &str,
+    headers: &[String],
+) -> anyhow::Result<RequestHead> {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {authority}\r\n");
+    for header in headers {
+        anyhow::ensure!(
+            header.contains(':') && !header.contains(['\r', '\n']),
+            "-H {header:?}: expected \"Name: value\""
+        );
+        raw.push_str(header);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    let mut buf = BytesMut::from(raw.as_bytes());
+    let mut req = RequestHead::new();
+    match req.parse(&mut buf, &HttpLimits::default()) {
+        Ok(true) => Ok(req),
+        Ok(false) => anyhow::bail!("the request is incomplete"),
+        Err(e) => anyhow::bail!("the proxy would refuse this request before routing it: {e}"),
+    }
 }
 
 /// `(https, authority, origin-form target)` of an `http(s)://` URL.

@@ -241,6 +241,10 @@ fn cors_preflights_and_responses() {
     };
     let r = preflight(&mut c, "https://app.example.com", "PUT");
     assert_eq!(r.status, 204);
+    assert!(
+        r.header("content-length").is_none() && r.body.is_empty(),
+        "a 204 has no body nor length"
+    );
     assert_eq!(
         r.header("access-control-allow-origin"),
         Some("https://app.example.com")
@@ -399,11 +403,13 @@ error_pages = {{ 502 = "{d}/502.html", 403 = "{d}/403.html", 429 = "{d}/429.json
 }
 
 #[test]
-fn a_forward_listener_edits_headers() {
+fn a_forward_listener_edits_headers_and_matches_them_in_its_acl() {
     let origin = Origin::start(|_| {
         Reply::Bytes(b"HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 2\r\n\r\nok".to_vec())
     });
-    let source = r#"
+    let page = temp_file("denied.html", "<p>{listener} refused {host} ({rule})</p>");
+    let source = format!(
+        r#"
 [runtime]
 workers = 1
 pin_cpus = false
@@ -413,6 +419,11 @@ default = "allow"
 block_private = true
 private_allow = ["127.0.0.1/32"]
 
+[[acl.lab.rule]]
+name = "bots"
+action = "deny"
+header = {{ "User-Agent" = "~(?i)badbot" }}
+
 [[listener]]
 name = "outbound"
 listen = "127.0.0.1:0"
@@ -421,25 +432,34 @@ acl = "lab"
 
 [listener.headers]
 request_remove = ["User-Agent", "Referer"]
-request_set = { "X-Filter" = "ringway" }
+request_set = {{ "X-Filter" = "ringway" }}
 response_remove = ["Server"]
-"#;
-    let config = config::parse(Path::new("forward.toml"), source).unwrap_or_else(|e| panic!("{e}"));
+error_pages = {{ 403 = "{}" }}
+"#,
+        page.display()
+    );
+    let config = config::parse(Path::new("forward.toml"), &source).unwrap_or_else(|e| panic!("{e}"));
     let running = factory::start(&config).expect("starts");
     let mut c = TestClient::connect(running.local_addrs()[0]);
+    let target = origin.addr();
     let r = request(
         &mut c,
-        &format!(
-            "GET http://{}/p HTTP/1.1\r\nHost: {}\r\nUser-Agent: secret-browser\r\nReferer: http://intranet/",
-            origin.addr(),
-            origin.addr()
-        ),
+        &format!("GET http://{target}/p HTTP/1.1\r\nHost: {target}\r\nUser-Agent: secret-browser\r\nReferer: http://intranet/"),
     );
     assert_eq!(r.status, 200);
     assert!(r.header("server").is_none());
     let seen = last_seen(&origin);
     assert!(seen.header("user-agent").is_none() && seen.header("referer").is_none());
     assert_eq!(seen.header("x-filter"), Some("ringway"));
+    // The ACL reads the header as the client sent it, before any edit.
+    let r = request(
+        &mut c,
+        &format!("GET http://{target}/p HTTP/1.1\r\nHost: {target}\r\nUser-Agent: Mozilla BadBot/2"),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "<p>outbound refused 127.0.0.1 (rule 1 (bots))</p>");
+    assert_eq!(origin.seen().len(), 1);
+    let _ = std::fs::remove_file(page);
 }
 
 /// The errors a user sees, by key and line.
@@ -480,6 +500,10 @@ fn bad_rules_are_config_errors_with_file_line_and_key() {
         (
             format!("{route}rate_limit = {{ rate = \"fast\" }}"),
             "listener[0].route[0].rule[0].rate_limit.rate: invalid rate \"fast\"",
+        ),
+        (
+            format!("{route}return = {{ status = 204, body = \"x\" }}"),
+            "listener[0].route[0].rule[0].return.body: a 204 response has no body",
         ),
         (
             "[[listener.route]]\nupstream = \"app\"\n\n[listener.route.headers]\ncors = { allow_origins = [\"https://app.example.com/\"] }".to_owned(),

@@ -268,6 +268,7 @@ pub fn forward_target(data: &[u8]) {
         path,
         user: None,
         groups: &[],
+        head: None,
     };
     let first = format!("{:?}", acl.decide(&request(&dest), None));
     let second = format!("{:?}", acl.decide(&request(&again), None));

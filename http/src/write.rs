@@ -339,7 +339,12 @@ pub(crate) fn local_response(
     out.extend_from_slice(reply.content_type.as_bytes());
     out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
     out.extend_from_slice(reply.headers.as_bytes());
-    write_framing(out, BodyFraming::Length(body.len() as u64));
+    // 204 and 304 have no body, and a 204 no Content-Length (RFC 9110
+    // 8.6, 15.3.5).
+    let bodyless = matches!(reply.status, 204 | 304);
+    if !bodyless {
+        write_framing(out, BodyFraming::Length(body.len() as u64));
+    }
     if let Some(via) = via {
         out.extend_from_slice(via.line());
     }
@@ -347,7 +352,7 @@ pub(crate) fn local_response(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_request {
+    if !head_request && !bodyless {
         out.extend_from_slice(body);
     }
 }

@@ -32,6 +32,7 @@ pub(crate) struct RuleSection {
     pub(crate) user: Option<OneOrMany<String>>,
     pub(crate) group: Option<OneOrMany<String>>,
     pub(crate) time: Option<OneOrMany<String>>,
+    pub(crate) header: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +298,17 @@ impl Validator {
             }
             if let Some(users) = &r.user {
                 matchers.push(Matcher::User(users.items().to_vec()));
+            }
+            for (name, value) in r.header.iter().flatten() {
+                let kat = rat.key("header").key(name);
+                if !ringway_http::is_token(name) {
+                    self.problem(kat, format!("{name:?} is not a header name"));
+                    continue;
+                }
+                match ringway_http::matching::ValueMatch::parse(value) {
+                    Ok(value) => matchers.push(Matcher::Header(name.as_str().into(), value)),
+                    Err(e) => self.problem(kat, e),
+                }
             }
             if let Some(groups) = &r.group {
                 matchers.push(Matcher::Group(groups.items().to_vec()));

@@ -391,6 +391,12 @@ impl Validator {
                 |s| (200..=599).contains(&s),
                 "a response can have (200 to 599)",
             );
+            if matches!(status, 204 | 304) && ret.body.as_ref().is_some_and(|b| !b.is_empty()) {
+                self.problem(
+                    at.key("return").key("body"),
+                    format!("a {status} response has no body"),
+                );
+            }
             let content_type = ret
                 .content_type
                 .clone()

@@ -17,8 +17,8 @@ use std::{
     sync::Arc,
 };
 
-use crate::matching::canonical_target;
 pub use crate::matching::IpNet;
+use crate::matching::{canonical_target, ValueMatch};
 
 use super::{
     domains::DomainSet,
@@ -230,6 +230,9 @@ pub enum Matcher {
     Group(Vec<String>),
     /// Local time is within one of the windows.
     Time(Vec<TimeWindow>),
+    /// A request header has a matching value (any of its lines): the
+    /// matcher of request rules, e.g. `User-Agent` by `~regex`.
+    Header(Box<str>, ValueMatch),
 }
 
 /// A rule: an action when all its matchers hold.
@@ -300,6 +303,9 @@ pub struct AclRequest<'a> {
     pub user: Option<&'a str>,
     /// The user's groups.
     pub groups: &'a [String],
+    /// The request's head, for header matchers (`None`: no header
+    /// matches).
+    pub head: Option<&'a crate::head::RequestHead>,
 }
 
 /// Why a request was denied.
@@ -466,6 +472,10 @@ fn matches(m: &Matcher, req: &AclRequest<'_>, addrs: Option<&[IpAddr]>) -> Optio
         Matcher::User(users) => req.user.is_some_and(|u| users.iter().any(|x| x == u)),
         Matcher::Group(groups) => req.groups.iter().any(|g| groups.contains(g)),
         Matcher::Time(windows) => windows.iter().any(TimeWindow::contains_now),
+        Matcher::Header(name, value) => req.head.is_some_and(|head| {
+            head.headers()
+                .any(|f| f.name.eq_ignore_ascii_case(name.as_bytes()) && value.matches(f.value))
+        }),
     })
 }
 
@@ -588,6 +598,7 @@ mod tests {
             path: None,
             user: None,
             groups: &[],
+            head: None,
         }
     }
 

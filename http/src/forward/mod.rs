@@ -254,6 +254,7 @@ impl ProxyHooks for ForwardHandler {
             path,
             user: user.as_deref().map(|u| u.name.as_str()),
             groups: user.as_deref().map_or(&[], |u| &u.groups),
+            head: Some(req),
         };
         match decide(&self.settings.acl, &self.resolver, &request).await.outcome {
             Outcome::Allow { addrs, .. } if addrs.iter().any(|&a| self.own.contains(a)) => {
