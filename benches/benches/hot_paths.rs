@@ -313,6 +313,7 @@ fn request_rules(c: &mut Criterion) {
                 https: false,
                 path: None,
                 captures: None,
+                in_url: false,
             };
             edits.clear();
             edited.edit_upstream_request(route, &head, &fx, &vars, &mut edits);

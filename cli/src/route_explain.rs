@@ -144,6 +144,7 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
                 https,
                 path: None,
                 captures: None,
+                in_url: false,
             };
             routes.edit_upstream_request(route, &req, &effects, &vars, &mut edits);
             let target = edits

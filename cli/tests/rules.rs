@@ -44,6 +44,10 @@ fn last_seen(origin: &Origin) -> ringway_tests::Seen {
 
 const MATCHERS: &str = r#"
 [[listener.rule]]
+name = "old api"
+rewrite = { path_regex = "^/v1/(.*)$", to = "/api/$1" }
+
+[[listener.rule]]
 name = "scanners"
 when = { header = { "User-Agent" = "~(?i)sqlmap|nikto" } }
 deny = 403
@@ -111,6 +115,10 @@ fn each_matcher_and_action_in_order() {
         "/api/x/../admin",
         "/api//admin",
         "//api//admin",
+        "/api/x\\..\\admin",
+        "/api/x%2F..%2Fadmin",
+        "/api/x/..;/admin",
+        "/v1/admin",
     ] {
         let r = get(&mut TestClient::connect(running.local_addrs()[0]), path, "");
         assert_eq!(
@@ -119,6 +127,16 @@ fn each_matcher_and_action_in_order() {
             "{path}"
         );
     }
+    // A fragment in a request target is refused (servers disagree on it).
+    assert_eq!(
+        get(
+            &mut TestClient::connect(running.local_addrs()[0]),
+            "/api/admin#/../x",
+            ""
+        )
+        .status,
+        400
+    );
     // Method.
     let r = request(&mut c, "DELETE /api/users HTTP/1.1\r\nHost: site.test");
     assert_eq!(r.status, 405);
@@ -135,6 +153,8 @@ fn each_matcher_and_action_in_order() {
     // Rewrite with a capture; the query follows.
     let r = get(&mut c, "/api/v1/users?page=2", "");
     assert_eq!((r.status, r.text().as_str()), (200, "/v2/users?page=2"));
+    // A listener's rewrite routes by the new path (and that route strips it).
+    assert_eq!(get(&mut c, "/v1/users", "").text(), "/users");
     // Prefix stripped.
     assert_eq!(get(&mut c, "/api/users?x=1", "").text(), "/users?x=1");
     assert_eq!(get(&mut c, "/api", "").text(), "/");
@@ -152,7 +172,14 @@ fn each_matcher_and_action_in_order() {
     let targets: Vec<String> = origin.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(
         targets,
-        ["/tenant", "/v2/users?page=2", "/users?x=1", "/", "/plain/%7Euser"],
+        [
+            "/tenant",
+            "/v2/users?page=2",
+            "/users",
+            "/users?x=1",
+            "/",
+            "/plain/%7Euser"
+        ],
         "refused requests never reach the origin"
     );
 }
@@ -218,6 +245,10 @@ const CORS: &str = r#"
 [[listener.route]]
 upstream = "app"
 
+[[listener.route.rule]]
+when = { path_prefix = "/denied" }
+deny = 403
+
 [listener.route.headers]
 cors = { allow_origins = ["https://app.example.com"], allow_methods = ["GET", "POST", "PUT"], allow_headers = ["Content-Type", "X-Token"], allow_credentials = true, max_age = "10m" }
 "#;
@@ -276,6 +307,15 @@ fn cors_preflights_and_responses() {
     // Another origin gets no CORS fields, and the answer still varies.
     let r = get(&mut c, "/x", "\r\nOrigin: https://evil.example.com");
     assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // The proxy's own answers carry the fields too, so that a script can
+    // read the status.
+    let r = get(&mut c, "/denied", "\r\nOrigin: https://app.example.com");
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     assert_eq!(r.header("vary"), Some("Origin"));
     // A plain OPTIONS (no preflight fields) goes to the origin.
     let r = request(&mut c, "OPTIONS /x HTTP/1.1\r\nHost: site.test");
@@ -500,6 +540,26 @@ fn bad_rules_are_config_errors_with_file_line_and_key() {
         (
             format!("{route}rate_limit = {{ rate = \"fast\" }}"),
             "listener[0].route[0].rule[0].rate_limit.rate: invalid rate \"fast\"",
+        ),
+        (
+            format!("{route}when = {{ method = \"get\" }}\ndeny = 403"),
+            "listener[0].route[0].rule[0].when.method: methods are case-sensitive: \"get\" never matches \"GET\"",
+        ),
+        (
+            format!("{route}when = {{ src = [] }}\ndeny = 403"),
+            "listener[0].route[0].rule[0].when.src: an empty list matches nothing",
+        ),
+        (
+            format!("{route}rate_limit = {{ rate = \"1/2500h\" }}"),
+            "listener[0].route[0].rule[0].rate_limit: \"1/2500h\" with burst 1: a bucket would take longer than 30 days to refill",
+        ),
+        (
+            "[[listener.route]]\nupstream = \"app\"\n\n[listener.route.headers]\nrequest_set = { \"X-Forwarded-For\" = \"1.2.3.4\" }".to_owned(),
+            "is written by the proxy",
+        ),
+        (
+            "[[listener.route]]\nupstream = \"app\"\n\n[listener.route.headers]\nrequest_remove = [\"Host\"]".to_owned(),
+            "Host cannot be removed",
         ),
         (
             format!("{route}return = {{ status = 204, body = \"x\" }}"),

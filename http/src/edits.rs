@@ -120,6 +120,7 @@ impl HeadEdits {
         self.removed.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
         self.removed.push(0);
         self.removed_lengths |= 1 << (name.len() % 64);
+        self.strike_added(name.as_bytes());
         Ok(())
     }
 
@@ -162,7 +163,29 @@ impl HeadEdits {
     /// read, given lowercased and followed by NUL.
     pub(crate) fn remove_checked(&mut self, lowercase_name_nul: &[u8]) {
         self.removed.extend_from_slice(lowercase_name_nul);
-        self.removed_lengths |= 1 << ((lowercase_name_nul.len() - 1) % 64);
+        let name = &lowercase_name_nul[..lowercase_name_nul.len() - 1];
+        self.removed_lengths |= 1 << (name.len() % 64);
+        self.strike_added(name);
+    }
+
+    /// Drops the lines of field `name` that earlier edits added: a later
+    /// removal or `set` wins over an earlier edit of the same field.
+    fn strike_added(&mut self, name: &[u8]) {
+        if self.added.is_empty() {
+            return;
+        }
+        let (mut read, mut write) = (0, 0);
+        while read < self.added.len() {
+            let end = memchr::memchr(b'\n', &self.added[read..]).map_or(self.added.len(), |p| read + p + 1);
+            let line = &self.added[read..end];
+            let same = line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name);
+            if !same {
+                self.added.copy_within(read..end, write);
+                write += end - read;
+            }
+            read = end;
+        }
+        self.added.truncate(write);
     }
 
     /// Adds `line` (`Name: value\r\n`, checked when the configuration
@@ -256,6 +279,13 @@ mod tests {
         assert_eq!(e.added(), b"Server: ringway\r\nSet-Cookie: a=1\r\n");
         e.clear();
         assert!(e.is_empty() && !e.removes(b"server"));
+        // A later set or removal wins over what earlier edits added.
+        e.set("X-Id", b"1").unwrap();
+        e.append("X-Other", b"a").unwrap();
+        e.set("x-id", b"2").unwrap();
+        assert_eq!(e.added(), b"X-Other: a\r\nx-id: 2\r\n");
+        e.remove("X-OTHER").unwrap();
+        assert_eq!(e.added(), b"x-id: 2\r\n");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! 5. [`ProxyHooks::response`]: edits to the head sent to the client.
 //! 6. [`ProxyHooks::finish`]: the exchange is over (logs, metrics).
 //!
-//! [`ProxyHooks::error_page`] dresses the answers the proxy gives itself.
+//! [`ProxyHooks::local_reply`] dresses the answers the proxy gives itself.
 
 use std::{future::Future, net::SocketAddr, rc::Rc, time::Duration};
 
@@ -189,12 +189,13 @@ pub trait ProxyHooks: 'static {
         let _ = (req, resp, edits, cx);
     }
 
-    /// The page that answers `status` when the proxy answers it itself
-    /// with its stock text (a refusal, a failed upstream, a malformed
-    /// request): the configured error page, if any. The default has none.
-    fn error_page(&self, status: u16, cx: &Self::Ctx) -> Option<LocalReply> {
-        let _ = (status, cx);
-        None
+    /// Dresses an answer the proxy gives `req` itself (a refusal, a
+    /// redirect, a failed upstream, a malformed request): a configured
+    /// error page in place of the stock text, the fields CORS needs. The
+    /// default sends it as it is.
+    fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &Self::Ctx) -> LocalReply {
+        let _ = (req, cx);
+        reply
     }
 
     /// The exchange is over, whatever its end (not called for requests

@@ -134,46 +134,90 @@ pub fn first_line(message: &str) -> String {
 
 /// Appends the canonical form of an origin-form `target` to `out`:
 /// percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2),
-/// dot-segments removed (5.2.4) and empty segments merged (as nginx's
-/// `merge_slashes`), so that every spelling of a path an origin would
-/// resolve alike (`/ads`, `/%61ds`, `/x/../ads`, `/./ads`, `/%2e%2e/ads`,
-/// `//ads`) reads alike. The query is decoded only, and kept with its `?`.
+/// every spelling of a separator (`/`, `\`, `%2F`, `%5C`) read as `/`,
+/// dot-segments removed (5.2.4, with `..;params` as Tomcat reads it),
+/// empty segments merged (as nginx's `merge_slashes`), and the path ended
+/// at `?` or `#`: every spelling of a path an origin may resolve alike
+/// (`/ads`, `/%61ds`, `/x/../ads`, `/./ads`, `/%2e%2e/ads`, `//ads`,
+/// `/x\..\ads`, `/x/..;/ads`, `/ads#/../x`) reads alike, so a rule cannot
+/// be stepped around. The query is decoded only, and kept with its `?`.
 /// Returns the length of the path part appended.
 pub fn canonical_target(out: &mut Vec<u8>, target: &[u8]) -> usize {
-    let query_at = memchr::memchr(b'?', target).unwrap_or(target.len());
-    let (path, query) = target.split_at(query_at);
+    let path_end = memchr::memchr2(b'?', b'#', target).unwrap_or(target.len());
+    let (path, rest) = target.split_at(path_end);
+    let query = match rest.first() {
+        Some(b'?') => &rest[..memchr::memchr(b'#', rest).unwrap_or(rest.len())],
+        _ => &b""[..],
+    };
     let base = out.len();
+    // First the path decoded, each separator as '/'; then its segments
+    // resolved after it; then moved down: no allocation.
+    push_path_decoded(out, path);
+    let mid = out.len();
     let mut ends_in_dot = false;
     let mut ends_in_slash = false;
-    for segment in path.split(|&b| b == b'/') {
-        if segment.is_empty() {
-            ends_in_slash = out.len() > base;
+    let mut i = base;
+    // `<=`: a path that ends in '/' has an empty last segment.
+    while i <= mid {
+        let end = memchr::memchr(b'/', &out[i..mid]).map_or(mid, |p| i + p);
+        let start = i;
+        i = end + 1;
+        if end == start {
+            ends_in_slash = out.len() > mid;
             continue;
         }
         ends_in_slash = false;
-        let start = out.len();
-        out.push(b'/');
-        push_decoded(out, segment);
-        ends_in_dot = match &out[start + 1..] {
-            b"." => {
-                out.truncate(start);
-                true
-            }
+        // A dot segment, also with parameters (`..;x`).
+        let name_end = memchr::memchr(b';', &out[start..end]).map_or(end, |p| start + p);
+        match &out[start..name_end] {
+            b"." => ends_in_dot = true,
             b".." => {
-                out.truncate(start);
-                let parent = out[base..].iter().rposition(|&b| b == b'/').unwrap_or(0);
-                out.truncate(base + parent);
-                true
+                let parent = out[mid..].iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(mid + parent);
+                ends_in_dot = true;
             }
-            _ => false,
-        };
+            _ => {
+                ends_in_dot = false;
+                out.push(b'/');
+                out.extend_from_within(start..end);
+            }
+        }
     }
-    if ends_in_dot || ends_in_slash || out.len() == base {
+    if ends_in_dot || ends_in_slash || out.len() == mid {
         out.push(b'/');
     }
-    let path_len = out.len() - base;
+    let path_len = out.len() - mid;
+    out.copy_within(mid.., base);
+    out.truncate(base + path_len);
     push_decoded(out, query);
     path_len
+}
+
+/// Appends a path with its unreserved bytes decoded and every separator
+/// spelling (`\`, `%2F`, `%5C`) as `/`.
+fn push_path_decoded(out: &mut Vec<u8>, path: &[u8]) {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        if b == b'%' && i + 2 < path.len() {
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
+                if matches!(c, b'/' | b'\\') {
+                    out.push(b'/');
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(if b == b'\\' { b'/' } else { b });
+        i += 1;
+    }
 }
 
 /// Appends `text` with percent-encoded unreserved characters decoded.
@@ -218,13 +262,35 @@ mod tests {
             "//admin",
             "/%2e%2e/admin",
             "/x/%2E%2E/admin",
+            "/x\\..\\admin",
+            "/x%2F..%2Fadmin",
+            "/x%5c..%5cadmin",
+            "/x/..;/admin",
+            "/x/.;y/../admin",
+            "/admin#/../x",
+            "/admin#frag",
         ] {
             assert_eq!(canonical(spelling), "/admin", "{spelling}");
         }
         assert_eq!(canonical("/a//b/"), "/a/b/");
         assert_eq!(canonical("/a/b/.."), "/a/");
         assert_eq!(canonical("/"), "/");
-        assert_eq!(canonical("/a%2Fb"), "/a%2Fb", "a reserved byte stays encoded");
+        assert_eq!(canonical("/a%2Fb"), "/a/b", "an encoded separator is a separator");
+        assert_eq!(
+            canonical("/a%3Fb?c"),
+            "/a%3Fb?c",
+            "another reserved byte stays encoded"
+        );
+        assert_eq!(
+            canonical("/a;v=1/b"),
+            "/a;v=1/b",
+            "parameters stay on other segments"
+        );
+        assert_eq!(
+            canonical("/p?x=1#f"),
+            "/p?x=1",
+            "a fragment is no part of the query"
+        );
         assert_eq!(canonical("/p?x=%61//b"), "/p?x=a//b", "the query is decoded only");
     }
 

@@ -34,7 +34,8 @@ use crate::{
     reply::LocalReply,
     request_id::RequestId,
     rules::{
-        template::Vars, with_canonical, Effects, Facts, HeaderRules, NoTrace, Policy, Scope, Trace, Verdict,
+        template::Vars, with_canonical, Canonical, Effects, Facts, HeaderRules, NoTrace, Policy, Scope,
+        Trace, Verdict,
     },
     tls::PeerTls,
     write::origin_form,
@@ -210,10 +211,17 @@ impl RouteTable {
                 }
             };
             paths
-                .insert(&route.path_prefix, index)
+                .insert(&canonical_prefix(&route.path_prefix), index)
                 .map_err(|message| error(RouteField::PathPrefix, message))?;
         }
-        table.specs = routes.to_vec();
+        // Kept as paths are compared: `/%7Euser` routes `/~user`.
+        table.specs = routes
+            .iter()
+            .map(|r| RouteSpec {
+                path_prefix: canonical_prefix(&r.path_prefix),
+                ..r.clone()
+            })
+            .collect();
         table.rules = routes.iter().map(|_| RouteRules::default()).collect();
         table
             .suffixes
@@ -313,6 +321,14 @@ impl RouteTable {
                     reply: Some(reply),
                 };
             }
+            // A listener's rewrite routes the request by its new path (as
+            // nginx's `rewrite ... last`), and the route's rules read it.
+            let rewritten = effects.rewrite.as_deref().map(Canonical::of);
+            let facts = match &rewritten {
+                Some(c) => c.facts(&facts),
+                None => facts,
+            };
+            let path = facts.path;
             let Some(route) = self.lookup(host, path) else {
                 return Decision {
                     route: None,
@@ -432,6 +448,16 @@ impl RouteTable {
         }
         self.any.lookup(path)
     }
+}
+
+/// `prefix` in canonical form (see [`crate::matching::canonical_target`]),
+/// keeping a final '/'.
+fn canonical_prefix(prefix: &str) -> String {
+    let mut out = Vec::new();
+    let len = crate::matching::canonical_target(&mut out, prefix.as_bytes());
+    out.truncate(len);
+    // Canonical forms of text are text: only unreserved bytes are decoded.
+    String::from_utf8(out).unwrap_or_else(|_| prefix.to_owned())
 }
 
 /// Lowercases a Host value into `out` without its port or trailing dot.
@@ -643,6 +669,11 @@ impl ProxyHooks for ReverseHandler {
         if !is_origin_form && authority.is_none() {
             return Route::Reply(LocalReply::status(400));
         }
+        // A request target has no fragment (RFC 9112 3.2); servers differ
+        // on where a '#' ends the path, so none is passed on.
+        if memchr::memchr(b'#', target).is_some() {
+            return Route::Reply(LocalReply::status(400));
+        }
         cx.remote = Some(client.peer);
         cx.request_id = client.request_id;
         cx.https = client.tls.is_some();
@@ -799,14 +830,19 @@ impl ProxyHooks for ReverseHandler {
         self.sticky_cookie(edits, cx);
     }
 
-    fn error_page(&self, status: u16, cx: &ReverseCtx) -> Option<LocalReply> {
-        let route = cx.route.and_then(|r| self.routes.rules(r));
-        let pages = [route.map(|r| &r.policy), Some(self.routes.listener_rules())];
-        pages
-            .into_iter()
-            .flatten()
-            .find_map(|p| p.error_pages.get(status))
-            .map(|(body, content_type)| LocalReply::new(status, content_type, body.clone()))
+    fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &ReverseCtx) -> LocalReply {
+        let route = cx.route.and_then(|r| self.routes.rules(r)).map(|r| &r.policy);
+        let listener = self.routes.listener_rules();
+        // The route's page, else the listener's.
+        let mut reply = match route.filter(|p| p.error_pages.get(reply.status).is_some()) {
+            Some(policy) => policy.error_pages.dress(reply),
+            None => listener.error_pages.dress(reply),
+        };
+        // A browser reads a refusal or a 502 only with the CORS fields.
+        if let Some(cors) = route.and_then(|p| p.cors.as_ref()).or(listener.cors.as_ref()) {
+            cors.respond_local(req, &mut reply);
+        }
+        reply
     }
 
     fn finish(&self, _req: &RequestHead, summary: &Summary, cx: &mut ReverseCtx) {
@@ -830,6 +866,7 @@ fn vars<'a>(req: &'a RequestHead, cx: &ReverseCtx) -> Vars<'a> {
         https: cx.https,
         path: None,
         captures: None,
+        in_url: false,
     }
 }
 

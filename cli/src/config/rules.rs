@@ -10,7 +10,7 @@ use ringway_http::{
     matching::ValueMatch,
     rules::{
         cors::{Cors, CorsSettings},
-        ratelimit::{Rate, RateTable, DEFAULT_SLOTS},
+        ratelimit::{Rate, RateTable, DEFAULT_SLOTS, MAX_REFILL},
         template::Template,
         Action as RuleAction, Condition, EditOp, ErrorPages, HeaderEdit, Policy, RateKey,
         Rule as RequestRule, Test,
@@ -204,6 +204,31 @@ impl Validator {
         value: Option<&String>,
         at: &KeyPath,
     ) -> Option<HeaderEdit> {
+        let lower = name.to_ascii_lowercase();
+        if [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "via",
+        ]
+        .contains(&lower.as_str())
+        {
+            self.problem(
+                at.clone(),
+                format!(
+                    "{name:?} is written by the proxy: see [http] forwarded and via (a listener's forwarded)"
+                ),
+            );
+            return None;
+        }
+        if lower == "host" && op == EditOp::Remove {
+            self.problem(
+                at.clone(),
+                "Host cannot be removed: a request needs one (upstream_host sets it)",
+            );
+            return None;
+        }
         let value = match value {
             None => None,
             Some(text) => {
@@ -474,6 +499,16 @@ impl Validator {
                     1
                 }
             };
+            if rate.per > MAX_REFILL || rate.refill(burst) > MAX_REFILL {
+                self.problem(
+                    rat.clone(),
+                    format!(
+                        "{text:?} with burst {burst}: a bucket would take longer than {} days to refill",
+                        MAX_REFILL.as_secs() / 86_400
+                    ),
+                );
+                return None;
+            }
             let key = match limit.key.as_deref() {
                 None | Some("client_ip") => RateKey::ClientIp,
                 Some("route") => RateKey::Route,
@@ -527,6 +562,22 @@ impl Validator {
 
     fn condition(&mut self, w: &WhenSection, at: &KeyPath) -> Condition {
         let mut tests = Vec::new();
+        for (key, empty) in [
+            ("src", w.src.as_ref().is_some_and(|l| l.items().is_empty())),
+            ("method", w.method.as_ref().is_some_and(|l| l.items().is_empty())),
+            (
+                "path_prefix",
+                w.path_prefix.as_ref().is_some_and(|l| l.items().is_empty()),
+            ),
+            ("sni", w.sni.as_ref().is_some_and(|l| l.items().is_empty())),
+        ] {
+            if empty {
+                self.problem(
+                    at.key(key),
+                    "an empty list matches nothing: remove the key, or list what it matches",
+                );
+            }
+        }
         if let Some(src) = &w.src {
             tests.push(Test::Src(self.nets(src.keyed(&at.key("src")))));
         }
@@ -534,6 +585,14 @@ impl Validator {
             for (key, m) in methods.keyed(&at.key("method")) {
                 if !ringway_http::is_token(m) {
                     self.problem(key, format!("{m:?} is not a method"));
+                } else if *m != m.to_ascii_uppercase() {
+                    self.problem(
+                        key,
+                        format!(
+                            "methods are case-sensitive: {m:?} never matches {:?}",
+                            m.to_ascii_uppercase()
+                        ),
+                    );
                 }
             }
             tests.push(Test::Method(
@@ -546,8 +605,13 @@ impl Validator {
                     self.problem(key, format!("path_prefix {p:?} must start with '/'"));
                 }
             }
+            // Compared with the canonical path: kept in canonical form.
             tests.push(Test::PathPrefix(
-                prefixes.items().iter().map(|p| p.as_bytes().into()).collect(),
+                prefixes
+                    .items()
+                    .iter()
+                    .map(|p| canonical_prefix(p).into())
+                    .collect(),
             ));
         }
         if let Some(text) = &w.path_regex {
@@ -606,4 +670,12 @@ impl Validator {
         }
         Condition { tests }
     }
+}
+
+/// A path prefix as matchers compare it: canonical, keeping a final '/'.
+pub(crate) fn canonical_prefix(prefix: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let len = ringway_http::matching::canonical_target(&mut out, prefix.as_bytes());
+    out.truncate(len);
+    out
 }

@@ -50,7 +50,6 @@ use crate::{
     limits::EngineSettings,
     pool::{UpstreamConn, UpstreamPool},
     recycle::Recycled,
-    reply::LocalReply,
     request_id::RequestId,
     splice::SpliceSocket,
     tls::{copy_client_tunnel, UpstreamStream},
@@ -280,7 +279,8 @@ impl<H: ProxyHooks> Engine<H> {
                         // connection's task for it.
                         let cx = H::Ctx::default();
                         client.request_id = RequestId::next();
-                        let answer = self.send_error(&mut io, &mut st.wbuf, &error, head_request, &conn, &cx);
+                        let answer =
+                            self.send_error(&mut io, &mut st.wbuf, &st.req, &error, head_request, &conn, &cx);
                         let status = Box::pin(answer).await;
                         self.log_failure(&client, &st.req, status, &error, None);
                         conn.count_request();
@@ -397,19 +397,7 @@ impl<H: ProxyHooks> Engine<H> {
                 }
                 Route::Connect(addrs) => self.connect_tunnel(io, st, &addrs, conn).await,
                 Route::Reply(reply) => {
-                    let reply = match reply
-                        .stock
-                        .then(|| self.handler.error_page(reply.status, &cx))
-                        .flatten()
-                    {
-                        // The page, with the answer's own fields
-                        // (Retry-After, Location, Allow).
-                        Some(page) => LocalReply {
-                            headers: reply.headers,
-                            ..page
-                        },
-                        None => reply,
-                    };
+                    let reply = self.handler.local_reply(&st.req, reply, &cx);
                     break 'done self.reply(io, st, &reply, conn).await;
                 }
             };
@@ -425,7 +413,7 @@ impl<H: ProxyHooks> Engine<H> {
                         0
                     } else {
                         let head_request = st.req.method() == Method::Head;
-                        self.send_error(io, &mut st.wbuf, &failure.error, head_request, conn, &cx)
+                        self.send_error(io, &mut st.wbuf, &st.req, &failure.error, head_request, conn, &cx)
                             .await
                     };
                     self.log_failure(client, &st.req, status, &failure.error, upstream);

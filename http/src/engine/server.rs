@@ -343,10 +343,12 @@ impl<H: ProxyHooks> Engine<H> {
     /// Answers an error with its status (connection closing), or nothing
     /// when the client is gone; `head_request`: the answer has no body.
     /// Returns the status sent, 0 for none.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn send_error<S: ClientStream>(
         &self,
         io: &mut S,
         wbuf: &mut Vec<u8>,
+        req: &RequestHead,
         error: &Error,
         head_request: bool,
         conn: &ConnCtx,
@@ -356,10 +358,7 @@ impl<H: ProxyHooks> Engine<H> {
             return 0;
         };
         wbuf.clear();
-        let reply = self
-            .handler
-            .error_page(status, cx)
-            .unwrap_or_else(|| LocalReply::status(status));
+        let reply = self.handler.local_reply(req, LocalReply::status(status), cx);
         local_response(
             wbuf,
             &reply,

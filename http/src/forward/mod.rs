@@ -99,6 +99,7 @@ impl ForwardHandler {
             https: cx.https,
             path: None,
             captures: None,
+            in_url: false,
         }
     }
 
@@ -207,9 +208,8 @@ impl ProxyHooks for ForwardHandler {
         }
     }
 
-    fn error_page(&self, status: u16, _cx: &ForwardCtx) -> Option<LocalReply> {
-        let (body, content_type) = self.settings.policy.error_pages.get(status)?;
-        Some(LocalReply::new(status, content_type, body.clone()))
+    fn local_reply(&self, _req: &RequestHead, reply: LocalReply, _cx: &ForwardCtx) -> LocalReply {
+        self.settings.policy.error_pages.dress(reply)
     }
 
     async fn route(&self, req: &RequestHead, client: &ClientInfo, cx: &mut ForwardCtx) -> Route {

@@ -95,6 +95,14 @@ impl Cors {
         }
         let mut methods = Vec::new();
         for (i, m) in settings.allow_methods.iter().enumerate() {
+            if m == "*" {
+                return Err(error(
+                    "allow_methods",
+                    Some(i),
+                    "list the methods: \"*\" is not a method (and browsers ignore it with credentials)"
+                        .into(),
+                ));
+            }
             if !crate::edits::is_token(m) {
                 return Err(error("allow_methods", Some(i), format!("{m:?} is not a method")));
             }
@@ -154,11 +162,13 @@ impl Cors {
                     return false;
                 };
                 let (host, p) = split_port(rest);
+                // As bytes: a peer's origin may cut a character in two.
+                let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
                 s.eq_ignore_ascii_case(scheme)
                     && p == &**port
                     && host.len() > suffix.len() + 1
                     && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    && host[host.len() - suffix.len() - 1] == b'.'
             }
         })
     }
@@ -280,6 +290,22 @@ fn split_port(hostport: &str) -> (&str, &str) {
     }
 }
 
+impl Cors {
+    /// Adds the CORS fields to an answer the proxy gives `req` itself (a
+    /// preflight's own answer already has them).
+    pub fn respond_local(&self, req: &RequestHead, reply: &mut LocalReply) {
+        if reply.headers.contains("Access-Control-Allow-") || reply.headers.contains("Vary: Origin") {
+            return;
+        }
+        let mut edits = HeadEdits::new();
+        self.respond(req, &mut edits);
+        // Lines this module wrote: `Name: value\r\n`, checked.
+        if let Ok(lines) = std::str::from_utf8(edits.added()) {
+            reply.headers.push_str(lines);
+        }
+    }
+}
+
 /// Parses an origin as browsers serialise it: `scheme://host[:port]`.
 fn parse_origin(text: &str) -> Result<Origin, String> {
     if text == "*" {
@@ -378,6 +404,8 @@ mod tests {
         assert_eq!(header(&ok, "Access-Control-Max-Age"), Some("600"));
         assert!(header(&ok, "Vary").unwrap().starts_with("Origin"));
         assert_eq!(pre("https://a.b.example.org", "GET", "").status, 204);
+        // Not ASCII, cut inside a character by a naive slice: refused, no panic.
+        assert_eq!(pre("https://a\u{e9}xample.org", "GET", "").status, 403);
         assert_eq!(
             pre("https://example.org", "GET", "").status,
             403,

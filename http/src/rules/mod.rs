@@ -316,6 +316,7 @@ impl ErrorPages {
 }
 
 /// What rules read of a request.
+#[derive(Clone, Copy)]
 pub struct Facts<'a> {
     /// The request.
     pub req: &'a RequestHead,
@@ -327,6 +328,40 @@ pub struct Facts<'a> {
     pub query: &'a [u8],
     /// The query as sent, without its `?`.
     pub raw_query: &'a [u8],
+}
+
+/// The canonical form of a rewritten target, for the rules after it.
+pub(crate) struct Canonical {
+    /// The canonical path and query, then the query as rewritten.
+    buf: Vec<u8>,
+    path_len: usize,
+    raw_at: usize,
+}
+
+impl Canonical {
+    pub(crate) fn of(target: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(target.len() * 2);
+        let path_len = canonical_target(&mut buf, target);
+        let raw_at = buf.len();
+        if let Some(q) = memchr::memchr(b'?', target) {
+            buf.extend_from_slice(&target[q + 1..]);
+        }
+        Self {
+            buf,
+            path_len,
+            raw_at,
+        }
+    }
+
+    /// `facts` reading this path and query.
+    pub(crate) fn facts<'a>(&'a self, facts: &Facts<'a>) -> Facts<'a> {
+        Facts {
+            path: &self.buf[..self.path_len],
+            query: self.buf.get(self.path_len + 1..self.raw_at).unwrap_or_default(),
+            raw_query: &self.buf[self.raw_at..],
+            ..*facts
+        }
+    }
 }
 
 /// What evaluating a policy decided.
@@ -387,8 +422,8 @@ thread_local! {
 }
 
 /// Where the query of an origin-form target begins (its length when it
-/// has none), when the target is already canonical: no `%`, no empty or
-/// dot segment; `None` when it is not. One pass over short targets, no
+/// has none), when the target is already canonical: no `%`, `\`, `#`, no
+/// empty or dot segment; `None` when it is not. One pass over short targets, no
 /// copy: the common case on the request path.
 fn canonical_end(target: &[u8]) -> Option<usize> {
     if target.first() != Some(&b'/') {
@@ -400,7 +435,7 @@ fn canonical_end(target: &[u8]) -> Option<usize> {
             b'?' => {
                 return memchr::memchr(b'%', &target[i..]).is_none().then_some(i);
             }
-            b'%' => return None,
+            b'%' | b'\\' | b'#' => return None,
             b'/' if after_slash => return None,
             b'/' => {
                 after_slash = true;
@@ -410,7 +445,7 @@ fn canonical_end(target: &[u8]) -> Option<usize> {
                 // "." or ".." as a whole segment.
                 let rest = &target[i..];
                 let dots = if rest.get(1) == Some(&b'.') { 2 } else { 1 };
-                if matches!(rest.get(dots), None | Some(b'/' | b'?')) {
+                if matches!(rest.get(dots), None | Some(b'/' | b'?' | b';')) {
                     return None;
                 }
             }
@@ -482,13 +517,15 @@ impl Test {
                 let Some(sni) = facts.client.tls.as_ref().and_then(|t| t.sni.as_deref()) else {
                     return false;
                 };
+                let sni = sni.as_bytes();
                 names.iter().any(|n| match n.strip_prefix("*.") {
                     Some(suffix) => {
+                        let suffix = suffix.as_bytes();
                         sni.len() > suffix.len() + 1
                             && sni[sni.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                            && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
+                            && sni[sni.len() - suffix.len() - 1] == b'.'
                     }
-                    None => sni.eq_ignore_ascii_case(n),
+                    None => sni.eq_ignore_ascii_case(n.as_bytes()),
                 })
             }
             Test::Not(inner) => !inner.holds(facts),
@@ -511,7 +548,13 @@ impl Policy {
     /// Runs the rules on `facts`, in order. `route_key` tells routes apart
     /// for a rate limit kept per route.
     pub fn evaluate<T: Trace>(&self, facts: &Facts<'_>, fx: &mut Effects, trace: &mut T) -> Verdict {
+        // After a rewrite, the rules that follow read the new path.
+        let mut rewritten: Option<Canonical> = None;
         for (index, rule) in self.rules.iter().enumerate() {
+            let facts = &match &rewritten {
+                Some(c) => c.facts(facts),
+                None => *facts,
+            };
             let matched = rule.when.holds(facts);
             trace.rule(index, rule, matched);
             if !matched {
@@ -551,25 +594,30 @@ impl Policy {
                     return Verdict::Reply(LocalReply::status(*status).with_header("Location", &location));
                 }
                 Action::Rewrite { path_regex, to } => {
-                    let current = fx.rewrite.take();
-                    let path = match &current {
-                        Some(target) => &target[..memchr::memchr(b'?', target).unwrap_or(target.len())],
-                        None => facts.path,
-                    };
                     let mut out = Vec::new();
-                    if render_with_captures(to, Some(path_regex), path, facts, &mut out) {
+                    if render_with_captures(to, Some(path_regex), facts.path, facts, &mut out) {
                         if memchr::memchr(b'?', &out).is_none() && !facts.raw_query.is_empty() {
                             out.push(b'?');
                             out.extend_from_slice(facts.raw_query);
+                        }
+                        // Never sent as it came when the new target cannot
+                        // be sent: the rule would be stepped around.
+                        if out.first() != Some(&b'/')
+                            || out.iter().any(|&b| b <= b' ' || b == 0x7f || b == b'#')
+                        {
+                            trace.effect("the rewritten target is not a valid path: 400");
+                            let mut reply = LocalReply::status(400);
+                            reply.body = "400 Bad Request: the rewritten target is not a valid path\n".into();
+                            return Verdict::Reply(reply);
                         }
                         trace.effect(&format!(
                             "rewrites the target to {}",
                             String::from_utf8_lossy(&out)
                         ));
+                        rewritten = Some(Canonical::of(&out));
                         fx.rewrite = Some(out);
                     } else {
                         trace.effect("its path_regex did not match the path: no rewrite");
-                        fx.rewrite = current;
                     }
                 }
                 Action::RateLimit { table, key } => {
@@ -622,6 +670,7 @@ fn render_with_captures(
         https: facts.client.tls.is_some(),
         path: Some(facts.path),
         captures: None,
+        in_url: true,
     };
     match regex {
         Some(re) => {

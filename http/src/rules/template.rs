@@ -75,6 +75,10 @@ pub struct Vars<'a> {
     pub path: Option<&'a [u8]>,
     /// The haystack and capture positions of a `path_regex` that matched.
     pub captures: Option<(&'a [u8], &'a CaptureLocations)>,
+    /// Whether the value goes into a URL (a redirect or a rewrite): header
+    /// values are percent-encoded there, so that a client's header cannot
+    /// add path segments or a query.
+    pub in_url: bool,
 }
 
 impl Template {
@@ -269,7 +273,11 @@ fn render_var(out: &mut Vec<u8>, var: &Var, vars: &Vars<'_>) {
         Var::RequestId => out.extend_from_slice(&vars.request_id.hex()),
         Var::Header(name) => {
             if let Some(value) = req.header(name) {
-                out.extend_from_slice(value);
+                if vars.in_url {
+                    push_encoded(out, value);
+                } else {
+                    out.extend_from_slice(value);
+                }
             }
         }
         Var::Capture(n) => {
@@ -278,6 +286,19 @@ fn render_var(out: &mut Vec<u8>, var: &Var, vars: &Vars<'_>) {
                     out.extend_from_slice(&haystack[start..end]);
                 }
             }
+        }
+    }
+}
+
+/// Appends `value` with every byte but the unreserved ones (RFC 3986
+/// 2.3) percent-encoded.
+fn push_encoded(out: &mut Vec<u8>, value: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
         }
     }
 }
@@ -314,6 +335,7 @@ mod tests {
                 https: true,
                 path: None,
                 captures: None,
+                in_url: false,
             },
         );
         String::from_utf8(out).unwrap()
@@ -372,6 +394,7 @@ mod address_tests {
                     https: false,
                     path: None,
                     captures: None,
+                    in_url: false,
                 },
             );
             assert_eq!(out, want.as_bytes());

@@ -152,6 +152,52 @@ fn rewrites_chain_keep_the_query_and_redirects_read_captures() {
 }
 
 #[test]
+fn rules_after_a_rewrite_read_the_new_path() {
+    let rewrite = |re: &str, to: &str, groups| Action::Rewrite {
+        path_regex: regex::bytes::Regex::new(re).unwrap(),
+        to: template::Template::parse(to, groups).unwrap(),
+    };
+    let policy = Policy {
+        rules: vec![
+            rule(vec![], rewrite("^/legacy/(.*)$", "/admin/$1", 1)),
+            rule(
+                vec![Test::PathPrefix(vec![b"/admin".as_slice().into()])],
+                deny(403),
+            ),
+        ],
+        ..Policy::default()
+    };
+    assert_eq!(run(&policy, &get("/legacy/x")).0, 403);
+    assert_eq!(run(&policy, &get("/other")).0, 0);
+}
+
+#[test]
+fn a_rewrite_encodes_header_values_and_never_fails_open() {
+    let rewrite = |to: &str| Policy {
+        rules: vec![rule(
+            vec![],
+            Action::Rewrite {
+                path_regex: regex::bytes::Regex::new("^/(.*)$").unwrap(),
+                to: template::Template::parse(to, 1).unwrap(),
+            },
+        )],
+        ..Policy::default()
+    };
+    let with = |tenant: &str| format!("GET /secret HTTP/1.1\r\nHost: h\r\nX-Tenant: {tenant}\r\n\r\n");
+    let tenants = rewrite("/tenants/$http_x_tenant/$1");
+    assert_eq!(
+        run(&tenants, &with("a b")).1.as_deref(),
+        Some("/tenants/a%20b/secret")
+    );
+    assert_eq!(
+        run(&tenants, &with("../other")).1.as_deref(),
+        Some("/tenants/..%2Fother/secret")
+    );
+    // A target that cannot be sent is a 400, not the request as it came.
+    assert_eq!(run(&rewrite("$http_x_tenant$1"), &with("abc")).0, 400);
+}
+
+#[test]
 fn a_rate_limit_answers_429_with_retry_after() {
     let table = Arc::new(RateTable::new(ratelimit::Rate::parse("1/m").unwrap(), 2, 64));
     let policy = Policy {
@@ -204,6 +250,10 @@ fn targets_that_are_already_canonical_are_read_in_place() {
         ("/a/b/", true),
         ("/a/..b", true),
         ("/a/.?x", false),
+        ("/a\\b", false),
+        ("/a#b", false),
+        ("/a/..;x/b", false),
+        ("/a/..x", true),
         ("/a?x=/../%2e", false),
         ("/a?x=/../", true),
         ("/", true),
