@@ -187,7 +187,7 @@ fn each_matcher_and_action_in_order() {
 const HEADERS: &str = r#"
 [listener.headers]
 request_set = { "X-Request-Id" = "$request_id", "X-Client" = "$remote_addr via $scheme" }
-response_set = { "Strict-Transport-Security" = "max-age=31536000" }
+response_set = { "Strict-Transport-Security" = "max-age=31536000", "X-Frame-Options" = "SAMEORIGIN" }
 
 [[listener.route]]
 upstream = "app"
@@ -218,7 +218,10 @@ fn header_edits_on_requests_and_responses() {
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("x-frame-options"))
         .count();
-    assert_eq!(frames, 1, "set replaces the origin's field");
+    assert_eq!(
+        frames, 1,
+        "set replaces the origin's field, and the route's the listener's"
+    );
     assert!(r.header("x-powered-by").is_none());
     assert!(r.header("server").is_none());
     let seen = last_seen(&origin);
@@ -560,6 +563,10 @@ fn bad_rules_are_config_errors_with_file_line_and_key() {
         (
             "[[listener.route]]\nupstream = \"app\"\n\n[listener.route.headers]\nrequest_remove = [\"Host\"]".to_owned(),
             "Host cannot be removed",
+        ),
+        (
+            "[[listener.route]]\nupstream = \"app\"\nupstream_host = \"a.test\"\n\n[listener.route.headers]\nrequest_set = { \"host\" = \"b.test\" }".to_owned(),
+            "listener[0].route[0].upstream_host: set the Host either with upstream_host or with request_set, not both",
         ),
         (
             format!("{route}return = {{ status = 204, body = \"x\" }}"),

@@ -41,6 +41,9 @@ pub struct HeadEdits {
     /// Bit `n % 64` is set when a removed name is `n` bytes long: most
     /// fields of a head are passed over on their length alone.
     removed_lengths: u64,
+    /// The same for the names of the lines added: a removal looks through
+    /// them only when one may be its field.
+    added_lengths: u64,
     /// The lines to add, each `Name: value\r\n`.
     added: Vec<u8>,
     /// A new request target (kept, with its memory, when cleared).
@@ -90,6 +93,7 @@ impl HeadEdits {
     pub const EMPTY: HeadEdits = HeadEdits {
         removed: Vec::new(),
         removed_lengths: 0,
+        added_lengths: 0,
         added: Vec::new(),
         target: Vec::new(),
         has_target: false,
@@ -110,6 +114,7 @@ impl HeadEdits {
     pub fn clear(&mut self) {
         self.removed.clear();
         self.removed_lengths = 0;
+        self.added_lengths = 0;
         self.added.clear();
         self.has_target = false;
     }
@@ -132,6 +137,7 @@ impl HeadEdits {
         self.added.extend_from_slice(b": ");
         self.added.extend_from_slice(value);
         self.added.extend_from_slice(b"\r\n");
+        self.added_lengths |= 1 << (name.len() % 64);
         Ok(())
     }
 
@@ -156,22 +162,23 @@ impl HeadEdits {
             return Err(e);
         }
         self.added.extend_from_slice(b"\r\n");
+        // The name ends where its ": " does.
+        self.added_lengths |= 1 << ((at - 2 - start) % 64);
         Ok(())
     }
 
     /// [`HeadEdits::remove`] of a name checked when the configuration was
-    /// read, given lowercased and followed by NUL.
+    /// read, given lowercased and followed by NUL, from a list in which no
+    /// earlier edit added the field (see `HeaderRules::merged`).
     pub(crate) fn remove_checked(&mut self, lowercase_name_nul: &[u8]) {
         self.removed.extend_from_slice(lowercase_name_nul);
-        let name = &lowercase_name_nul[..lowercase_name_nul.len() - 1];
-        self.removed_lengths |= 1 << (name.len() % 64);
-        self.strike_added(name);
+        self.removed_lengths |= 1 << ((lowercase_name_nul.len() - 1) % 64);
     }
 
     /// Drops the lines of field `name` that earlier edits added: a later
     /// removal or `set` wins over an earlier edit of the same field.
     fn strike_added(&mut self, name: &[u8]) {
-        if self.added.is_empty() {
+        if self.added_lengths & (1 << (name.len() % 64)) == 0 {
             return;
         }
         let (mut read, mut write) = (0, 0);
@@ -192,6 +199,8 @@ impl HeadEdits {
     /// was read).
     pub(crate) fn append_line_checked(&mut self, line: &[u8]) {
         self.added.extend_from_slice(line);
+        let name_len = memchr::memchr(b':', line).unwrap_or(0);
+        self.added_lengths |= 1 << (name_len % 64);
     }
 
     /// [`HeadEdits::append_with`] of a name checked when the configuration

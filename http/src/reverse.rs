@@ -34,8 +34,8 @@ use crate::{
     reply::LocalReply,
     request_id::RequestId,
     rules::{
-        template::Vars, with_canonical, Canonical, Effects, Facts, HeaderRules, NoTrace, Policy, Scope,
-        Trace, Verdict,
+        template::Vars, with_canonical, Canonical, Effects, Facts, HeaderEdit, HeaderRules, NoTrace, Policy,
+        Scope, Trace, Verdict,
     },
     tls::PeerTls,
     write::origin_form,
@@ -146,6 +146,10 @@ pub struct RouteTable {
     /// whether anything edits the response (the plain route skips both).
     edits_request: Vec<bool>,
     edits_response: Vec<bool>,
+    /// Per route: the listener's header edits and the route's as one list
+    /// each way, the route's winning.
+    request_headers: Vec<Vec<HeaderEdit>>,
+    response_headers: Vec<Vec<HeaderEdit>>,
 }
 
 impl RouteTable {
@@ -239,6 +243,16 @@ impl RouteTable {
             *slot = rules;
         }
         let listener = &self.listener;
+        self.request_headers = self
+            .rules
+            .iter()
+            .map(|r| HeaderRules::merged(&listener.headers.request, &r.policy.headers.request))
+            .collect();
+        self.response_headers = self
+            .rules
+            .iter()
+            .map(|r| HeaderRules::merged(&listener.headers.response, &r.policy.headers.response))
+            .collect();
         self.edits_request = self
             .rules
             .iter()
@@ -423,8 +437,9 @@ impl RouteTable {
             }
             (None, None) => {}
         }
-        HeaderRules::apply(&self.listener.headers.request, vars, edits);
-        HeaderRules::apply(&rules.policy.headers.request, vars, edits);
+        if let Some(list) = self.request_headers.get(route) {
+            HeaderRules::apply(list, vars, edits);
+        }
     }
 
     /// The route for `host` (a Host value, port allowed) and `path` (in
@@ -820,8 +835,9 @@ impl ProxyHooks for ReverseHandler {
             let listener = self.routes.listener_rules();
             if !listener.headers.response.is_empty() || !rules.policy.headers.response.is_empty() {
                 let vars = vars(req, cx);
-                HeaderRules::apply(&listener.headers.response, &vars, edits);
-                HeaderRules::apply(&rules.policy.headers.response, &vars, edits);
+                if let Some(list) = edited.and_then(|r| self.routes.response_headers.get(r)) {
+                    HeaderRules::apply(list, &vars, edits);
+                }
             }
             if let Some(cors) = rules.policy.cors.as_ref().or(listener.cors.as_ref()) {
                 cors.respond(req, edits);

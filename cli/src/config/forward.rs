@@ -103,7 +103,11 @@ impl Validator {
         } else {
             None
         };
-        let policy = self.policy(&[], l.headers.as_ref(), at, super::rules::PolicyScope::Forward);
+        let mut policy = self.policy(&[], l.headers.as_ref(), at, super::rules::PolicyScope::Forward);
+        // A set or a removal wins over an earlier edit of its field.
+        for list in [&mut policy.headers.request, &mut policy.headers.response] {
+            *list = ringway_http::rules::HeaderRules::merged(&[], list);
+        }
         // The deny page is the 403 error page, with its placeholders.
         let page_403 = policy.error_pages.get(403).map(|(body, _)| body.clone());
         let deny_page = match (&l.deny_page, page_403) {

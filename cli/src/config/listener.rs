@@ -353,6 +353,20 @@ impl Validator {
                 }
                 other => other.as_deref().map(Into::into),
             };
+            let sets_host = |h: Option<&super::rules::HeadersSection>| {
+                h.is_some_and(|h| {
+                    [&h.request_set, &h.request_append]
+                        .into_iter()
+                        .flatten()
+                        .any(|m| m.keys().any(|k| k.eq_ignore_ascii_case("host")))
+                })
+            };
+            if upstream_host.is_some() && (sets_host(r.headers.as_ref()) || sets_host(l.headers.as_ref())) {
+                self.problem(
+                    rat.key("upstream_host"),
+                    "set the Host either with upstream_host or with request_set, not both",
+                );
+            }
             route_rules.push(RouteRules {
                 policy: self.policy(&r.rules, r.headers.as_ref(), &rat, PolicyScope::Reverse),
                 strip_prefix: r.strip_prefix.unwrap_or(false),

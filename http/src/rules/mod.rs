@@ -186,7 +186,7 @@ pub struct HeaderRules {
 }
 
 /// One header edit.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HeaderEdit {
     op: EditOp,
     name: Box<str>,
@@ -252,6 +252,20 @@ pub enum EditOp {
 }
 
 impl HeaderRules {
+    /// `first` then `then` as one list in which a `set` or a removal
+    /// replaces every earlier edit of its field: a route's edits win over
+    /// its listener's, with nothing left to undo per request.
+    pub fn merged(first: &[HeaderEdit], then: &[HeaderEdit]) -> Vec<HeaderEdit> {
+        let mut out: Vec<HeaderEdit> = Vec::new();
+        for edit in first.iter().chain(then) {
+            if edit.op != EditOp::Append {
+                out.retain(|e| !e.name.eq_ignore_ascii_case(&edit.name));
+            }
+            out.push(edit.clone());
+        }
+        out
+    }
+
     /// Applies `list` (the request or response edits) to `edits`.
     pub fn apply(list: &[HeaderEdit], vars: &Vars<'_>, edits: &mut HeadEdits) {
         for edit in list {

@@ -198,6 +198,51 @@ fn a_rewrite_encodes_header_values_and_never_fails_open() {
 }
 
 #[test]
+fn a_routes_header_edits_win_over_its_listeners() {
+    let edit = |op, name: &str, value: Option<&str>| {
+        HeaderEdit::new(op, name, value.map(|v| template::Template::parse(v, 0).unwrap())).unwrap()
+    };
+    let listener = [
+        edit(EditOp::Set, "X-Frame-Options", Some("SAMEORIGIN")),
+        edit(EditOp::Set, "Strict-Transport-Security", Some("max-age=1")),
+        edit(EditOp::Append, "X-Tag", Some("a")),
+    ];
+    let route = [
+        edit(EditOp::Set, "x-frame-options", Some("DENY")),
+        edit(EditOp::Remove, "Strict-Transport-Security", None),
+        edit(EditOp::Append, "X-Tag", Some("b")),
+    ];
+    let merged = HeaderRules::merged(&listener, &route);
+    let shown: Vec<(EditOp, &str)> = merged.iter().map(|e| (e.op(), e.name())).collect();
+    assert_eq!(
+        shown,
+        [
+            (EditOp::Append, "X-Tag"),
+            (EditOp::Set, "x-frame-options"),
+            (EditOp::Remove, "Strict-Transport-Security"),
+            (EditOp::Append, "X-Tag"),
+        ]
+    );
+    let req = parsed(&get("/"));
+    let mut edits = HeadEdits::new();
+    let vars = template::Vars {
+        req: &req,
+        remote: client().peer,
+        request_id: crate::request_id::RequestId::default(),
+        https: false,
+        path: None,
+        captures: None,
+        in_url: false,
+    };
+    HeaderRules::apply(&merged, &vars, &mut edits);
+    assert_eq!(
+        edits.added(),
+        b"X-Tag: a\r\nx-frame-options: DENY\r\nX-Tag: b\r\n"
+    );
+    assert!(edits.removes(b"strict-transport-security") && edits.removes(b"X-Frame-Options"));
+}
+
+#[test]
 fn a_rate_limit_answers_429_with_retry_after() {
     let table = Arc::new(RateTable::new(ratelimit::Rate::parse("1/m").unwrap(), 2, 64));
     let policy = Policy {
