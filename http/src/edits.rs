@@ -203,6 +203,14 @@ impl HeadEdits {
         self.added_lengths |= 1 << (name_len % 64);
     }
 
+    /// [`HeadEdits::append_with_checked`] of a value known to be valid.
+    pub(crate) fn append_with_trusted(&mut self, name_colon: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        self.added.extend_from_slice(name_colon);
+        value(&mut self.added);
+        self.added.extend_from_slice(b"\r\n");
+        self.added_lengths |= 1 << ((name_colon.len() - 2) % 64);
+    }
+
     /// [`HeadEdits::append_with`] of a name checked when the configuration
     /// was read, given with its `: `.
     pub(crate) fn append_with_checked(

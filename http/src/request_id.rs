@@ -15,6 +15,18 @@ use std::{
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct RequestId(u128);
 
+/// Each byte's two hex digits: one lookup a byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
+
 thread_local! {
     static NEXT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
@@ -38,11 +50,9 @@ impl RequestId {
 
     /// The ID as 32 lowercase hex digits.
     pub fn hex(self) -> [u8; 32] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
         for (pair, byte) in out.chunks_exact_mut(2).zip(self.0.to_be_bytes()) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0xf)];
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         out
     }

@@ -821,7 +821,11 @@ impl ProxyHooks for ReverseHandler {
         edits: &mut HeadEdits,
         cx: &mut ReverseCtx,
     ) {
-        if let Some(route) = cx.route {
+        // Nothing to do on a route without edits (the common case).
+        let route = cx
+            .route
+            .filter(|&r| self.routes.edits_request.get(r) == Some(&true));
+        if let Some(route) = route {
             self.routes
                 .edit_upstream_request(route, req, &cx.effects, &vars(req, cx), edits);
         }

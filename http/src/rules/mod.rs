@@ -277,6 +277,9 @@ impl HeaderRules {
             match (&edit.line, &edit.value) {
                 _ if edit.op == EditOp::Remove => {}
                 (Some(line), _) => edits.append_line_checked(line),
+                (None, Some(value)) if value.is_field_safe() => {
+                    edits.append_with_trusted(&edit.name_colon, |out| value.render(out, vars));
+                }
                 (None, Some(value)) => {
                     let _ = edits.append_with_checked(&edit.name_colon, |out| value.render(out, vars));
                 }

@@ -59,6 +59,10 @@ enum Part {
 pub struct Template {
     parts: Vec<Part>,
     source: Box<str>,
+    /// Whether every value it can render is a valid field value: its
+    /// text has no CR, LF or NUL and its variables are the proxy's own
+    /// (no request bytes).
+    field_safe: bool,
 }
 
 /// What a template is rendered from.
@@ -133,9 +137,14 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Text(literal.into()));
         }
+        let field_safe = parts.iter().all(|p| match p {
+            Part::Text(text) => !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)),
+            Part::Var(var) => matches!(var, Var::Scheme | Var::RemoteAddr | Var::RequestId),
+        });
         Ok(Template {
             parts,
             source: text.into(),
+            field_safe,
         })
     }
 
@@ -167,6 +176,11 @@ impl Template {
     /// The template as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether every value it renders is a valid field value as it is.
+    pub(crate) fn is_field_safe(&self) -> bool {
+        self.field_safe
     }
 
     /// Whether it reads no variable.
