@@ -235,6 +235,51 @@ pub fn chunked(data: &[u8]) {
     }
 }
 
+/// Checks the canonical path that rules and routes read (a deny rule
+/// must not be stepped around by a spelling): it never panics; it is a
+/// fixed point once nothing is left to decode; it holds no empty or
+/// dot segment and no byte that spells a separator; the rules' fast path
+/// agrees with it; and a target with `..` never climbs above the root.
+pub fn canonical_path(data: &[u8]) {
+    use crate::{matching::canonical_target, rules::with_canonical};
+    let mut target = b"/".to_vec();
+    target.extend_from_slice(data);
+    let mut once = Vec::new();
+    let len = canonical_target(&mut once, &target);
+    let path = &once[..len];
+    assert!(path.starts_with(b"/"), "{:?}", String::from_utf8_lossy(path));
+    for segment in path[1..].split(|&b| b == b'/') {
+        let name = segment.split(|&b| b == b';').next().unwrap_or_default();
+        assert!(
+            name != b"." && name != b"..",
+            "dot segment in {:?}",
+            String::from_utf8_lossy(path)
+        );
+    }
+    assert!(
+        !path.windows(2).any(|w| w == b"//"),
+        "{:?}",
+        String::from_utf8_lossy(path)
+    );
+    assert!(!path.contains(&b'\\') && !path.contains(&b'#') && !path.contains(&b'?'));
+    // Decoding is done once, as an origin does (`%2%44` is `%2D`, not
+    // `-`): without a '%' left, a second pass changes nothing.
+    if !path.contains(&b'%') {
+        let mut twice = Vec::new();
+        let len2 = canonical_target(&mut twice, &once);
+        assert_eq!(&twice[..len2], path, "not a fixed point");
+    }
+    with_canonical(&target, |fast_path, query, _| {
+        assert_eq!(
+            fast_path,
+            path,
+            "the fast path reads {:?} otherwise",
+            String::from_utf8_lossy(&target)
+        );
+        assert_eq!(query, once.get(len + 1..).unwrap_or_default());
+    });
+}
+
 /// Checks forward-proxy destinations and the ACL on them: the input is a
 /// CONNECT target (`data[0]` odd) or an absolute-form URL.
 pub fn forward_target(data: &[u8]) {
@@ -646,6 +691,26 @@ impl ClientStream for MemoryStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_canonical_path_checks_hold_on_tricky_spellings() {
+        for path in [
+            &b"admin"[..],
+            b"x/../admin",
+            b"x\\..\\admin",
+            b"x%2F..%2Fadmin",
+            b"x/..;/admin",
+            b"admin#/../x",
+            b"a//b/./c/../?q=%2e%2e&r=/../",
+            b"%2e%2e/%2E./..%2f..",
+            b"a/..",
+            b"",
+            b"?",
+            b".;/..;/%00/\xff",
+        ] {
+            canonical_path(path);
+        }
+    }
 
     #[test]
     fn the_checks_hold_on_seed_inputs() {

@@ -450,7 +450,7 @@ fn canonical_end(target: &[u8]) -> Option<usize> {
     for (i, &b) in target.iter().enumerate() {
         match b {
             b'?' => {
-                return memchr::memchr(b'%', &target[i..]).is_none().then_some(i);
+                return memchr::memchr2(b'%', b'#', &target[i..]).is_none().then_some(i);
             }
             b'%' | b'\\' | b'#' => return None,
             b'/' if after_slash => return None,
