@@ -196,46 +196,37 @@ pub fn canonical_target(out: &mut Vec<u8>, target: &[u8]) -> usize {
 /// Appends a path with its unreserved bytes decoded and every separator
 /// spelling (`\`, `%2F`, `%5C`) as `/`.
 fn push_path_decoded(out: &mut Vec<u8>, path: &[u8]) {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut i = 0;
-    while i < path.len() {
-        let b = path[i];
-        if b == b'%' && i + 2 < path.len() {
-            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
-                let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                    i += 3;
-                    continue;
-                }
-                if matches!(c, b'/' | b'\\') {
-                    out.push(b'/');
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(if b == b'\\' { b'/' } else { b });
-        i += 1;
-    }
+    push_decoded_as(out, path, true);
 }
 
 /// Appends `text` with percent-encoded unreserved characters decoded.
 fn push_decoded(out: &mut Vec<u8>, text: &[u8]) {
+    push_decoded_as(out, text, false);
+}
+
+/// Appends `text` with percent-encoded unreserved characters decoded and,
+/// for a path (`separators`), `\`, `%2F` and `%5C` as `/`.
+fn push_decoded_as(out: &mut Vec<u8>, text: &[u8], separators: bool) {
     let hex = |b: u8| (b as char).to_digit(16);
     let mut i = 0;
     while i < text.len() {
-        if text[i] == b'%' && i + 2 < text.len() {
+        let b = text[i];
+        if b == b'%' && i + 2 < text.len() {
             if let (Some(h), Some(l)) = (hex(text[i + 1]), hex(text[i + 2])) {
                 let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
+                let decoded = if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    Some(c)
+                } else {
+                    (separators && matches!(c, b'/' | b'\\')).then_some(b'/')
+                };
+                if let Some(d) = decoded {
+                    out.push(d);
                     i += 3;
                     continue;
                 }
             }
         }
-        out.push(text[i]);
+        out.push(if separators && b == b'\\' { b'/' } else { b });
         i += 1;
     }
 }

@@ -879,15 +879,7 @@ impl ProxyHooks for ReverseHandler {
 
 /// What header templates read, from the request and its context.
 fn vars<'a>(req: &'a RequestHead, cx: &ReverseCtx) -> Vars<'a> {
-    Vars {
-        req,
-        remote: cx.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-        request_id: cx.request_id,
-        https: cx.https,
-        path: None,
-        captures: None,
-        in_url: false,
-    }
+    Vars::for_header(req, cx.remote, cx.request_id, cx.https)
 }
 
 impl ReverseHandler {

@@ -92,15 +92,7 @@ impl ForwardHandler {
     }
 
     fn vars<'a>(&self, req: &'a RequestHead, cx: &ForwardCtx) -> Vars<'a> {
-        Vars {
-            req,
-            remote: cx.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-            request_id: cx.request_id,
-            https: cx.https,
-            path: None,
-            captures: None,
-            in_url: false,
-        }
+        Vars::for_header(req, cx.remote, cx.request_id, cx.https)
     }
 
     /// 508 for a destination that is one of this server's own listeners:

@@ -85,6 +85,27 @@ pub struct Vars<'a> {
     pub in_url: bool,
 }
 
+impl<'a> Vars<'a> {
+    /// What a header edit renders from: `req` from `remote` (unknown:
+    /// `0.0.0.0`), no path or captures at hand.
+    pub fn for_header(
+        req: &'a RequestHead,
+        remote: Option<SocketAddr>,
+        request_id: RequestId,
+        https: bool,
+    ) -> Self {
+        Vars {
+            req,
+            remote: remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            request_id,
+            https,
+            path: None,
+            captures: None,
+            in_url: false,
+        }
+    }
+}
+
 impl Template {
     /// Compiles `text`. `groups` is how many capture groups `$1`... may
     /// refer to (0: none may be used).
