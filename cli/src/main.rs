@@ -90,50 +90,48 @@ enum Command {
 enum RouteCommand {
     /// Print the route a request takes, each rule that matched or did
     /// not, and the result. Exit status 0 when the request would be
-    /// forwarded, 1 when refused, redirected or answered by the proxy.
+    /// forwarded, 1 when refused, redirected or answered by the proxy, 2
+    /// on an error.
     Explain {
-        /// The TOML configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
-        /// The reverse listener's name.
-        #[arg(long)]
-        listener: String,
-        /// The client's address.
-        #[arg(long, default_value = "127.0.0.1")]
-        src: IpAddr,
+        #[command(flatten)]
+        common: ExplainArgs,
         /// The method.
         #[arg(short = 'X', long, default_value = "GET")]
         method: String,
-        /// A request header, "Name: value" (repeatable).
-        #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
         /// The URL: http://host/path?query (https:// sets the SNI too).
         url: String,
     },
+}
+
+/// What both `explain` commands take.
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// The TOML configuration file.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// The listener's name.
+    #[arg(long)]
+    listener: String,
+    /// The client's address.
+    #[arg(long, default_value = "127.0.0.1")]
+    src: IpAddr,
+    /// A request header, "Name: value" (repeatable), for header rules.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum AclCommand {
     /// Print what a forward listener would decide for a request.
     Explain {
-        /// The TOML configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
-        /// The forward listener's name.
-        #[arg(long)]
-        listener: String,
-        /// The client's address.
-        #[arg(long, default_value = "127.0.0.1")]
-        src: IpAddr,
+        #[command(flatten)]
+        common: ExplainArgs,
         /// The authenticated user (for user and group rules).
         #[arg(long)]
         user: Option<String>,
         /// The method of a plain HTTP request.
         #[arg(long, default_value = "GET")]
         method: String,
-        /// A request header, "Name: value" (repeatable), for header rules.
-        #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
         /// URLs (http://host/path) or host:port (CONNECT); each is explained.
         #[arg(required = true)]
         targets: Vec<String>,
@@ -200,12 +198,15 @@ fn main() -> ExitCode {
         Some(Command::Acl {
             command:
                 AclCommand::Explain {
-                    config,
-                    listener,
-                    src,
+                    common:
+                        ExplainArgs {
+                            config,
+                            listener,
+                            src,
+                            headers,
+                        },
                     user,
                     method,
-                    headers,
                     targets,
                 },
         }) => load(&config).and_then(|c| {
@@ -228,23 +229,33 @@ fn main() -> ExitCode {
         Some(Command::Route {
             command:
                 RouteCommand::Explain {
-                    config,
-                    listener,
-                    src,
+                    common:
+                        ExplainArgs {
+                            config,
+                            listener,
+                            src,
+                            headers,
+                        },
                     method,
-                    headers,
                     url,
                 },
-        }) => load(&config).and_then(|c| {
-            let request = route_explain::Request {
-                listener: &listener,
-                src,
-                method: &method,
-                url: &url,
-                headers: &headers,
-            };
-            route_explain::explain(&c, &request)
-        }),
+        }) => load(&config)
+            .and_then(|c| {
+                let request = route_explain::Request {
+                    listener: &listener,
+                    src,
+                    method: &method,
+                    url: &url,
+                    headers: &headers,
+                };
+                route_explain::explain(&c, &request)
+            })
+            .or_else(|e| {
+                // 2, not 1: a script testing a policy must not read a typo as
+                // a refusal.
+                eprintln!("ringway: {e:#}");
+                Ok(ExitCode::from(2))
+            }),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,8 @@
 //! request: the route it takes, each rule of the listener and the route
 //! and whether it matched, the resulting action, and the request the
 //! upstream would get. Exit status 0 when the request would be forwarded,
-//! 1 when it would be refused, redirected or answered by the proxy.
+//! 1 when it would be refused, redirected or answered by the proxy, 2 when
+//! the configuration, the listener or the URL is unusable.
 
 use std::{fmt::Write as _, net::IpAddr, process::ExitCode, rc::Rc};
 

@@ -625,7 +625,7 @@ fn route_explain_on_every_example() {
         }
         let (code, stdout, stderr) = explain(&path, &["http://www.example.com/api/v1/users?page=2"]);
         if stderr.contains("no listener named \"web\"") || stderr.contains("is not a reverse listener") {
-            assert_eq!(code, 1, "{}", path.display());
+            assert_eq!(code, 2, "{}", path.display());
             continue;
         }
         assert!(matches!(code, 0 | 1), "{}: {code} {stderr}", path.display());
@@ -673,7 +673,7 @@ fn route_explain_on_every_example() {
     );
     assert_eq!(code, 1, "the canonical path is matched: {out}");
     let (code, _, stderr) = explain(&rules, &["ftp://x/"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "an unusable URL is not a refusal");
     assert!(stderr.contains("expected an http:// or https:// URL"), "{stderr}");
 }
 

@@ -21,9 +21,8 @@ fn deny(status: u16) -> Action {
     Action::Deny { status, body: None }
 }
 
-/// Evaluates `policy` on `request`: the status of the answer (0: goes on)
-/// and the rewritten target.
-fn run(policy: &Policy, request: &str) -> (u16, Option<String>) {
+/// Evaluates `policy` on `request` from [`client`].
+fn evaluate(policy: &Policy, request: &str) -> (Verdict, Effects) {
     let req = parsed(request);
     let client = client();
     let mut fx = Effects::default();
@@ -37,6 +36,13 @@ fn run(policy: &Policy, request: &str) -> (u16, Option<String>) {
         };
         policy.evaluate(&facts, &mut fx, &mut NoTrace)
     });
+    (verdict, fx)
+}
+
+/// Evaluates `policy` on `request`: the status of the answer (0: goes on)
+/// and the rewritten target.
+fn run(policy: &Policy, request: &str) -> (u16, Option<String>) {
+    let (verdict, fx) = evaluate(policy, request);
     let status = match verdict {
         Verdict::Reply(r) => r.status,
         _ => 0,
@@ -257,19 +263,7 @@ fn a_rate_limit_answers_429_with_retry_after() {
     };
     assert_eq!(run(&policy, &get("/")).0, 0);
     assert_eq!(run(&policy, &get("/")).0, 0);
-    let req = parsed(&get("/"));
-    let client = client();
-    let verdict = with_canonical(req.target(), |path, query, raw_query| {
-        let facts = Facts {
-            req: &req,
-            client: &client,
-            path,
-            query,
-            raw_query,
-        };
-        policy.evaluate(&facts, &mut Effects::default(), &mut NoTrace)
-    });
-    let Verdict::Reply(reply) = verdict else {
+    let Verdict::Reply(reply) = evaluate(&policy, &get("/")).0 else {
         panic!("over the limit")
     };
     assert_eq!(reply.status, 429);
