@@ -87,7 +87,13 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         .listeners
         .iter()
         .find(|l| l.spec.name == request.listener)
-        .ok_or_else(|| anyhow::anyhow!("no listener named {:?}", request.listener))?;
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.listeners.iter().map(|l| l.spec.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no listener named {:?} (the configuration has {names:?})",
+                request.listener
+            )
+        })?;
     let ListenerMode::Reverse { routes, .. } = &listener.mode else {
         anyhow::bail!(
             "listener {:?} is not a reverse listener (for a forward listener: ringway acl explain)",

@@ -192,6 +192,10 @@ response_set = { "Strict-Transport-Security" = "max-age=31536000", "X-Frame-Opti
 [[listener.route]]
 upstream = "app"
 
+[[listener.route.rule]]
+when = { path_prefix = "/denied" }
+deny = 403
+
 [listener.route.headers]
 request_remove = ["X-Debug"]
 request_append = { "X-Route" = "main" }
@@ -239,6 +243,11 @@ fn header_edits_on_requests_and_responses() {
     assert_eq!(seen.header("x-client"), Some("127.0.0.1 via http"));
     assert_eq!(seen.header("x-route"), Some("main"));
     assert!(seen.header("x-debug").is_none());
+    // The proxy's own answers get the response edits too.
+    let r = get(&mut c, "/denied", "");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+    assert!(r.header("server").is_none(), "no Server on a refusal either");
     get(&mut c, "/", "");
     let next = last_seen(&origin);
     assert_ne!(next.header("x-request-id"), Some(id), "one ID per request");
@@ -251,6 +260,10 @@ upstream = "app"
 [[listener.route.rule]]
 when = { path_prefix = "/denied" }
 deny = 403
+
+[[listener.route.rule]]
+when = { path_prefix = "/limited" }
+rate_limit = { rate = "1/m", burst = 1 }
 
 [listener.route.headers]
 cors = { allow_origins = ["https://app.example.com"], allow_methods = ["GET", "POST", "PUT"], allow_headers = ["Content-Type", "X-Token"], allow_credentials = true, max_age = "10m" }
@@ -320,10 +333,29 @@ fn cors_preflights_and_responses() {
         Some("https://app.example.com")
     );
     assert_eq!(r.header("vary"), Some("Origin"));
+    // Preflights are answered before the route's rules: they spend no
+    // token of the rate limit.
+    for _ in 0..3 {
+        let r = request(
+            &mut c,
+            "OPTIONS /limited HTTP/1.1\r\nHost: site.test\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: GET",
+        );
+        assert_eq!(r.status, 204);
+    }
+    assert_eq!(
+        get(&mut c, "/limited", "\r\nOrigin: https://app.example.com").status,
+        200
+    );
+    let r = get(&mut c, "/limited", "\r\nOrigin: https://app.example.com");
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     // A plain OPTIONS (no preflight fields) goes to the origin.
     let r = request(&mut c, "OPTIONS /x HTTP/1.1\r\nHost: site.test");
     assert_eq!(r.status, 200);
-    assert_eq!(origin.seen().len(), 3);
+    assert_eq!(origin.seen().len(), 4);
 }
 
 #[test]
@@ -672,6 +704,9 @@ fn route_explain_on_every_example() {
         &["--src", "192.0.2.1", "http://www.example.com/api/%69nternal/x"],
     );
     assert_eq!(code, 1, "the canonical path is matched: {out}");
+    let (code, out, _) = explain(&rules, &["http://www.example.com/api/x#frag"]);
+    assert_eq!(code, 1, "a fragment is refused, as the proxy refuses it: {out}");
+    assert!(out.contains("400 Bad Request"), "{out}");
     let (code, _, stderr) = explain(&rules, &["ftp://x/"]);
     assert_eq!(code, 2, "an unusable URL is not a refusal");
     assert!(stderr.contains("expected an http:// or https:// URL"), "{stderr}");

@@ -96,6 +96,9 @@ pub struct LocalReply {
     /// Whether the body is the stock text for the status, which a
     /// configured error page replaces.
     pub stock: bool,
+    /// Whether it says `Server: ringway` (a `response_remove` of Server
+    /// drops it).
+    pub server: bool,
 }
 
 impl LocalReply {
@@ -119,6 +122,7 @@ impl LocalReply {
             body: body.into(),
             headers: String::new(),
             stock: false,
+            server: true,
         }
     }
 
@@ -182,7 +186,17 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
+        406 => "Not Acceptable",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        415 => "Unsupported Media Type",
+        418 => "I'm a teapot",
         421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         451 => "Unavailable For Legal Reasons",

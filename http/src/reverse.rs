@@ -312,6 +312,14 @@ impl RouteTable {
         trace: &mut T,
     ) -> Decision {
         let (path, authority) = origin_form(req.target());
+        // A request target has no fragment (RFC 9112 3.2); servers differ
+        // on where a '#' ends the path, so none is passed on.
+        if memchr::memchr(b'#', path).is_some() {
+            return Decision {
+                route: None,
+                reply: Some(LocalReply::status(400)),
+            };
+        }
         let host = authority.or(req.host());
         with_canonical(path, |path, query, raw_query| {
             let facts = Facts {
@@ -360,21 +368,22 @@ impl RouteTable {
                     reply: None,
                 };
             };
+            // A preflight is the browser asking, not the request: the
+            // route's rules (a rate limit, a read-only rule) judge the
+            // request that follows. The listener's have run.
+            let cors = rules.policy.cors.as_ref().or(listener.cors.as_ref());
+            if let Some(reply) = cors.and_then(|c| c.preflight(req)) {
+                trace.effect("a CORS preflight: answered by the proxy, before the route's rules");
+                return answer(reply);
+            }
             let verdict = if rules.policy.rules.is_empty() {
                 Verdict::Continue
             } else {
                 rules.policy.evaluate(&facts, effects, trace)
             };
-            if let Verdict::Reply(reply) = verdict {
-                return answer(reply);
-            }
-            let cors = rules.policy.cors.as_ref().or(listener.cors.as_ref());
-            match cors.and_then(|c| c.preflight(req)) {
-                Some(reply) => {
-                    trace.effect("a CORS preflight: answered by the proxy");
-                    answer(reply)
-                }
-                None => Decision {
+            match verdict {
+                Verdict::Reply(reply) => answer(reply),
+                _ => Decision {
                     route: Some(route),
                     reply: None,
                 },
@@ -684,11 +693,6 @@ impl ProxyHooks for ReverseHandler {
         if !is_origin_form && authority.is_none() {
             return Route::Reply(LocalReply::status(400));
         }
-        // A request target has no fragment (RFC 9112 3.2); servers differ
-        // on where a '#' ends the path, so none is passed on.
-        if memchr::memchr(b'#', target).is_some() {
-            return Route::Reply(LocalReply::status(400));
-        }
         cx.remote = Some(client.peer);
         cx.request_id = client.request_id;
         cx.https = client.tls.is_some();
@@ -858,6 +862,12 @@ impl ProxyHooks for ReverseHandler {
             Some(policy) => policy.error_pages.dress(reply),
             None => listener.error_pages.dress(reply),
         };
+        // The response edits, as on proxied answers.
+        let edits = match cx.route.and_then(|r| self.routes.response_headers.get(r)) {
+            Some(merged) => merged,
+            None => &listener.headers.response,
+        };
+        HeaderRules::apply_to_reply(edits, &vars(req, cx), &mut reply);
         // A browser reads a refusal or a 502 only with the CORS fields.
         if let Some(cors) = route.and_then(|p| p.cors.as_ref()).or(listener.cors.as_ref()) {
             cors.respond_local(req, &mut reply);

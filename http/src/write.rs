@@ -335,13 +335,20 @@ pub(crate) fn local_response(
     out.extend_from_slice(itoa::Buffer::new().format(reply.status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\nServer: ringway\r\nContent-Type: ");
-    out.extend_from_slice(reply.content_type.as_bytes());
-    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
-    out.extend_from_slice(reply.headers.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if reply.server {
+        out.extend_from_slice(b"Server: ringway\r\n");
+    }
     // 204 and 304 have no body, and a 204 no Content-Length (RFC 9110
     // 8.6, 15.3.5).
     let bodyless = matches!(reply.status, 204 | 304);
+    if !bodyless {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(reply.content_type.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Cache-Control: no-store\r\n");
+    out.extend_from_slice(reply.headers.as_bytes());
     if !bodyless {
         write_framing(out, BodyFraming::Length(body.len() as u64));
     }

@@ -371,6 +371,22 @@ impl Validator {
             return None;
         }
         let problems = self.problems.len();
+        let when_empty = r.when.as_ref().is_some_and(|w| {
+            w.src.is_none()
+                && w.method.is_none()
+                && w.path_prefix.is_none()
+                && w.path_regex.is_none()
+                && w.query.is_none()
+                && w.header.is_none()
+                && w.sni.is_none()
+                && w.not.is_none()
+        });
+        if when_empty {
+            self.problem(
+                at.key("when"),
+                "when = {} tests nothing: remove it (a rule without when always applies)",
+            );
+        }
         let when = match &r.when {
             Some(w) => self.condition(w, &at.key("when")),
             None => Condition::default(),

@@ -200,8 +200,14 @@ impl ProxyHooks for ForwardHandler {
         }
     }
 
-    fn local_reply(&self, _req: &RequestHead, reply: LocalReply, _cx: &ForwardCtx) -> LocalReply {
-        self.settings.policy.error_pages.dress(reply)
+    fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &ForwardCtx) -> LocalReply {
+        let mut reply = self.settings.policy.error_pages.dress(reply);
+        HeaderRules::apply_to_reply(
+            &self.settings.policy.headers.response,
+            &self.vars(req, cx),
+            &mut reply,
+        );
+        reply
     }
 
     async fn route(&self, req: &RequestHead, client: &ClientInfo, cx: &mut ForwardCtx) -> Route {

@@ -252,6 +252,30 @@ pub enum EditOp {
 }
 
 impl HeaderRules {
+    /// Applies response edits `list` to an answer the proxy gives itself,
+    /// as nginx's `add_header ... always`: HSTS on a redirect, no Server
+    /// on a refusal.
+    pub fn apply_to_reply(list: &[HeaderEdit], vars: &Vars<'_>, reply: &mut LocalReply) {
+        if list.is_empty() {
+            return;
+        }
+        let mut edits = HeadEdits::new();
+        Self::apply(list, vars, &mut edits);
+        if edits.removes(b"server") {
+            reply.server = false;
+        }
+        let kept: String = reply
+            .headers
+            .split_inclusive("\r\n")
+            .filter(|line| {
+                let name = line.split(':').next().unwrap_or_default();
+                !edits.removes(name.as_bytes())
+            })
+            .collect();
+        reply.headers = kept;
+        reply.headers.push_str(&String::from_utf8_lossy(edits.added()));
+    }
+
     /// `first` then `then` as one list in which a `set` or a removal
     /// replaces every earlier edit of its field: a route's edits win over
     /// its listener's, with nothing left to undo per request.
@@ -715,7 +739,7 @@ impl std::fmt::Display for Test {
                 list(&mut m.iter().map(|m| String::from_utf8_lossy(m).into_owned()))
             ),
             Test::PathPrefix(p) => write!(f, "path_prefix {}", list(&mut p.iter().map(|p| text(p)))),
-            Test::PathRegex(re) => write!(f, "path_regex {:?}", re.as_str()),
+            Test::PathRegex(re) => write!(f, "path_regex \"{}\"", re.as_str()),
             Test::Query { name, value } => write!(f, "query {} = {value}", String::from_utf8_lossy(name)),
             Test::Header { name, value } => write!(f, "header {name} = {value}"),
             Test::Sni(names) => write!(f, "sni {}", list(&mut names.iter().map(|n| n.to_string()))),
@@ -746,7 +770,7 @@ impl std::fmt::Display for Action {
             Action::Deny { status, .. } => write!(f, "deny {status}"),
             Action::Return { status, .. } => write!(f, "return {status}"),
             Action::Redirect { to, status } => write!(f, "redirect {status} to {to}"),
-            Action::Rewrite { path_regex, to } => write!(f, "rewrite {:?} to {to}", path_regex.as_str()),
+            Action::Rewrite { path_regex, to } => write!(f, "rewrite \"{}\" to {to}", path_regex.as_str()),
             Action::RateLimit { key, .. } => write!(
                 f,
                 "rate_limit by {}",

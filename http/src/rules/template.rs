@@ -134,7 +134,18 @@ impl Template {
                         .ok_or_else(|| format!("unclosed \"${{\" in {text:?}"))?;
                     (&text[i + 1..i + end], i + end + 1)
                 }
-                Some(c) if c.is_ascii_digit() => (&text[i..=i], i + 1),
+                Some(c) if c.is_ascii_digit() => {
+                    if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                        return Err(format!(
+                            "${} in {text:?}: captures go up to $9; for ${} followed by a digit write ${{{}}}{}",
+                            &text[i..i + 2],
+                            &text[i..=i],
+                            &text[i..=i],
+                            &text[i + 1..i + 2]
+                        ));
+                    }
+                    (&text[i..=i], i + 1)
+                }
                 Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
                     let len = bytes[i..]
                         .iter()
@@ -149,6 +160,12 @@ impl Template {
                 }
             };
             let var = Self::var(name, groups, text)?;
+            let braced = bytes.get(i) == Some(&b'{');
+            if !braced && matches!(var, Var::Header(_)) && bytes.get(next) == Some(&b'-') {
+                return Err(format!(
+                    "${name}-... in {text:?}: a variable name ends at '-'; write the header in lowercase with underscores (\"$http_x_api_key\" for X-Api-Key), or as ${{http_X-Api-Key}}"
+                ));
+            }
             if !literal.is_empty() {
                 parts.push(Part::Text(std::mem::take(&mut literal).into()));
             }
@@ -172,8 +189,12 @@ impl Template {
     fn var(name: &str, groups: usize, text: &str) -> Result<Var, String> {
         if let Some(digit) = name.parse::<u8>().ok().filter(|_| name.len() == 1) {
             if digit == 0 || usize::from(digit) > groups {
+                if groups == 0 {
+                    return Err(format!(
+                        "${digit} in {text:?}: no path_regex capture group here (write $$ for a dollar sign)"
+                    ));
+                }
                 let have = match groups {
-                    0 => "no path_regex with capture groups".to_owned(),
                     1 => "1 capture group".to_owned(),
                     n => format!("{n} capture groups"),
                 };
@@ -397,6 +418,10 @@ mod tests {
         let error = |t: &str, groups| Template::parse(t, groups).unwrap_err();
         assert!(error("/v2/$3", 2).contains("$3 in \"/v2/$3\", but the rule has 2 capture groups"));
         assert!(error("/v2/$1", 0).contains("no path_regex"));
+        assert!(error("costs $5", 0).contains("write $$ for a dollar sign"));
+        assert!(error("/x/$10", 2).contains("write ${1}0"));
+        assert!(error("$http_X-Api-Key", 0).contains("$http_x_api_key"));
+        assert!(Template::parse("${http_X-Api-Key}-$host", 0).is_ok());
         assert!(error("$hots", 0).starts_with("unknown variable $hots"));
         assert!(error("${host", 0).starts_with("unclosed"));
         assert!(error("100$", 0).contains("lone"));
