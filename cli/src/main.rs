@@ -40,31 +40,30 @@ struct Cli {
 enum Command {
     /// Run with a configuration file.
     Run {
-        /// The TOML configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFileArg,
     },
     /// Validate a configuration file and print a summary (exit 1 on errors).
     Check {
-        /// The TOML configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFileArg,
     },
     /// Run a reverse proxy from the command line, no file needed.
     Reverse {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address to listen on: IP:PORT, or :PORT for every interface.
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
         listen: SocketAddr,
-        /// An upstream server (repeat for several; round robin).
+        /// An upstream server: HOST:PORT, IP:PORT or http://HOST:PORT
+        /// (https:// for TLS to it); repeat for several (round robin).
         #[arg(long, required = true)]
-        upstream: Vec<SocketAddr>,
+        upstream: Vec<String>,
         #[command(flatten)]
         tuning: Tuning,
     },
     /// Run a forward proxy from the command line, no file needed.
     Forward {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:3128")]
+        /// Address to listen on: IP:PORT, or :PORT for every interface.
+        #[arg(long, default_value = "127.0.0.1:3128", value_parser = parse_listen)]
         listen: SocketAddr,
         /// A TOML file with the keys of an [acl.NAME] section at its top
         /// level (default, block_private, private_allow, connect_ports,
@@ -178,8 +177,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => parse_embedded_default().and_then(|c| run(&c)),
-        Some(Command::Run { config }) => load(&config).and_then(|c| run(&c)),
-        Some(Command::Check { config }) => check(&config),
+        Some(Command::Run { file }) => load(&file.path()).and_then(|c| run(&c)),
+        Some(Command::Check { file }) => check(&file.path()),
         Some(Command::Reverse {
             listen,
             upstream,
@@ -424,15 +423,83 @@ fn summary(path: &Path, c: &Config) -> String {
 }
 
 /// A reverse proxy on `listen` in front of `upstreams`, validated like a file.
-fn quick_reverse(listen: SocketAddr, upstreams: &[SocketAddr]) -> anyhow::Result<Config> {
-    let servers: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+fn quick_reverse(listen: SocketAddr, upstreams: &[String]) -> anyhow::Result<Config> {
+    let mut servers = Vec::new();
+    let mut tls = None;
+    for text in upstreams {
+        let (https, rest) = match text.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            Some((scheme, _)) => anyhow::bail!(
+                "--upstream {text:?}: {scheme}:// is not a scheme ringway speaks to servers (http or https)"
+            ),
+            None => (false, text.as_str()),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        anyhow::ensure!(
+            !authority.is_empty() && !authority.contains(['/', '?', '#', '"', '\\']),
+            "--upstream {text:?}: expected HOST:PORT, IP:PORT or http://HOST:PORT (a server, not a path)"
+        );
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            // A URL may leave its port to the scheme.
+            format!("{authority}:{}", if https { 443 } else { 80 })
+        };
+        anyhow::ensure!(
+            tls.is_none_or(|t| t == https),
+            "--upstream: mix of http:// and https:// servers; one upstream speaks one of them"
+        );
+        tls = Some(https);
+        servers.push(format!("\"{with_port}\""));
+    }
     let source = format!(
         "[[listener]]\nname = \"reverse\"\nlisten = \"{listen}\"\nmode = \"reverse\"\n\n\
          [[listener.route]]\nupstream = \"default\"\n\n\
-         [[upstream]]\nname = \"default\"\nservers = [{}]\n",
-        servers.join(", ")
+         [[upstream]]\nname = \"default\"\nservers = [{}]\n{}",
+        servers.join(", "),
+        if tls == Some(true) { "tls = true\n" } else { "" }
     );
     Ok(config::parse(Path::new("<command line>"), &source)?)
+}
+
+/// `IP:PORT`, or `:PORT` for every interface (as Go and nginx's `listen
+/// PORT` read it).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let expanded;
+    let text = match text.strip_prefix(':') {
+        Some(port) => {
+            expanded = format!("0.0.0.0:{port}");
+            &expanded
+        }
+        None => text,
+    };
+    text.parse()
+        .map_err(|_| format!("expected IP:PORT (\"127.0.0.1:8080\", \"[::1]:8080\") or :PORT for every interface, not {text:?}"))
+}
+
+/// The configuration file of `run` and `check`: `--config FILE` or just
+/// `FILE`.
+#[derive(Debug, Args)]
+struct ConfigFileArg {
+    /// The TOML configuration file.
+    #[arg(short, long, required_unless_present = "file")]
+    config: Option<PathBuf>,
+    /// The TOML configuration file (the same as --config).
+    #[arg(conflicts_with = "config", value_name = "CONFIG")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigFileArg {
+    fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .or_else(|| self.file.clone())
+            .unwrap_or_default()
+    }
 }
 
 fn init_logging(level: Option<&str>) {

@@ -361,3 +361,48 @@ fn gigabyte_bodies_stream_with_flat_memory() {
         "RSS grew by {growth_mib} MiB while 2 GiB streamed through"
     );
 }
+
+#[test]
+fn the_command_line_takes_what_users_type() {
+    // `check FILE` as well as `check --config FILE`.
+    let out = Command::new(BIN)
+        .args(["check"])
+        .arg(examples_dir().join("minimal.toml"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An upstream as a URL, with its trailing slash.
+    let origin = Origin::start(|req| Reply::ok(format!("{} {}", req.method, req.target)));
+    let upstream = format!("http://{}/", origin.addr());
+    let proxy = Running::start(&[
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--workers",
+        "1",
+        "--no-pin",
+    ]);
+    assert_eq!(curl(&[&proxy.url("/x?y=1")]), "GET /x?y=1");
+    drop(proxy);
+    // What cannot be read says what would be.
+    let out = Command::new(BIN)
+        .args(["reverse", "--listen", "8080", "--upstream", "127.0.0.1:9"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("or :PORT for every interface"), "{stderr}");
+    let out = Command::new(BIN)
+        .args([
+            "reverse",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "ftp://127.0.0.1:21",
+        ])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ftp:// is not a scheme"));
+}
