@@ -1,7 +1,7 @@
 //! `ringway acl explain`: what a forward listener would decide for a
 //! request, which rule decided, and which addresses were checked.
 
-use std::{fmt::Write as _, net::IpAddr, process::ExitCode, rc::Rc};
+use std::{fmt::Write as _, net::IpAddr, rc::Rc};
 
 use ringway_core::dns::Resolver;
 use ringway_http::{
@@ -23,8 +23,9 @@ pub(crate) struct Request<'a> {
     pub(crate) headers: &'a [String],
 }
 
-/// Prints the decision; fails when the listener or the target is unusable.
-pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<ExitCode> {
+/// Prints the decision and returns whether the proxy would let the
+/// request through; fails when the listener or the target is unusable.
+pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<bool> {
     let settings = config
         .listeners
         .iter()
@@ -55,9 +56,17 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
         groups: &groups,
         head: Some(&head),
     };
+    if settings.auth.is_some() && request.user.is_none() {
+        // The proxy asks for credentials before it looks at the ACL.
+        print!(
+            "listener: {:?}\nrequest:  {method} {}\ndecision: 407 proxy authentication required (the listener has auth; pass --user to explain as a user)\n",
+            settings.listener, request.target
+        );
+        return Ok(false);
+    }
     let decision = runtime.block_on(decide(&settings.acl, &Rc::new(resolver), &acl_request));
     print!("{}", report(&settings, request, &dest, method, &decision));
-    Ok(ExitCode::SUCCESS)
+    Ok(matches!(decision.outcome, Outcome::Allow { .. }))
 }
 
 /// Where `request` goes, and the path of an http:// URL (`None`: the
@@ -65,6 +74,21 @@ pub(crate) fn explain(config: &Config, request: &Request<'_>) -> anyhow::Result<
 /// target.
 fn destination<'a>(request: &Request<'a>) -> anyhow::Result<(Destination, Option<&'a [u8]>)> {
     let target = request.target;
+    // An https:// URL goes through the proxy as a CONNECT to its host.
+    if let Some(rest) = target.strip_prefix("https://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:443")
+        };
+        let (dest, _) = split_target(with_port.as_bytes(), true)
+            .map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
+        return Ok((dest, None));
+    }
     let connect = !target.contains("://");
     split_target(target.as_bytes(), connect).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))
 }

@@ -121,7 +121,9 @@ struct ExplainArgs {
 
 #[derive(Debug, Subcommand)]
 enum AclCommand {
-    /// Print what a forward listener would decide for a request.
+    /// Print what a forward listener would decide for each request. Exit
+    /// status 0 when every one would be let through, 1 when one would be
+    /// refused or asked for credentials, 2 when one cannot be explained.
     Explain {
         #[command(flatten)]
         common: ExplainArgs,
@@ -208,7 +210,8 @@ fn main() -> ExitCode {
                     method,
                     targets,
                 },
-        }) => load(&config).and_then(|c| {
+        }) => load(&config).map(|c| {
+            let (mut refused, mut failed) = (false, false);
             for (i, target) in targets.iter().enumerate() {
                 if i > 0 {
                     println!();
@@ -221,9 +224,20 @@ fn main() -> ExitCode {
                     target,
                     headers: &headers,
                 };
-                explain::explain(&c, &request)?;
+                // One target the proxy could not read does not stop the
+                // others.
+                match explain::explain(&c, &request) {
+                    Ok(true) => {}
+                    Ok(false) => refused = true,
+                    Err(e) => {
+                        println!("{target}: {e:#}");
+                        failed = true;
+                    }
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            // 0: all allowed; 1: one refused (or asked for credentials);
+            // 2: one could not be explained.
+            ExitCode::from(if failed { 2 } else { u8::from(refused) })
         }),
         Some(Command::Route {
             command:

@@ -166,10 +166,18 @@ fn explain(config: &std::path::Path, targets: &[&str]) -> Vec<String> {
         .args(targets)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let reports: Vec<String> = text.split("\n\n").map(str::to_owned).collect();
     assert_eq!(reports.len(), targets.len(), "{text}");
+    // Scriptable: 0 when every request would go through, 1 when one is
+    // refused.
+    let refused = reports.iter().any(|r| !r.contains("decision: ALLOW"));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(refused)),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     reports
 }
 
@@ -391,4 +399,46 @@ fn forward_with_an_acl_file_enforces_it_and_locates_its_errors() {
     );
     let _ = std::fs::remove_file(acl);
     let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn acl_explain_is_scriptable_reads_https_urls_and_asks_for_credentials() {
+    let config = forward_config("explain-exit", false, "");
+    // An https:// URL is what a browser sends through the proxy as a
+    // CONNECT to its host.
+    let reports = explain(&config, &["https://allowed.test:8443/path"]);
+    assert!(
+        reports[0].contains("CONNECT https://allowed.test:8443/path"),
+        "{}",
+        reports[0]
+    );
+    assert!(
+        reports[0].contains("to:       allowed.test port 8443"),
+        "{}",
+        reports[0]
+    );
+    let run = |config: &std::path::Path, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["acl", "explain", "--config"])
+            .arg(config)
+            .args(["--listener", "outbound"])
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // One target the proxy cannot read does not stop the others: 2.
+    let (code, text) = run(&config, &["bad target", "http://allowed.test/"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("decision: ALLOW"), "{text}");
+    // A listener with auth answers 407 first, unless explained as a user.
+    let with_auth = forward_config("explain-auth", true, "");
+    let (code, text) = run(&with_auth, &["http://allowed.test/"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("407 proxy authentication required"), "{text}");
+    let (code, text) = run(&with_auth, &["--user", "alice", "http://allowed.test/"]);
+    assert_eq!(code, Some(0), "{text}");
 }
