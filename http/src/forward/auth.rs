@@ -1,6 +1,7 @@
 //! Proxy authentication: HTTP Basic against an htpasswd file.
 //!
-//! Entries are bcrypt (`$2a$`, `$2b$`, `$2y$`) or `{SHA}` (base64 SHA-1).
+//! Entries are bcrypt (`$2a$`, `$2b$`, `$2y$`), Apache MD5 (`$apr1$`,
+//! `htpasswd`'s default; bcrypt is stronger) or `{SHA}` (base64 SHA-1).
 //! bcrypt is slow on purpose (tens of milliseconds), so it runs on the
 //! shared blocking pool, never on a worker; each worker then caches the
 //! verdict for a credential (keyed by the header value) for `cache_ttl`.
@@ -35,6 +36,9 @@ const MAX_CREDENTIAL_BYTES: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PasswordHash {
     Bcrypt(String),
+    /// Apache's MD5 (`$apr1$`, `htpasswd`'s default): accepted so that
+    /// existing files work; bcrypt is stronger.
+    Apr1(String),
     Sha1([u8; 20]),
 }
 
@@ -67,9 +71,17 @@ impl Htpasswd {
                 )
             } else if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
                 PasswordHash::Bcrypt(hash.to_owned())
+            } else if let Some(rest) = hash.strip_prefix("$apr1$") {
+                let valid = rest
+                    .split_once('$')
+                    .is_some_and(|(salt, digest)| !salt.is_empty() && salt.len() <= 8 && digest.len() == 22);
+                if !valid {
+                    return Err(format!("line {}: invalid $apr1$ hash for user {user:?}", i + 1));
+                }
+                PasswordHash::Apr1(hash.to_owned())
             } else {
                 return Err(format!(
-                    "line {}: unsupported hash for user {user:?} (use bcrypt: htpasswd -B, or {{SHA}})",
+                    "line {}: unsupported hash for user {user:?} (bcrypt: htpasswd -B; also $apr1$ MD5 and {{SHA}})",
                     i + 1
                 ));
             };
@@ -243,6 +255,21 @@ impl Authenticator {
                 .await;
                 verified.unwrap_or(false)
             }
+            PasswordHash::Apr1(hash) => {
+                // A thousand MD5 rounds (a fraction of a millisecond): off
+                // the worker too, as bcrypt.
+                let pending = Pending::enter(&self.pending)?;
+                let verified = monoio::spawn_blocking(move || {
+                    let _pending = pending;
+                    let salt = hash["$apr1$".len()..].split('$').next().unwrap_or_default();
+                    constant_time_eq(
+                        apr1(password.as_bytes(), salt.as_bytes()).as_bytes(),
+                        hash.as_bytes(),
+                    )
+                })
+                .await;
+                verified.unwrap_or(false)
+            }
         };
         if !ok {
             // Remembered briefly: a client retrying a wrong password does
@@ -271,6 +298,77 @@ impl Authenticator {
 }
 
 /// `Basic base64(user:password)` → (user, password).
+/// Apache's `$apr1$` MD5-crypt of `password` with `salt` (at most 8
+/// bytes are used), as `htpasswd -m` writes it.
+fn apr1(password: &[u8], salt: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    const MAGIC: &[u8] = b"$apr1$";
+    const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let salt = &salt[..salt.len().min(8)];
+    let alternate: [u8; 16] = Md5::new()
+        .chain_update(password)
+        .chain_update(salt)
+        .chain_update(password)
+        .finalize()
+        .into();
+    let mut ctx = Md5::new()
+        .chain_update(password)
+        .chain_update(MAGIC)
+        .chain_update(salt);
+    let mut left = password.len();
+    while left > 0 {
+        let n = left.min(16);
+        ctx.update(&alternate[..n]);
+        left -= n;
+    }
+    let mut bits = password.len();
+    while bits > 0 {
+        if bits & 1 == 1 {
+            ctx.update([0u8]);
+        } else {
+            ctx.update(&password[..1]);
+        }
+        bits >>= 1;
+    }
+    let mut digest: [u8; 16] = ctx.finalize().into();
+    for round in 0..1000 {
+        let mut ctx = Md5::new();
+        if round & 1 == 1 {
+            ctx.update(password);
+        } else {
+            ctx.update(digest);
+        }
+        if round % 3 != 0 {
+            ctx.update(salt);
+        }
+        if round % 7 != 0 {
+            ctx.update(password);
+        }
+        if round & 1 == 1 {
+            ctx.update(digest);
+        } else {
+            ctx.update(password);
+        }
+        digest = ctx.finalize().into();
+    }
+    let mut out = String::with_capacity(37);
+    out.push_str("$apr1$");
+    out.push_str(&String::from_utf8_lossy(salt));
+    out.push('$');
+    let mut push = |mut value: u32, count: usize| {
+        for _ in 0..count {
+            out.push(char::from(ITOA64[(value & 0x3f) as usize]));
+            value >>= 6;
+        }
+    };
+    let d = |i: usize| u32::from(digest[i]);
+    for (a, b, c) in [(0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5)] {
+        push(d(a) << 16 | d(b) << 8 | d(c), 4);
+    }
+    push(d(11), 2);
+    out
+}
+
 fn decode_basic(header: &[u8]) -> Option<(String, String)> {
     let text = std::str::from_utf8(header).ok()?.trim();
     let (scheme, token) = text.split_once(' ')?;
@@ -318,13 +416,34 @@ mod tests {
     }
 
     #[test]
+    fn apache_md5_hashes_verify() {
+        // `openssl passwd -apr1 -salt saltsalt password`
+        assert_eq!(
+            apr1(b"password", b"saltsalt"),
+            "$apr1$saltsalt$yAAkm4libquA.ZWLHbSBq/"
+        );
+        let users = Htpasswd::parse("carol:$apr1$saltsalt$yAAkm4libquA.ZWLHbSBq/\n").unwrap();
+        let auth = Authenticator::new(Arc::new(BasicAuth::new(
+            "a".into(),
+            "r".into(),
+            users,
+            &HashMap::new(),
+        )));
+        assert!(block_on(auth.authenticate(Some(&basic("carol:password")))).is_some());
+        assert!(block_on(auth.authenticate(Some(&basic("carol:Password")))).is_none());
+        assert!(Htpasswd::parse("x:$apr1$$short\n")
+            .unwrap_err()
+            .contains("invalid $apr1$"));
+    }
+
+    #[test]
     fn htpasswd_formats() {
         let bcrypt_hash = bcrypt::hash("s3cret", 4).unwrap();
         let text = format!("# users\n{}\nbob:{bcrypt_hash}\n", sha_line("alice", "wonder"));
         let h = Htpasswd::parse(&text).unwrap();
         assert_eq!(h.len(), 2);
         assert!(h.has_user("bob"));
-        let e = Htpasswd::parse("carol:$apr1$abc$def\n").unwrap_err();
+        let e = Htpasswd::parse("carol:$1$abc$def\n").unwrap_err();
         assert!(e.starts_with("line 1: unsupported hash"), "{e}");
         assert!(Htpasswd::parse("nocolon\n").unwrap_err().starts_with("line 1"));
     }
