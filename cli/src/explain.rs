@@ -77,20 +77,26 @@ fn destination<'a>(request: &Request<'a>) -> anyhow::Result<(Destination, Option
     // An https:// URL goes through the proxy as a CONNECT to its host.
     if let Some(rest) = target.strip_prefix("https://") {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:443")
-        };
+        let with_port = with_default_port(authority, 443);
         let (dest, _) = split_target(with_port.as_bytes(), true)
             .map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))?;
         return Ok((dest, None));
     }
     let connect = !target.contains("://");
     split_target(target.as_bytes(), connect).map_err(|e| anyhow::anyhow!("target {target:?}: {e}"))
+}
+
+/// `authority` with `port` when it names none (a URL leaves it to the
+/// scheme); an IPv6 literal keeps its brackets.
+pub(crate) fn with_default_port(authority: &str, port: u16) -> String {
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, p)| !host.ends_with(':') && p.parse::<u16>().is_ok());
+    if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{port}")
+    }
 }
 
 fn report(

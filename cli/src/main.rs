@@ -454,15 +454,7 @@ fn quick_reverse(listen: SocketAddr, upstreams: &[String]) -> anyhow::Result<Con
             !authority.is_empty() && !authority.contains(['/', '?', '#', '"', '\\']),
             "--upstream {text:?}: expected HOST:PORT, IP:PORT or http://HOST:PORT (a server, not a path)"
         );
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            // A URL may leave its port to the scheme.
-            format!("{authority}:{}", if https { 443 } else { 80 })
-        };
+        let with_port = explain::with_default_port(authority, if https { 443 } else { 80 });
         anyhow::ensure!(
             tls.is_none_or(|t| t == https),
             "--upstream: mix of http:// and https:// servers; one upstream speaks one of them"

@@ -193,6 +193,25 @@ pub fn canonical_target(out: &mut Vec<u8>, target: &[u8]) -> usize {
     path_len
 }
 
+/// A route's or rule's path prefix in canonical form, keeping a final
+/// '/': it is compared with canonical paths (`/%7Euser` is `/~user`).
+pub fn canonical_prefix(prefix: &str) -> String {
+    let mut out = Vec::new();
+    let len = canonical_target(&mut out, prefix.as_bytes());
+    out.truncate(len);
+    // Canonical forms of text are text: only unreserved bytes are decoded.
+    String::from_utf8(out).unwrap_or_else(|_| prefix.to_owned())
+}
+
+/// Whether `name` is a subdomain of `suffix` (one label or more, ASCII
+/// case ignored; `*.example.com` patterns), as bytes: a peer's name may
+/// not be ASCII.
+pub fn is_subdomain(name: &[u8], suffix: &[u8]) -> bool {
+    name.len() > suffix.len() + 1
+        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        && name[name.len() - suffix.len() - 1] == b'.'
+}
+
 /// Appends a path with its unreserved bytes decoded and every separator
 /// spelling (`\`, `%2F`, `%5C`) as `/`.
 fn push_path_decoded(out: &mut Vec<u8>, path: &[u8]) {

@@ -215,14 +215,14 @@ impl RouteTable {
                 }
             };
             paths
-                .insert(&canonical_prefix(&route.path_prefix), index)
+                .insert(&crate::matching::canonical_prefix(&route.path_prefix), index)
                 .map_err(|message| error(RouteField::PathPrefix, message))?;
         }
         // Kept as paths are compared: `/%7Euser` routes `/~user`.
         table.specs = routes
             .iter()
             .map(|r| RouteSpec {
-                path_prefix: canonical_prefix(&r.path_prefix),
+                path_prefix: crate::matching::canonical_prefix(&r.path_prefix),
                 ..r.clone()
             })
             .collect();
@@ -472,16 +472,6 @@ impl RouteTable {
         }
         self.any.lookup(path)
     }
-}
-
-/// `prefix` in canonical form (see [`crate::matching::canonical_target`]),
-/// keeping a final '/'.
-fn canonical_prefix(prefix: &str) -> String {
-    let mut out = Vec::new();
-    let len = crate::matching::canonical_target(&mut out, prefix.as_bytes());
-    out.truncate(len);
-    // Canonical forms of text are text: only unreserved bytes are decoded.
-    String::from_utf8(out).unwrap_or_else(|_| prefix.to_owned())
 }
 
 /// Lowercases a Host value into `out` without its port or trailing dot.

@@ -626,7 +626,7 @@ impl Validator {
                 prefixes
                     .items()
                     .iter()
-                    .map(|p| canonical_prefix(p).into())
+                    .map(|p| ringway_http::matching::canonical_prefix(p).into_bytes().into())
                     .collect(),
             ));
         }
@@ -686,12 +686,4 @@ impl Validator {
         }
         Condition { tests }
     }
-}
-
-/// A path prefix as matchers compare it: canonical, keeping a final '/'.
-pub(crate) fn canonical_prefix(prefix: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let len = ringway_http::matching::canonical_target(&mut out, prefix.as_bytes());
-    out.truncate(len);
-    out
 }

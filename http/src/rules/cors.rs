@@ -162,13 +162,9 @@ impl Cors {
                     return false;
                 };
                 let (host, p) = split_port(rest);
-                // As bytes: a peer's origin may cut a character in two.
-                let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
                 s.eq_ignore_ascii_case(scheme)
                     && p == &**port
-                    && host.len() > suffix.len() + 1
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && host[host.len() - suffix.len() - 1] == b'.'
+                    && crate::matching::is_subdomain(host.as_bytes(), suffix.as_bytes())
             }
         })
     }

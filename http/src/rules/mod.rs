@@ -560,12 +560,7 @@ impl Test {
                 };
                 let sni = sni.as_bytes();
                 names.iter().any(|n| match n.strip_prefix("*.") {
-                    Some(suffix) => {
-                        let suffix = suffix.as_bytes();
-                        sni.len() > suffix.len() + 1
-                            && sni[sni.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                            && sni[sni.len() - suffix.len() - 1] == b'.'
-                    }
+                    Some(suffix) => crate::matching::is_subdomain(sni, suffix.as_bytes()),
                     None => sni.eq_ignore_ascii_case(n.as_bytes()),
                 })
             }
