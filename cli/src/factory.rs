@@ -23,8 +23,9 @@ use std::{
 };
 
 use monoio::net::TcpStream;
-use ringway_core::{dns::Resolver, ConnCtx, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+use ringway_core::{dns::Resolver, ConnCtx, Rejected, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 use ringway_http::{
+    access_log::{AccessLogger, LogFormat, LogPath, LogSink, LogWriter},
     ClientInfo, ClientStream, Engine, ForwardHandler, PeerTls, Prober, ProxyHooks, ReverseHandler,
     TcpBalancer, TunnelOptions, UpstreamPool,
 };
@@ -113,7 +114,36 @@ impl WorkerApp for WorkerListeners {
 
     fn housekeeping(&self, now_ms: u64) -> bool {
         self.pool.close_stale(now_ms);
+        self.flush_logs();
         ringway_http::release_unused_buffers()
+    }
+
+    fn rejected(&self, listener: usize, peer: SocketAddr, why: Rejected) {
+        match self.engines.get(listener) {
+            Some((ListenerEngine::Reverse(e), local, _)) => e.log_rejected(peer, *local, why.name()),
+            Some((ListenerEngine::Forward(e), local, _)) => e.log_rejected(peer, *local, why.name()),
+            _ => {}
+        }
+    }
+
+    fn stopped(&self) {
+        self.flush_logs();
+    }
+}
+
+impl WorkerListeners {
+    /// Hands every listener's buffered log lines to the writer.
+    fn flush_logs(&self) {
+        for (engine, ..) in &self.engines {
+            let log = match engine {
+                ListenerEngine::Reverse(e) => e.access_log(),
+                ListenerEngine::Forward(e) => e.access_log(),
+                ListenerEngine::Tcp(_) => None,
+            };
+            if let Some(log) = log {
+                log.flush();
+            }
+        }
     }
 }
 
@@ -125,6 +155,8 @@ pub struct Running {
     prober: Option<Prober>,
     certs: Arc<Vec<(String, Arc<CertStore>)>>,
     watcher: Option<CertWatcher>,
+    /// Writes the access logs; ends after the workers.
+    logs: Option<LogWriter>,
 }
 
 impl Running {
@@ -134,6 +166,20 @@ impl Running {
         self.server.wait();
         drop(self.prober);
         drop(self.watcher);
+        // Last: the workers handed over their lines as they stopped.
+        drop(self.logs);
+    }
+
+    /// Opens the access-log files again by their paths (SIGUSR1, after
+    /// logrotate moved them). Returns whether there are any.
+    pub fn reopen_logs(&self) -> bool {
+        match &self.logs {
+            Some(logs) => {
+                logs.reopen();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Loads every TLS listener's certificates again (SIGHUP): new
@@ -248,8 +294,11 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
             .filter_map(|l| Some((l.spec.name.clone(), Arc::clone(l.tls.as_ref()?.store()))))
             .collect(),
     );
+    let (logs, sinks) = start_logs(config)?;
     let config = config.clone();
-    let server = ringway_core::start(server, move |worker: &WorkerInfo| build_worker(&config, worker))?;
+    let server = ringway_core::start(server, move |worker: &WorkerInfo| {
+        build_worker(&config, &sinks, worker)
+    })?;
     let prober = Prober::start(checks, &upstreams, dns)?;
     let watcher = CertWatcher::start(Arc::clone(&certs))?;
     Ok(Running {
@@ -257,7 +306,36 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
         prober,
         certs,
         watcher,
+        logs,
     })
+}
+
+/// Each listener's access log: its format and where its lines go.
+type ListenerLogs = Vec<Option<(Arc<LogFormat>, LogSink)>>;
+
+/// Opens the access-log files (each path once, however many listeners
+/// share it) and starts their writer.
+fn start_logs(config: &Config) -> std::io::Result<(Option<LogWriter>, ListenerLogs)> {
+    let mut paths: Vec<LogPath> = Vec::new();
+    for spec in config.listeners.iter().filter_map(|l| l.access_log.as_ref()) {
+        if !paths.contains(&spec.path) {
+            paths.push(spec.path.clone());
+        }
+    }
+    if paths.is_empty() {
+        return Ok((None, vec![None; config.listeners.len()]));
+    }
+    let (writer, sinks) = LogWriter::start(&paths)?;
+    let per_listener = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let spec = l.access_log.as_ref()?;
+            let file = paths.iter().position(|p| *p == spec.path)?;
+            Some((Arc::clone(&spec.format), sinks[file].clone()))
+        })
+        .collect();
+    Ok((Some(writer), per_listener))
 }
 
 /// Each upstream's servers' TLS identities on one worker (`None` for a
@@ -284,26 +362,27 @@ fn peer_tls(config: &Config) -> Vec<Vec<Option<Rc<PeerTls>>>> {
         .collect()
 }
 
-fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
+fn build_worker(config: &Config, logs: &ListenerLogs, worker: &WorkerInfo) -> WorkerListeners {
     let pool = Rc::new(UpstreamPool::new(config.pool));
     let resolver = Rc::new(Resolver::new(config.dns.clone()));
     let peer_tls = Rc::new(peer_tls(config));
     let engines = config
         .listeners
         .iter()
-        .map(|l| {
+        .zip(logs)
+        .map(|(l, log)| {
             let name = &l.spec.name;
             let engine_settings = l.settings.clone();
+            let logger = || {
+                log.as_ref()
+                    .map(|(format, sink)| AccessLogger::new(Arc::clone(format), sink.clone()))
+            };
             let engine = match &l.mode {
                 ListenerMode::Reverse { routes, .. } => {
                     let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index)
                         .with_tls(Rc::clone(&peer_tls));
-                    ListenerEngine::Reverse(Rc::new(Engine::new(
-                        name,
-                        handler,
-                        engine_settings,
-                        Rc::clone(&pool),
-                    )))
+                    let engine = Engine::new(name, handler, engine_settings, Rc::clone(&pool));
+                    ListenerEngine::Reverse(Rc::new(with_log(engine, logger())))
                 }
                 ListenerMode::Forward { settings } => {
                     let handler = ForwardHandler::new(
@@ -311,12 +390,8 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
                         Rc::clone(&resolver),
                         Arc::clone(&worker.own_addresses),
                     );
-                    ListenerEngine::Forward(Rc::new(Engine::new(
-                        name,
-                        handler,
-                        engine_settings,
-                        Rc::clone(&pool),
-                    )))
+                    let engine = Engine::new(name, handler, engine_settings, Rc::clone(&pool));
+                    ListenerEngine::Forward(Rc::new(with_log(engine, logger())))
                 }
                 ListenerMode::Tcp { upstream } => {
                     let tunnel = TunnelOptions {
@@ -344,4 +419,11 @@ fn build_worker(config: &Config, worker: &WorkerInfo) -> WorkerListeners {
         })
         .collect();
     WorkerListeners { engines, pool }
+}
+
+fn with_log<H: ProxyHooks>(engine: Engine<H>, log: Option<AccessLogger>) -> Engine<H> {
+    match log {
+        Some(log) => engine.with_access_log(log),
+        None => engine,
+    }
 }

@@ -13,6 +13,7 @@ use std::{
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ringway_core::DriverChoice;
+use ringway_http::access_log::{LogFormat, LogPath};
 use signal_hook::{consts::signal::*, iterator::Signals};
 
 use ringway::{
@@ -151,7 +152,7 @@ struct Tuning {
     /// Do not pin workers to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Log one line per request.
+    /// Log one line per request to standard error, in the combined format.
     #[arg(long)]
     access_log: bool,
 }
@@ -168,8 +169,10 @@ impl Tuning {
             );
             config.runtime.workers = n;
         }
-        for l in &mut config.listeners {
-            l.settings.access_log = self.access_log;
+        if self.access_log {
+            for l in &mut config.listeners {
+                l.access_log = Some(config::AccessLogSpec::stderr());
+            }
         }
         Ok(config)
     }
@@ -388,6 +391,21 @@ fn summary(path: &Path, c: &Config) -> String {
             );
         }
     }
+    for l in &c.listeners {
+        if let Some(log) = &l.access_log {
+            let format = match &*log.format {
+                LogFormat::Combined => "combined",
+                LogFormat::Squid => "squid",
+                LogFormat::Json => "json",
+                LogFormat::Template(_) => "a template",
+            };
+            let to = match &log.path {
+                LogPath::Stderr => "stderr".to_owned(),
+                LogPath::File(path) => path.display().to_string(),
+            };
+            let _ = writeln!(out, "listener {:?}: access log ({format}) to {to}", l.spec.name);
+        }
+    }
     for (u, tls) in c.upstreams.iter().zip(&c.upstream_tls) {
         if let Some(tls) = tls {
             let verified = if tls.is_insecure() {
@@ -551,8 +569,13 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     let stop = signals.forever().find(|&signal| {
-        if signal == SIGHUP {
-            server.reload_certificates();
+        match signal {
+            SIGHUP => server.reload_certificates(),
+            SIGUSR1 if server.reopen_logs() => {
+                tracing::info!("signal SIGUSR1: reopening the access logs");
+                return false;
+            }
+            _ => {}
         }
         !keeps_running(signal)
     });
@@ -643,7 +666,7 @@ fn keeps_running(signal: i32) -> bool {
              stays as it is (restart ringway to apply a changed file)"
         ),
         SIGUSR1 => {
-            tracing::info!("signal SIGUSR1: received; logs go to stderr, so there is no log file to reopen")
+            tracing::info!("signal SIGUSR1: received; no access log is kept, so there is no file to reopen")
         }
         SIGUSR2 => tracing::info!("signal SIGUSR2: received and ignored"),
         _ => return false,

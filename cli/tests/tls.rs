@@ -1062,7 +1062,7 @@ fn the_access_log_names_the_sni_and_the_verified_client_certificate() {
     let config = temp_file(
         "log.toml",
         &format!(
-            "[runtime]\nworkers = 1\npin_cpus = false\n\n[log]\naccess_log = true\n\n\
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n[log]\naccess_log = {{ format = \"json\" }}\n\n\
              [[listener]]\nname = \"https\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
              [listener.tls]\ncerts = [{}]\nclient_ca = \"{}\"\n\n\
              [[listener.route]]\nupstream = \"app\"\n\n\
@@ -1086,10 +1086,11 @@ fn the_access_log_names_the_sni_and_the_verified_client_certificate() {
         &format!("https://site.test:{port}/"),
     ]);
     assert_eq!((code, out.as_str()), (0, "hello"));
-    let line = running.wait_for_log("status=200");
+    let line = running.wait_for_log("\"status\":200");
+    assert!(line.contains("\"sni\":\"site.test\""), "{line}");
+    assert!(line.contains("\"tls\":\"TLSv1.3\""), "{line}");
     assert!(
-        line.contains("sni=\"site.test\"") || line.contains("sni=site.test"),
+        line.contains("\"client_cert\":\"") && line.contains("CN=alice.client"),
         "{line}"
     );
-    assert!(line.contains("CN=alice.client"), "{line}");
 }

@@ -26,4 +26,4 @@ pub use listener::{ListenerSpec, OwnAddresses};
 pub use per_ip::PerIpConnections;
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
 pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
-pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Wait, WorkerStats};
+pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Rejected, Wait, WorkerStats};

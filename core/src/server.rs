@@ -27,7 +27,7 @@ use crate::{
     listener::{bind_all, ListenerSpec, OwnAddresses},
     per_ip::PerIpConnections,
     runtime::{self, DriverKind, RuntimeConfig},
-    worker::{run_sweeper, ConnCtx, WorkerState, WorkerStats},
+    worker::{run_sweeper, ConnCtx, Rejected, WorkerState, WorkerStats},
 };
 
 /// Server-wide settings of the connection engine.
@@ -103,6 +103,17 @@ pub trait WorkerApp: 'static {
         let _ = now_ms;
         false
     }
+
+    /// Hears of a connection to `listener` from `peer` that was closed at
+    /// once, unanswered, over a limit (for the access log). The default
+    /// does nothing.
+    fn rejected(&self, listener: usize, peer: SocketAddr, why: Rejected) {
+        let _ = (listener, peer, why);
+    }
+
+    /// Runs once on the worker after its drain, before it ends (to hand
+    /// over buffered log lines). The default does nothing.
+    fn stopped(&self) {}
 }
 
 /// A running server.
@@ -344,6 +355,7 @@ async fn worker_main<F, A>(
             }
         }
     }
+    app.stopped();
     tracing::info!(worker = state.index, "worker stopped");
 }
 
@@ -373,9 +385,13 @@ async fn accept_loop<A: WorkerApp>(
                 backoff = ACCEPT_BACKOFF.0;
                 failures.recovered(state.index, index);
                 WorkerStats::bump(&state.stats.accepted);
-                let Some(conn) = state.register(stream.as_raw_fd(), peer.ip()) else {
-                    drop(stream);
-                    continue;
+                let conn = match state.register(stream.as_raw_fd(), peer.ip()) {
+                    Ok(conn) => conn,
+                    Err(why) => {
+                        drop(stream);
+                        app.rejected(index, peer, why);
+                        continue;
+                    }
                 };
                 // Made here, not in the task: the task then holds the
                 // connection's future, not the stream and context as well.

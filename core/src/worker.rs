@@ -91,6 +91,25 @@ impl WorkerStats {
     }
 }
 
+/// Why an accepted connection was closed at once, unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The worker was at `max_connections`.
+    MaxConnections,
+    /// The client's address was at `max_connections_per_ip`.
+    MaxConnectionsPerIp,
+}
+
+impl Rejected {
+    /// The limit's name in the config, as logs write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
+        }
+    }
+}
+
 /// A one-shot event for tasks on one worker thread.
 #[derive(Default)]
 pub(crate) struct LocalEvent {
@@ -264,19 +283,19 @@ impl WorkerState {
         }
     }
 
-    /// Registers an accepted connection from `peer`, or returns `None` when
-    /// the worker is at its connection limit or the address at its own (the
+    /// Registers an accepted connection from `peer`, or says which limit
+    /// refuses it: the worker's connection limit or the address's own (the
     /// caller closes the socket).
-    pub(crate) fn register(self: &Rc<Self>, fd: RawFd, peer: std::net::IpAddr) -> Option<ConnCtx> {
+    pub(crate) fn register(self: &Rc<Self>, fd: RawFd, peer: std::net::IpAddr) -> Result<ConnCtx, Rejected> {
         let mut conns = self.conns.borrow_mut();
         if conns.len() >= self.max_connections {
             WorkerStats::bump(&self.stats.rejected_over_limit);
-            return None;
+            return Err(Rejected::MaxConnections);
         }
         let peer_ip = match &self.per_ip {
             Some(table) if !table.acquire(peer) => {
                 WorkerStats::bump(&self.stats.rejected_per_ip);
-                return None;
+                return Err(Rejected::MaxConnectionsPerIp);
             }
             Some(_) => Some(peer),
             None => None,
@@ -296,7 +315,7 @@ impl WorkerState {
         if conns.len() > self.peak_conns.get() {
             self.peak_conns.set(conns.len());
         }
-        Some(ConnCtx {
+        Ok(ConnCtx {
             worker: Rc::clone(self),
             key,
         })
@@ -518,7 +537,7 @@ impl ConnCtx {
         ));
         worker
             .register(-1, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-            .unwrap_or_else(|| unreachable!("an empty worker without limits takes a connection"))
+            .unwrap_or_else(|_| unreachable!("an empty worker without limits takes a connection"))
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut ConnEntry) -> R) -> Option<R> {
@@ -736,12 +755,12 @@ mod tests {
         let worker = state(2);
         let a = worker.register(-1, LOCAL).unwrap();
         let _b = worker.register(-1, LOCAL).unwrap();
-        assert!(worker.register(-1, LOCAL).is_none());
+        assert!(worker.register(-1, LOCAL).is_err());
         assert_eq!(worker.stats.rejected_over_limit.load(Ordering::Relaxed), 1);
         assert_eq!(worker.stats.active.load(Ordering::Relaxed), 2);
         drop(a);
         assert_eq!(worker.connection_count(), 1);
-        assert!(worker.register(-1, LOCAL).is_some());
+        assert!(worker.register(-1, LOCAL).is_ok());
     }
 
     #[test]
@@ -760,15 +779,12 @@ mod tests {
             .collect();
         let a = workers[0].register(-1, LOCAL).unwrap();
         let _b = workers[1].register(-1, LOCAL).unwrap();
-        assert!(
-            workers[0].register(-1, LOCAL).is_none(),
-            "two open on two workers"
-        );
-        assert!(workers[1].register(-1, "127.0.0.2".parse().unwrap()).is_some());
+        assert!(workers[0].register(-1, LOCAL).is_err(), "two open on two workers");
+        assert!(workers[1].register(-1, "127.0.0.2".parse().unwrap()).is_ok());
         assert_eq!(workers[0].stats.rejected_per_ip.load(Ordering::Relaxed), 1);
         drop(a);
         assert!(
-            workers[1].register(-1, LOCAL).is_some(),
+            workers[1].register(-1, LOCAL).is_ok(),
             "a closed one frees its place"
         );
     }

@@ -16,13 +16,15 @@
 //! 5. [`ProxyHooks::response`]: edits to the head sent to the client.
 //! 6. [`ProxyHooks::finish`]: the exchange is over (logs, metrics).
 //!
-//! [`ProxyHooks::local_reply`] dresses the answers the proxy gives itself.
+//! [`ProxyHooks::local_reply`] dresses the answers the proxy gives itself;
+//! [`ProxyHooks::log_facts`] tells the access log what the mode decided.
 
 use std::{future::Future, net::SocketAddr, rc::Rc, time::Duration};
 
 use ringway_core::Error;
 
 use crate::{
+    access_log::LogFacts,
     edits::HeadEdits,
     engine::ClientInfo,
     head::{RequestHead, ResponseHead},
@@ -196,6 +198,14 @@ pub trait ProxyHooks: 'static {
     fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &Self::Ctx) -> LocalReply {
         let _ = (req, cx);
         reply
+    }
+
+    /// What the mode knows about the exchange for its log line: the user,
+    /// the access decision, the route. Called only where a line is
+    /// written. The default knows nothing.
+    fn log_facts<'a>(&'a self, cx: &'a Self::Ctx) -> LogFacts<'a> {
+        let _ = cx;
+        LogFacts::default()
     }
 
     /// The exchange is over, whatever its end (not called for requests

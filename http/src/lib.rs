@@ -11,11 +11,13 @@
 //!   proxy authentication, safe destination parsing and the PAC file.
 //! - [`UpstreamPool`]: the worker's idle upstream connections.
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
+//! - [`access_log`]: the access-log formats and the writer thread.
 // Three modules use unsafe code: gather implements monoio's unsafe IoVecBuf
 // trait, splice calls splice(2) and pipe2(2), and fuzzing (tests and fuzz
 // targets only) implements an in-memory stream; the rest has none.
 #![deny(unsafe_code)]
 
+pub mod access_log;
 mod body;
 mod buffers;
 mod chunked;

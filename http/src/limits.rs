@@ -206,8 +206,6 @@ pub struct EngineSettings {
     pub buffer_size: usize,
     /// The scheme clients used (for `X-Forwarded-Proto`).
     pub scheme: &'static str,
-    /// Log one line per request at target `ringway::access`.
-    pub access_log: bool,
     /// Move tunnels and large bodies between two TCP sockets with splice(2),
     /// never copying them into user space.
     pub splice: bool,
@@ -227,7 +225,6 @@ impl Default for EngineSettings {
             proxy_headers: ProxyHeaders::default(),
             buffer_size: DEFAULT_BUFFER_SIZE,
             scheme: "http",
-            access_log: false,
             splice: true,
             allow_trace: false,
             redirect_https: None,

@@ -27,6 +27,7 @@ use ringway_balancer::{
 use ringway_core::ErrorKind;
 
 use crate::{
+    access_log::LogFacts,
     edits::HeadEdits,
     engine::ClientInfo,
     head::{Method, RequestHead, ResponseHead},
@@ -671,6 +672,13 @@ impl ReverseHandler {
 
 impl ProxyHooks for ReverseHandler {
     type Ctx = ReverseCtx;
+
+    fn log_facts<'a>(&'a self, cx: &'a ReverseCtx) -> LogFacts<'a> {
+        LogFacts {
+            route: cx.route,
+            ..LogFacts::default()
+        }
+    }
 
     async fn route(&self, req: &RequestHead, client: &ClientInfo, cx: &mut ReverseCtx) -> Route {
         if req.method() == Method::Connect {

@@ -135,6 +135,7 @@ impl ProxySetup {
             },
             settings: self.settings,
             tls: None,
+            access_log: None,
         };
         let mut config = test_config(self.driver, listener, Arc::new(silent_dns(&[])));
         config.runtime.workers = self.workers;
@@ -198,6 +199,7 @@ impl ForwardSetup {
             mode: ListenerMode::Forward { settings },
             settings: self.settings,
             tls: None,
+            access_log: None,
         };
         let config = test_config(self.driver, listener, Arc::new(silent_dns(&self.hosts)));
         launch(&config)

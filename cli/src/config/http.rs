@@ -50,12 +50,7 @@ impl Validator {
         }
     }
 
-    pub(super) fn http(
-        &mut self,
-        http: &HttpSection,
-        access_log: bool,
-        path: &KeyPath,
-    ) -> (EngineSettings, PoolSettings) {
+    pub(super) fn http(&mut self, http: &HttpSection, path: &KeyPath) -> (EngineSettings, PoolSettings) {
         let limits_default = HttpLimits::default();
         let mut limits = limits_default;
         let bounded =
@@ -199,7 +194,6 @@ impl Validator {
             proxy_headers,
             buffer_size,
             scheme: "http",
-            access_log,
             splice: http.splice.unwrap_or(true),
             allow_trace: http.allow_trace.unwrap_or(false),
             redirect_https: None,

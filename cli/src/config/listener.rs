@@ -31,6 +31,7 @@ pub(crate) struct ListenerSection {
     #[serde(default, rename = "rule")]
     pub(crate) rules: Vec<RequestRuleSection>,
     pub(crate) headers: Option<HeadersSection>,
+    pub(crate) access_log: Option<super::log::AccessLogValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +80,8 @@ pub struct Listener {
     pub settings: EngineSettings,
     /// TLS termination, on an HTTPS listener.
     pub tls: Option<ringway_tls::Acceptor>,
+    /// Its access log, if it keeps one.
+    pub access_log: Option<super::log::AccessLogSpec>,
 }
 
 impl Validator {
@@ -115,7 +118,7 @@ impl Validator {
         &mut self,
         sections: &[ListenerSection],
         named: &Named<'_>,
-        settings: &EngineSettings,
+        (settings, access_log): (&EngineSettings, Option<&super::log::AccessLogSpec>),
         path: &KeyPath,
     ) -> Vec<Listener> {
         let upstreams = named.upstreams;
@@ -245,12 +248,24 @@ impl Validator {
                     None
                 }
             };
+            let access_log = if mode_name == "tcp" {
+                if l.access_log.is_some() {
+                    self.problem(
+                        at.key("access_log"),
+                        "a tcp listener passes bytes through and writes no access log; it applies to reverse and forward listeners",
+                    );
+                }
+                None
+            } else {
+                self.access_log(l.access_log.as_ref(), access_log, &at.key("access_log"))
+            };
             if let (Some(addr), Some(mode)) = (addr, mode) {
                 listeners.push(Listener {
                     spec: ListenerSpec::new(name, addr),
                     mode,
                     settings,
                     tls,
+                    access_log,
                 });
             }
         }

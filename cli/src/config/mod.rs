@@ -9,7 +9,7 @@
 //! One module per section: `runtime` (`[runtime]`), `http` (`[http]`),
 //! `listener` (`[[listener]]` and their routes), `upstream`
 //! (`[[upstream]]`), `forward` (`[acl.*]`, `[auth.*]`, forward listeners),
-//! `dns` (`[dns]`). This module holds the file, the validated
+//! `dns` (`[dns]`), `log` (`[log]` and the listeners' access logs). This module holds the file, the validated
 //! [`Config`], the errors and what every section shares: value shapes,
 //! sizes, durations and the validator's bookkeeping.
 
@@ -42,6 +42,7 @@ mod dns;
 mod forward;
 mod http;
 mod listener;
+mod log;
 mod rules;
 mod runtime;
 mod tls;
@@ -52,6 +53,7 @@ use forward::{AclSection, AuthSection};
 use http::HttpSection;
 pub use listener::{Listener, ListenerMode};
 use listener::{ListenerSection, Named};
+pub use log::AccessLogSpec;
 use runtime::RuntimeSection;
 pub use runtime::MAX_WORKERS;
 use upstream::UpstreamSection;
@@ -137,7 +139,7 @@ pub(crate) enum SizeValue {
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogSection {
     pub(crate) level: Option<String>,
-    pub(crate) access_log: Option<bool>,
+    pub(crate) access_log: Option<log::AccessLogValue>,
 }
 
 /// The validated configuration.
@@ -421,10 +423,11 @@ impl Validator {
                 );
             }
         }
-        let (settings, pool) = self.http(
-            &user.http,
-            user.log.access_log.unwrap_or(false),
-            &root.key("http"),
+        let (settings, pool) = self.http(&user.http, &root.key("http"));
+        let access_log = self.access_log(
+            user.log.access_log.as_ref(),
+            None,
+            &root.key("log").key("access_log"),
         );
         // Before the upstreams: their servers' names are looked up with it.
         let dns = Arc::new(self.dns(&user.dns, &root.key("dns")));
@@ -449,7 +452,12 @@ impl Validator {
             acls: &acls,
             auths: &auths,
         };
-        let listeners = self.listeners(&user.listeners, &named, &settings, &root.key("listener"));
+        let listeners = self.listeners(
+            &user.listeners,
+            &named,
+            (&settings, access_log.as_ref()),
+            &root.key("listener"),
+        );
         self.no_upstream_is_a_listener(&listeners);
         Config {
             runtime: rt.config,
@@ -549,6 +557,57 @@ servers = ["127.0.0.1:9000", "127.0.0.1:9001"]
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].spec.name, "web");
         assert_eq!(c.upstreams[0].servers.len(), 2);
+    }
+
+    #[test]
+    fn access_logs_inherit_override_and_name_what_is_wrong() {
+        let with = |log: &str, listener: &str| {
+            MINIMAL
+                .replace("[runtime]", &format!("[log]\n{log}\n\n[runtime]"))
+                .replace("mode = \"reverse\"", &format!("mode = \"reverse\"\n{listener}"))
+        };
+        let config = parse(Path::new("t.toml"), &with("access_log = true", "")).unwrap();
+        assert_eq!(config.listeners[0].access_log, Some(AccessLogSpec::stderr()));
+        let config = parse(
+            Path::new("t.toml"),
+            &with("access_log = true", "access_log = false"),
+        )
+        .unwrap();
+        assert_eq!(config.listeners[0].access_log, None);
+        let source = with("", "access_log = { path = \"logs/a.log\", format = \"json\" }");
+        let config = parse(Path::new("/etc/ringway/t.toml"), &source);
+        // Outside checks are on for `parse`: the directory must exist.
+        let e = config
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        assert!(
+            e.iter().any(
+                |e| e.starts_with("/etc/ringway/t.toml:14: listener[0].access_log.path:")
+                    && e.contains("/etc/ringway/logs does not exist")
+            ),
+            "{e:?}"
+        );
+        let e = errors(&with("", "access_log = { format = \"$status $bytes\" }"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("access_log.format") && e.contains("unknown variable $bytes")),
+            "{e:?}"
+        );
+        let e = errors(&with("access_log = { format = \"common\" }", ""));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("log.access_log.format") && e.contains("combined, squid, json")),
+            "{e:?}"
+        );
+        let e = errors(&with("access_log = \"yes\"", ""));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("access_log") && e.contains("true, false, or a table")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ impl<H: ProxyHooks> Engine<H> {
             scratch,
             req,
             resp,
+            tally,
             ..
         } = st;
         let framing = req.body();
@@ -120,7 +121,11 @@ impl<H: ProxyHooks> Engine<H> {
                 )
                 .with_cause(e)));
             }
-            if !progress.body_in_head {
+            if progress.body_in_head {
+                if let BodyFraming::Length(n) = framing {
+                    tally.body_in = n;
+                }
+            } else {
                 if req.expects_continue() && rbuf.is_empty() {
                     // `scratch` is free until the body relay uses it.
                     scratch.clear();
@@ -163,7 +168,8 @@ impl<H: ProxyHooks> Engine<H> {
                     timeouts.response,
                 );
                 match Box::pin(relay).await {
-                    Ok(cut) => progress.body_cut = cut,
+                    Ok(Some(moved)) => tally.body_in = moved,
+                    Ok(None) => progress.body_cut = true,
                     // The client's side failed: nothing to report.
                     Err(e) if e.side() != Side::Upstream => return Err(Failure::before(e)),
                     Err(e) => return Ok(Err(e)),
@@ -221,10 +227,10 @@ impl<H: ProxyHooks> Engine<H> {
 
     /// Relays a request body upstream. When the upstream stops taking it,
     /// it may have answered early (401, 413) and closed: that answer, when
-    /// one came, is the client's (`Ok(true)`, its head in `resp`; interim
+    /// one came, is the client's (`Ok(None)`, its head in `resp`; interim
     /// answers before it are dealt with by the caller), and the client
     /// connection closes after it, its body not all read. Without one, the
-    /// failure stands.
+    /// failure stands. `Ok(Some(n))`: the whole body went, `n` bytes.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn send_body<S: ClientStream>(
         &self,
@@ -236,9 +242,10 @@ impl<H: ProxyHooks> Engine<H> {
         scratch: &mut Vec<u8>,
         (input, output): (BodyFraming, OutFraming),
         response_timeout: Duration,
-    ) -> Result<bool> {
-        let Err(e) = path.relay(io, rbuf, &mut up.stream, scratch, input, output).await else {
-            return Ok(false);
+    ) -> Result<Option<u64>> {
+        let e = match path.relay(io, rbuf, &mut up.stream, scratch, input, output).await {
+            Ok(moved) => return Ok(Some(moved)),
+            Err(e) => e,
         };
         if e.side() != Side::Upstream {
             return Err(e);
@@ -247,7 +254,7 @@ impl<H: ProxyHooks> Engine<H> {
             .read_response_head(up, resp, path.conn, None, response_timeout)
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(None),
             Err(_) => Err(e),
         }
     }

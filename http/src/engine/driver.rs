@@ -69,6 +69,8 @@ impl<H: ProxyHooks> Engine<H> {
         };
         let mut progress = Progress::default();
         let mut first_attempt = true;
+        // Timed only where a log line reports it.
+        let began = self.log.is_some().then(std::time::Instant::now);
         loop {
             let addrs = match &peer {
                 Some(p) => std::slice::from_ref(&p.addr),
@@ -139,6 +141,7 @@ impl<H: ProxyHooks> Engine<H> {
             let failed = match head {
                 FinalHead::Switched => return Ok((Outcome::Upgrade(up), 101)),
                 FinalHead::Here => {
+                    st.tally.upstream_time = began.map(|at| at.elapsed());
                     // The hooks learn how the attempt went, and may want
                     // another peer (a 503, say) while the request can still
                     // go again.
@@ -333,6 +336,8 @@ impl<H: ProxyHooks> Engine<H> {
             req,
             resp,
             edits,
+            tally,
+            content_type,
             ..
         } = st;
         let body_cut = progress.body_cut;
@@ -359,6 +364,13 @@ impl<H: ProxyHooks> Engine<H> {
             &s.proxy_headers,
         );
         end_head(wbuf);
+        let head_len = wbuf.len() as u64;
+        if self.log.is_some() {
+            content_type.clear();
+            if let Some(value) = resp.header("content-type") {
+                content_type.extend_from_slice(value);
+            }
+        }
         // The body bytes that came with the head leave with it, in one
         // write: small ones copied behind the head, larger ones gathered
         // with writev (no copy). What remains is relayed.
@@ -367,6 +379,9 @@ impl<H: ProxyHooks> Engine<H> {
             BodyFraming::Length(n) => (n as usize).min(up.rbuf.len()),
             _ => 0,
         };
+        tally.bytes_out = head_len;
+        tally.body_out = in_hand as u64;
+        tally.bytes_out += in_hand as u64;
         if in_hand > 0 && in_hand <= GATHER_ABOVE {
             wbuf.extend_from_slice(&up.rbuf[..in_hand]);
             up.rbuf.advance(in_hand);
@@ -407,9 +422,11 @@ impl<H: ProxyHooks> Engine<H> {
                 max_body: None,
                 min_rate: None,
             };
-            Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
+            let moved = Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
                 .await
                 .map_err(Failure::after)?;
+            tally.body_out += moved;
+            tally.bytes_out += moved;
         }
         if upstream_reusable {
             self.pool.put(up, s.buffer_size, conn.clock_ms());
@@ -473,6 +490,7 @@ impl<H: ProxyHooks> Engine<H> {
             .map_err(Failure::before)?;
         st.wbuf.clear();
         st.wbuf.extend_from_slice(ESTABLISHED);
+        st.tally.bytes_out = ESTABLISHED.len() as u64;
         self.write_client(io, &mut st.wbuf, conn)
             .await
             .map_err(Failure::after)?;

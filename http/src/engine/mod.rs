@@ -41,9 +41,10 @@ use ringway_core::{ConnCtx, Error, ErrorKind};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use driver::client_framing;
 pub(crate) use server::release_unused_slots;
-use server::{ConnBuffers, Slot};
+use server::{ConnBuffers, Slot, Tally};
 
 use crate::{
+    access_log::{AccessLogger, Event},
     guard,
     head::{BodyFraming, Method},
     hooks::{Peer, ProxyHooks, Route, Summary},
@@ -209,6 +210,15 @@ impl Failure {
     }
 }
 
+/// An exchange that opened a tunnel, kept for the line written when the
+/// tunnel ends (boxed: rare, and only where an access log is kept).
+struct TunnelLog<C> {
+    cx: C,
+    status: u16,
+    upstream: Option<SocketAddr>,
+    started: Instant,
+}
+
 /// The status logged for a request whose client left before its answer
 /// (nginx's 499); nothing is sent.
 const CLIENT_GONE_STATUS: u16 = 499;
@@ -219,6 +229,8 @@ pub struct Engine<H> {
     settings: EngineSettings,
     pool: Rc<UpstreamPool>,
     listener: Rc<str>,
+    /// The listener's access log on this worker, if it has one.
+    log: Option<AccessLogger>,
 }
 
 impl<H: ProxyHooks> Engine<H> {
@@ -230,6 +242,41 @@ impl<H: ProxyHooks> Engine<H> {
             settings,
             pool,
             listener: Rc::from(listener),
+            log: None,
+        }
+    }
+
+    /// Writes a line per exchange, tunnel and refused head to `log`.
+    pub fn with_access_log(mut self, log: AccessLogger) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The listener's access log on this worker.
+    pub fn access_log(&self) -> Option<&AccessLogger> {
+        self.log.as_ref()
+    }
+
+    /// Logs a connection from `peer` to `local` that was closed at once,
+    /// unanswered, over the limit named `why`.
+    pub fn log_rejected(&self, peer: SocketAddr, local: SocketAddr, why: &'static str) {
+        if let Some(log) = &self.log {
+            let client = ClientInfo::new(peer, local);
+            log.log(&crate::access_log::Entry {
+                event: Event::Rejected(why),
+                listener: &self.listener,
+                client: &client,
+                req: None,
+                status: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                body_out: 0,
+                upstream: None,
+                upstream_time: None,
+                total: Duration::ZERO,
+                content_type: b"",
+                facts: Default::default(),
+            });
         }
     }
 
@@ -279,10 +326,27 @@ impl<H: ProxyHooks> Engine<H> {
                         // connection's task for it.
                         let cx = H::Ctx::default();
                         client.request_id = RequestId::next();
-                        let answer =
-                            self.send_error(&mut io, &mut st.wbuf, &st.req, &error, head_request, &conn, &cx);
+                        let answer = self.send_error(
+                            &mut io,
+                            &mut st.wbuf,
+                            &mut st.tally,
+                            &st.req,
+                            &error,
+                            head_request,
+                            &conn,
+                            &cx,
+                        );
                         let status = Box::pin(answer).await;
                         self.log_failure(&client, &st.req, status, &error, None);
+                        if let (Some(log), true) = (&self.log, status != 0) {
+                            let bytes_in = (st.req.raw().len() + st.rbuf.len()) as u64;
+                            let facts = self.handler.log_facts(&cx);
+                            let (event, tally) = (Event::Refused, (bytes_in, &st.tally));
+                            let nothing = (None, Duration::ZERO);
+                            self.log_line(
+                                log, event, &client, &st.req, status, tally, b"", nothing.0, nothing.1, facts,
+                            );
+                        }
                         conn.count_request();
                         io.close().await;
                         return;
@@ -290,18 +354,15 @@ impl<H: ProxyHooks> Engine<H> {
                 }
                 first = false;
                 let st = slot.get(size);
-                let started = self.settings.access_log.then(Instant::now);
+                let started = self.log.is_some().then(Instant::now);
                 // On the heap: an exchange's state is large, and an idle
                 // connection holds none of it; in a block the worker
                 // recycles, not a new allocation per request.
                 client.now_ms = conn.clock_ms();
                 client.request_id = RequestId::next();
-                let exchange = Recycled::new_with(|| self.exchange(&mut io, st, &client, &conn));
-                let (outcome, status, upstream) = exchange.await;
+                let exchange = Recycled::new_with(|| self.exchange(&mut io, st, &client, &conn, started));
+                let (outcome, tunnel_log) = exchange.await;
                 conn.count_request();
-                if let Some(started) = started {
-                    self.log_access(&client, &st.req, status, started, upstream);
-                }
                 match outcome {
                     Outcome::KeepAlive => {}
                     Outcome::Close => {
@@ -312,10 +373,42 @@ impl<H: ProxyHooks> Engine<H> {
                     Outcome::CloseUnread => break,
                     Outcome::Upgrade(up) => {
                         let client_buf = std::mem::take(&mut st.rbuf);
+                        // The tunnel's line is written when it ends, with
+                        // the head that opened it.
+                        let tunnel_log = tunnel_log.map(|log| (log, std::mem::take(&mut st.req), st.tally));
                         slot.release();
                         // Boxed: a tunnel's state is large and rare; kept
                         // inline it would size every connection's task for it.
-                        Box::pin(self.tunnel(io, client_buf, up, &client, &conn)).await;
+                        let moved = Box::pin(self.tunnel(io, client_buf, up, &client, &conn)).await;
+                        if let (Some((opened, req, tally)), Some(log)) = (tunnel_log, &self.log) {
+                            let TunnelLog {
+                                cx,
+                                status,
+                                upstream,
+                                started,
+                            } = *opened;
+                            let tally = Tally {
+                                bytes_out: tally.bytes_out + moved.downstream,
+                                body_out: tally.body_out + moved.downstream,
+                                ..tally
+                            };
+                            let bytes_in = req.raw().len() as u64 + moved.upstream;
+                            let facts = self.handler.log_facts(&cx);
+                            let total = started.elapsed();
+                            let event = Event::Tunnel;
+                            self.log_line(
+                                log,
+                                event,
+                                &client,
+                                &req,
+                                status,
+                                (bytes_in, &tally),
+                                b"",
+                                upstream,
+                                total,
+                                facts,
+                            );
+                        }
                         return;
                     }
                 }
@@ -337,7 +430,7 @@ impl<H: ProxyHooks> Engine<H> {
         up: UpstreamConn,
         client: &ClientInfo,
         conn: &ConnCtx,
-    ) {
+    ) -> TunnelBytes {
         let UpstreamConn {
             stream, rbuf, addr, ..
         } = up;
@@ -354,17 +447,7 @@ impl<H: ProxyHooks> Engine<H> {
             bytes_down = moved.downstream,
             "tunnel closed"
         );
-        if self.settings.access_log {
-            tracing::info!(
-                target: "ringway::access",
-                listener = &*self.listener,
-                client = %client.peer,
-                upstream = %addr,
-                bytes_up = moved.upstream,
-                bytes_down = moved.downstream,
-                "tunnel closed"
-            );
-        }
+        moved
     }
 
     async fn exchange<S: ClientStream>(
@@ -373,7 +456,8 @@ impl<H: ProxyHooks> Engine<H> {
         st: &mut ConnBuffers,
         client: &ClientInfo,
         conn: &ConnCtx,
-    ) -> (Outcome, u16, Option<SocketAddr>) {
+        started: Option<Instant>,
+    ) -> (Outcome, Option<Box<TunnelLog<H::Ctx>>>) {
         let mut cx = H::Ctx::default();
         let mut upstream = None;
         let (outcome, status) = 'done: {
@@ -413,7 +497,8 @@ impl<H: ProxyHooks> Engine<H> {
                         0
                     } else {
                         let head_request = st.req.method() == Method::Head;
-                        self.send_error(io, &mut st.wbuf, &st.req, &failure.error, head_request, conn, &cx)
+                        let ConnBuffers { wbuf, tally, req, .. } = st;
+                        self.send_error(io, wbuf, tally, req, &failure.error, head_request, conn, &cx)
                             .await
                     };
                     self.log_failure(client, &st.req, status, &failure.error, upstream);
@@ -430,6 +515,35 @@ impl<H: ProxyHooks> Engine<H> {
         };
         let summary = Summary { status, upstream };
         self.handler.finish(&st.req, &summary, &mut cx);
-        (outcome, status, upstream)
+        let (Some(log), Some(started)) = (&self.log, started) else {
+            return (outcome, None);
+        };
+        if matches!(outcome, Outcome::Upgrade(_)) {
+            let opened = TunnelLog {
+                cx,
+                status,
+                upstream,
+                started,
+            };
+            return (outcome, Some(Box::new(opened)));
+        }
+        let bytes_in = st.req.raw().len() as u64 + st.tally.body_in;
+        let facts = self.handler.log_facts(&cx);
+        let total = started.elapsed();
+        let tally = (bytes_in, &st.tally);
+        let event = Event::Request;
+        self.log_line(
+            log,
+            event,
+            client,
+            &st.req,
+            status,
+            tally,
+            &st.content_type,
+            upstream,
+            total,
+            facts,
+        );
+        (outcome, None)
     }
 }

@@ -5,7 +5,6 @@
 //! access and failure log lines.
 
 use std::{
-    borrow::Cow,
     cell::RefCell,
     net::SocketAddr,
     time::{Duration, Instant},
@@ -16,6 +15,7 @@ use ringway_core::{ClientWatch, ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use super::{ClientInfo, ClientStream, Engine, Outcome};
 use crate::{
+    access_log::{AccessLogger, Entry, Event, LogFacts},
     buffers::{self, FreeList},
     edits::HeadEdits,
     head::{BodyFraming, Method, RequestHead, ResponseHead},
@@ -40,6 +40,33 @@ pub(super) struct ConnBuffers {
     pub(super) edits: HeadEdits,
     /// The listener's buffer size.
     pub(super) size: usize,
+    /// What the exchange moved, for its log line.
+    pub(super) tally: Tally,
+    /// The response's Content-Type, for the log line (kept only where
+    /// one is written).
+    pub(super) content_type: Vec<u8>,
+}
+
+/// What one exchange moved and how long its upstream took, for the log.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tally {
+    /// Request body bytes taken from the client.
+    pub(super) body_in: u64,
+    /// Bytes sent to the client, heads included.
+    pub(super) bytes_out: u64,
+    /// Response body bytes sent to the client.
+    pub(super) body_out: u64,
+    /// From the first attempt to the response head.
+    pub(super) upstream_time: Option<Duration>,
+}
+
+impl Tally {
+    /// Counts an answer written whole from `buf` (head and body).
+    pub(super) fn wrote_answer(&mut self, buf: &[u8]) {
+        let head = memchr::memmem::find(buf, b"\r\n\r\n").map_or(buf.len(), |i| i + 4);
+        self.bytes_out += buf.len() as u64;
+        self.body_out += (buf.len() - head) as u64;
+    }
 }
 
 impl ConnBuffers {
@@ -72,6 +99,8 @@ impl ConnBuffers {
         self.req.clear();
         self.resp.clear();
         self.edits.clear();
+        self.tally = Tally::default();
+        self.content_type.clear();
         self.rbuf.clear();
         self.wbuf.clear();
         self.scratch.clear();
@@ -121,6 +150,8 @@ impl Slot {
                     resp: ResponseHead::new(),
                     edits: HeadEdits::new(),
                     size,
+                    tally: Tally::default(),
+                    content_type: Vec::new(),
                 })
             })
         });
@@ -311,6 +342,13 @@ impl<H: ProxyHooks> Engine<H> {
             st.req.method() == Method::Head,
             self.settings.proxy_headers.via.as_ref(),
         );
+        st.tally.wrote_answer(&st.wbuf);
+        if self.log.is_some() {
+            st.content_type.clear();
+            if reply.status != 204 && reply.status != 304 {
+                st.content_type.extend_from_slice(reply.content_type.as_bytes());
+            }
+        }
         let sent = self.write_client(io, &mut st.wbuf, conn).await;
         let outcome = match (close, sent.is_ok()) {
             (_, false) => Outcome::Close,
@@ -348,6 +386,7 @@ impl<H: ProxyHooks> Engine<H> {
         &self,
         io: &mut S,
         wbuf: &mut Vec<u8>,
+        tally: &mut Tally,
         req: &RequestHead,
         error: &Error,
         head_request: bool,
@@ -367,6 +406,7 @@ impl<H: ProxyHooks> Engine<H> {
             head_request,
             self.settings.proxy_headers.via.as_ref(),
         );
+        tally.wrote_answer(wbuf);
         let _ = self.write_client(io, wbuf, conn).await;
         status
     }
@@ -400,27 +440,37 @@ impl<H: ProxyHooks> Engine<H> {
         }
     }
 
-    pub(super) fn log_access(
+    /// Writes an access-log line: `bytes_in` is what came from the
+    /// client, head included.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log_line(
         &self,
+        log: &AccessLogger,
+        event: Event,
         client: &ClientInfo,
         req: &RequestHead,
         status: u16,
-        started: Instant,
+        (bytes_in, tally): (u64, &Tally),
+        content_type: &[u8],
         upstream: Option<SocketAddr>,
+        total: Duration,
+        facts: LogFacts<'_>,
     ) {
-        tracing::info!(
-            target: "ringway::access",
-            listener = &*self.listener,
-            client = %client.peer,
-            method = %String::from_utf8_lossy(req.method_bytes()),
-            target = %loggable_target(req.target()),
+        log.log(&Entry {
+            event,
+            listener: &self.listener,
+            client,
+            req: Some(req),
             status,
-            upstream = upstream.map(tracing::field::display),
-            micros = started.elapsed().as_micros() as u64,
-            sni = client.tls.as_ref().and_then(|t| t.sni.as_deref()),
-            client_cert = client.tls.as_ref().and_then(|t| t.client_subject.as_deref()),
-            request_id = %client.request_id,
-        );
+            bytes_in,
+            bytes_out: tally.bytes_out,
+            body_out: tally.body_out,
+            upstream,
+            upstream_time: tally.upstream_time,
+            total,
+            content_type,
+            facts,
+        });
     }
 }
 
@@ -447,16 +497,8 @@ pub(super) fn skip_probe(conn: &ConnCtx, head: &mut Vec<u8>) {
 
 /// A request target fit for a log line: credentials in an authority
 /// (`user:password@host`) are replaced by `***`.
-pub(super) fn loggable_target(target: &[u8]) -> Cow<'_, str> {
-    let text = String::from_utf8_lossy(target);
-    let scheme_end = text.find("://").map_or(0, |i| i + 3);
-    let authority_end = text[scheme_end..]
-        .find(['/', '?'])
-        .map_or(text.len(), |i| scheme_end + i);
-    match text[scheme_end..authority_end].rfind('@') {
-        Some(at) => Cow::Owned(format!("{}***{}", &text[..scheme_end], &text[scheme_end + at..])),
-        None => text,
-    }
+pub(super) fn loggable_target(target: &[u8]) -> String {
+    String::from_utf8_lossy(&crate::access_log::loggable(target)).into_owned()
 }
 
 #[cfg(test)]
@@ -474,6 +516,8 @@ mod tests {
             resp: ResponseHead::new(),
             edits: HeadEdits::new(),
             size,
+            tally: Tally::default(),
+            content_type: Vec::new(),
         }
     }
 
@@ -504,13 +548,5 @@ mod tests {
         );
         assert!(st.rbuf.capacity() >= 16 * 1024, "kept");
         assert_eq!(st.scratch.capacity(), 0, "1 MiB is past 4x the usual size: freed");
-    }
-
-    #[test]
-    fn logged_targets_carry_no_credentials() {
-        assert_eq!(loggable_target(b"user:pw@host.test:443"), "***@host.test:443");
-        assert_eq!(loggable_target(b"http://u:p@h.test/a@b"), "http://***@h.test/a@b");
-        assert_eq!(loggable_target(b"/path?x=a@b"), "/path?x=a@b");
-        assert_eq!(loggable_target(b"host.test:443"), "host.test:443");
     }
 }

@@ -26,11 +26,12 @@ use ringway_core::{dns::Resolver, OwnAddresses};
 
 use self::{
     acl::{Acl, AclRequest, DenyReason, Verdict},
-    auth::{Authenticator, BasicAuth},
+    auth::{Authenticator, BasicAuth, User},
     host::{parse_authority, Destination, Host},
     pac::Pac,
 };
 use crate::{
+    access_log::{AclFact, LogFacts, RuleName},
     edits::HeadEdits,
     engine::ClientInfo,
     head::{HeaderKind, Method, RequestHead, ResponseHead},
@@ -67,6 +68,19 @@ pub struct ForwardCtx {
     remote: Option<SocketAddr>,
     request_id: RequestId,
     https: bool,
+    /// Who the client authenticated as.
+    user: Option<Rc<User>>,
+    /// The access decision, for the log.
+    verdict: Option<Logged>,
+}
+
+/// An access decision as the log reports it.
+#[derive(Debug, Clone, Copy)]
+enum Logged {
+    Allowed(Option<usize>),
+    Denied(DenyReason),
+    AuthFailed,
+    Loop,
 }
 
 /// The forward proxy's handler for one worker.
@@ -98,7 +112,14 @@ impl ForwardHandler {
     /// 508 for a destination that is one of this server's own listeners:
     /// forwarding there would bring the request back to the proxy, and a
     /// pipelined run of `CONNECT self` would nest tunnels without end.
-    fn loop_to_self(&self, dest: &Destination, addr: SocketAddr, client: &ClientInfo) -> Route {
+    fn loop_to_self(
+        &self,
+        dest: &Destination,
+        addr: SocketAddr,
+        client: &ClientInfo,
+        cx: &mut ForwardCtx,
+    ) -> Route {
+        cx.verdict = Some(Logged::Loop);
         self.log_refusal(
             client,
             dest,
@@ -115,7 +136,8 @@ impl ForwardHandler {
         ))
     }
 
-    /// The access-log line of a request the listener refused itself.
+    /// A debug line on a request the listener refused itself (the access
+    /// log has its line, with the rule).
     fn log_refusal(
         &self,
         client: &ClientInfo,
@@ -123,8 +145,7 @@ impl ForwardHandler {
         status: u16,
         why: std::fmt::Arguments<'_>,
     ) {
-        tracing::info!(
-            target: "ringway::access",
+        tracing::debug!(
             listener = %self.settings.listener,
             client = %client.peer,
             dest = %format_args!("{}:{}", dest.host, dest.port),
@@ -141,7 +162,14 @@ impl ForwardHandler {
         ))
     }
 
-    fn denied(&self, reason: DenyReason, dest: &Destination, client: &ClientInfo) -> Route {
+    fn denied(
+        &self,
+        reason: DenyReason,
+        dest: &Destination,
+        client: &ClientInfo,
+        cx: &mut ForwardCtx,
+    ) -> Route {
+        cx.verdict = Some(Logged::Denied(reason));
         let acl = &self.settings.acl;
         let rule = match reason {
             DenyReason::Rule(i) => acl.rule_label(i),
@@ -210,6 +238,27 @@ impl ProxyHooks for ForwardHandler {
         reply
     }
 
+    fn log_facts<'a>(&'a self, cx: &'a ForwardCtx) -> LogFacts<'a> {
+        let acl = &self.settings.acl;
+        let name = |i: usize| acl.rules.get(i).and_then(|r| r.name.as_deref());
+        let fact = |allowed, rule| Some(AclFact { allowed, rule });
+        LogFacts {
+            user: cx.user.as_deref().map(|u| u.name.as_str()),
+            acl: match cx.verdict {
+                None => None,
+                Some(Logged::Allowed(Some(i))) => fact(true, RuleName::Rule(i, name(i))),
+                Some(Logged::Allowed(None)) => fact(true, RuleName::Default),
+                Some(Logged::Denied(DenyReason::Rule(i))) => fact(false, RuleName::Rule(i, name(i))),
+                Some(Logged::Denied(DenyReason::Default)) => fact(false, RuleName::Default),
+                Some(Logged::Denied(DenyReason::ConnectPort)) => fact(false, RuleName::ConnectPorts),
+                Some(Logged::Denied(DenyReason::Private(_))) => fact(false, RuleName::BlockPrivate),
+                Some(Logged::AuthFailed) => fact(false, RuleName::Auth),
+                Some(Logged::Loop) => fact(false, RuleName::Loop),
+            },
+            route: None,
+        }
+    }
+
     async fn route(&self, req: &RequestHead, client: &ClientInfo, cx: &mut ForwardCtx) -> Route {
         cx.remote = Some(client.peer);
         cx.request_id = client.request_id;
@@ -231,9 +280,10 @@ impl ProxyHooks for ForwardHandler {
             Some(auth) => match auth.authenticate(req.field(HeaderKind::ProxyAuthorization)).await {
                 Some(user) => Some(user),
                 None => {
+                    cx.verdict = Some(Logged::AuthFailed);
                     return Route::Reply(
                         LocalReply::status(407).with_header("Proxy-Authenticate", &auth.scheme().challenge()),
-                    )
+                    );
                 }
             },
             None => None,
@@ -254,14 +304,22 @@ impl ProxyHooks for ForwardHandler {
             groups: user.as_deref().map_or(&[], |u| &u.groups),
             head: Some(req),
         };
-        match decide(&self.settings.acl, &self.resolver, &request).await.outcome {
+        let outcome = decide(&self.settings.acl, &self.resolver, &request).await.outcome;
+        cx.user = user;
+        match outcome {
             Outcome::Allow { addrs, .. } if addrs.iter().any(|&a| self.own.contains(a)) => {
                 let own = addrs.iter().copied().find(|&a| self.own.contains(a));
-                self.loop_to_self(&dest, own.unwrap_or(addrs[0]), client)
+                self.loop_to_self(&dest, own.unwrap_or(addrs[0]), client, cx)
             }
-            Outcome::Allow { addrs, .. } if connect => Route::Connect(addrs),
-            Outcome::Allow { addrs, .. } => Route::Forward(addrs),
-            Outcome::Deny(reason) => self.denied(reason, &dest, client),
+            Outcome::Allow { addrs, rule } => {
+                cx.verdict = Some(Logged::Allowed(rule));
+                if connect {
+                    Route::Connect(addrs)
+                } else {
+                    Route::Forward(addrs)
+                }
+            }
+            Outcome::Deny(reason) => self.denied(reason, &dest, client, cx),
             Outcome::Unresolvable(why) => {
                 tracing::debug!(listener = %self.settings.listener, host = %dest.host, "resolution failed: {why}");
                 let mut reply = LocalReply::new(

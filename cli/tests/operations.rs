@@ -1,0 +1,382 @@
+//! Operating the real binary: access logs in each format written to files
+//! (exchanges, refusals, tunnels, failed logins, connections over a
+//! limit), SIGUSR1 reopening them after logrotate, and signals that must
+//! not stop a running proxy.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use common::{temp_file, Running};
+use ringway_tests::{eventually, Origin, Reply, TestClient};
+
+/// A fresh directory for one test's log files.
+fn log_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// Waits up to 10 s for `path` to hold `count` lines containing `needle`
+/// (the workers hand their lines over about once a second); returns them.
+fn lines_with(path: &Path, needle: &str, count: usize) -> Vec<String> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(10), || read().len() >= count);
+    let lines = read();
+    assert!(
+        lines.len() >= count,
+        "{count} lines with {needle:?} in {}:\n{}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+    lines
+}
+
+/// The address of the listener named `name`, from its start line.
+fn listener_addr(running: &Running, name: &str) -> SocketAddr {
+    let line = running.wait_for_log(&format!("listener {name:?}"));
+    line.split(" proxy on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.trim_end_matches(';').parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}
+
+/// `200 OK` with a text/plain `body`.
+fn text(body: &str) -> Reply {
+    Reply::Bytes(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+fn json_field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+        + key.len()
+        + 3;
+    let rest = &line[start..];
+    let end = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.find('"').map_or(rest.len(), |i| i + 2)
+    } else {
+        rest.find([',', '}']).unwrap_or(rest.len())
+    };
+    rest[..end].trim_matches('"')
+}
+
+#[test]
+fn reverse_exchanges_are_logged_in_json_and_combined_with_what_operators_look_for() {
+    let origin = Origin::start(|_| text("hello"));
+    let dir = log_dir("reverse-logs");
+    let json = dir.join("json.log");
+    let combined = dir.join("combined.log");
+    let config = temp_file(
+        "reverse-logs.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+             [log]\naccess_log = {{ path = \"{}\", format = \"combined\" }}\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+             [[listener]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\n\
+             access_log = {{ path = \"{}\", format = \"json\" }}\n\n\
+             [[listener.route]]\npath_prefix = \"/app\"\nupstream = \"app\"\n\n\
+             [[listener]]\nname = \"site\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n",
+            combined.display(),
+            origin.addr(),
+            json.display(),
+        ),
+    );
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let api = listener_addr(&running, "api");
+    let site = listener_addr(&running, "site");
+
+    let mut c = TestClient::connect(api);
+    c.send(
+        b"POST /app/items HTTP/1.1\r\nHost: api.test\r\nUser-Agent: curl/8.0\r\n\
+          Referer: http://from.test/\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(c.response().status, 200);
+    c.send(b"GET /nowhere HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!(c.response().status, 404);
+    let mut bad = TcpStream::connect(api).expect("connect");
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = bad.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 400"));
+
+    let post = &lines_with(&json, "\"method\":\"POST\"", 1)[0];
+    for (key, value) in [
+        ("listener", "api"),
+        ("event", "request"),
+        ("target", "/app/items"),
+        ("host", "api.test"),
+        ("status", "200"),
+        ("upstream", &origin.addr().to_string()),
+        ("user_agent", "curl/8.0"),
+        ("referer", "http://from.test/"),
+        ("content_type", "text/plain"),
+    ] {
+        assert_eq!(json_field(post, key), value, "{key} in {post}");
+    }
+    let head_and_body = "POST /app/items HTTP/1.1\r\nHost: api.test\r\nUser-Agent: curl/8.0\r\n\
+                         Referer: http://from.test/\r\nContent-Length: 5\r\n\r\nhello"
+        .len();
+    assert_eq!(json_field(post, "bytes_in"), head_and_body.to_string(), "{post}");
+    let bytes_out: u64 = json_field(post, "bytes_out").parse().expect("bytes_out");
+    assert!(bytes_out > 5, "the head and the 5-byte body: {post}");
+    assert_eq!(json_field(post, "request_id").len(), 32, "{post}");
+    assert!(json_field(post, "upstream_time").parse::<f64>().is_ok(), "{post}");
+
+    let missing = &lines_with(&json, "\"status\":404", 1)[0];
+    assert_eq!(json_field(missing, "upstream"), "null", "{missing}");
+    let refused = &lines_with(&json, "\"event\":\"refused\"", 1)[0];
+    assert_eq!(json_field(refused, "status"), "400", "{refused}");
+
+    // The other listener takes [log]'s default: combined, in its own file.
+    let mut c = TestClient::connect(site);
+    c.send(b"GET /page?x=1 HTTP/1.1\r\nHost: site.test\r\nUser-Agent: Mozilla/5.0 (X11)\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    let line = &lines_with(&combined, "/page", 1)[0];
+    assert!(
+        line.starts_with("127.0.0.1 - - [")
+            && line.ends_with("] \"GET /page?x=1 HTTP/1.1\" 200 5 \"-\" \"Mozilla/5.0 (X11)\""),
+        "{line}"
+    );
+    assert!(!std::fs::read_to_string(&combined)
+        .unwrap_or_default()
+        .contains("/app/items"));
+}
+
+/// A forward proxy's config: static names on loopback, an ACL with a
+/// named deny rule, Basic auth for alice, and a listener whose access log
+/// is `format` in `log`.
+fn forward_config(name: &str, log: &Path, format: &str) -> PathBuf {
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(b"wonder");
+    let htpasswd = temp_file(
+        &format!("{name}.htpasswd"),
+        &format!(
+            "alice:{{SHA}}{}\n",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        ),
+    );
+    temp_file(
+        &format!("{name}.toml"),
+        &format!(
+            r#"[runtime]
+workers = 1
+pin_cpus = false
+
+[dns]
+hosts = {{ "allowed.test" = "127.0.0.1", "ads.test" = "127.0.0.1" }}
+servers = ["127.0.0.1:9"]
+
+[acl.corp]
+default = "allow"
+private_allow = ["127.0.0.1/32"]
+connect_ports = ["1025-65535"]
+
+[[acl.corp.rule]]
+name = "ads"
+action = "deny"
+dst_domain = ["ads.test"]
+
+[auth.staff]
+type = "basic"
+htpasswd = "{}"
+
+[[listener]]
+name = "outbound"
+listen = "127.0.0.1:0"
+mode = "forward"
+acl = "corp"
+auth = "staff"
+access_log = {{ path = "{}", format = "{format}" }}
+"#,
+            htpasswd.display(),
+            log.display()
+        ),
+    )
+}
+
+fn basic(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[test]
+fn forward_decisions_logins_and_tunnels_are_logged_with_user_and_rule() {
+    let origin = Origin::start(|_| text("fine"));
+    let port = origin.addr().port();
+    let dir = log_dir("forward-logs");
+    let log = dir.join("access.log");
+    let config = forward_config("forward-logs", &log, "json");
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let alice = format!("Proxy-Authorization: Basic {}\r\n", basic("alice", "wonder"));
+
+    let mut c = TestClient::connect(running.addr);
+    c.send(
+        format!("GET http://allowed.test:{port}/ok HTTP/1.1\r\nHost: allowed.test:{port}\r\n{alice}\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(c.response().status, 200);
+    c.send(
+        format!("GET http://ads.test:{port}/x HTTP/1.1\r\nHost: ads.test:{port}\r\n{alice}\r\n").as_bytes(),
+    );
+    assert_eq!(c.response().status, 403);
+    let wrong = format!("Proxy-Authorization: Basic {}\r\n", basic("alice", "nope"));
+    c.send(
+        format!("GET http://allowed.test:{port}/ HTTP/1.1\r\nHost: allowed.test:{port}\r\n{wrong}\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(c.response().status, 407);
+
+    // A tunnel's line comes when it ends, with its bytes both ways.
+    let mut tunnel = TcpStream::connect(running.addr).expect("connect");
+    tunnel
+        .write_all(
+            format!("CONNECT allowed.test:{port} HTTP/1.1\r\nHost: allowed.test:{port}\r\n{alice}\r\n")
+                .as_bytes(),
+        )
+        .expect("connect");
+    let mut established = [0u8; 39];
+    tunnel.read_exact(&mut established).expect("200");
+    assert!(
+        established.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&established)
+    );
+    tunnel
+        .write_all(b"GET /through HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+        .expect("send through");
+    let mut through = Vec::new();
+    let _ = tunnel.read_to_end(&mut through);
+    assert!(through.ends_with(b"fine"));
+    drop(tunnel);
+
+    let allowed = &lines_with(&log, "/ok", 1)[0];
+    assert_eq!(json_field(allowed, "user"), "alice", "{allowed}");
+    assert_eq!(json_field(allowed, "acl"), "allow", "{allowed}");
+    assert_eq!(json_field(allowed, "rule"), "default", "{allowed}");
+    let denied = &lines_with(&log, "\"status\":403", 1)[0];
+    assert_eq!(json_field(denied, "acl"), "deny", "{denied}");
+    assert_eq!(json_field(denied, "rule"), "rule 1 (ads)", "{denied}");
+    let login = &lines_with(&log, "\"status\":407", 1)[0];
+    assert_eq!(json_field(login, "rule"), "auth", "{login}");
+    assert_eq!(json_field(login, "user"), "null", "{login}");
+    let tunnel = &lines_with(&log, "\"event\":\"tunnel\"", 1)[0];
+    assert_eq!(json_field(tunnel, "method"), "CONNECT", "{tunnel}");
+    assert_eq!(json_field(tunnel, "user"), "alice", "{tunnel}");
+    let sent: u64 = json_field(tunnel, "bytes_in").parse().expect("bytes_in");
+    let received: u64 = json_field(tunnel, "bytes_out").parse().expect("bytes_out");
+    assert!(sent > 60 && received as usize >= 39 + through.len(), "{tunnel}");
+}
+
+#[test]
+fn squid_format_lines_read_as_squid_s_and_sigusr1_reopens_after_logrotate() {
+    let origin = Origin::start(|_| text("fine"));
+    let port = origin.addr().port();
+    let dir = log_dir("squid-logs");
+    let log = dir.join("access.log");
+    let config = forward_config("squid-logs", &log, "squid");
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let alice = format!("Proxy-Authorization: Basic {}\r\n", basic("alice", "wonder"));
+    let fetch = |path: &str| {
+        let mut c = TestClient::connect(running.addr);
+        c.send(
+            format!(
+                "GET http://allowed.test:{port}{path} HTTP/1.1\r\nHost: allowed.test:{port}\r\n{alice}\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(c.response().status, 200);
+    };
+    fetch("/before");
+    let line = &lines_with(&log, "/before", 1)[0];
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 10, "{line}");
+    assert!(
+        fields[0].contains('.') && fields[1].parse::<u64>().is_ok(),
+        "{line}"
+    );
+    assert_eq!(fields[2], "127.0.0.1");
+    assert_eq!(fields[3], "TCP_MISS/200");
+    assert_eq!(
+        fields[5..],
+        [
+            "GET",
+            &format!("http://allowed.test:{port}/before"),
+            "alice",
+            "HIER_DIRECT/127.0.0.1",
+            "text/plain"
+        ]
+    );
+
+    // logrotate: rename, then SIGUSR1; new lines go to a new file.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    running.signal("USR1");
+    running.wait_for_log("access logs reopened");
+    fetch("/after");
+    lines_with(&log, "/after", 1);
+    assert!(!std::fs::read_to_string(&rotated)
+        .unwrap_or_default()
+        .contains("/after"));
+    // SIGHUP and SIGUSR2 leave it running too.
+    running.signal("HUP");
+    running.signal("USR2");
+    fetch("/still");
+    lines_with(&log, "/still", 1);
+}
+
+#[test]
+fn connections_over_the_limit_are_logged_as_rejected() {
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let dir = log_dir("rejected-logs");
+    let log = dir.join("access.log");
+    let config = temp_file(
+        "rejected-logs.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\nmax_connections = 1\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+             access_log = {{ path = \"{}\", format = \"$event $remote_addr $status $request\" }}\n\n\
+             [[listener.route]]\nupstream = \"app\"\n",
+            origin.addr(),
+            log.display()
+        ),
+    );
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let mut first = TestClient::connect(running.addr);
+    assert_eq!(first.get("/").status, 200);
+    // The second connection finds the worker full and is closed at once.
+    let mut second = TcpStream::connect(running.addr).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = second.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let line = &lines_with(&log, "rejected", 1)[0];
+    assert_eq!(line, "rejected 127.0.0.1 000 -");
+    lines_with(&log, "request 127.0.0.1 200 GET / HTTP/1.1", 1);
+}
