@@ -26,12 +26,16 @@ use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, Rejected, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 use ringway_http::{
     access_log::{AccessLogger, LogFormat, LogPath, LogSink, LogWriter},
+    metrics::{ListenerMetrics, UpstreamMetrics},
     ClientInfo, ClientStream, Engine, ForwardHandler, PeerTls, Prober, ProxyHooks, ReverseHandler,
     TcpBalancer, TunnelOptions, UpstreamPool,
 };
 use ringway_tls::{Acceptor, CertStore};
 
-use crate::config::{Config, ListenerMode};
+use crate::{
+    admin::{self, AdminServer, Registry, WorkerMetrics},
+    config::{Config, ListenerMode},
+};
 
 /// One listener's engine on one worker (shared with its connections'
 /// tasks, which each hold it).
@@ -51,6 +55,8 @@ struct WorkerListeners {
 struct TlsListener {
     name: Rc<str>,
     acceptor: Acceptor,
+    /// The listener's counters on this worker, where kept.
+    metrics: Option<Arc<ListenerMetrics>>,
 }
 
 /// Runs the TLS handshake, then serves the connection with `engine`. A
@@ -64,7 +70,11 @@ async fn serve_tls<H: ProxyHooks>(
 ) where
     ringway_http::TlsClient: ClientStream,
 {
-    match tls.acceptor.accept(stream).await {
+    let accepted = tls.acceptor.accept(stream).await;
+    if let Some(m) = &tls.metrics {
+        m.tls_handshakes[usize::from(accepted.is_err())].add(1);
+    }
+    match accepted {
         Ok((stream, info)) => {
             client.tls = Some(Rc::new(info));
             engine.serve(stream, client, conn).await;
@@ -157,6 +167,8 @@ pub struct Running {
     watcher: Option<CertWatcher>,
     /// Writes the access logs; ends after the workers.
     logs: Option<LogWriter>,
+    /// The admin listener, if configured.
+    admin: Option<AdminServer>,
 }
 
 impl Running {
@@ -164,10 +176,16 @@ impl Running {
     /// the health checks and the certificate watcher.
     pub fn wait(self) {
         self.server.wait();
+        drop(self.admin);
         drop(self.prober);
         drop(self.watcher);
         // Last: the workers handed over their lines as they stopped.
         drop(self.logs);
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::addr)
     }
 
     /// Opens the access-log files again by their paths (SIGUSR1, after
@@ -295,10 +313,25 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
             .collect(),
     );
     let (logs, sinks) = start_logs(config)?;
-    let config = config.clone();
+    let registry = config.admin.as_ref().map(|_| Arc::new(Registry::default()));
+    let shared = config.clone();
+    let worker_registry = registry.clone();
     let server = ringway_core::start(server, move |worker: &WorkerInfo| {
-        build_worker(&config, &sinks, worker)
+        build_worker(&shared, &sinks, worker_registry.as_deref(), worker)
     })?;
+    let admin = match (&config.admin, registry) {
+        (Some(admin), Some(registry)) => {
+            let running = admin::Running {
+                registry,
+                stats: server.stats(),
+                workers: server.workers(),
+                addrs: server.local_addrs(),
+                logs: logs.as_ref().map(LogWriter::stats),
+            };
+            Some(AdminServer::start(admin, config, running)?)
+        }
+        _ => None,
+    };
     let prober = Prober::start(checks, &upstreams, dns)?;
     let watcher = CertWatcher::start(Arc::clone(&certs))?;
     Ok(Running {
@@ -307,6 +340,7 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
         certs,
         watcher,
         logs,
+        admin,
     })
 }
 
@@ -362,8 +396,17 @@ fn peer_tls(config: &Config) -> Vec<Vec<Option<Rc<PeerTls>>>> {
         .collect()
 }
 
-fn build_worker(config: &Config, logs: &ListenerLogs, worker: &WorkerInfo) -> WorkerListeners {
+fn build_worker(
+    config: &Config,
+    logs: &ListenerLogs,
+    registry: Option<&Registry>,
+    worker: &WorkerInfo,
+) -> WorkerListeners {
     let pool = Rc::new(UpstreamPool::new(config.pool));
+    // Counted only where an admin listener can read them.
+    let upstream_metrics =
+        registry.map(|_| Arc::new(UpstreamMetrics::new(config.upstreams.iter().map(|g| g.len()))));
+    let mut listener_metrics = Vec::with_capacity(config.listeners.len());
     let resolver = Rc::new(Resolver::new(config.dns.clone()));
     let peer_tls = Rc::new(peer_tls(config));
     let engines = config
@@ -377,12 +420,25 @@ fn build_worker(config: &Config, logs: &ListenerLogs, worker: &WorkerInfo) -> Wo
                 log.as_ref()
                     .map(|(format, sink)| AccessLogger::new(Arc::clone(format), sink.clone()))
             };
+            let metrics = registry.and_then(|_| match &l.mode {
+                ListenerMode::Reverse { route_count, .. } => {
+                    Some(Arc::new(ListenerMetrics::new(*route_count, 0)))
+                }
+                ListenerMode::Forward { settings } => {
+                    Some(Arc::new(ListenerMetrics::new(0, settings.acl.rules.len())))
+                }
+                ListenerMode::Tcp { .. } => None,
+            });
+            listener_metrics.push(metrics.clone());
             let engine = match &l.mode {
                 ListenerMode::Reverse { routes, .. } => {
-                    let handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index)
+                    let mut handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index)
                         .with_tls(Rc::clone(&peer_tls));
+                    if let Some(m) = &upstream_metrics {
+                        handler = handler.with_metrics(Arc::clone(m));
+                    }
                     let engine = Engine::new(name, handler, engine_settings, Rc::clone(&pool));
-                    ListenerEngine::Reverse(Rc::new(with_log(engine, logger())))
+                    ListenerEngine::Reverse(Rc::new(observed(engine, logger(), metrics.clone())))
                 }
                 ListenerMode::Forward { settings } => {
                     let handler = ForwardHandler::new(
@@ -391,7 +447,7 @@ fn build_worker(config: &Config, logs: &ListenerLogs, worker: &WorkerInfo) -> Wo
                         Arc::clone(&worker.own_addresses),
                     );
                     let engine = Engine::new(name, handler, engine_settings, Rc::clone(&pool));
-                    ListenerEngine::Forward(Rc::new(with_log(engine, logger())))
+                    ListenerEngine::Forward(Rc::new(observed(engine, logger(), metrics.clone())))
                 }
                 ListenerMode::Tcp { upstream } => {
                     let tunnel = TunnelOptions {
@@ -413,17 +469,33 @@ fn build_worker(config: &Config, logs: &ListenerLogs, worker: &WorkerInfo) -> Wo
                 Rc::new(TlsListener {
                     name: Rc::from(name.as_str()),
                     acceptor: acceptor.clone(),
+                    metrics: metrics.clone(),
                 })
             });
             (engine, l.spec.addr, tls)
         })
         .collect();
+    if let (Some(registry), Some(upstreams)) = (registry, upstream_metrics) {
+        let metrics = WorkerMetrics {
+            listeners: listener_metrics,
+            upstreams,
+        };
+        registry.register(worker.index, metrics);
+    }
     WorkerListeners { engines, pool }
 }
 
-fn with_log<H: ProxyHooks>(engine: Engine<H>, log: Option<AccessLogger>) -> Engine<H> {
-    match log {
-        Some(log) => engine.with_access_log(log),
-        None => engine,
+/// `engine` with its access log and counters, where kept.
+fn observed<H: ProxyHooks>(
+    mut engine: Engine<H>,
+    log: Option<AccessLogger>,
+    metrics: Option<Arc<ListenerMetrics>>,
+) -> Engine<H> {
+    if let Some(log) = log {
+        engine = engine.with_access_log(log);
     }
+    if let Some(metrics) = metrics {
+        engine = engine.with_metrics(metrics);
+    }
+    engine
 }

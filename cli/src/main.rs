@@ -406,6 +406,18 @@ fn summary(path: &Path, c: &Config) -> String {
             let _ = writeln!(out, "listener {:?}: access log ({format}) to {to}", l.spec.name);
         }
     }
+    if let Some(admin) = &c.admin {
+        let token = if admin.token.is_some() {
+            "token required"
+        } else {
+            "no token"
+        };
+        let _ = writeln!(
+            out,
+            "admin: {} /metrics /healthz /status /config ({token})",
+            admin.listen
+        );
+    }
     for (u, tls) in c.upstreams.iter().zip(&c.upstream_tls) {
         if let Some(tls) = tls {
             let verified = if tls.is_insecure() {

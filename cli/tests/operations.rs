@@ -380,3 +380,267 @@ fn connections_over_the_limit_are_logged_as_rejected() {
     assert_eq!(line, "rejected 127.0.0.1 000 -");
     lines_with(&log, "request 127.0.0.1 200 GET / HTTP/1.1", 1);
 }
+
+/// `GET path` on the admin listener, with `auth` as the Authorization
+/// header if given; returns the status line's code, the head and the body.
+fn admin_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("admin connect");
+    let auth = auth.map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}\r\n").as_bytes())
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    let status = head[9..12].parse().expect("status");
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text body.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+        .parse::<f64>()
+        .expect("a number") as u64
+}
+
+/// The admin listener's address, from its start line.
+fn admin_addr(running: &Running) -> SocketAddr {
+    let line = running.wait_for_log("admin on ");
+    line.split("admin on ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').take(2).collect::<Vec<_>>().join(":").parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}
+
+const TOKEN: &str = "0123456789abcdef-admin";
+
+fn admin_config(name: &str, origin: SocketAddr) -> PathBuf {
+    temp_file(
+        &format!("{name}.toml"),
+        &format!(
+            "[runtime]\nworkers = 2\npin_cpus = false\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{origin}\", \"127.0.0.1:1\"]\n\
+             retries = 1\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener.route]]\npath_prefix = \"/api\"\nupstream = \"app\"\n\n\
+             [[listener.route]]\npath_prefix = \"/static\"\nupstream = \"app\"\n\n\
+             [[listener.rule]]\nwhen = {{ path_prefix = \"/private\" }}\ndeny = 403\n"
+        ),
+    )
+}
+
+#[test]
+fn the_admin_listener_serves_metrics_health_and_the_redacted_config_behind_its_token() {
+    let origin = Origin::start(|_| text("ok"));
+    let config = admin_config("admin-metrics", origin.addr());
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let admin = admin_addr(&running);
+    let bearer = format!("Bearer {TOKEN}");
+
+    let (status, _, body) = admin_get(admin, "/healthz", None);
+    assert_eq!((status, body.as_str()), (200, "ok\n"), "health needs no token");
+    let (status, head, _) = admin_get(admin, "/metrics", None);
+    assert_eq!(status, 401);
+    assert!(
+        head.contains("WWW-Authenticate: Basic realm=\"ringway admin\""),
+        "{head}"
+    );
+    assert_eq!(
+        admin_get(admin, "/metrics", Some("Bearer wrong-token-wrong-token")).0,
+        401
+    );
+
+    // Ten requests on the first route, each on its own connection so both
+    // workers serve some; three on the second; two refused by a rule; one
+    // that matches no route.
+    for _ in 0..10 {
+        assert_eq!(TestClient::connect(running.addr).get("/api/x").status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(TestClient::connect(running.addr).get("/static/y").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(TestClient::connect(running.addr).get("/private").status, 403);
+    }
+    assert_eq!(TestClient::connect(running.addr).get("/nothing").status, 404);
+
+    let (status, head, metrics) = admin_get(admin, "/metrics", Some(&bearer));
+    assert_eq!(status, 200);
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert_eq!(
+        sample(&metrics, "ringway_requests_total{listener=\"web\",class=\"2xx\"}"),
+        13
+    );
+    assert_eq!(
+        sample(&metrics, "ringway_requests_total{listener=\"web\",class=\"4xx\"}"),
+        3
+    );
+    let route = |r: usize, prefix: &str, class: &str| {
+        sample(
+            &metrics,
+            &format!(
+                "ringway_route_requests_total{{listener=\"web\",route=\"{r}\",host=\"\",path_prefix=\"{prefix}\",upstream=\"app\",class=\"{class}\"}}"
+            ),
+        )
+    };
+    assert_eq!((route(0, "/api", "2xx"), route(1, "/static", "2xx")), (10, 3));
+    assert_eq!(
+        sample(
+            &metrics,
+            "ringway_request_duration_seconds_count{listener=\"web\"}"
+        ),
+        16
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "ringway_request_duration_seconds_bucket{listener=\"web\",le=\"+Inf\"}"
+        ),
+        16
+    );
+    // The dead second server: each attempt on it failed and was retried on
+    // the live one, so the live one answered all thirteen.
+    let origin_series = format!("{{upstream=\"app\",server=\"{}\"}}", origin.addr());
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("ringway_upstream_attempts_total{origin_series}")
+        ),
+        13
+    );
+    let dead = "{upstream=\"app\",server=\"127.0.0.1:1\"}";
+    assert_eq!(
+        sample(&metrics, &format!("ringway_upstream_attempts_total{dead}")),
+        sample(&metrics, &format!("ringway_upstream_failures_total{dead}"))
+    );
+    assert_eq!(
+        sample(&metrics, &format!("ringway_upstream_in_flight{origin_series}")),
+        0
+    );
+    let accepted: u64 = (0..2)
+        .map(|w| {
+            sample(
+                &metrics,
+                &format!("ringway_connections_accepted_total{{worker=\"{w}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(accepted, 16);
+    assert!(sample(&metrics, "ringway_received_bytes_total{listener=\"web\"}") > 16 * 30);
+
+    let (status, _, shown) = admin_get(admin, "/config", Some(&bearer));
+    assert_eq!(status, 200);
+    assert!(
+        shown.contains("token = \"<redacted>\"") && !shown.contains(TOKEN),
+        "{shown}"
+    );
+    assert!(shown.contains("path_prefix = \"/static\""), "{shown}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{TOKEN}"))
+    );
+    assert_eq!(admin_get(admin, "/status.json", Some(&basic)).0, 200);
+    assert_eq!(admin_get(admin, "/nope", Some(&bearer)).0, 404);
+}
+
+/// Chromium, headless, as installed by `.ci/run` (Debian's `chromium`).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RINGWAY_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required (apt-get install chromium)"
+        );
+        eprintln!("skipped: no chromium (apt-get install chromium)");
+    }
+    found
+}
+
+#[test]
+fn the_status_page_renders_its_tables_and_chart_with_live_numbers_in_chromium() {
+    let Some(browser) = chromium() else { return };
+    let origin = Origin::start(|_| text("ok"));
+    let config = admin_config("admin-status", origin.addr());
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let admin = admin_addr(&running);
+    for _ in 0..7 {
+        assert_eq!(TestClient::connect(running.addr).get("/api/seen").status, 200);
+    }
+    // Traffic keeps flowing while the page samples it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        let addr = running.addr;
+        std::thread::spawn(move || {
+            let mut c = TestClient::connect(addr);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(c.get("/static/busy").status, 200);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let profile = log_dir("chromium-profile");
+    let url = format!("http://ops:{TOKEN}@{admin}/status");
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.display()),
+            "--virtual-time-budget=6000",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .expect("chromium runs");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let attr = |name: &str| -> u64 {
+        let start = dom
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("{name} in\n{dom}"))
+            + name.len()
+            + 2;
+        dom[start..]
+            .split('"')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    };
+    assert!(attr("data-updates") >= 3, "the page refreshed itself:\n{dom}");
+    assert!(attr("data-points") >= 2, "the chart has points:\n{dom}");
+    assert!(attr("data-inked") > 100, "the chart is drawn:\n{dom}");
+    assert!(
+        dom.contains("<td class=\"name\">/api</td><td class=\"name\">app</td><td>7</td>"),
+        "top routes:\n{dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            "<td class=\"name\">{}</td><td class=\"name up\">up</td>",
+            origin.addr()
+        )),
+        "the upstream table:\n{dom}"
+    );
+    assert!(
+        dom.contains("<td class=\"name\">web</td><td class=\"name\">reverse</td>"),
+        "listeners:\n{dom}"
+    );
+    assert!(
+        dom.matches("<span class=\"bar\"").count() == 2,
+        "one row per worker:\n{dom}"
+    );
+}

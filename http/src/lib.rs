@@ -12,6 +12,7 @@
 //! - [`UpstreamPool`]: the worker's idle upstream connections.
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
 //! - [`access_log`]: the access-log formats and the writer thread.
+//! - [`metrics`]: per-worker counters, summed when scraped.
 // Three modules use unsafe code: gather implements monoio's unsafe IoVecBuf
 // trait, splice calls splice(2) and pipe2(2), and fuzzing (tests and fuzz
 // targets only) implements an in-memory stream; the rest has none.
@@ -35,6 +36,7 @@ mod io;
 mod l4;
 mod limits;
 pub mod matching;
+pub mod metrics;
 mod pool;
 mod recycle;
 mod reply;

@@ -32,6 +32,7 @@ use crate::{
     engine::ClientInfo,
     head::{Method, RequestHead, ResponseHead},
     hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary},
+    metrics::{ServerMetrics, UpstreamMetrics},
     reply::LocalReply,
     request_id::RequestId,
     rules::{
@@ -509,6 +510,8 @@ pub struct ReverseHandler {
     fail_open_logged: Vec<Cell<u64>>,
     /// TLS identities of the servers of TLS upstreams, by group and server.
     tls: Rc<Vec<Vec<Option<Rc<PeerTls>>>>>,
+    /// This worker's counters of the upstream servers, where kept.
+    metrics: Option<Arc<UpstreamMetrics>>,
 }
 
 /// What the reverse hooks keep about one request.
@@ -567,7 +570,20 @@ impl ReverseHandler {
                 .collect(),
             fail_open_logged: groups.iter().map(|_| Cell::new(0)).collect(),
             tls: Rc::default(),
+            metrics: None,
         }
+    }
+
+    /// The same handler, counting attempts per server in `metrics` (this
+    /// worker's).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<UpstreamMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn server_metrics(&self, cx: &ReverseCtx, lease: &Lease) -> Option<&ServerMetrics> {
+        self.metrics.as_ref()?.server(cx.group?, lease.peer())
     }
 
     /// The same handler, reaching the servers of TLS upstreams with these
@@ -634,6 +650,10 @@ impl ReverseHandler {
             tls: cx.group.and_then(|g| self.tls.get(g)?.get(lease.peer())?.clone()),
         };
         cx.started = matches!(group.algorithm, Algorithm::P2cEwma).then(Instant::now);
+        if let Some(m) = self.server_metrics(cx, &lease) {
+            m.attempts.add(1);
+            m.in_flight.add(1);
+        }
         cx.tried.add(lease.peer());
         cx.lease = Some(lease);
         peer
@@ -643,6 +663,12 @@ impl ReverseHandler {
     /// about its server.
     fn end_attempt(&self, cx: &mut ReverseCtx, outcome: Outcome, now_ms: u64) {
         let Some(lease) = cx.lease.take() else { return };
+        if let Some(m) = self.server_metrics(cx, &lease) {
+            m.in_flight.sub(1);
+            if matches!(outcome, Outcome::Failure | Outcome::ServerError { .. }) {
+                m.failures.add(1);
+            }
+        }
         let addr = lease.addr();
         let event = lease.finish(outcome, now_ms);
         let Some(balancer) = cx.group.and_then(|g| self.balancers.get(g)) else {

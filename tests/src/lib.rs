@@ -239,6 +239,8 @@ fn test_config(driver: DriverChoice, listener: Listener, dns: Arc<DnsConfig>) ->
         pool: PoolSettings::default(),
         dns,
         timer_tick: Duration::from_millis(20),
+        admin: None,
+        source: Arc::from(""),
         warnings: Vec::new(),
     }
 }

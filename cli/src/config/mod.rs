@@ -9,7 +9,8 @@
 //! One module per section: `runtime` (`[runtime]`), `http` (`[http]`),
 //! `listener` (`[[listener]]` and their routes), `upstream`
 //! (`[[upstream]]`), `forward` (`[acl.*]`, `[auth.*]`, forward listeners),
-//! `dns` (`[dns]`), `log` (`[log]` and the listeners' access logs). This module holds the file, the validated
+//! `dns` (`[dns]`), `log` (`[log]` and the listeners' access logs),
+//! `admin` (`[admin]`). This module holds the file, the validated
 //! [`Config`], the errors and what every section shares: value shapes,
 //! sizes, durations and the validator's bookkeeping.
 
@@ -38,6 +39,7 @@ use serde::Deserialize;
 
 use crate::locate::{key_at, line_of, KeyPath};
 
+mod admin;
 mod dns;
 mod forward;
 mod http;
@@ -48,6 +50,7 @@ mod runtime;
 mod tls;
 mod upstream;
 
+pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 use dns::DnsSection;
 use forward::{AclSection, AuthSection};
 use http::HttpSection;
@@ -78,6 +81,7 @@ pub(crate) struct ConfigFile {
     pub(crate) auth: BTreeMap<String, AuthSection>,
     #[serde(default)]
     pub(crate) dns: DnsSection,
+    pub(crate) admin: Option<admin::AdminSection>,
 }
 
 /// A value or a list of values (`"a"` or `["a", "b"]`).
@@ -174,6 +178,10 @@ pub struct Config {
     /// How often each worker's timer sweep runs (deadlines are this
     /// coarse); not in the file: 100 ms, and shorter in tests.
     pub timer_tick: Duration,
+    /// The admin listener, if configured.
+    pub admin: Option<AdminConfig>,
+    /// The file's text, as it was read (`/config` shows it, redacted).
+    pub source: Arc<str>,
     /// What is allowed but worth a warning (an expired certificate, an
     /// upstream whose certificates are not verified): logged at start,
     /// printed by `ringway check`.
@@ -258,8 +266,9 @@ fn parse_with(file: &Path, source: &str, outside: bool) -> Result<Config, Config
     let user: ConfigFile = from_toml(file, source)?;
     let mut v = Validator::for_file(file);
     v.outside = outside;
-    let config = v.config(&user);
+    let mut config = v.config(&user);
     v.finish(file, source)?;
+    config.source = Arc::from(source);
     Ok(config)
 }
 
@@ -473,6 +482,11 @@ impl Validator {
             pool,
             dns,
             timer_tick: Duration::from_millis(100),
+            admin: user
+                .admin
+                .as_ref()
+                .and_then(|a| self.admin(a, &root.key("admin"))),
+            source: Arc::from(""),
             warnings: std::mem::take(&mut self.warnings),
         }
     }

@@ -23,7 +23,7 @@ pub use clock::Moment;
 use clock::TimeCache;
 pub(crate) use format::loggable;
 pub use format::{FormatError, LogFormat, Piece, Var, VARIABLES};
-pub use writer::{LogPath, LogSink, LogWriter};
+pub use writer::{LogPath, LogSink, LogStats, LogWriter};
 
 use crate::{engine::ClientInfo, head::RequestHead};
 

@@ -187,6 +187,27 @@ impl LogWriter {
     pub fn written(&self) -> u64 {
         self.shared.written.load(Ordering::Relaxed)
     }
+
+    /// A handle on the writer's counters, for metrics.
+    pub fn stats(&self) -> LogStats {
+        LogStats(Arc::clone(&self.shared))
+    }
+}
+
+/// The log writer's counters, readable from any thread.
+#[derive(Debug, Clone)]
+pub struct LogStats(Arc<Shared>);
+
+impl LogStats {
+    /// Lines written so far.
+    pub fn written(&self) -> u64 {
+        self.0.written.load(Ordering::Relaxed)
+    }
+
+    /// Lines dropped so far (the writer fell behind, or a write failed).
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for LogWriter {

@@ -28,6 +28,7 @@ use std::{
     io,
     net::SocketAddr,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -49,6 +50,7 @@ use crate::{
     head::{BodyFraming, Method},
     hooks::{Peer, ProxyHooks, Route, Summary},
     limits::EngineSettings,
+    metrics::ListenerMetrics,
     pool::{UpstreamConn, UpstreamPool},
     recycle::Recycled,
     request_id::RequestId,
@@ -231,6 +233,8 @@ pub struct Engine<H> {
     listener: Rc<str>,
     /// The listener's access log on this worker, if it has one.
     log: Option<AccessLogger>,
+    /// The listener's counters on this worker, where metrics are kept.
+    metrics: Option<Arc<ListenerMetrics>>,
 }
 
 impl<H: ProxyHooks> Engine<H> {
@@ -243,6 +247,7 @@ impl<H: ProxyHooks> Engine<H> {
             pool,
             listener: Rc::from(listener),
             log: None,
+            metrics: None,
         }
     }
 
@@ -257,12 +262,30 @@ impl<H: ProxyHooks> Engine<H> {
         self.log.as_ref()
     }
 
-    /// Logs a connection from `peer` to `local` that was closed at once,
-    /// unanswered, over the limit named `why`.
+    /// Counts its exchanges in `metrics` (this worker's, for this
+    /// listener).
+    pub fn with_metrics(mut self, metrics: Arc<ListenerMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// This listener's counters on this worker, if kept.
+    pub fn metrics(&self) -> Option<&ListenerMetrics> {
+        self.metrics.as_deref()
+    }
+
+    /// Whether exchanges are timed, counted and logged.
+    #[inline]
+    fn observing(&self) -> bool {
+        self.log.is_some() || self.metrics.is_some()
+    }
+
+    /// Logs and counts a connection from `peer` to `local` that was closed
+    /// at once, unanswered, over the limit named `why`.
     pub fn log_rejected(&self, peer: SocketAddr, local: SocketAddr, why: &'static str) {
-        if let Some(log) = &self.log {
+        if self.observing() {
             let client = ClientInfo::new(peer, local);
-            log.log(&crate::access_log::Entry {
+            self.observe(&crate::access_log::Entry {
                 event: Event::Rejected(why),
                 listener: &self.listener,
                 client: &client,
@@ -338,13 +361,13 @@ impl<H: ProxyHooks> Engine<H> {
                         );
                         let status = Box::pin(answer).await;
                         self.log_failure(&client, &st.req, status, &error, None);
-                        if let (Some(log), true) = (&self.log, status != 0) {
+                        if self.observing() && status != 0 {
                             let bytes_in = (st.req.raw().len() + st.rbuf.len()) as u64;
                             let facts = self.handler.log_facts(&cx);
                             let (event, tally) = (Event::Refused, (bytes_in, &st.tally));
                             let nothing = (None, Duration::ZERO);
-                            self.log_line(
-                                log, event, &client, &st.req, status, tally, b"", nothing.0, nothing.1, facts,
+                            self.observe_line(
+                                event, &client, &st.req, status, tally, b"", nothing.0, nothing.1, facts,
                             );
                         }
                         conn.count_request();
@@ -354,7 +377,7 @@ impl<H: ProxyHooks> Engine<H> {
                 }
                 first = false;
                 let st = slot.get(size);
-                let started = self.log.is_some().then(Instant::now);
+                let started = self.observing().then(Instant::now);
                 // On the heap: an exchange's state is large, and an idle
                 // connection holds none of it; in a block the worker
                 // recycles, not a new allocation per request.
@@ -380,7 +403,7 @@ impl<H: ProxyHooks> Engine<H> {
                         // Boxed: a tunnel's state is large and rare; kept
                         // inline it would size every connection's task for it.
                         let moved = Box::pin(self.tunnel(io, client_buf, up, &client, &conn)).await;
-                        if let (Some((opened, req, tally)), Some(log)) = (tunnel_log, &self.log) {
+                        if let Some((opened, req, tally)) = tunnel_log {
                             let TunnelLog {
                                 cx,
                                 status,
@@ -396,8 +419,7 @@ impl<H: ProxyHooks> Engine<H> {
                             let facts = self.handler.log_facts(&cx);
                             let total = started.elapsed();
                             let event = Event::Tunnel;
-                            self.log_line(
-                                log,
+                            self.observe_line(
                                 event,
                                 &client,
                                 &req,
@@ -515,7 +537,7 @@ impl<H: ProxyHooks> Engine<H> {
         };
         let summary = Summary { status, upstream };
         self.handler.finish(&st.req, &summary, &mut cx);
-        let (Some(log), Some(started)) = (&self.log, started) else {
+        let Some(started) = started else {
             return (outcome, None);
         };
         if matches!(outcome, Outcome::Upgrade(_)) {
@@ -532,8 +554,7 @@ impl<H: ProxyHooks> Engine<H> {
         let total = started.elapsed();
         let tally = (bytes_in, &st.tally);
         let event = Event::Request;
-        self.log_line(
-            log,
+        self.observe_line(
             event,
             client,
             &st.req,

@@ -15,12 +15,13 @@ use ringway_core::{ClientWatch, ConnCtx, Error, ErrorKind, Result, Side, Wait};
 
 use super::{ClientInfo, ClientStream, Engine, Outcome};
 use crate::{
-    access_log::{AccessLogger, Entry, Event, LogFacts},
+    access_log::{Entry, Event, LogFacts, RuleName},
     buffers::{self, FreeList},
     edits::HeadEdits,
     head::{BodyFraming, Method, RequestHead, ResponseHead},
     hooks::ProxyHooks,
     io::{bounded, io_error, read_some, write_vec},
+    metrics::{status_class, ListenerMetrics, ACL_SPECIAL},
     reply::{reason_phrase, status_for, LocalReply},
     write::{local_response, RESPONSE_START},
 };
@@ -440,12 +441,11 @@ impl<H: ProxyHooks> Engine<H> {
         }
     }
 
-    /// Writes an access-log line: `bytes_in` is what came from the
-    /// client, head included.
+    /// Counts and logs an exchange, tunnel or refused head: `bytes_in` is
+    /// what came from the client, head included.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn log_line(
+    pub(super) fn observe_line(
         &self,
-        log: &AccessLogger,
         event: Event,
         client: &ClientInfo,
         req: &RequestHead,
@@ -456,7 +456,7 @@ impl<H: ProxyHooks> Engine<H> {
         total: Duration,
         facts: LogFacts<'_>,
     ) {
-        log.log(&Entry {
+        self.observe(&Entry {
             event,
             listener: &self.listener,
             client,
@@ -471,6 +471,51 @@ impl<H: ProxyHooks> Engine<H> {
             content_type,
             facts,
         });
+    }
+
+    /// Counts `entry` in the listener's metrics and writes its log line.
+    pub(super) fn observe(&self, entry: &Entry<'_>) {
+        if let Some(m) = &self.metrics {
+            count(m, entry);
+        }
+        if let Some(log) = &self.log {
+            log.log(entry);
+        }
+    }
+}
+
+/// Adds `entry` to a listener's counters.
+fn count(m: &ListenerMetrics, entry: &Entry<'_>) {
+    match entry.event {
+        Event::Rejected(_) => {
+            m.rejected_connections.add(1);
+            return;
+        }
+        Event::Refused => m.refused_heads.add(1),
+        Event::Tunnel => m.tunnels.add(1),
+        Event::Request => {}
+    }
+    let class = status_class(entry.status);
+    m.requests[class].add(1);
+    if let Some(route) = entry.facts.route.and_then(|r| m.routes.get(r)) {
+        route[class].add(1);
+    }
+    m.latency.observe(entry.total.as_micros() as u64);
+    m.bytes_in.add(entry.bytes_in);
+    m.bytes_out.add(entry.bytes_out);
+    if let Some(acl) = entry.facts.acl {
+        let rules = m.acl.len() - ACL_SPECIAL.len();
+        let slot = match acl.rule {
+            RuleName::Rule(i, _) => i,
+            RuleName::Default => rules,
+            RuleName::ConnectPorts => rules + 1,
+            RuleName::BlockPrivate => rules + 2,
+            RuleName::Auth => rules + 3,
+            RuleName::Loop => rules + 4,
+        };
+        if let Some(counts) = m.acl.get(slot) {
+            counts[usize::from(!acl.allowed)].add(1);
+        }
     }
 }
 

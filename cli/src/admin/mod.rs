@@ -1,0 +1,399 @@
+//! The admin listener (`[admin]`): `/metrics` in Prometheus's text format,
+//! `/healthz`, `/status` (an HTML page that refreshes itself from
+//! `/status.json`) and `/config` (the running file, secrets redacted).
+//!
+//! It runs on its own thread with blocking sockets, apart from the workers:
+//! a scrape reads the workers' counters ([`Registry`]) with relaxed loads
+//! and sums them, so the request path never waits on it. With a token set,
+//! every path but `/healthz` needs it, as a bearer token or as the password
+//! of Basic authentication (which a browser asks for and then sends with
+//! the page's own requests).
+
+mod render;
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime},
+};
+
+use base64::Engine as _;
+use bytes::BytesMut;
+use ringway_balancer::UpstreamGroup;
+use ringway_core::{WorkerInfo, WorkerStats};
+use ringway_http::{
+    access_log::LogStats,
+    metrics::{ListenerMetrics, UpstreamMetrics},
+    HttpLimits, RequestHead,
+};
+
+use crate::config::{AdminConfig, Config, ListenerMode};
+
+/// One worker's counters, as it registered them when it started.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// By listener (`None` for a tcp listener).
+    pub listeners: Vec<Option<Arc<ListenerMetrics>>>,
+    /// Its upstream servers' counters.
+    pub upstreams: Arc<UpstreamMetrics>,
+}
+
+/// Every worker's counters.
+#[derive(Debug, Default)]
+pub struct Registry {
+    workers: Mutex<Vec<Option<WorkerMetrics>>>,
+}
+
+impl Registry {
+    /// Records worker `index`'s counters (on its thread, as it starts).
+    pub fn register(&self, index: usize, metrics: WorkerMetrics) {
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        if workers.len() <= index {
+            workers.resize(index + 1, None);
+        }
+        workers[index] = Some(metrics);
+    }
+
+    /// The workers' counters registered so far.
+    fn snapshot(&self) -> Vec<WorkerMetrics> {
+        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers.iter().flatten().cloned().collect()
+    }
+}
+
+/// A listener as the admin pages name it.
+#[derive(Debug, Clone)]
+struct ListenerView {
+    name: String,
+    mode: &'static str,
+    addr: SocketAddr,
+    /// Each route's labels: host, path prefix, upstream.
+    routes: Vec<[String; 3]>,
+    /// Each ACL rule's label.
+    acl_rules: Vec<String>,
+}
+
+/// What the admin thread reads.
+struct View {
+    registry: Arc<Registry>,
+    stats: Vec<Arc<WorkerStats>>,
+    workers: Vec<WorkerInfo>,
+    listeners: Vec<ListenerView>,
+    upstreams: Vec<Arc<UpstreamGroup>>,
+    logs: Option<LogStats>,
+    started: SystemTime,
+    source: Arc<str>,
+    token: Option<Arc<str>>,
+}
+
+/// The running admin listener; dropping it stops it.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The server's state the admin pages show, besides the configuration.
+pub struct Running<'a> {
+    /// The workers' counters.
+    pub registry: Arc<Registry>,
+    /// Each worker's connection counters.
+    pub stats: &'a [Arc<WorkerStats>],
+    /// The workers as they started.
+    pub workers: &'a [WorkerInfo],
+    /// Each listener's bound address.
+    pub addrs: &'a [SocketAddr],
+    /// The log writer's counters, if access logs are kept.
+    pub logs: Option<LogStats>,
+}
+
+impl AdminServer {
+    /// Binds `[admin] listen` and starts answering; fails, naming the
+    /// address, when it cannot be bound.
+    pub fn start(admin: &AdminConfig, config: &Config, running: Running<'_>) -> io::Result<Self> {
+        let listener = TcpListener::bind(admin.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("[admin] cannot listen on {}: {e}", admin.listen),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let view = View {
+            registry: running.registry,
+            stats: running.stats.to_vec(),
+            workers: running.workers.to_vec(),
+            listeners: listener_views(config, running.addrs),
+            upstreams: config.upstreams.clone(),
+            logs: running.logs,
+            started: SystemTime::now(),
+            source: Arc::clone(&config.source),
+            token: admin.token.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("ringway-admin".to_owned())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Ok(stream) = stream {
+                        let _ = serve(stream, &view);
+                    }
+                }
+            })?;
+        tracing::info!("admin on {addr}: /metrics /healthz /status /config");
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn listener_views(config: &Config, addrs: &[SocketAddr]) -> Vec<ListenerView> {
+    config
+        .listeners
+        .iter()
+        .zip(addrs)
+        .map(|(l, &addr)| {
+            let (mode, routes, acl_rules) = match &l.mode {
+                ListenerMode::Reverse { routes, route_count } => {
+                    let labels = (0..*route_count)
+                        .filter_map(|i| routes.spec(i))
+                        .map(|spec| {
+                            let upstream = config.upstreams.get(spec.upstream).map(|u| u.name.clone());
+                            [
+                                spec.host.clone().unwrap_or_default(),
+                                spec.path_prefix.clone(),
+                                upstream.unwrap_or_default(),
+                            ]
+                        })
+                        .collect();
+                    ("reverse", labels, Vec::new())
+                }
+                ListenerMode::Forward { settings } => {
+                    let acl = &settings.acl;
+                    let rules = (0..acl.rules.len()).map(|i| acl.rule_label(i)).collect();
+                    ("forward", Vec::new(), rules)
+                }
+                ListenerMode::Tcp { .. } => ("tcp", Vec::new(), Vec::new()),
+            };
+            ListenerView {
+                name: l.spec.name.clone(),
+                mode,
+                addr,
+                routes,
+                acl_rules,
+            }
+        })
+        .collect()
+}
+
+/// The most a request head to the admin listener may take.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Answers one request, then closes.
+fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut req = RequestHead::new();
+    let limits = HttpLimits::default();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match req.parse(&mut buf, &limits) {
+            Ok(true) => break,
+            Ok(false) if buf.len() < MAX_HEAD => {}
+            _ => return respond(&mut stream, 400, "text/plain", "bad request\n", false, &[]),
+        }
+    }
+    let head = req.method_bytes() == b"HEAD";
+    let path = req.path();
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    if req.method_bytes() != b"GET" && !head {
+        return respond(
+            &mut stream,
+            405,
+            "text/plain",
+            "only GET\n",
+            head,
+            &[("Allow", "GET, HEAD")],
+        );
+    }
+    if path != b"/healthz" && !authorized(&req, view.token.as_deref()) {
+        return respond(
+            &mut stream,
+            401,
+            "text/plain",
+            "the admin listener needs its token: Authorization: Bearer TOKEN (or the token as a Basic password)\n",
+            head,
+            &[("WWW-Authenticate", "Basic realm=\"ringway admin\", charset=\"UTF-8\"")],
+        );
+    }
+    match path {
+        b"/healthz" => respond(&mut stream, 200, "text/plain", "ok\n", head, &[]),
+        b"/metrics" => {
+            let body = render::prometheus(view, &view.registry.snapshot());
+            respond(
+                &mut stream,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+                head,
+                &[],
+            )
+        }
+        b"/status" | b"/" => respond(
+            &mut stream,
+            200,
+            "text/html; charset=utf-8",
+            render::STATUS_PAGE,
+            head,
+            &[],
+        ),
+        b"/status.json" => {
+            let body = render::status_json(view, &view.registry.snapshot());
+            respond(&mut stream, 200, "application/json", &body, head, &[])
+        }
+        b"/config" => respond(
+            &mut stream,
+            200,
+            "text/plain; charset=utf-8",
+            &render::redacted(&view.source),
+            head,
+            &[],
+        ),
+        _ => respond(
+            &mut stream,
+            404,
+            "text/plain",
+            "not found: try /metrics, /healthz, /status or /config\n",
+            head,
+            &[],
+        ),
+    }
+}
+
+/// Whether `req` carries the token (always, when there is none).
+fn authorized(req: &RequestHead, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(value) = req.header("authorization") else {
+        return false;
+    };
+    let value = value.trim_ascii();
+    let given = if let Some(bearer) = strip_scheme(value, b"bearer") {
+        bearer.to_vec()
+    } else if let Some(basic) = strip_scheme(value, b"basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic) else {
+            return false;
+        };
+        match decoded.iter().position(|&b| b == b':') {
+            Some(colon) => decoded[colon + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    constant_time_eq(&given, token.as_bytes())
+}
+
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let (name, rest) = value.split_at_checked(scheme.len())?;
+    (name.eq_ignore_ascii_case(scheme) && rest.first() == Some(&b' ')).then(|| rest.trim_ascii())
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head: bool,
+    extra: &[(&str, &str)],
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+        ringway_http::reason_phrase(status),
+        body.len()
+    );
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    if !head {
+        out.push_str(body);
+    }
+    stream.write_all(out.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> RequestHead {
+        let mut req = RequestHead::new();
+        assert!(req
+            .parse(&mut BytesMut::from(text.as_bytes()), &HttpLimits::default())
+            .unwrap());
+        req
+    }
+
+    #[test]
+    fn the_token_is_taken_as_a_bearer_or_a_basic_password_and_nothing_else() {
+        let token = Some("0123456789abcdef");
+        assert!(authorized(&head("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None));
+        assert!(!authorized(&head("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), token));
+        assert!(authorized(
+            &head("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n"),
+            token
+        ));
+        assert!(!authorized(
+            &head("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdeF\r\n\r\n"),
+            token
+        ));
+        let basic = base64::engine::general_purpose::STANDARD.encode("admin:0123456789abcdef");
+        assert!(authorized(
+            &head(&format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {basic}\r\n\r\n"
+            )),
+            token
+        ));
+        assert!(!authorized(
+            &head("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer0123456789abcdef\r\n\r\n"),
+            token
+        ));
+    }
+}
