@@ -4,7 +4,12 @@
 //! escaped for its format, so a line is always one line: a header value
 //! cannot forge another.
 
-use std::{fmt, io::Write, net::SocketAddr, time::Duration};
+use std::{
+    fmt,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use super::{clock::Moment, clock::TimeCache, Entry, Event};
 use crate::request_id::RequestId;
@@ -204,15 +209,71 @@ impl LogFormat {
 }
 
 /// Writes `value` escaped as nginx escapes log values: `"`, `\`, control
-/// and non-ASCII bytes as `\xHH`.
-fn escaped(out: &mut Vec<u8>, value: &[u8]) {
-    for &b in value {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            let _ = write!(out, "\\x{b:02X}");
-        } else {
-            out.push(b);
+/// and non-ASCII bytes as `\xHH`; runs that need none are copied whole.
+fn escaped(out: &mut Vec<u8>, mut value: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    while let Some(at) = value
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
+    {
+        out.extend_from_slice(&value[..at]);
+        let b = value[at];
+        out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        value = &value[at + 1..];
+    }
+    out.extend_from_slice(value);
+}
+
+/// A number, without the formatting machinery (a log line has several).
+fn num(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// An IP address; IPv4 (the common case) without the formatting machinery.
+fn ip(out: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                num(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// `ip:port`, or `[ip]:port` for IPv6.
+fn socket(out: &mut Vec<u8>, addr: SocketAddr) {
+    if addr.is_ipv6() {
+        out.push(b'[');
+        ip(out, addr.ip());
+        out.push(b']');
+    } else {
+        ip(out, addr.ip());
+    }
+    out.push(b':');
+    num(out, u64::from(addr.port()));
+}
+
+/// Three digits, zero-padded (milliseconds, statuses).
+fn three(out: &mut Vec<u8>, n: u32) {
+    let n = n.min(999);
+    out.extend_from_slice(&[
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+/// Seconds since the epoch with milliseconds (`$msec`).
+fn msec(out: &mut Vec<u8>, at: Moment) {
+    num(out, at.secs.max(0) as u64);
+    out.push(b'.');
+    three(out, at.millis);
 }
 
 /// An escaped value, `-` when there is none.
@@ -224,11 +285,13 @@ fn or_dash(out: &mut Vec<u8>, value: Option<&[u8]>) {
 }
 
 fn seconds(out: &mut Vec<u8>, d: Duration) {
-    let _ = write!(out, "{}.{:03}", d.as_secs(), d.subsec_millis());
+    num(out, d.as_secs());
+    out.push(b'.');
+    three(out, d.subsec_millis());
 }
 
 fn status(out: &mut Vec<u8>, status: u16) {
-    let _ = write!(out, "{status:03}");
+    three(out, u32::from(status));
 }
 
 fn user<'a>(entry: &Entry<'a>) -> Option<&'a [u8]> {
@@ -275,7 +338,8 @@ fn header<'a>(entry: &Entry<'a>, name: &str) -> Option<&'a [u8]> {
 }
 
 fn write_combined(entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out: &mut Vec<u8>) {
-    let _ = write!(out, "{} - ", entry.client.peer.ip());
+    ip(out, entry.client.peer.ip());
+    out.extend_from_slice(b" - ");
     or_dash(out, user(entry));
     out.extend_from_slice(b" [");
     out.extend_from_slice(time.texts(at).0);
@@ -283,7 +347,9 @@ fn write_combined(entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out: &mut
     request_line(out, entry);
     out.extend_from_slice(b"\" ");
     status(out, entry.status);
-    let _ = write!(out, " {} \"", entry.body_out);
+    out.push(b' ');
+    num(out, entry.body_out);
+    out.extend_from_slice(b" \"");
     or_dash(out, header(entry, "referer"));
     out.extend_from_slice(b"\" \"");
     or_dash(out, header(entry, "user-agent"));
@@ -305,17 +371,22 @@ fn squid_result(entry: &Entry<'_>) -> &'static str {
 
 /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`.
 fn write_squid(entry: &Entry<'_>, at: Moment, out: &mut Vec<u8>) {
-    let _ = write!(
-        out,
-        "{}.{:03} {:>6} {} {}/",
-        at.secs,
-        at.millis,
-        entry.total.as_millis(),
-        entry.client.peer.ip(),
-        squid_result(entry)
-    );
+    msec(out, at);
+    // `%6tr`: the milliseconds right-aligned in six columns.
+    let elapsed = entry.total.as_millis().min(u128::from(u64::MAX)) as u64;
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(elapsed).as_bytes();
+    out.resize(out.len() + 1 + 6usize.saturating_sub(digits.len()), b' ');
+    out.extend_from_slice(digits);
+    out.push(b' ');
+    ip(out, entry.client.peer.ip());
+    out.push(b' ');
+    out.extend_from_slice(squid_result(entry).as_bytes());
+    out.push(b'/');
     status(out, entry.status);
-    let _ = write!(out, " {} ", entry.bytes_out);
+    out.push(b' ');
+    num(out, entry.bytes_out);
+    out.push(b' ');
     let (method, target) = match entry.req {
         Some(req) if !req.method_bytes().is_empty() => (req.method_bytes(), req.target()),
         _ => (&b"NONE"[..], &b"error:invalid-request"[..]),
@@ -327,7 +398,9 @@ fn write_squid(entry: &Entry<'_>, at: Moment, out: &mut Vec<u8>) {
     or_dash(out, user(entry));
     match entry.upstream {
         Some(addr) => {
-            let _ = write!(out, " HIER_DIRECT/{} ", addr.ip());
+            out.extend_from_slice(b" HIER_DIRECT/");
+            ip(out, addr.ip());
+            out.push(b' ');
         }
         None => out.extend_from_slice(b" HIER_NONE/- "),
     }
@@ -338,21 +411,40 @@ fn write_squid(entry: &Entry<'_>, at: Moment, out: &mut Vec<u8>) {
 /// not UTF-8 as their Latin-1 characters, so every line parses.
 fn json_string(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
-    match std::str::from_utf8(value) {
-        Ok(text) => json_chars(out, text.chars()),
-        Err(_) => json_chars(out, value.iter().map(|&b| char::from(b))),
+    if std::str::from_utf8(value).is_ok() {
+        // UTF-8 as it is: only quotes, backslashes and control bytes are
+        // escaped, and runs without them are copied whole.
+        let mut rest = value;
+        while let Some(at) = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+        {
+            out.extend_from_slice(&rest[..at]);
+            json_escape(out, char::from(rest[at]));
+            rest = &rest[at + 1..];
+        }
+        out.extend_from_slice(rest);
+    } else {
+        json_chars(out, value.iter().map(|&b| char::from(b)));
     }
     out.push(b'"');
+}
+
+fn json_escape(out: &mut Vec<u8>, c: char) {
+    match c {
+        '"' => out.extend_from_slice(b"\\\""),
+        '\\' => out.extend_from_slice(b"\\\\"),
+        c => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+    }
 }
 
 fn json_chars(out: &mut Vec<u8>, chars: impl Iterator<Item = char>) {
     for c in chars {
         match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
+            '"' | '\\' => json_escape(out, c),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => json_escape(out, c),
             c => {
                 let mut utf8 = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
@@ -371,7 +463,9 @@ fn json_opt(out: &mut Vec<u8>, value: Option<&[u8]>) {
 fn json_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
     match addr {
         Some(a) => {
-            let _ = write!(out, "\"{a}\"");
+            out.push(b'"');
+            socket(out, a);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -381,14 +475,15 @@ fn write_json(entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out: &mut Vec
     let req = entry.req.filter(|r| !r.method_bytes().is_empty());
     out.extend_from_slice(b"{\"time\":\"");
     out.extend_from_slice(time.texts(at).1);
-    let _ = write!(out, "\",\"msec\":{}.{:03},\"listener\":", at.secs, at.millis);
+    out.extend_from_slice(b"\",\"msec\":");
+    msec(out, at);
+    out.extend_from_slice(b",\"listener\":");
     json_string(out, entry.listener.as_bytes());
-    let _ = write!(
-        out,
-        ",\"event\":\"{}\",\"client\":\"{}\",\"user\":",
-        entry.event.name(),
-        entry.client.peer
-    );
+    out.extend_from_slice(b",\"event\":\"");
+    out.extend_from_slice(entry.event.name().as_bytes());
+    out.extend_from_slice(b"\",\"client\":\"");
+    socket(out, entry.client.peer);
+    out.extend_from_slice(b"\",\"user\":");
     json_opt(out, user(entry));
     out.extend_from_slice(b",\"method\":");
     json_opt(out, req.map(|r| r.method_bytes()));
@@ -396,11 +491,13 @@ fn write_json(entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out: &mut Vec
     json_opt(out, req.map(|r| loggable(r.target())).as_deref());
     out.extend_from_slice(b",\"host\":");
     json_opt(out, req.and_then(|r| r.host()));
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
-        entry.status, entry.bytes_in, entry.bytes_out
-    );
+    out.extend_from_slice(b",\"status\":");
+    num(out, u64::from(entry.status));
+    out.extend_from_slice(b",\"bytes_in\":");
+    num(out, entry.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    num(out, entry.bytes_out);
+    out.extend_from_slice(b",\"upstream\":");
     json_addr(out, entry.upstream);
     out.extend_from_slice(b",\"upstream_time\":");
     match entry.upstream_time {
@@ -465,19 +562,19 @@ fn write_var(var: &Var, entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out
     let tls = entry.client.tls.as_deref();
     match var {
         Var::RemoteAddr => {
-            let _ = write!(out, "{}", entry.client.peer.ip());
+            ip(out, entry.client.peer.ip());
         }
         Var::RemotePort => {
-            let _ = write!(out, "{}", entry.client.peer.port());
+            num(out, u64::from(entry.client.peer.port()));
         }
         Var::RemoteUser => or_dash(out, user(entry)),
         Var::ServerAddr => {
-            let _ = write!(out, "{}", entry.client.local);
+            socket(out, entry.client.local);
         }
         Var::TimeLocal => out.extend_from_slice(time.texts(at).0),
         Var::TimeIso8601 => out.extend_from_slice(time.texts(at).1),
         Var::Msec => {
-            let _ = write!(out, "{}.{:03}", at.secs, at.millis);
+            msec(out, at);
         }
         Var::Request => request_line(out, entry),
         Var::RequestMethod => or_dash(out, req.map(|r| r.method_bytes())),
@@ -485,17 +582,17 @@ fn write_var(var: &Var, entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out
         Var::Host => or_dash(out, req.and_then(|r| r.host())),
         Var::Status => status(out, entry.status),
         Var::BytesSent => {
-            let _ = write!(out, "{}", entry.bytes_out);
+            num(out, entry.bytes_out);
         }
         Var::BodyBytesSent => {
-            let _ = write!(out, "{}", entry.body_out);
+            num(out, entry.body_out);
         }
         Var::RequestLength => {
-            let _ = write!(out, "{}", entry.bytes_in);
+            num(out, entry.bytes_in);
         }
         Var::UpstreamAddr => match entry.upstream {
             Some(a) => {
-                let _ = write!(out, "{a}");
+                socket(out, a);
             }
             None => out.push(b'-'),
         },

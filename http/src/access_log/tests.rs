@@ -174,3 +174,21 @@ fn unknown_formats_and_variables_are_refused_with_the_choices() {
     assert!(LogFormat::parse("cost: $").is_err());
     assert!(LogFormat::parse("${status").is_err());
 }
+
+#[test]
+fn ipv6_clients_and_upstreams_are_written_as_their_addresses_are() {
+    let req = parsed("GET / HTTP/1.1\r\nHost: x.test\r\n\r\n");
+    let client = ClientInfo::new("[::1]:5000".parse().unwrap(), "[::1]:8080".parse().unwrap());
+    let mut e = entry(&client, &req);
+    e.upstream = Some("[::2]:9000".parse().unwrap());
+    assert!(line("combined", &e).starts_with("::1 - - ["));
+    let json = line("json", &e);
+    assert!(
+        json.contains("\"client\":\"[::1]:5000\"") && json.contains("\"upstream\":\"[::2]:9000\""),
+        "{json}"
+    );
+    assert_eq!(
+        line("$server_addr $remote_port $msec", &e),
+        "[::1]:8080 5000 1796543439.007\n"
+    );
+}
