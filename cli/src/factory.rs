@@ -17,7 +17,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
@@ -27,8 +27,8 @@ use ringway_core::{dns::Resolver, ConnCtx, Rejected, ServerConfig, ServerHandle,
 use ringway_http::{
     access_log::{AccessLogger, LogFormat, LogPath, LogSink, LogWriter},
     metrics::{ListenerMetrics, UpstreamMetrics},
-    ClientInfo, ClientStream, Engine, ForwardHandler, PeerTls, Prober, ProxyHooks, ReverseHandler,
-    TcpBalancer, TunnelOptions, UpstreamPool,
+    ClientInfo, ClientStream, Engine, ForwardHandler, PeerTls, PoolSettings, Prober, ProxyHooks,
+    ReverseHandler, TcpBalancer, TunnelOptions, UpstreamPool,
 };
 use ringway_tls::{Acceptor, CertStore};
 
@@ -47,8 +47,24 @@ enum ListenerEngine {
 
 /// Everything one worker serves with.
 struct WorkerListeners {
-    engines: Vec<(ListenerEngine, SocketAddr, Option<Rc<TlsListener>>)>,
+    /// Each listener's engine, in configuration order.
+    engines: Vec<ListenerSlot>,
     pool: Rc<UpstreamPool>,
+    pool_settings: PoolSettings,
+    resolver: Rc<Resolver>,
+    dns: Arc<ringway_core::dns::DnsConfig>,
+    upstream_metrics: Option<Arc<UpstreamMetrics>>,
+}
+
+/// One listener on one worker.
+struct ListenerSlot {
+    engine: ListenerEngine,
+    /// Its address, as clients reach it.
+    local: SocketAddr,
+    /// Its TLS acceptor, on an HTTPS listener.
+    tls: Option<Rc<TlsListener>>,
+    /// Its name (a reload keeps its counters by it).
+    name: Rc<str>,
 }
 
 /// A TLS listener's acceptor on one worker.
@@ -104,7 +120,9 @@ impl WorkerApp for WorkerListeners {
         // for the largest of the modes.
         let serve: Pin<Box<dyn Future<Output = ()>>> = match self.engines.get(listener) {
             None => Box::pin(std::future::ready(())),
-            Some((engine, local, tls)) => {
+            Some(ListenerSlot {
+                engine, local, tls, ..
+            }) => {
                 let client = ClientInfo::new(peer, *local);
                 match (engine, tls) {
                     (ListenerEngine::Reverse(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
@@ -129,9 +147,12 @@ impl WorkerApp for WorkerListeners {
     }
 
     fn rejected(&self, listener: usize, peer: SocketAddr, why: Rejected) {
-        match self.engines.get(listener) {
-            Some((ListenerEngine::Reverse(e), local, _)) => e.log_rejected(peer, *local, why.name()),
-            Some((ListenerEngine::Forward(e), local, _)) => e.log_rejected(peer, *local, why.name()),
+        let Some(slot) = self.engines.get(listener) else {
+            return;
+        };
+        match &slot.engine {
+            ListenerEngine::Reverse(e) => e.log_rejected(peer, slot.local, why.name()),
+            ListenerEngine::Forward(e) => e.log_rejected(peer, slot.local, why.name()),
             _ => {}
         }
     }
@@ -139,13 +160,38 @@ impl WorkerApp for WorkerListeners {
     fn stopped(&self) {
         self.flush_logs();
     }
+
+    fn retired(&self) {
+        for slot in &self.engines {
+            match &slot.engine {
+                ListenerEngine::Reverse(e) => e.retire(),
+                ListenerEngine::Forward(e) => e.retire(),
+                ListenerEngine::Tcp(_) => {}
+            }
+        }
+    }
 }
 
 impl WorkerListeners {
+    /// The counters of the listener named `name`, if it keeps them.
+    fn metrics_of(&self, name: &str) -> Option<Arc<ListenerMetrics>> {
+        self.engines
+            .iter()
+            .find(|slot| &*slot.name == name)
+            .and_then(|slot| {
+                let metrics = match &slot.engine {
+                    ListenerEngine::Reverse(e) => e.metrics(),
+                    ListenerEngine::Forward(e) => e.metrics(),
+                    ListenerEngine::Tcp(_) => None,
+                };
+                metrics.cloned()
+            })
+    }
+
     /// Hands every listener's buffered log lines to the writer.
     fn flush_logs(&self) {
-        for (engine, ..) in &self.engines {
-            let log = match engine {
+        for slot in &self.engines {
+            let log = match &slot.engine {
                 ListenerEngine::Reverse(e) => e.access_log(),
                 ListenerEngine::Forward(e) => e.access_log(),
                 ListenerEngine::Tcp(_) => None,
@@ -169,6 +215,10 @@ pub struct Running {
     logs: Option<LogWriter>,
     /// The admin listener, if configured.
     admin: Option<AdminServer>,
+    /// What workers build their apps from.
+    current: Arc<Mutex<Arc<Generation>>>,
+    /// Reloads asked for on the admin listener, until the caller takes them.
+    reload_requests: Option<std::sync::mpsc::Receiver<admin::ReloadRequest>>,
 }
 
 impl Running {
@@ -181,6 +231,68 @@ impl Running {
         drop(self.watcher);
         // Last: the workers handed over their lines as they stopped.
         drop(self.logs);
+    }
+
+    /// Serves `config` from now on (SIGHUP, `ringway reload`): every worker
+    /// builds its apps from it, keeping its upstream pool and DNS cache
+    /// where their settings did not change, and its counters where the
+    /// listener did not; new connections go to the new apps, connections
+    /// in flight finish under the old ones and then close. Listeners whose
+    /// address did not change keep their sockets; added ones are bound,
+    /// removed ones closed. Health checks restart on the new upstreams,
+    /// each server keeping the state its checks had found. What cannot
+    /// change without a restart (`[runtime]`, `[admin]`) stays, and the
+    /// returned notes say so. Fails, with the old configuration still
+    /// serving, when a new listener cannot be bound or a log file opened.
+    pub fn reload(&mut self, mut config: Config) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
+        let old = Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner));
+        let before = &old.config;
+        if config.runtime != before.runtime
+            || config.max_connections != before.max_connections
+            || config.max_connections_per_ip != before.max_connections_per_ip
+        {
+            notes.push("[runtime] changes apply at the next restart; the running values stay".to_owned());
+            config.runtime = before.runtime.clone();
+            config.max_connections = before.max_connections;
+            config.max_connections_per_ip = before.max_connections_per_ip;
+        }
+        if config.admin != before.admin {
+            notes.push(
+                "[admin] changes apply at the next restart; the admin listener stays as it is".to_owned(),
+            );
+            config.admin = before.admin.clone();
+        }
+        keep_health_state(before, &config);
+        let logs = listener_logs(&config, &mut self.logs).map_err(|e| e.to_string())?;
+        let generation = Arc::new(Generation { config, logs });
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&generation);
+        let config = &generation.config;
+        if let Err(e) = self.server.rebuild(listener_specs(config)) {
+            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = old;
+            return Err(e.to_string());
+        }
+        // The old prober stops before the new one starts: one set of checks.
+        self.prober = None;
+        self.prober = Prober::start(health_checks(config), &config.upstreams, Arc::clone(&config.dns))
+            .map_err(|e| format!("health checks did not restart: {e}"))?;
+        self.watcher = None;
+        self.certs = certificates(config);
+        self.watcher = CertWatcher::start(Arc::clone(&self.certs)).map_err(|e| e.to_string())?;
+        if let Some(admin) = &self.admin {
+            admin.update(
+                config,
+                self.server.local_addrs(),
+                self.logs.as_ref().map(LogWriter::stats),
+            );
+        }
+        Ok(notes)
+    }
+
+    /// The reloads asked for on the admin listener (`POST /reload`), for
+    /// the thread that owns the server to carry out; `None` without one.
+    pub fn take_reload_requests(&mut self) -> Option<std::sync::mpsc::Receiver<admin::ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// The admin listener's address, if there is one.
@@ -290,35 +402,31 @@ impl std::ops::Deref for Running {
 /// left running, when a listener cannot be bound or a worker or the prober
 /// cannot start.
 pub fn start(config: &Config) -> std::io::Result<Running> {
-    let checks = config
-        .health_checks
-        .iter()
-        .filter_map(|(group, check)| Some((Arc::clone(config.upstreams.get(*group)?), check.clone())))
-        .collect();
     let server = ServerConfig {
         runtime: config.runtime.clone(),
-        listeners: config.listeners.iter().map(|l| l.spec.clone()).collect(),
+        listeners: listener_specs(config),
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip,
         shutdown_timeout: config.shutdown_timeout,
         timer_tick: config.timer_tick,
     };
-    let upstreams = config.upstreams.clone();
-    let dns = Arc::clone(&config.dns);
-    let certs: Arc<Vec<_>> = Arc::new(
-        config
-            .listeners
-            .iter()
-            .filter_map(|l| Some((l.spec.name.clone(), Arc::clone(l.tls.as_ref()?.store()))))
-            .collect(),
-    );
-    let (logs, sinks) = start_logs(config)?;
+    let mut logs = None;
+    let sinks = listener_logs(config, &mut logs)?;
     let registry = config.admin.as_ref().map(|_| Arc::new(Registry::default()));
-    let shared = config.clone();
+    let current = Arc::new(Mutex::new(Arc::new(Generation {
+        config: config.clone(),
+        logs: sinks,
+    })));
+    let building = Arc::clone(&current);
     let worker_registry = registry.clone();
-    let server = ringway_core::start(server, move |worker: &WorkerInfo| {
-        build_worker(&shared, &sinks, worker_registry.as_deref(), worker)
-    })?;
+    let server = ringway_core::start(
+        server,
+        move |worker: &WorkerInfo, old: Option<&WorkerListeners>| {
+            let generation = Arc::clone(&building.lock().unwrap_or_else(PoisonError::into_inner));
+            build_worker(&generation, worker_registry.as_deref(), worker, old)
+        },
+    )?;
+    let (reloads, reload_requests) = std::sync::mpsc::channel();
     let admin = match (&config.admin, registry) {
         (Some(admin), Some(registry)) => {
             let running = admin::Running {
@@ -327,12 +435,15 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
                 workers: server.workers(),
                 addrs: server.local_addrs(),
                 logs: logs.as_ref().map(LogWriter::stats),
+                reloads,
             };
             Some(AdminServer::start(admin, config, running)?)
         }
         _ => None,
     };
-    let prober = Prober::start(checks, &upstreams, dns)?;
+    let reload_requests = admin.is_some().then_some(reload_requests);
+    let prober = Prober::start(health_checks(config), &config.upstreams, Arc::clone(&config.dns))?;
+    let certs = certificates(config);
     let watcher = CertWatcher::start(Arc::clone(&certs))?;
     Ok(Running {
         server,
@@ -341,15 +452,67 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
         watcher,
         logs,
         admin,
+        current,
+        reload_requests,
     })
+}
+
+/// Carries what active health checks found over a reload: a server of an
+/// upstream of the same name, at the same address, keeps its state, so a
+/// server held down is not sent requests until its checks pass again.
+fn keep_health_state(before: &Config, after: &Config) {
+    for group in &after.upstreams {
+        let Some(old) = before.upstreams.iter().find(|g| g.name == group.name) else {
+            continue;
+        };
+        for (i, server) in group.servers.iter().enumerate() {
+            if let Some(j) = old
+                .servers
+                .iter()
+                .position(|s| s.addr == server.addr && s.host == server.host)
+            {
+                group.health.set_up(i, old.health.is_up(j));
+            }
+        }
+    }
+}
+
+/// The configuration workers build their apps from: the one they started
+/// with, then each reload's.
+struct Generation {
+    config: Config,
+    logs: ListenerLogs,
+}
+
+fn listener_specs(config: &Config) -> Vec<ringway_core::ListenerSpec> {
+    config.listeners.iter().map(|l| l.spec.clone()).collect()
+}
+
+fn health_checks(config: &Config) -> Vec<(Arc<ringway_balancer::UpstreamGroup>, ringway_http::HealthCheck)> {
+    config
+        .health_checks
+        .iter()
+        .filter_map(|(group, check)| Some((Arc::clone(config.upstreams.get(*group)?), check.clone())))
+        .collect()
+}
+
+fn certificates(config: &Config) -> Arc<Vec<(String, Arc<CertStore>)>> {
+    Arc::new(
+        config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.spec.name.clone(), Arc::clone(l.tls.as_ref()?.store()))))
+            .collect(),
+    )
 }
 
 /// Each listener's access log: its format and where its lines go.
 type ListenerLogs = Vec<Option<(Arc<LogFormat>, LogSink)>>;
 
-/// Opens the access-log files (each path once, however many listeners
-/// share it) and starts their writer.
-fn start_logs(config: &Config) -> std::io::Result<(Option<LogWriter>, ListenerLogs)> {
+/// Each listener's access log, opening the files the writer does not have
+/// yet (each path once, however many listeners share it), and starting the
+/// writer the first time one is needed.
+fn listener_logs(config: &Config, writer: &mut Option<LogWriter>) -> std::io::Result<ListenerLogs> {
     let mut paths: Vec<LogPath> = Vec::new();
     for spec in config.listeners.iter().filter_map(|l| l.access_log.as_ref()) {
         if !paths.contains(&spec.path) {
@@ -357,10 +520,17 @@ fn start_logs(config: &Config) -> std::io::Result<(Option<LogWriter>, ListenerLo
         }
     }
     if paths.is_empty() {
-        return Ok((None, vec![None; config.listeners.len()]));
+        return Ok(vec![None; config.listeners.len()]);
     }
-    let (writer, sinks) = LogWriter::start(&paths)?;
-    let per_listener = config
+    let sinks = match writer {
+        Some(writer) => writer.sinks_for(&paths)?,
+        None => {
+            let (started, sinks) = LogWriter::start(&paths)?;
+            *writer = Some(started);
+            sinks
+        }
+    };
+    Ok(config
         .listeners
         .iter()
         .map(|l| {
@@ -368,8 +538,7 @@ fn start_logs(config: &Config) -> std::io::Result<(Option<LogWriter>, ListenerLo
             let file = paths.iter().position(|p| *p == spec.path)?;
             Some((Arc::clone(&spec.format), sinks[file].clone()))
         })
-        .collect();
-    Ok((Some(writer), per_listener))
+        .collect())
 }
 
 /// Each upstream's servers' TLS identities on one worker (`None` for a
@@ -397,17 +566,30 @@ fn peer_tls(config: &Config) -> Vec<Vec<Option<Rc<PeerTls>>>> {
 }
 
 fn build_worker(
-    config: &Config,
-    logs: &ListenerLogs,
+    generation: &Generation,
     registry: Option<&Registry>,
     worker: &WorkerInfo,
+    old: Option<&WorkerListeners>,
 ) -> WorkerListeners {
-    let pool = Rc::new(UpstreamPool::new(config.pool));
-    // Counted only where an admin listener can read them.
-    let upstream_metrics =
-        registry.map(|_| Arc::new(UpstreamMetrics::new(config.upstreams.iter().map(|g| g.len()))));
+    let (config, logs) = (&generation.config, &generation.logs);
+    // What a reload keeps: the idle upstream connections and the DNS cache,
+    // where their settings did not change.
+    let pool = match old {
+        Some(old) if old.pool_settings == config.pool => Rc::clone(&old.pool),
+        _ => Rc::new(UpstreamPool::new(config.pool)),
+    };
+    let resolver = match old {
+        Some(old) if *old.dns == *config.dns => Rc::clone(&old.resolver),
+        _ => Rc::new(Resolver::new(config.dns.clone())),
+    };
+    // Counted only where an admin listener can read them; a reload keeps
+    // the counts of what did not change shape.
+    let sizes: Vec<usize> = config.upstreams.iter().map(|g| g.len()).collect();
+    let upstream_metrics = registry.map(|_| match old.and_then(|o| o.upstream_metrics.as_ref()) {
+        Some(m) if m.groups.iter().map(|g| g.len()).eq(sizes.iter().copied()) => Arc::clone(m),
+        _ => Arc::new(UpstreamMetrics::new(sizes.iter().copied())),
+    });
     let mut listener_metrics = Vec::with_capacity(config.listeners.len());
-    let resolver = Rc::new(Resolver::new(config.dns.clone()));
     let peer_tls = Rc::new(peer_tls(config));
     let engines = config
         .listeners
@@ -420,14 +602,16 @@ fn build_worker(
                 log.as_ref()
                     .map(|(format, sink)| AccessLogger::new(Arc::clone(format), sink.clone()))
             };
-            let metrics = registry.and_then(|_| match &l.mode {
-                ListenerMode::Reverse { route_count, .. } => {
-                    Some(Arc::new(ListenerMetrics::new(*route_count, 0)))
-                }
-                ListenerMode::Forward { settings } => {
-                    Some(Arc::new(ListenerMetrics::new(0, settings.acl.rules.len())))
-                }
+            let shape = match &l.mode {
+                ListenerMode::Reverse { route_count, .. } => Some((*route_count, 0)),
+                ListenerMode::Forward { settings } => Some((0, settings.acl.rules.len())),
                 ListenerMode::Tcp { .. } => None,
+            };
+            let metrics = registry.and(shape).map(|(routes, rules)| {
+                let kept = old
+                    .and_then(|o| o.metrics_of(name))
+                    .filter(|m| m.has_shape(routes, rules));
+                kept.unwrap_or_else(|| Arc::new(ListenerMetrics::new(routes, rules)))
             });
             listener_metrics.push(metrics.clone());
             let engine = match &l.mode {
@@ -472,17 +656,29 @@ fn build_worker(
                     metrics: metrics.clone(),
                 })
             });
-            (engine, l.spec.addr, tls)
+            ListenerSlot {
+                engine,
+                local: l.spec.addr,
+                tls,
+                name: Rc::from(name.as_str()),
+            }
         })
         .collect();
-    if let (Some(registry), Some(upstreams)) = (registry, upstream_metrics) {
+    if let (Some(registry), Some(upstreams)) = (registry, &upstream_metrics) {
         let metrics = WorkerMetrics {
             listeners: listener_metrics,
-            upstreams,
+            upstreams: Arc::clone(upstreams),
         };
         registry.register(worker.index, metrics);
     }
-    WorkerListeners { engines, pool }
+    WorkerListeners {
+        engines,
+        pool,
+        pool_settings: config.pool,
+        resolver,
+        dns: Arc::clone(&config.dns),
+        upstream_metrics,
+    }
 }
 
 /// `engine` with its access log and counters, where kept.

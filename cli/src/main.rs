@@ -44,6 +44,14 @@ enum Command {
         #[command(flatten)]
         file: ConfigFileArg,
     },
+    /// Check a configuration file, then have the running ringway serve it
+    /// (through its [admin] listener; SIGHUP does the same): listeners,
+    /// routes, upstreams, rules and ACLs change without dropping a
+    /// connection. Exit 1 when it was not reloaded, with the reason.
+    Reload {
+        #[command(flatten)]
+        file: ConfigFileArg,
+    },
     /// Validate a configuration file and print a summary (exit 1 on errors).
     Check {
         #[command(flatten)]
@@ -181,8 +189,12 @@ impl Tuning {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => parse_embedded_default().and_then(|c| run(&c)),
-        Some(Command::Run { file }) => load(&file.path()).and_then(|c| run(&c)),
+        None => parse_embedded_default().and_then(|c| run(&c, None)),
+        Some(Command::Run { file }) => {
+            let path = file.path();
+            load(&path).and_then(|c| run(&c, Some(&path)))
+        }
+        Some(Command::Reload { file }) => reload_command(&file.path()),
         Some(Command::Check { file }) => check(&file.path()),
         Some(Command::Reverse {
             listen,
@@ -190,7 +202,7 @@ fn main() -> ExitCode {
             tuning,
         }) => quick_reverse(listen, &upstream)
             .and_then(|c| tuning.apply(c))
-            .and_then(|c| run(&c)),
+            .and_then(|c| run(&c, None)),
         Some(Command::Forward {
             listen,
             acl_file,
@@ -198,7 +210,7 @@ fn main() -> ExitCode {
         }) => config::forward_quick(listen, acl_file.as_deref())
             .map_err(anyhow::Error::from)
             .and_then(|c| tuning.apply(c))
-            .and_then(|c| run(&c)),
+            .and_then(|c| run(&c, None)),
         Some(Command::Acl {
             command:
                 AclCommand::Explain {
@@ -548,7 +560,7 @@ fn init_logging(level: Option<&str>) {
         .try_init();
 }
 
-fn run(config: &Config) -> anyhow::Result<ExitCode> {
+fn run(config: &Config, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     init_logging(config.log_level.as_deref());
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -558,8 +570,83 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let config = &config;
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]).context("installing signal handlers")?;
-    let server = factory::start(config).context("starting")?;
-    for (listener, addr) in config.listeners.iter().zip(server.local_addrs()) {
+    let mut server = factory::start(config).context("starting")?;
+    let reload_requests = server.take_reload_requests();
+    announce(config, server.local_addrs());
+    notify_systemd("READY=1");
+    // Signals, and reloads asked for on the admin listener, are handled
+    // here, one at a time.
+    let stop = 'serving: loop {
+        for signal in signals.pending() {
+            match signal {
+                SIGHUP => {
+                    match file {
+                        Some(path) => {
+                            tracing::info!("signal SIGHUP: reloading {}", path.display());
+                            let _ = reload(&mut server, path, config);
+                        }
+                        None => {
+                            tracing::info!(
+                                "signal SIGHUP: no configuration file to read again (the proxy was \
+                                 started from the command line); reloading TLS certificates only"
+                            );
+                            server.reload_certificates();
+                        }
+                    }
+                    continue;
+                }
+                SIGUSR1 if server.reopen_logs() => {
+                    tracing::info!("signal SIGUSR1: reopening the access logs");
+                    continue;
+                }
+                _ => {}
+            }
+            if !keeps_running(signal) {
+                break 'serving Some(signal);
+            }
+        }
+        if let Some(requests) = &reload_requests {
+            if let Ok(answer) = requests.recv_timeout(std::time::Duration::from_millis(100)) {
+                let result = match file {
+                    Some(path) => {
+                        tracing::info!("admin: reloading {}", path.display());
+                        reload(&mut server, path, config)
+                    }
+                    None => Err(
+                        "no configuration file to read again: the proxy was started from the command line"
+                            .to_owned(),
+                    ),
+                };
+                let _ = answer.send(result);
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    if let Some(signal) = stop {
+        tracing::info!(
+            "signal {}: stopping; finishing in-flight requests (up to {:?})",
+            signal_name(signal),
+            config.shutdown_timeout
+        );
+    }
+    notify_systemd("STOPPING=1");
+    server.shutdown();
+    // A second stop signal while draining stops at once.
+    std::thread::spawn(move || {
+        if signals.forever().any(|signal| !keeps_running(signal)) {
+            eprintln!("ringway: second signal, exiting now");
+            std::process::exit(130);
+        }
+    });
+    server.wait();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says where each listener serves (at start, and after a reload).
+fn announce(config: &Config, addrs: &[std::net::SocketAddr]) {
+    for (listener, addr) in config.listeners.iter().zip(addrs) {
         match listener.mode {
             ListenerMode::Reverse { .. } => {
                 tracing::info!("listener {:?}: reverse proxy on {addr}", listener.spec.name);
@@ -580,35 +667,120 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let stop = signals.forever().find(|&signal| {
-        match signal {
-            SIGHUP => server.reload_certificates(),
-            SIGUSR1 if server.reopen_logs() => {
-                tracing::info!("signal SIGUSR1: reopening the access logs");
-                return false;
+}
+
+/// Reads `path` again and serves it, if it is valid; otherwise logs why
+/// and keeps the running configuration. Returns what the log says.
+fn reload(server: &mut factory::Running, path: &Path, running: &Config) -> Result<Vec<String>, String> {
+    notify_systemd("RELOADING=1");
+    let result = match config::load(path) {
+        Err(e) => Err(format!(
+            "the configuration was not reloaded; the running one stays:\n{e}"
+        )),
+        Ok(mut next) => {
+            for warning in &next.warnings {
+                tracing::warn!("{warning}");
             }
-            _ => {}
+            // A limit ringway fitted to the descriptors stays fitted.
+            if !next.max_connections_set {
+                next.max_connections = running.max_connections;
+            }
+            let announced = next.clone();
+            let reloaded = server
+                .reload(next)
+                .map_err(|e| format!("the configuration was not reloaded; the running one stays: {e}"));
+            if reloaded.is_ok() {
+                announce(&announced, server.local_addrs());
+            }
+            reloaded
         }
-        !keeps_running(signal)
-    });
-    if let Some(signal) = stop {
-        tracing::info!(
-            "signal {}: stopping; finishing in-flight requests (up to {:?})",
-            signal_name(signal),
-            config.shutdown_timeout
-        );
+    };
+    match &result {
+        Ok(notes) => {
+            for note in notes {
+                tracing::warn!("reload: {note}");
+            }
+            tracing::info!("configuration reloaded from {}", path.display());
+        }
+        Err(e) => tracing::error!("{e}"),
     }
-    server.shutdown();
-    // A second stop signal while draining stops at once.
-    std::thread::spawn(move || {
-        if signals.forever().any(|signal| !keeps_running(signal)) {
-            eprintln!("ringway: second signal, exiting now");
-            std::process::exit(130);
+    notify_systemd("READY=1");
+    result
+}
+
+/// Tells systemd (a `Type=notify` service) how the service stands, when
+/// it runs under systemd (`NOTIFY_SOCKET` is set); otherwise nothing.
+fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = socket.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        // An abstract socket: a leading NUL instead of the @.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
         }
-    });
-    server.wait();
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+        None => std::os::unix::net::SocketAddr::from_pathname(Path::new(&socket)),
+    };
+    let Ok(addr) = addr else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let message = if state == "RELOADING=1" {
+        // systemd 253+ wants the time of the reload with it.
+        format!("RELOADING=1\nMONOTONIC_USEC={}", ringway_core::monotonic_micros())
+    } else {
+        state.to_owned()
+    };
+    let _ = sock.send_to_addr(message.as_bytes(), &addr);
+}
+
+/// `ringway reload FILE`: checks FILE, then asks the running ringway to
+/// serve it through its admin listener (`[admin]` in FILE says where).
+fn reload_command(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("ringway: not reloaded: the running configuration stays");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let Some(admin) = &config.admin else {
+        anyhow::bail!(
+            "{} has no [admin] listener to ask: add one, or send SIGHUP (systemctl reload ringway; kill -HUP $(pidof ringway))",
+            path.display()
+        );
+    };
+    let mut stream = std::net::TcpStream::connect(admin.listen).with_context(|| {
+        format!(
+            "connecting to the admin listener at {} (is ringway running?)",
+            admin.listen
+        )
+    })?;
+    let auth = admin
+        .token
+        .as_deref()
+        .map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    use std::io::{Read, Write};
+    stream.write_all(
+        format!(
+            "POST /reload HTTP/1.1\r\nHost: ringway\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let ok = head.starts_with("HTTP/1.1 200");
+    if ok {
+        print!("{body}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{body}");
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// Raises the open-file limit to the hard limit, and fits the connection
@@ -669,14 +841,12 @@ fn raise_descriptor_limit(config: &mut Config) {
 
 /// Whether `signal` leaves ringway running (after saying what it does):
 /// SIGHUP and SIGUSR1, which `systemctl reload` and logrotate send, and
-/// SIGUSR2, must never stop a proxy that serves traffic.
+/// SIGUSR2, must never stop a proxy that serves traffic (SIGHUP reloads
+/// and SIGUSR1 reopens the logs before this is asked).
 fn keeps_running(signal: i32) -> bool {
     match signal {
-        SIGHUP => tracing::warn!(
-            "signal SIGHUP: received; live reload is not implemented yet beyond TLS \
-             certificates (their reload is logged above): the rest of the running configuration \
-             stays as it is (restart ringway to apply a changed file)"
-        ),
+        // While serving, SIGHUP reloads before it gets here.
+        SIGHUP => tracing::warn!("signal SIGHUP: received while stopping; not reloaded"),
         SIGUSR1 => {
             tracing::info!("signal SIGUSR1: received; no access log is kept, so there is no file to reopen")
         }

@@ -24,6 +24,7 @@ pub use error::{Error, ErrorKind, OrErr, Result, Side};
 pub use free_list::FreeList;
 pub use listener::{ListenerSpec, OwnAddresses};
 pub use per_ip::PerIpConnections;
+pub use rlimit::monotonic_micros;
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
 pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Rejected, Wait, WorkerStats};

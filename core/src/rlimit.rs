@@ -1,6 +1,7 @@
 //! The process's open-file limit: raised at start as far as the hard limit
 //! allows, as HAProxy does to fit its connection limit, so that a worker
-//! does not run out of descriptors long before `max_connections`.
+//! does not run out of descriptors long before `max_connections`; and the
+//! monotonic clock systemd's notifications carry.
 
 use std::io;
 
@@ -43,6 +44,23 @@ pub fn raise_open_files() -> io::Result<OpenFiles> {
         now: limit.rlim_cur,
         hard: limit.rlim_max,
     })
+}
+
+/// The monotonic clock (`CLOCK_MONOTONIC`) in microseconds: what systemd's
+/// `MONOTONIC_USEC` notification field wants.
+pub fn monotonic_micros() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, which lives
+    // for the call.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } == 0;
+    if !ok {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Starting workers, accepting connections and stopping gracefully.
+//! Starting workers, accepting connections, rebuilding them on a reload, and
+//! stopping gracefully.
 //!
 //! [`start`] binds every listener once per worker (`SO_REUSEPORT`), starts
 //! one pinned thread per worker with its own runtime, and builds the worker's
@@ -6,9 +7,12 @@
 //! `RefCell` state (pools, counters) that never crosses threads. Each accepted
 //! connection becomes a task on the worker that accepted it. The returned
 //! [`ServerHandle`] stops the server: [`ServerHandle::shutdown`] starts the
-//! drain described in the `worker` module, [`ServerHandle::wait`] joins.
+//! drain described in the `worker` module, [`ServerHandle::wait`] joins;
+//! [`ServerHandle::rebuild`] (a reload) has every worker build its app
+//! anew, keeping the sockets of listeners that stay.
 
 use std::{
+    cell::{Cell, RefCell},
     future::Future,
     io::{self, Write},
     net::SocketAddr,
@@ -114,16 +118,47 @@ pub trait WorkerApp: 'static {
     /// Runs once on the worker after its drain, before it ends (to hand
     /// over buffered log lines). The default does nothing.
     fn stopped(&self) {}
+
+    /// A rebuild replaced this app: new connections go to the new one,
+    /// and this one finishes what it has (its connections should close
+    /// after their current answer). The default does nothing.
+    fn retired(&self) {}
 }
 
 /// A running server.
 pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
+    /// The listeners as configured (port 0 where the kernel picked one).
+    specs: Vec<ListenerSpec>,
     workers: Vec<WorkerInfo>,
     stats: Vec<Arc<WorkerStats>>,
     stop: Vec<UnixStream>,
+    control: Vec<mpsc::Sender<Control>>,
     threads: Vec<thread::JoinHandle<()>>,
 }
+
+/// What a worker is told besides stopping.
+enum Control {
+    /// Serve `listeners` (each kept from the ones it has, by index, or a
+    /// new socket) with an app built anew; the old app finishes what it
+    /// has. Answers on `done` once it serves with the new one.
+    Rebuild {
+        listeners: Vec<Incoming>,
+        own_addresses: Arc<OwnAddresses>,
+        done: mpsc::Sender<io::Result<()>>,
+    },
+}
+
+/// A listener of a rebuilt worker.
+enum Incoming {
+    /// The socket the worker has at this index, accept queue and all.
+    Keep(usize),
+    /// A socket bound for a listener the configuration added.
+    New(std::net::TcpListener),
+}
+
+/// The wake-up byte that means "read the control channel".
+const CONTROL_BYTE: u8 = b'r';
 
 impl ServerHandle {
     /// The bound address of each listener, in configuration order.
@@ -146,6 +181,89 @@ impl ServerHandle {
         for mut stop in &self.stop {
             let _ = stop.write_all(b"x");
         }
+    }
+
+    /// Serves `listeners` from now on, with apps the factory builds anew on
+    /// every worker (it is given the old app, to carry over what should
+    /// survive: pools, caches). A listener whose configured address did
+    /// not change keeps its sockets, so no connection to it is refused;
+    /// added ones are bound first (an address in use fails the rebuild
+    /// before anything changed); removed ones close once every worker
+    /// dropped them. Connections in flight keep the app they began with.
+    /// Returns once every worker serves with its new app.
+    pub fn rebuild(&mut self, listeners: Vec<ListenerSpec>) -> io::Result<()> {
+        let workers = self.stop.len();
+        // A listener keeps the sockets of the old one configured at the same
+        // address (by name too where the port is 0, the kernel's pick), each
+        // old one taken once.
+        let mut taken = vec![false; self.specs.len()];
+        let kept: Vec<Option<usize>> = listeners
+            .iter()
+            .map(|spec| {
+                let found = self.specs.iter().enumerate().position(|(i, old)| {
+                    !taken[i] && old.addr == spec.addr && (spec.addr.port() != 0 || old.name == spec.name)
+                });
+                if let Some(i) = found {
+                    taken[i] = true;
+                }
+                found
+            })
+            .collect();
+        let added: Vec<ListenerSpec> = listeners
+            .iter()
+            .zip(&kept)
+            .filter(|(_, kept)| kept.is_none())
+            .map(|(spec, _)| spec.clone())
+            .collect();
+        let (mut sockets, added_addrs) = bind_all(&added, workers)?;
+        let mut local_addrs = Vec::with_capacity(listeners.len());
+        let mut added_addrs = added_addrs.into_iter();
+        for kept in &kept {
+            match kept {
+                Some(i) => local_addrs.push(self.local_addrs[*i]),
+                None => local_addrs.push(
+                    added_addrs
+                        .next()
+                        .ok_or_else(|| io::Error::other("listener mismatch"))?,
+                ),
+            }
+        }
+        let own_addresses = Arc::new(OwnAddresses::new(&local_addrs));
+        let (done_tx, done_rx) = mpsc::channel();
+        for (worker, (control, mut wake)) in self.control.iter().zip(&self.stop).enumerate() {
+            let mut new = std::mem::take(&mut sockets[worker]).into_iter();
+            let incoming = kept
+                .iter()
+                .map(|kept| match kept {
+                    Some(i) => Some(Incoming::Keep(*i)),
+                    None => new.next().map(Incoming::New),
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| io::Error::other("listener mismatch"))?;
+            let message = Control::Rebuild {
+                listeners: incoming,
+                own_addresses: Arc::clone(&own_addresses),
+                done: done_tx.clone(),
+            };
+            control
+                .send(message)
+                .map_err(|_| io::Error::other(format!("worker {worker} has stopped")))?;
+            wake.write_all(&[CONTROL_BYTE])?;
+        }
+        drop(done_tx);
+        for _ in 0..workers {
+            match done_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a worker stopped during the rebuild")),
+            }
+        }
+        self.specs = listeners;
+        self.local_addrs = local_addrs;
+        for info in &mut self.workers {
+            info.own_addresses = Arc::clone(&own_addresses);
+        }
+        Ok(())
     }
 
     /// Waits until every worker has finished its drain.
@@ -171,7 +289,7 @@ impl Drop for ServerHandle {
 /// worker's runtime cannot be built.
 pub fn start<F, A>(config: ServerConfig, factory: F) -> io::Result<ServerHandle>
 where
-    F: Fn(&WorkerInfo) -> A + Send + Sync + 'static,
+    F: Fn(&WorkerInfo, Option<&A>) -> A + Send + Sync + 'static,
     A: WorkerApp,
 {
     let workers = config.runtime.workers.max(1);
@@ -186,9 +304,11 @@ where
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<WorkerInfo>>();
     let mut handle = ServerHandle {
         local_addrs,
+        specs: config.listeners.clone(),
         workers: Vec::with_capacity(workers),
         stats: Vec::with_capacity(workers),
         stop: Vec::with_capacity(workers),
+        control: Vec::with_capacity(workers),
         threads: Vec::with_capacity(workers),
     };
 
@@ -196,6 +316,7 @@ where
         let listeners = std::mem::take(&mut sockets[index]);
         let (stop_tx, stop_rx) = UnixStream::pair()?;
         stop_rx.set_nonblocking(true)?;
+        let (control_tx, control_rx) = mpsc::channel();
         let stats = Arc::new(WorkerStats::default());
         let cpu = (config.runtime.pin_cpus && !cpus.is_empty()).then(|| cpus[index % cpus.len()]);
         let setup = WorkerSetup {
@@ -203,6 +324,7 @@ where
             cpu,
             listeners,
             stop: stop_rx,
+            control: control_rx,
             stats: Arc::clone(&stats),
             max_connections: config.max_connections,
             per_ip: per_ip.clone(),
@@ -218,6 +340,7 @@ where
             .name(format!("ringway-w{index}"))
             .spawn(move || run_worker(setup, &*factory, ready))?;
         handle.stop.push(stop_tx);
+        handle.control.push(control_tx);
         handle.stats.push(stats);
         handle.threads.push(thread);
     }
@@ -239,6 +362,7 @@ struct WorkerSetup {
     cpu: Option<usize>,
     listeners: Vec<std::net::TcpListener>,
     stop: UnixStream,
+    control: mpsc::Receiver<Control>,
     stats: Arc<WorkerStats>,
     max_connections: usize,
     per_ip: Option<Arc<PerIpConnections>>,
@@ -251,7 +375,7 @@ struct WorkerSetup {
 
 fn run_worker<F, A>(setup: WorkerSetup, factory: &F, ready: mpsc::Sender<io::Result<WorkerInfo>>)
 where
-    F: Fn(&WorkerInfo) -> A,
+    F: Fn(&WorkerInfo, Option<&A>) -> A,
     A: WorkerApp,
 {
     let cpu = setup.cpu.filter(|&cpu| runtime::pin_current_thread(cpu));
@@ -289,11 +413,11 @@ where
 
 async fn worker_main<F, A>(
     setup: WorkerSetup,
-    info: WorkerInfo,
+    mut info: WorkerInfo,
     factory: &F,
     ready: mpsc::Sender<io::Result<WorkerInfo>>,
 ) where
-    F: Fn(&WorkerInfo) -> A,
+    F: Fn(&WorkerInfo, Option<&A>) -> A,
     A: WorkerApp,
 {
     let state = Rc::new(WorkerState::new(
@@ -306,7 +430,7 @@ async fn worker_main<F, A>(
     let mut listeners = Vec::with_capacity(setup.listeners.len());
     for l in setup.listeners {
         match monoio::net::TcpListener::from_std(l) {
-            Ok(l) => listeners.push(l),
+            Ok(l) => listeners.push(Rc::new(l)),
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -320,24 +444,96 @@ async fn worker_main<F, A>(
             return;
         }
     };
-    let app = Rc::new(factory(&info));
+    let mut app = Rc::new(factory(&info, None));
     let cpu = info
         .cpu
         .map_or_else(|| "unpinned".to_owned(), |c| format!("CPU {c}"));
     tracing::info!("worker {} started on {cpu}, driver {}", info.index, info.driver);
-    let _ = ready.send(Ok(info));
+    let _ = ready.send(Ok(info.clone()));
     drop(ready);
 
+    // One accept loop per listening socket, for the worker's life or the
+    // listener's: a rebuild points a kept socket's loop at the new app
+    // (never cancelling an accept in flight, which on io_uring would lose
+    // the connection it took), starts loops for new sockets, and shuts
+    // removed ones down.
+    let mut targets: Vec<Rc<AcceptTarget<A>>> = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
-        monoio::spawn(accept_loop(index, listener, Rc::clone(&app), Rc::clone(&state)));
+        let target = Rc::new(AcceptTarget::new(index, listener, Rc::clone(&app)));
+        monoio::spawn(accept_loop(Rc::clone(&target), Rc::clone(&state)));
+        targets.push(target);
     }
-    let upkeep = Rc::clone(&app);
+    // The sweeper's upkeep runs on the app of the day.
+    let current: Rc<RefCell<Rc<A>>> = Rc::new(RefCell::new(Rc::clone(&app)));
+    let upkeep = Rc::clone(&current);
     monoio::spawn(run_sweeper(Rc::clone(&state), move |now_ms| {
-        upkeep.housekeeping(now_ms)
+        let app = Rc::clone(&upkeep.borrow());
+        app.housekeeping(now_ms)
     }));
 
-    // A byte, or the handle's end of the pair closing, means stop.
-    let (_, _) = stop.read(vec![0u8; 1]).await;
+    // CONTROL_BYTE means a message on the control channel; any other byte,
+    // or the handle's end of the pair closing, means stop.
+    loop {
+        let (read, buf) = stop.read(vec![0u8; 1]).await;
+        if !matches!(read, Ok(1) if buf[0] == CONTROL_BYTE) {
+            break;
+        }
+        let Ok(Control::Rebuild {
+            listeners: incoming,
+            own_addresses,
+            done,
+        }) = setup.control.try_recv()
+        else {
+            continue;
+        };
+        // Adopt the new sockets first: a failure changes nothing.
+        let mut adopted = Vec::with_capacity(incoming.len());
+        let mut failed = None;
+        for source in incoming {
+            match source {
+                Incoming::Keep(i) if i < targets.len() => adopted.push(Ok(i)),
+                Incoming::Keep(_) => failed = Some(io::Error::other("no listener to keep")),
+                Incoming::New(l) => match monoio::net::TcpListener::from_std(l) {
+                    Ok(l) => adopted.push(Err(Rc::new(l))),
+                    Err(e) => failed = Some(e),
+                },
+            }
+        }
+        if let Some(e) = failed {
+            let _ = done.send(Err(e));
+            continue;
+        }
+        info.own_addresses = own_addresses;
+        let fresh = Rc::new(factory(&info, Some(&app)));
+        app.retired();
+        app = fresh;
+        *current.borrow_mut() = Rc::clone(&app);
+        let mut next = Vec::with_capacity(adopted.len());
+        let mut kept = vec![false; targets.len()];
+        for (index, source) in adopted.into_iter().enumerate() {
+            let target = match source {
+                Ok(old) => {
+                    kept[old] = true;
+                    let target = Rc::clone(&targets[old]);
+                    target.point_at(index, Rc::clone(&app));
+                    target
+                }
+                Err(listener) => {
+                    let target = Rc::new(AcceptTarget::new(index, listener, Rc::clone(&app)));
+                    monoio::spawn(accept_loop(Rc::clone(&target), Rc::clone(&state)));
+                    target
+                }
+            };
+            next.push(target);
+        }
+        for (old, target) in targets.iter().enumerate() {
+            if !kept[old] {
+                target.remove();
+            }
+        }
+        targets = next;
+        let _ = done.send(Ok(()));
+    }
     state.begin_drain();
     let connections = state.connection_count();
     if connections > 0 {
@@ -367,19 +563,56 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 /// At most one log line per this long about accepts that keep failing.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
-async fn accept_loop<A: WorkerApp>(
-    index: usize,
-    listener: monoio::net::TcpListener,
-    app: Rc<A>,
-    state: Rc<WorkerState>,
-) {
+/// What a listening socket's accept loop hands connections to: the app
+/// of the day and the listener's index in it, both changed by a rebuild.
+struct AcceptTarget<A> {
+    listener: Rc<monoio::net::TcpListener>,
+    index: Cell<usize>,
+    app: RefCell<Rc<A>>,
+    /// A rebuild removed the listener: its loop ends.
+    removed: Cell<bool>,
+}
+
+impl<A: WorkerApp> AcceptTarget<A> {
+    fn new(index: usize, listener: Rc<monoio::net::TcpListener>, app: Rc<A>) -> Self {
+        Self {
+            listener,
+            index: Cell::new(index),
+            app: RefCell::new(app),
+            removed: Cell::new(false),
+        }
+    }
+
+    fn point_at(&self, index: usize, app: Rc<A>) {
+        self.index.set(index);
+        *self.app.borrow_mut() = app;
+    }
+
+    /// Ends the loop: shutting the listening socket down makes its pending
+    /// accept fail at once (connections still in its queue are reset, as
+    /// closing it would), and the loop, seeing `removed`, returns and drops
+    /// the socket.
+    fn remove(&self) {
+        self.removed.set(true);
+        crate::socket::shutdown_listener(self.listener.as_raw_fd());
+    }
+}
+
+/// One listening socket's accept loop on one worker, until the worker
+/// drains or a rebuild removes the listener.
+async fn accept_loop<A: WorkerApp>(target: Rc<AcceptTarget<A>>, state: Rc<WorkerState>) {
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut failures = AcceptFailures::default();
     loop {
         let accepted = monoio::select! {
-            r = listener.accept() => r,
+            r = target.listener.accept() => r,
             _ = state.draining.wait() => return,
         };
+        if target.removed.get() {
+            return;
+        }
+        let index = target.index.get();
+        let app = Rc::clone(&target.app.borrow());
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF.0;
@@ -410,6 +643,9 @@ async fn accept_loop<A: WorkerApp>(
                 monoio::select! {
                     _ = monoio::time::sleep(backoff) => {}
                     _ = state.draining.wait() => return,
+                }
+                if target.removed.get() {
+                    return;
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
             }

@@ -132,6 +132,12 @@ impl ListenerMetrics {
             tls_handshakes: Default::default(),
         }
     }
+
+    /// Whether these counters fit a listener with `routes` routes and
+    /// `acl_rules` ACL rules (a reload keeps them then).
+    pub fn has_shape(&self, routes: usize, acl_rules: usize) -> bool {
+        self.routes.len() == routes && self.acl.len() == acl_rules + ACL_SPECIAL.len()
+    }
 }
 
 /// One upstream server's counters on one worker.

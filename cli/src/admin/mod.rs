@@ -1,6 +1,7 @@
 //! The admin listener (`[admin]`): `/metrics` in Prometheus's text format,
 //! `/healthz`, `/status` (an HTML page that refreshes itself from
-//! `/status.json`) and `/config` (the running file, secrets redacted).
+//! `/status.json`), `/config` (the running file, secrets redacted) and
+//! `POST /reload` (read the file again and serve it, as SIGHUP does).
 //!
 //! It runs on its own thread with blocking sockets, apart from the workers:
 //! a scrape reads the workers' counters ([`Registry`]) with relaxed loads
@@ -16,7 +17,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        mpsc, Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
     time::{Duration, SystemTime},
@@ -78,17 +79,31 @@ struct ListenerView {
     acl_rules: Vec<String>,
 }
 
+/// A reload asked for on the admin listener: the main thread, which owns
+/// the server, answers on the channel with the reload's notes or why it
+/// failed.
+pub type ReloadRequest = mpsc::Sender<Result<Vec<String>, String>>;
+
 /// What the admin thread reads.
 struct View {
     registry: Arc<Registry>,
     stats: Vec<Arc<WorkerStats>>,
     workers: Vec<WorkerInfo>,
+    started: SystemTime,
+    token: Option<Arc<str>>,
+    /// What a reload changes.
+    served: Mutex<Arc<Served>>,
+    /// Where `POST /reload` goes.
+    reloads: Mutex<mpsc::Sender<ReloadRequest>>,
+}
+
+/// The configuration being served, as the pages show it.
+struct Served {
     listeners: Vec<ListenerView>,
     upstreams: Vec<Arc<UpstreamGroup>>,
     logs: Option<LogStats>,
-    started: SystemTime,
     source: Arc<str>,
-    token: Option<Arc<str>>,
+    reloads: u64,
 }
 
 /// The running admin listener; dropping it stops it.
@@ -96,6 +111,7 @@ pub struct AdminServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    view: Arc<View>,
 }
 
 /// The server's state the admin pages show, besides the configuration.
@@ -110,6 +126,8 @@ pub struct Running<'a> {
     pub addrs: &'a [SocketAddr],
     /// The log writer's counters, if access logs are kept.
     pub logs: Option<LogStats>,
+    /// Where `POST /reload` sends its requests.
+    pub reloads: mpsc::Sender<ReloadRequest>,
 }
 
 impl AdminServer {
@@ -123,17 +141,22 @@ impl AdminServer {
             )
         })?;
         let addr = listener.local_addr()?;
-        let view = View {
+        let view = Arc::new(View {
             registry: running.registry,
             stats: running.stats.to_vec(),
             workers: running.workers.to_vec(),
-            listeners: listener_views(config, running.addrs),
-            upstreams: config.upstreams.clone(),
-            logs: running.logs,
             started: SystemTime::now(),
-            source: Arc::clone(&config.source),
             token: admin.token.clone(),
-        };
+            reloads: Mutex::new(running.reloads),
+            served: Mutex::new(Arc::new(Served {
+                listeners: listener_views(config, running.addrs),
+                upstreams: config.upstreams.clone(),
+                logs: running.logs,
+                source: Arc::clone(&config.source),
+                reloads: 0,
+            })),
+        });
+        let served_view = Arc::clone(&view);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -144,7 +167,7 @@ impl AdminServer {
                         return;
                     }
                     if let Ok(stream) = stream {
-                        let _ = serve(stream, &view);
+                        let _ = serve(stream, &served_view);
                     }
                 }
             })?;
@@ -153,7 +176,20 @@ impl AdminServer {
             addr,
             stop,
             thread: Some(thread),
+            view,
         })
+    }
+
+    /// Shows `config` from now on (after a reload), served on `addrs`.
+    pub fn update(&self, config: &Config, addrs: &[SocketAddr], logs: Option<LogStats>) {
+        let mut served = self.view.served.lock().unwrap_or_else(PoisonError::into_inner);
+        *served = Arc::new(Served {
+            listeners: listener_views(config, addrs),
+            upstreams: config.upstreams.clone(),
+            logs,
+            source: Arc::clone(&config.source),
+            reloads: served.reloads + 1,
+        });
     }
 
     /// The bound address.
@@ -238,7 +274,18 @@ fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
     let head = req.method_bytes() == b"HEAD";
     let path = req.path();
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    if req.method_bytes() != b"GET" && !head {
+    let post = req.method_bytes() == b"POST";
+    if path == b"/reload" && !post {
+        return respond(
+            &mut stream,
+            405,
+            "text/plain",
+            "POST /reload\n",
+            head,
+            &[("Allow", "POST")],
+        );
+    }
+    if req.method_bytes() != b"GET" && !head && !(post && path == b"/reload") {
         return respond(
             &mut stream,
             405,
@@ -258,10 +305,43 @@ fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
             &[("WWW-Authenticate", "Basic realm=\"ringway admin\", charset=\"UTF-8\"")],
         );
     }
+    let served = Arc::clone(&view.served.lock().unwrap_or_else(PoisonError::into_inner));
     match path {
+        b"/reload" => {
+            let (tx, rx) = mpsc::channel();
+            let sent = view
+                .reloads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(tx);
+            let answer = match sent {
+                Ok(()) => rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| Err("the reload did not finish within 60 s; see the log".to_owned())),
+                Err(_) => Err("this ringway cannot reload (it is stopping)".to_owned()),
+            };
+            match answer {
+                Ok(notes) => {
+                    let mut body = String::from("reloaded\n");
+                    for note in notes {
+                        body.push_str(&note);
+                        body.push('\n');
+                    }
+                    respond(&mut stream, 200, "text/plain; charset=utf-8", &body, false, &[])
+                }
+                Err(e) => respond(
+                    &mut stream,
+                    422,
+                    "text/plain; charset=utf-8",
+                    &format!("{e}\n"),
+                    false,
+                    &[],
+                ),
+            }
+        }
         b"/healthz" => respond(&mut stream, 200, "text/plain", "ok\n", head, &[]),
         b"/metrics" => {
-            let body = render::prometheus(view, &view.registry.snapshot());
+            let body = render::prometheus(view, &served, &view.registry.snapshot());
             respond(
                 &mut stream,
                 200,
@@ -280,14 +360,14 @@ fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
             &[],
         ),
         b"/status.json" => {
-            let body = render::status_json(view, &view.registry.snapshot());
+            let body = render::status_json(view, &served, &view.registry.snapshot());
             respond(&mut stream, 200, "application/json", &body, head, &[])
         }
         b"/config" => respond(
             &mut stream,
             200,
             "text/plain; charset=utf-8",
-            &render::redacted(&view.source),
+            &render::redacted(&served.source),
             head,
             &[],
         ),

@@ -5,7 +5,7 @@ use std::{fmt::Write, time::SystemTime};
 
 use ringway_http::metrics::{ListenerMetrics, ServerMetrics, ACL_SPECIAL, LATENCY_BOUNDS_US, STATUS_CLASSES};
 
-use super::{View, WorkerMetrics};
+use super::{Served, View, WorkerMetrics};
 
 /// The status page: tables and a requests/s chart, filled by its script
 /// from `/status.json` every second.
@@ -59,7 +59,7 @@ fn seconds_since_epoch(at: SystemTime) -> f64 {
 }
 
 /// `/metrics`.
-pub(super) fn prometheus(view: &View, workers: &[WorkerMetrics]) -> String {
+pub(super) fn prometheus(view: &View, served: &Served, workers: &[WorkerMetrics]) -> String {
     let mut out = String::with_capacity(16 * 1024);
     header(&mut out, "ringway_build_info", "gauge", "The running version.");
     let _ = writeln!(
@@ -78,6 +78,13 @@ pub(super) fn prometheus(view: &View, workers: &[WorkerMetrics]) -> String {
         "ringway_start_time_seconds {:.3}",
         seconds_since_epoch(view.started)
     );
+    header(
+        &mut out,
+        "ringway_config_reloads_total",
+        "counter",
+        "Configurations reloaded (SIGHUP, ringway reload) and now served.",
+    );
+    let _ = writeln!(out, "ringway_config_reloads_total {}", served.reloads);
     header(&mut out, "ringway_workers", "gauge", "Worker threads.");
     let _ = writeln!(out, "ringway_workers {}", view.workers.len());
 
@@ -121,7 +128,7 @@ pub(super) fn prometheus(view: &View, workers: &[WorkerMetrics]) -> String {
         );
     }
 
-    let http: Vec<(usize, &super::ListenerView)> = view
+    let http: Vec<(usize, &super::ListenerView)> = served
         .listeners
         .iter()
         .enumerate()
@@ -281,7 +288,7 @@ pub(super) fn prometheus(view: &View, workers: &[WorkerMetrics]) -> String {
         "gauge",
         "Whether active health checks hold the server up (1 without checks).",
     );
-    for g in &view.upstreams {
+    for g in &served.upstreams {
         for i in 0..g.servers.len() {
             let _ = writeln!(
                 out,
@@ -320,7 +327,7 @@ pub(super) fn prometheus(view: &View, workers: &[WorkerMetrics]) -> String {
     ];
     for (kind, (metric, help, read)) in per_server {
         header(&mut out, metric, kind, help);
-        for (gi, g) in view.upstreams.iter().enumerate() {
+        for (gi, g) in served.upstreams.iter().enumerate() {
             for si in 0..g.servers.len() {
                 let n: u64 = workers
                     .iter()
@@ -336,7 +343,7 @@ pub(super) fn prometheus(view: &View, workers: &[WorkerMetrics]) -> String {
             }
         }
     }
-    if let Some(logs) = &view.logs {
+    if let Some(logs) = &served.logs {
         header(
             &mut out,
             "ringway_log_lines_written_total",
@@ -360,13 +367,14 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
 }
 
 /// `/status.json`: what the status page shows.
-pub(super) fn status_json(view: &View, workers: &[WorkerMetrics]) -> String {
+pub(super) fn status_json(view: &View, served: &Served, workers: &[WorkerMetrics]) -> String {
     let mut out = String::with_capacity(4096);
     let uptime = view.started.elapsed().map_or(0, |d| d.as_secs());
     let _ = write!(
         out,
-        "{{\"version\":\"{}\",\"uptime_s\":{uptime},\"workers\":[",
-        env!("CARGO_PKG_VERSION")
+        "{{\"version\":\"{}\",\"uptime_s\":{uptime},\"reloads\":{},\"workers\":[",
+        env!("CARGO_PKG_VERSION"),
+        served.reloads
     );
     for (i, (info, s)) in view.workers.iter().zip(&view.stats).enumerate() {
         if i > 0 {
@@ -383,7 +391,7 @@ pub(super) fn status_json(view: &View, workers: &[WorkerMetrics]) -> String {
         );
     }
     out.push_str("],\"listeners\":[");
-    for (i, l) in view.listeners.iter().enumerate() {
+    for (i, l) in served.listeners.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -407,7 +415,7 @@ pub(super) fn status_json(view: &View, workers: &[WorkerMetrics]) -> String {
     }
     out.push_str("],\"routes\":[");
     let mut routes: Vec<(u64, String, &[String; 3])> = Vec::new();
-    for (i, l) in view.listeners.iter().enumerate() {
+    for (i, l) in served.listeners.iter().enumerate() {
         for (r, labels) in l.routes.iter().enumerate() {
             let n = sum(workers, i, |m| {
                 m.routes.get(r).map_or(0, |c| c.iter().map(|x| x.get()).sum())
@@ -430,7 +438,7 @@ pub(super) fn status_json(view: &View, workers: &[WorkerMetrics]) -> String {
         );
     }
     out.push_str("],\"upstreams\":[");
-    for (gi, g) in view.upstreams.iter().enumerate() {
+    for (gi, g) in served.upstreams.iter().enumerate() {
         if gi > 0 {
             out.push(',');
         }

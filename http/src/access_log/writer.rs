@@ -28,6 +28,8 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 enum Message {
     /// Lines for the file at this index.
     Lines(usize, Vec<u8>, u64),
+    /// Files a reload added, opened by the caller, at the next indices.
+    Add(Vec<(LogPath, Output)>),
     /// Open every file again.
     Reopen,
     /// Everything sent before has been written: end.
@@ -54,6 +56,7 @@ impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Lines(file, bytes, lines) => write!(f, "Lines({file}, {} bytes, {lines})", bytes.len()),
+            Self::Add(files) => write!(f, "Add({} files)", files.len()),
             Self::Reopen => f.write_str("Reopen"),
             Self::Stop => f.write_str("Stop"),
         }
@@ -132,6 +135,8 @@ pub struct LogWriter {
     tx: SyncSender<Message>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The files it writes, by index.
+    paths: Vec<LogPath>,
 }
 
 impl LogWriter {
@@ -149,6 +154,7 @@ impl LogWriter {
         let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
         let shared = Arc::new(Shared::default());
         let paths = paths.to_vec();
+        let paths_kept = paths.clone();
         let writer_shared = Arc::clone(&shared);
         let sinks = (0..paths.len())
             .map(|file| LogSink {
@@ -159,15 +165,48 @@ impl LogWriter {
             .collect();
         let thread = std::thread::Builder::new()
             .name("ringway-log".to_owned())
-            .spawn(move || write_loop(&rx, &paths, outputs, &writer_shared))?;
+            .spawn(move || write_loop(&rx, paths, outputs, &writer_shared))?;
         Ok((
             Self {
                 tx,
                 shared,
                 thread: Some(thread),
+                paths: paths_kept,
             },
             sinks,
         ))
+    }
+
+    /// A sink for each of `wanted`: the file's own when the writer has it
+    /// already, else one for the file opened now (a reload that names a new
+    /// file). Fails, naming the file, when one cannot be opened; nothing
+    /// was added then.
+    pub fn sinks_for(&mut self, wanted: &[LogPath]) -> io::Result<Vec<LogSink>> {
+        let mut added = Vec::new();
+        for path in wanted {
+            if self.paths.contains(path) || added.iter().any(|(p, _)| p == path) {
+                continue;
+            }
+            let output = match path {
+                LogPath::Stderr => Output::Stderr,
+                LogPath::File(p) => Output::File(open(p)?),
+            };
+            added.push((path.clone(), output));
+        }
+        if !added.is_empty() {
+            self.paths.extend(added.iter().map(|(p, _)| p.clone()));
+            self.tx
+                .send(Message::Add(added))
+                .map_err(|_| io::Error::other("the log writer has stopped"))?;
+        }
+        Ok(wanted
+            .iter()
+            .map(|path| LogSink {
+                tx: self.tx.clone(),
+                file: self.paths.iter().position(|p| p == path).unwrap_or(0),
+                shared: Arc::clone(&self.shared),
+            })
+            .collect())
     }
 
     /// Opens every file again by its path (after logrotate renamed them);
@@ -220,7 +259,7 @@ impl Drop for LogWriter {
     }
 }
 
-fn write_loop(rx: &Receiver<Message>, paths: &[LogPath], mut outputs: Vec<Output>, shared: &Shared) {
+fn write_loop(rx: &Receiver<Message>, mut paths: Vec<LogPath>, mut outputs: Vec<Output>, shared: &Shared) {
     let mut failing_since: Option<Instant> = None;
     let mut failed_lines = 0u64;
     while let Ok(message) = rx.recv() {
@@ -247,6 +286,12 @@ fn write_loop(rx: &Receiver<Message>, paths: &[LogPath], mut outputs: Vec<Output
                             failed_lines = 0;
                         }
                     }
+                }
+            }
+            Message::Add(files) => {
+                for (path, output) in files {
+                    paths.push(path);
+                    outputs.push(output);
                 }
             }
             Message::Reopen => {

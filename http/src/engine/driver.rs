@@ -345,7 +345,7 @@ impl<H: ProxyHooks> Engine<H> {
         let input = resp.body(req.method());
         let upstream_reusable = resp.keeps_alive() && input != BodyFraming::UntilClose && !body_cut;
         let (output, out) = client_framing(input, req.version());
-        let close = req.wants_close() || conn.is_draining() || body_cut || output == BodyFraming::UntilClose;
+        let close = req.wants_close() || self.closing(conn) || body_cut || output == BodyFraming::UntilClose;
         if !edits.is_empty() {
             edits.clear();
         }

@@ -235,6 +235,9 @@ pub struct Engine<H> {
     log: Option<AccessLogger>,
     /// The listener's counters on this worker, where metrics are kept.
     metrics: Option<Arc<ListenerMetrics>>,
+    /// A reload replaced this engine: its connections close after their
+    /// current answer, and their clients come back to the new one.
+    retired: std::cell::Cell<bool>,
 }
 
 impl<H: ProxyHooks> Engine<H> {
@@ -248,6 +251,7 @@ impl<H: ProxyHooks> Engine<H> {
             listener: Rc::from(listener),
             log: None,
             metrics: None,
+            retired: std::cell::Cell::new(false),
         }
     }
 
@@ -270,8 +274,27 @@ impl<H: ProxyHooks> Engine<H> {
     }
 
     /// This listener's counters on this worker, if kept.
-    pub fn metrics(&self) -> Option<&ListenerMetrics> {
-        self.metrics.as_deref()
+    pub fn metrics(&self) -> Option<&Arc<ListenerMetrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Marks the engine replaced by a reload: each of its connections
+    /// closes after its next answer (`Connection: close`), as HAProxy's
+    /// `idle-close-on-response` does, so that a request already on its way
+    /// on an idle keep-alive connection is still answered; the access log's
+    /// lines so far are handed over.
+    pub fn retire(&self) {
+        self.retired.set(true);
+        if let Some(log) = &self.log {
+            log.flush();
+        }
+    }
+
+    /// Whether the connection must close after this answer: the worker is
+    /// draining, or a reload replaced this engine.
+    #[inline]
+    fn closing(&self, conn: &ConnCtx) -> bool {
+        conn.is_draining() || self.retired.get()
     }
 
     /// Whether exchanges are timed, counted and logged.

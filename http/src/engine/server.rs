@@ -333,7 +333,7 @@ impl<H: ProxyHooks> Engine<H> {
         // on the same connection): the client may already be
         // sending the tunnel's bytes.
         let connect = st.req.method() == Method::Connect && reply.status != 407;
-        let close = st.req.wants_close() || conn.is_draining() || unread || reply.status == 400 || connect;
+        let close = st.req.wants_close() || self.closing(conn) || unread || reply.status == 400 || connect;
         st.wbuf.clear();
         local_response(
             &mut st.wbuf,
