@@ -299,3 +299,53 @@ fn reloads_open_and_close_listeners_and_a_bad_file_changes_nothing() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("[runtime] changes apply at the next restart"));
 }
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let a = Origin::start(|_| Reply::ok("A"));
+    let b = Origin::start(|_| Reply::ok("B"));
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}-notify", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let socket_path = dir.join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let admin = format!("127.0.0.1:{}", free_port());
+    let routes = "[[listener.route]]\nupstream = \"a\"\n";
+    let file = temp_file(
+        "notify.toml",
+        &config(&admin, "127.0.0.1:0", a.addr(), b.addr(), routes),
+    );
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", file.to_str().expect("path")])
+        .env("NOTIFY_SOCKET", &socket_path);
+    let running = Running::spawn(command);
+    assert_eq!(next(), "READY=1", "once every listener is bound");
+    assert!(fetch(running.addr, "/").ends_with('A'));
+
+    running.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(
+        reloading["RELOADING=1\nMONOTONIC_USEC=".len()..]
+            .parse::<u64>()
+            .is_ok(),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1", "after the reload");
+
+    running.signal("TERM");
+    assert_eq!(next(), "STOPPING=1");
+}
