@@ -53,9 +53,14 @@ enum Command {
         file: ConfigFileArg,
     },
     /// Validate a configuration file and print a summary (exit 1 on errors).
+    /// Warnings (rules that can never match, an open proxy, a listener
+    /// without a mode) go to stderr with their file and line.
     Check {
         #[command(flatten)]
         file: ConfigFileArg,
+        /// Treat warnings as errors (exit 1).
+        #[arg(long)]
+        strict: bool,
     },
     /// Run a reverse proxy from the command line, no file needed.
     Reverse {
@@ -195,7 +200,7 @@ fn main() -> ExitCode {
             load(&path).and_then(|c| run(&c, Some(&path)))
         }
         Some(Command::Reload { file }) => reload_command(&file.path()),
-        Some(Command::Check { file }) => check(&file.path()),
+        Some(Command::Check { file, strict }) => check(&file.path(), strict),
         Some(Command::Reverse {
             listen,
             upstream,
@@ -302,9 +307,21 @@ fn parse_embedded_default() -> anyhow::Result<Config> {
     Ok(config::parse(Path::new("<embedded default>"), DEFAULT_CONFIG)?)
 }
 
-fn check(path: &Path) -> anyhow::Result<ExitCode> {
+fn check(path: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(c) => {
+            // Warnings to stderr, with their file and line where they have
+            // one; the summary to stdout.
+            for warning in &c.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if strict && !c.warnings.is_empty() {
+                eprintln!(
+                    "ringway: {} warnings, which --strict makes errors",
+                    c.warnings.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             print!("{}", summary(path, &c));
             Ok(ExitCode::SUCCESS)
         }
@@ -320,9 +337,6 @@ fn summary(path: &Path, c: &Config) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
-    for warning in &c.warnings {
-        let _ = writeln!(out, "warning: {warning}");
-    }
     let driver = match c.runtime.driver {
         DriverChoice::Auto => "auto",
         DriverChoice::Uring => "uring",

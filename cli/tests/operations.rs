@@ -644,3 +644,50 @@ fn the_status_page_renders_its_tables_and_chart_with_live_numbers_in_chromium() 
         "one row per worker:\n{dom}"
     );
 }
+
+#[test]
+fn check_warns_of_rules_that_never_match_and_open_proxies_and_strict_fails_on_them() {
+    let htpasswd = temp_file("strict.htpasswd", "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n");
+    let file = temp_file(
+        "strict.toml",
+        &format!(
+            "[acl.open]\ndefault = \"allow\"\nblock_private = false\n\n\
+             [[acl.open.rule]]\naction = \"deny\"\nuser = [\"mallory\"]\n\n\
+             [acl.corp]\ndefault = \"deny\"\n\n\
+             [[acl.corp.rule]]\naction = \"allow\"\nuser = [\"alice\", \"bob\"]\n\n\
+             [[acl.corp.rule]]\naction = \"allow\"\ngroup = [\"ops\"]\n\n\
+             [auth.staff]\ntype = \"basic\"\nhtpasswd = \"{}\"\ngroups = {{ admins = [\"alice\"] }}\n\n\
+             [[listener]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\nacl = \"open\"\n\n\
+             [[listener]]\nname = \"corp\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\nacl = \"corp\"\nauth = \"staff\"\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n",
+            htpasswd.display()
+        ),
+    );
+    let path = file.to_str().expect("path");
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", path])
+        .output()
+        .expect("check");
+    assert!(out.status.success(), "warnings alone pass");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("warning"), "warnings go to stderr: {stdout}");
+    for expected in [
+        ":7: acl.open.rule[0].user: this rule matches by user, but listener \"out\" has no auth",
+        ":2: acl.open.default: an open proxy: listener \"out\"",
+        ":14: acl.corp.rule[0].user: user \"bob\" is not in the htpasswd file of [auth.staff]",
+        ":18: acl.corp.rule[1].group: group \"ops\" is not a group of [auth.staff]",
+        ":38: listener[2]: no mode: this listener is a reverse proxy",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in\n{stderr}");
+    }
+    assert!(!stderr.contains("\"alice\" is not"), "{stderr}");
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", "--strict", path])
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 warnings, which --strict makes errors"));
+}

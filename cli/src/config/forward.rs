@@ -47,7 +47,57 @@ pub(crate) struct AuthSection {
     pub(crate) cache_ttl: Option<String>,
 }
 
+/// Whether an auth scheme knows a user (or a group) of that name.
+type KnownBy = fn(&BasicAuth, &str) -> bool;
+
 impl Validator {
+    /// Rules of `acl` (`[acl.ACL_NAME]`, used by listener `listener`) that
+    /// can never match: user or group rules on a listener without auth,
+    /// names its auth does not know; and a policy that makes an open proxy.
+    fn acl_cautions(&mut self, acl: &Acl, acl_name: &str, auth: Option<&BasicAuth>, listener: &str) {
+        let at = KeyPath::root().key("acl").key(acl_name);
+        for (i, rule) in acl.rules.iter().enumerate() {
+            for matcher in &rule.matchers {
+                let (key, names, known): (&str, &Vec<String>, KnownBy) = match matcher {
+                    Matcher::User(users) => ("user", users, BasicAuth::has_user),
+                    Matcher::Group(groups) => ("group", groups, BasicAuth::has_group),
+                    _ => continue,
+                };
+                let path = at.key("rule").index(i).key(key);
+                let Some(auth) = auth else {
+                    self.caution(
+                        path,
+                        format!(
+                            "this rule matches by {key}, but listener {listener:?} has no auth: it never matches there \
+                             (set auth on the listener)"
+                        ),
+                    );
+                    continue;
+                };
+                for name in names.iter().filter(|n| !known(auth, n)) {
+                    let whose = if key == "user" {
+                        format!("in the htpasswd file of [auth.{}]", auth.name)
+                    } else {
+                        format!("a group of [auth.{}] (its groups table)", auth.name)
+                    };
+                    self.caution(
+                        path.clone(),
+                        format!("{key} {name:?} is not {whose}: the rule never matches it"),
+                    );
+                }
+            }
+        }
+        if acl.default == Action::Allow && !acl.block_private {
+            self.caution(
+                at.key("default"),
+                format!(
+                    "an open proxy: listener {listener:?} allows what no rule denies, private and loopback \
+                     addresses included (block_private = false); deny by default, or keep block_private on"
+                ),
+            );
+        }
+    }
+
     pub(super) fn forward(
         &mut self,
         l: &ListenerSection,
@@ -76,6 +126,9 @@ impl Validator {
                 }
             },
         };
+        if let Some(acl_name) = l.acl.as_deref() {
+            self.acl_cautions(&acl, acl_name, auth.as_deref(), name);
+        }
         if l.pac.is_some() && l.pac_direct.is_some() {
             self.problem(
                 at.key("pac_direct"),

@@ -169,6 +169,12 @@ impl Validator {
                 settings.proxy_headers.via = via.then(|| self.via_name.clone());
             }
             let mode_name = l.mode.as_deref().unwrap_or("reverse");
+            if l.mode.is_none() {
+                self.caution(
+                    at.clone(),
+                    "no mode: this listener is a reverse proxy; say so with mode = \"reverse\" (or \"forward\", \"tcp\")",
+                );
+            }
             self.check_mode_keys(l, mode_name, &at);
             let tls = match &l.tls {
                 None => None,

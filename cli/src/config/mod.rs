@@ -267,7 +267,9 @@ fn parse_with(file: &Path, source: &str, outside: bool) -> Result<Config, Config
     let mut v = Validator::for_file(file);
     v.outside = outside;
     let mut config = v.config(&user);
+    let cautions = v.located_cautions(file, source);
     v.finish(file, source)?;
+    config.warnings.extend(cautions);
     config.source = Arc::from(source);
     Ok(config)
 }
@@ -359,6 +361,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 struct Validator {
     problems: Vec<(KeyPath, String)>,
+    /// What is allowed but almost surely not meant, where it is written:
+    /// warnings with file and line (`check --strict` makes them errors).
+    cautions: Vec<(KeyPath, String)>,
     /// What is allowed but worth saying at start and by `check`.
     warnings: Vec<String>,
     /// Directory that relative file names are taken from.
@@ -376,6 +381,7 @@ impl Validator {
     fn for_file(file: &Path) -> Self {
         Self {
             problems: Vec::new(),
+            cautions: Vec::new(),
             warnings: Vec::new(),
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
             via_name: ViaName::default(),
@@ -404,6 +410,30 @@ impl Validator {
 
     fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
         self.problems.push((path, message.into()));
+    }
+
+    /// A warning about the key at `path` (each said once).
+    fn caution(&mut self, path: KeyPath, message: impl Into<String>) {
+        let caution = (path, message.into());
+        if !self.cautions.contains(&caution) {
+            self.cautions.push(caution);
+        }
+    }
+
+    /// The warnings with their file and line, for [`Config::warnings`].
+    fn located_cautions(&mut self, file: &Path, source: &str) -> Vec<String> {
+        std::mem::take(&mut self.cautions)
+            .into_iter()
+            .map(|(path, message)| {
+                ConfigError {
+                    file: file.to_owned(),
+                    line: line_of(source, &path),
+                    key: path.to_string(),
+                    message,
+                }
+                .to_string()
+            })
+            .collect()
     }
 
     fn duration(&mut self, path: KeyPath, value: Option<&String>, default: Duration) -> Duration {

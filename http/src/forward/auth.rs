@@ -138,6 +138,18 @@ impl BasicAuth {
         }
     }
 
+    /// Whether `user` is in the htpasswd file.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.has_user(user)
+    }
+
+    /// Whether some user is in group `group`.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups
+            .values()
+            .any(|groups| groups.iter().any(|g| g == group))
+    }
+
     /// The groups `user` is in.
     pub fn groups_of(&self, user: &str) -> Vec<String> {
         self.groups.get(user).cloned().unwrap_or_default()
