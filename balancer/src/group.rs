@@ -273,6 +273,10 @@ pub struct UpstreamGroup {
     /// How long an idle connection is kept; `None`: `[http]
     /// upstream_keepalive_timeout`.
     pub keepalive_timeout: Option<Duration>,
+    /// Send a PROXY protocol v2 header with the client's addresses at the
+    /// start of every connection to the servers (each connection then
+    /// carries one client: none is reused for another).
+    pub proxy_protocol: bool,
     /// Active health and connection counts, shared by all workers.
     pub health: Arc<HealthTable>,
     ring: Option<Ring>,
@@ -335,6 +339,7 @@ impl UpstreamGroup {
             response_timeout: None,
             keepalive: None,
             keepalive_timeout: None,
+            proxy_protocol: false,
             health,
             ring,
             alias,

@@ -26,6 +26,7 @@ use monoio::net::TcpStream;
 use ringway_core::{dns::Resolver, ConnCtx, Rejected, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 use ringway_http::{
     access_log::{AccessLogger, LogFormat, LogPath, LogSink, LogWriter},
+    matching::IpNet,
     metrics::{ListenerMetrics, UpstreamMetrics},
     ClientInfo, ClientStream, Engine, ForwardHandler, PeerTls, PoolSettings, Prober, ProxyHooks,
     ReverseHandler, TcpBalancer, TunnelOptions, UpstreamPool,
@@ -39,6 +40,7 @@ use crate::{
 
 /// One listener's engine on one worker (shared with its connections'
 /// tasks, which each hold it).
+#[derive(Clone)]
 enum ListenerEngine {
     Reverse(Rc<Engine<ReverseHandler>>),
     Forward(Rc<Engine<ForwardHandler>>),
@@ -65,6 +67,10 @@ struct ListenerSlot {
     tls: Option<Rc<TlsListener>>,
     /// Its name (a reload keeps its counters by it).
     name: Rc<str>,
+    /// The balancers whose connections start with a PROXY header.
+    proxy_from: Option<Arc<[IpNet]>>,
+    /// How long such a header may take.
+    head_timeout: Duration,
 }
 
 /// A TLS listener's acceptor on one worker.
@@ -118,26 +124,42 @@ impl WorkerApp for WorkerListeners {
         // Each engine's connection future is boxed at its own size (one
         // allocation per connection): inline, every task would be sized
         // for the largest of the modes.
-        let serve: Pin<Box<dyn Future<Output = ()>>> = match self.engines.get(listener) {
-            None => Box::pin(std::future::ready(())),
-            Some(ListenerSlot {
-                engine, local, tls, ..
-            }) => {
-                let client = ClientInfo::new(peer, *local);
-                match (engine, tls) {
-                    (ListenerEngine::Reverse(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
-                    (ListenerEngine::Forward(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
-                    (ListenerEngine::Reverse(e), Some(tls)) => {
-                        Box::pin(serve_tls(Rc::clone(tls), Rc::clone(e), stream, client, conn))
-                    }
-                    (ListenerEngine::Forward(e), Some(tls)) => {
-                        Box::pin(serve_tls(Rc::clone(tls), Rc::clone(e), stream, client, conn))
-                    }
-                    (ListenerEngine::Tcp(b), _) => Box::pin(Rc::clone(b).serve(stream, client, conn)),
-                }
-            }
+        let Some(slot) = self.engines.get(listener) else {
+            let done: Pin<Box<dyn Future<Output = ()>>> = Box::pin(std::future::ready(()));
+            return done;
         };
-        serve
+        match &slot.proxy_from {
+            // A balancer allowed to send a PROXY header: the client is who
+            // it says.
+            Some(from) if from.iter().any(|net| net.contains(peer.ip())) => {
+                let (engine, tls, local, timeout) = (
+                    slot.engine.clone(),
+                    slot.tls.clone(),
+                    slot.local,
+                    slot.head_timeout,
+                );
+                let name = Rc::clone(&slot.name);
+                Box::pin(async move {
+                    let mut stream = stream;
+                    match ringway_http::proxy_protocol::read_header(&mut stream, timeout).await {
+                        Ok(header) => {
+                            let client = ClientInfo::new(header.source.unwrap_or(peer), local);
+                            serve_engine(&engine, tls.as_ref(), stream, client, conn).await;
+                        }
+                        Err(e) => {
+                            tracing::info!(listener = &*name, balancer = %peer, "connection closed: {e}");
+                        }
+                    }
+                })
+            }
+            _ => serve_engine(
+                &slot.engine,
+                slot.tls.as_ref(),
+                stream,
+                ClientInfo::new(peer, slot.local),
+                conn,
+            ),
+        }
     }
 
     fn housekeeping(&self, now_ms: u64) -> bool {
@@ -169,6 +191,29 @@ impl WorkerApp for WorkerListeners {
                 ListenerEngine::Tcp(_) => {}
             }
         }
+    }
+}
+
+/// The connection's future on `engine`, boxed at its own size (one
+/// allocation per connection): inline, every task would be sized for the
+/// largest of the modes.
+fn serve_engine(
+    engine: &ListenerEngine,
+    tls: Option<&Rc<TlsListener>>,
+    stream: TcpStream,
+    client: ClientInfo,
+    conn: ConnCtx,
+) -> Pin<Box<dyn Future<Output = ()>>> {
+    match (engine, tls) {
+        (ListenerEngine::Reverse(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
+        (ListenerEngine::Forward(e), None) => Box::pin(Rc::clone(e).serve(stream, client, conn)),
+        (ListenerEngine::Reverse(e), Some(tls)) => {
+            Box::pin(serve_tls(Rc::clone(tls), Rc::clone(e), stream, client, conn))
+        }
+        (ListenerEngine::Forward(e), Some(tls)) => {
+            Box::pin(serve_tls(Rc::clone(tls), Rc::clone(e), stream, client, conn))
+        }
+        (ListenerEngine::Tcp(b), _) => Box::pin(Rc::clone(b).serve(stream, client, conn)),
     }
 }
 
@@ -661,6 +706,8 @@ fn build_worker(
                 local: l.spec.addr,
                 tls,
                 name: Rc::from(name.as_str()),
+                proxy_from: l.proxy_protocol.clone(),
+                head_timeout: l.settings.timeouts.client_head,
             }
         })
         .collect();

@@ -9,6 +9,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -690,4 +691,173 @@ fn check_warns_of_rules_that_never_match_and_open_proxies_and_strict_fails_on_th
         .expect("check");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("5 warnings, which --strict makes errors"));
+}
+
+/// Sends `bytes` on a new connection to `addr` and reads until it closes.
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(bytes).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn proxy_protocol_headers_from_allowed_balancers_name_the_client_everywhere() {
+    let origin = Origin::start(|seen| text(seen.header("x-forwarded-for").unwrap_or("none")));
+    let dir = log_dir("proxy-protocol");
+    let log = dir.join("access.log");
+    let config = temp_file(
+        "proxy-protocol.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+             [[listener]]\nname = \"behind-lb\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\
+             proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1/32\"]\n\
+             access_log = {{ path = \"{}\", format = \"$remote_addr $status $request_uri\" }}\n\n\
+             [[listener.route]]\nupstream = \"app\"\n\n\
+             [[listener.rule]]\nwhen = {{ src = [\"203.0.113.0/24\"] }}\ndeny = 403\n\n\
+             [[listener]]\nname = \"other-lb\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\
+             proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.2/32\"]\n\n\
+             [[listener.route]]\nupstream = \"app\"\n",
+            origin.addr(),
+            log.display()
+        ),
+    );
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let behind = listener_addr(&running, "behind-lb");
+    let other = listener_addr(&running, "other-lb");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n");
+
+    // Version 1: the origin and the log see the client the balancer names.
+    let v1 = format!("PROXY TCP4 198.51.100.9 127.0.0.1 40001 80\r\n{}", get("/v1"));
+    assert!(exchange(behind, v1.as_bytes()).ends_with("198.51.100.9"));
+    // Version 2, the bytes a balancer sends, then the request.
+    let mut v2 = Vec::new();
+    ringway_http::proxy_protocol::encode_v2(
+        "198.51.100.10:40002".parse().expect("addr"),
+        "127.0.0.1:80".parse().expect("addr"),
+        &mut v2,
+    );
+    v2.extend_from_slice(get("/v2").as_bytes());
+    assert!(exchange(behind, &v2).ends_with("198.51.100.10"));
+    // Rules match the client it names.
+    let denied = format!("PROXY TCP4 203.0.113.5 127.0.0.1 40003 80\r\n{}", get("/denied"));
+    assert!(exchange(behind, denied.as_bytes()).starts_with("HTTP/1.1 403"));
+    // From an allowed balancer, a connection without the header is closed
+    // unanswered.
+    assert_eq!(exchange(behind, get("/bare").as_bytes()), "");
+    let lines = lines_with(&log, " ", 3);
+    assert!(lines.contains(&"198.51.100.9 200 /v1".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"198.51.100.10 200 /v2".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"203.0.113.5 403 /denied".to_owned()), "{lines:?}");
+
+    // Anyone else is served as who they are; a header from them is not
+    // believed (it is a malformed request).
+    assert!(exchange(other, get("/direct").as_bytes()).ends_with("127.0.0.1"));
+    assert!(exchange(other, v1.as_bytes()).starts_with("HTTP/1.1 400"));
+}
+
+#[test]
+fn tcp_listeners_pass_the_client_on_to_upstreams_that_want_a_proxy_header() {
+    // An upstream that reads a PROXY v2 header, then answers with the
+    // source it names.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut stream in upstream.incoming().flatten() {
+            let mut head = [0u8; 28];
+            if stream.read_exact(&mut head).is_err() {
+                continue;
+            }
+            let said = ringway_http::proxy_protocol::parse(&head)
+                .ok()
+                .flatten()
+                .and_then(|(h, _)| h.source)
+                .map_or_else(|| "no header".to_owned(), |s| s.to_string());
+            let _ = stream.write_all(said.as_bytes());
+        }
+    });
+    let config = temp_file(
+        "proxy-protocol-tcp.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+             [[upstream]]\nname = \"db\"\nservers = [\"{upstream_addr}\"]\nproxy_protocol = true\n\n\
+             [[listener]]\nname = \"tcp\"\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\nupstream = \"db\"\n\
+             proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1/32\"]\n"
+        ),
+    );
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let answer = exchange(running.addr, b"PROXY TCP4 192.0.2.44 127.0.0.1 41000 5432\r\n");
+    assert_eq!(answer, "192.0.2.44:41000");
+}
+
+#[test]
+fn proxy_protocol_without_its_sources_is_a_config_error() {
+    let file = temp_file(
+        "proxy-protocol-open.toml",
+        "[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\nproxy_protocol = true\n\n\
+         [[listener.route]]\nupstream = \"app\"\n",
+    );
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", file.to_str().expect("path")])
+        .output()
+        .expect("check");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listener[0].proxy_protocol_from: proxy_protocol = true needs the balancers"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn reverse_upstreams_that_want_a_proxy_header_get_one_on_every_connection() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    std::thread::spawn(move || {
+        for stream in upstream.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut stream = std::io::BufReader::new(stream);
+            let mut head = [0u8; 28];
+            if stream.read_exact(&mut head).is_err() {
+                continue;
+            }
+            let said = ringway_http::proxy_protocol::parse(&head)
+                .ok()
+                .flatten()
+                .and_then(|(h, _)| h.source)
+                .map_or_else(|| "no header".to_owned(), |s| s.ip().to_string());
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut stream, &mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}", said.len());
+            let _ = stream.get_mut().write_all(reply.as_bytes());
+        }
+    });
+    let config = temp_file(
+        "proxy-protocol-http.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{upstream_addr}\"]\nproxy_protocol = true\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\n"
+        ),
+    );
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    let mut c = TestClient::connect(running.addr);
+    for _ in 0..3 {
+        let response = c.get("/");
+        assert_eq!((response.status, response.text()), (200, "127.0.0.1".to_owned()));
+    }
+    // One client per upstream connection: none was reused for the next
+    // request, whose header could have named another client.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::Relaxed), 3);
 }

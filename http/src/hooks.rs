@@ -49,6 +49,9 @@ pub struct Peer {
     pub keepalive_timeout: Option<Duration>,
     /// TLS to it, when its upstream speaks TLS.
     pub tls: Option<Rc<PeerTls>>,
+    /// Start each new connection to it with a PROXY protocol v2 header
+    /// naming the client.
+    pub proxy_protocol: bool,
 }
 
 impl PartialEq for Peer {
@@ -59,6 +62,7 @@ impl PartialEq for Peer {
             && self.keepalive == other.keepalive
             && self.keepalive_timeout == other.keepalive_timeout
             && self.tls.as_ref().map(|t| t.identity()) == other.tls.as_ref().map(|t| t.identity())
+            && self.proxy_protocol == other.proxy_protocol
     }
 }
 
@@ -74,6 +78,7 @@ impl Peer {
             keepalive: None,
             keepalive_timeout: None,
             tls: None,
+            proxy_protocol: false,
         }
     }
 }

@@ -103,6 +103,18 @@ impl TcpBalancer {
                 }
             };
             let _ = upstream.set_nodelay(true);
+            let mut upstream = upstream;
+            if group.proxy_protocol {
+                let local = client.local_addr().unwrap_or(info.local);
+                let mut header = Vec::with_capacity(52);
+                crate::proxy_protocol::encode_v2(info.peer, local, &mut header);
+                let (sent, _) = monoio::io::AsyncWriteRentExt::write_all(&mut upstream, header).await;
+                if let Err(e) = sent {
+                    tracing::warn!(listener = &*self.listener, upstream = %group.name, server = %addr, "sending the PROXY header failed: {e}");
+                    lease.finish(Outcome::Failure, conn.clock_ms());
+                    continue;
+                }
+            }
             let latency = started.elapsed();
             // Boxed: a tunnel's state is large.
             let moved = Box::pin(client.tunnel_with(

@@ -13,9 +13,10 @@
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
 //! - [`access_log`]: the access-log formats and the writer thread.
 //! - [`metrics`]: per-worker counters, summed when scraped.
-// Three modules use unsafe code: gather implements monoio's unsafe IoVecBuf
-// trait, splice calls splice(2) and pipe2(2), and fuzzing (tests and fuzz
-// targets only) implements an in-memory stream; the rest has none.
+// Four modules use unsafe code: gather implements monoio's unsafe IoVecBuf
+// trait, splice calls splice(2) and pipe2(2), proxy_protocol peeks with
+// recv(2), and fuzzing (tests and fuzz targets only) implements an
+// in-memory stream; the rest has none.
 #![deny(unsafe_code)]
 
 pub mod access_log;
@@ -38,6 +39,7 @@ mod limits;
 pub mod matching;
 pub mod metrics;
 mod pool;
+pub mod proxy_protocol;
 mod recycle;
 mod reply;
 mod request_id;

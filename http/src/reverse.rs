@@ -648,6 +648,7 @@ impl ReverseHandler {
             keepalive: group.keepalive,
             keepalive_timeout: group.keepalive_timeout,
             tls: cx.group.and_then(|g| self.tls.get(g)?.get(lease.peer())?.clone()),
+            proxy_protocol: group.proxy_protocol,
         };
         cx.started = matches!(group.algorithm, Algorithm::P2cEwma).then(Instant::now);
         if let Some(m) = self.server_metrics(cx, &lease) {

@@ -136,6 +136,7 @@ impl ProxySetup {
             settings: self.settings,
             tls: None,
             access_log: None,
+            proxy_protocol: None,
         };
         let mut config = test_config(self.driver, listener, Arc::new(silent_dns(&[])));
         config.runtime.workers = self.workers;
@@ -200,6 +201,7 @@ impl ForwardSetup {
             settings: self.settings,
             tls: None,
             access_log: None,
+            proxy_protocol: None,
         };
         let config = test_config(self.driver, listener, Arc::new(silent_dns(&self.hosts)));
         launch(&config)

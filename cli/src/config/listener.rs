@@ -32,6 +32,8 @@ pub(crate) struct ListenerSection {
     pub(crate) rules: Vec<RequestRuleSection>,
     pub(crate) headers: Option<HeadersSection>,
     pub(crate) access_log: Option<super::log::AccessLogValue>,
+    pub(crate) proxy_protocol: Option<bool>,
+    pub(crate) proxy_protocol_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +84,9 @@ pub struct Listener {
     pub tls: Option<ringway_tls::Acceptor>,
     /// Its access log, if it keeps one.
     pub access_log: Option<super::log::AccessLogSpec>,
+    /// The sources whose connections start with a PROXY protocol header
+    /// (`proxy_protocol = true`); `None`: no header is read.
+    pub proxy_protocol: Option<Arc<[IpNet]>>,
 }
 
 impl Validator {
@@ -265,6 +270,7 @@ impl Validator {
             } else {
                 self.access_log(l.access_log.as_ref(), access_log, &at.key("access_log"))
             };
+            let proxy_protocol = self.proxy_protocol(l, &at);
             if let (Some(addr), Some(mode)) = (addr, mode) {
                 listeners.push(Listener {
                     spec: ListenerSpec::new(name, addr),
@@ -272,10 +278,49 @@ impl Validator {
                     settings,
                     tls,
                     access_log,
+                    proxy_protocol,
                 });
             }
         }
         listeners
+    }
+
+    /// `proxy_protocol = true` with `proxy_protocol_from`: the balancers
+    /// whose connections carry a PROXY header (v1 or v2). Required: a
+    /// header from anyone else would let a client choose its own address
+    /// for ACLs, rate limits and logs.
+    fn proxy_protocol(&mut self, l: &ListenerSection, at: &KeyPath) -> Option<Arc<[IpNet]>> {
+        match (l.proxy_protocol, &l.proxy_protocol_from) {
+            (None | Some(false), None) => None,
+            (None | Some(false), Some(_)) => {
+                self.problem(
+                    at.key("proxy_protocol_from"),
+                    "proxy_protocol_from applies with proxy_protocol = true",
+                );
+                None
+            }
+            (Some(true), None) => {
+                self.problem(
+                    at.key("proxy_protocol_from"),
+                    "proxy_protocol = true needs the balancers allowed to send the header, \
+                     such as proxy_protocol_from = [\"10.0.0.0/8\"]: from anyone, a client could \
+                     claim any address",
+                );
+                None
+            }
+            (Some(true), Some(from)) => {
+                let key = at.key("proxy_protocol_from");
+                let nets = self.nets(from.iter().enumerate().map(|(i, text)| (key.index(i), text)));
+                if from.is_empty() {
+                    self.problem(
+                        key,
+                        "an empty list: name the balancers allowed to send the header",
+                    );
+                    return None;
+                }
+                Some(nets.into())
+            }
+        }
     }
 
     /// Keys that belong to the other mode are errors, not silently ignored.

@@ -58,6 +58,7 @@ pub(crate) struct UpstreamSection {
     pub(crate) fail_open: Option<bool>,
     pub(crate) sticky: Option<StickySection>,
     pub(crate) tls: Option<super::tls::UpstreamTlsValue>,
+    pub(crate) proxy_protocol: Option<bool>,
 }
 
 /// A server: `"IP:PORT"` (or `"host:port"`), or a table.
@@ -158,6 +159,23 @@ impl Validator {
             group.response_timeout =
                 self.optional_duration(at.key("response_timeout"), up.response_timeout.as_ref());
             group.keepalive = up.keepalive;
+            group.proxy_protocol = up.proxy_protocol.unwrap_or(false);
+            if group.proxy_protocol {
+                if up.tls.is_some() {
+                    self.problem(
+                        at.key("proxy_protocol"),
+                        "proxy_protocol with tls is not supported yet: the header would have to go before the handshake",
+                    );
+                }
+                if up.keepalive.is_some_and(|k| k > 0) {
+                    self.problem(
+                        at.key("keepalive"),
+                        "with proxy_protocol each connection carries one client, so none is kept idle for another: remove keepalive",
+                    );
+                }
+                // One client per connection: none is pooled.
+                group.keepalive = Some(0);
+            }
             group.keepalive_timeout =
                 self.optional_duration(at.key("keepalive_timeout"), up.keepalive_timeout.as_ref());
             if let Some(sticky) = &up.sticky {

@@ -56,7 +56,10 @@ impl Running {
                 .next()
                 .expect("ringway exited before listening")
                 .expect("read log");
-            let addr = line.split(" proxy on ").nth(1).map(|rest| rest.trim().parse());
+            let addr = line.split(" proxy on ").nth(1).map(|rest| {
+                let first = rest.split_whitespace().next().unwrap_or_default();
+                first.trim_end_matches(';').parse()
+            });
             log.lock().expect("log").push(line);
             if let Some(addr) = addr {
                 break addr.expect("address in the log line");

@@ -117,6 +117,31 @@ impl<H: ProxyHooks> Engine<H> {
                     max: p.keepalive,
                     timeout: p.keepalive_timeout,
                 };
+                if p.proxy_protocol && !up.reused {
+                    // The header goes first on the new connection, alone.
+                    let mut header = Vec::with_capacity(52);
+                    crate::proxy_protocol::encode_v2(client.peer, client.local, &mut header);
+                    if let Err(e) = crate::io::write_vec(&mut up.stream, &mut header).await {
+                        let e = Error::new(ErrorKind::Io, Side::Upstream, "sending the PROXY header")
+                            .with_cause(e);
+                        let failed = AttemptResult::Failed(&e);
+                        match self.after_attempt(
+                            &st.req,
+                            peer.as_ref(),
+                            failed,
+                            false,
+                            progress.replayable() || first_attempt,
+                            conn,
+                            cx,
+                        ) {
+                            Some(next) => {
+                                peer = Some(next);
+                                continue;
+                            }
+                            None => return Err(Failure::before(e)),
+                        }
+                    }
+                }
             }
             self.upstream_head(
                 st,
