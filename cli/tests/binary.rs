@@ -54,7 +54,7 @@ fn check_accepts_every_example() {
         ),
         (
             "rules.toml",
-            "listener \"web\": 127.0.0.1:8080 reverse, 3 routes, 7 rules, 7 header edits, 1 CORS policies, 3 error pages",
+            "listener \"web\": 127.0.0.1:8080 reverse, 3 routes, 8 rules, 9 header edits, 1 CORS policies, 3 error pages",
         ),
     ];
     let mut checked = 0;
