@@ -23,7 +23,9 @@ use std::{
 };
 
 use monoio::net::TcpStream;
-use ringway_core::{dns::Resolver, ConnCtx, Rejected, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+use ringway_core::{
+    dns::Resolver, handover::Inherited, ConnCtx, Rejected, ServerConfig, ServerHandle, WorkerApp, WorkerInfo,
+};
 use ringway_http::{
     access_log::{AccessLogger, LogFormat, LogPath, LogSink, LogWriter},
     matching::IpNet,
@@ -334,6 +336,12 @@ impl Running {
         Ok(notes)
     }
 
+    /// Sends the listening sockets to a new ringway taking over (a binary
+    /// upgrade) on `stream`; this one keeps serving until it stops.
+    pub fn hand_over(&self, stream: &mut std::os::unix::net::UnixStream) -> std::io::Result<()> {
+        self.server.hand_over(stream)
+    }
+
     /// The reloads asked for on the admin listener (`POST /reload`), for
     /// the thread that owns the server to carry out; `None` without one.
     pub fn take_reload_requests(&mut self) -> Option<std::sync::mpsc::Receiver<admin::ReloadRequest>> {
@@ -447,6 +455,13 @@ impl std::ops::Deref for Running {
 /// left running, when a listener cannot be bound or a worker or the prober
 /// cannot start.
 pub fn start(config: &Config) -> std::io::Result<Running> {
+    start_inheriting(config, Vec::new())
+}
+
+/// Like [`start`], on the listening sockets a running ringway handed over
+/// (a binary upgrade; see [`Running::hand_over`]).
+pub fn start_inheriting(config: &Config, inherited: Vec<Inherited>) -> std::io::Result<Running> {
+    let taking_over = !inherited.is_empty();
     let server = ServerConfig {
         runtime: config.runtime.clone(),
         listeners: listener_specs(config),
@@ -464,13 +479,11 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
     })));
     let building = Arc::clone(&current);
     let worker_registry = registry.clone();
-    let server = ringway_core::start(
-        server,
-        move |worker: &WorkerInfo, old: Option<&WorkerListeners>| {
-            let generation = Arc::clone(&building.lock().unwrap_or_else(PoisonError::into_inner));
-            build_worker(&generation, worker_registry.as_deref(), worker, old)
-        },
-    )?;
+    let build = move |worker: &WorkerInfo, old: Option<&WorkerListeners>| {
+        let generation = Arc::clone(&building.lock().unwrap_or_else(PoisonError::into_inner));
+        build_worker(&generation, worker_registry.as_deref(), worker, old)
+    };
+    let server = ringway_core::start_inheriting(server, build, inherited)?;
     let (reloads, reload_requests) = std::sync::mpsc::channel();
     let admin = match (&config.admin, registry) {
         (Some(admin), Some(registry)) => {
@@ -482,7 +495,7 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
                 logs: logs.as_ref().map(LogWriter::stats),
                 reloads,
             };
-            Some(AdminServer::start(admin, config, running)?)
+            Some(AdminServer::start(admin, config, running, taking_over)?)
         }
         _ => None,
     };

@@ -3,6 +3,7 @@
 
 mod explain;
 mod route_explain;
+mod upgrade;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -43,6 +44,12 @@ enum Command {
     Run {
         #[command(flatten)]
         file: ConfigFileArg,
+        /// Take over from the ringway running now (a binary upgrade): wait
+        /// at [runtime] upgrade_socket for its listening sockets (send it
+        /// SIGUSR2), serve on them, then let it drain and exit. No
+        /// connection is refused in between.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Check a configuration file, then have the running ringway serve it
     /// (through its [admin] listener; SIGHUP does the same): listeners,
@@ -195,9 +202,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => parse_embedded_default().and_then(|c| run(&c, None)),
-        Some(Command::Run { file }) => {
+        Some(Command::Run { file, takeover }) => {
             let path = file.path();
-            load(&path).and_then(|c| run(&c, Some(&path)))
+            load(&path).and_then(|c| run_from(&c, Some(&path), takeover))
         }
         Some(Command::Reload { file }) => reload_command(&file.path()),
         Some(Command::Check { file, strict }) => check(&file.path(), strict),
@@ -575,6 +582,12 @@ fn init_logging(level: Option<&str>) {
 }
 
 fn run(config: &Config, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    run_from(config, file, false)
+}
+
+/// Runs `config`; with `takeover`, on the sockets of the ringway running
+/// now, which is told to stop once this one serves.
+fn run_from(config: &Config, file: Option<&Path>, takeover: bool) -> anyhow::Result<ExitCode> {
     init_logging(config.log_level.as_deref());
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -584,7 +597,21 @@ fn run(config: &Config, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = &config;
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]).context("installing signal handlers")?;
-    let mut server = factory::start(config).context("starting")?;
+    let mut server = if takeover {
+        let (mut old, inherited) = upgrade::wait_for_handover(config)?;
+        match factory::start_inheriting(config, inherited) {
+            Ok(server) => {
+                upgrade::tell_ready(&mut old);
+                server
+            }
+            Err(e) => {
+                upgrade::tell_failed(&mut old, &e.to_string());
+                return Err(anyhow::Error::from(e).context("starting on the handed-over sockets"));
+            }
+        }
+    } else {
+        factory::start(config).context("starting")?
+    };
     let reload_requests = server.take_reload_requests();
     announce(config, server.local_addrs());
     notify_systemd("READY=1");
@@ -611,6 +638,13 @@ fn run(config: &Config, file: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 SIGUSR1 if server.reopen_logs() => {
                     tracing::info!("signal SIGUSR1: reopening the access logs");
+                    continue;
+                }
+                SIGUSR2 => {
+                    if upgrade::hand_over(&server, config) {
+                        // The new process serves: this one drains and exits.
+                        break 'serving Some(signal);
+                    }
                     continue;
                 }
                 _ => {}
@@ -645,7 +679,12 @@ fn run(config: &Config, file: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
     }
     notify_systemd("STOPPING=1");
-    server.shutdown();
+    if stop == Some(SIGUSR2) {
+        // Handed over: idle keep-alive connections get one more answer.
+        server.shutdown_gently();
+    } else {
+        server.shutdown();
+    }
     // A second stop signal while draining stops at once.
     std::thread::spawn(move || {
         if signals.forever().any(|signal| !keeps_running(signal)) {
@@ -724,7 +763,7 @@ fn reload(server: &mut factory::Running, path: &Path, running: &Config) -> Resul
 
 /// Tells systemd (a `Type=notify` service) how the service stands, when
 /// it runs under systemd (`NOTIFY_SOCKET` is set); otherwise nothing.
-fn notify_systemd(state: &str) {
+pub(crate) fn notify_systemd(state: &str) {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -864,7 +903,7 @@ fn keeps_running(signal: i32) -> bool {
         SIGUSR1 => {
             tracing::info!("signal SIGUSR1: received; no access log is kept, so there is no file to reopen")
         }
-        SIGUSR2 => tracing::info!("signal SIGUSR2: received and ignored"),
+        SIGUSR2 => tracing::info!("signal SIGUSR2: received while stopping; ignored"),
         _ => return false,
     }
     true
@@ -874,6 +913,7 @@ fn signal_name(signal: i32) -> &'static str {
     match signal {
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
+        SIGUSR2 => "SIGUSR2 (handed over)",
         _ => "?",
     }
 }

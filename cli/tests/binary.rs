@@ -160,7 +160,7 @@ fn reload_and_log_rotation_signals_do_not_stop_it() {
         // Started from the command line: no file to read again.
         ("HUP", "signal SIGHUP: no configuration file to read again"),
         ("USR1", "signal SIGUSR1: received"),
-        ("USR2", "signal SIGUSR2: received and ignored"),
+        ("USR2", "signal SIGUSR2: no [runtime] upgrade_socket"),
     ] {
         proxy.signal(signal);
         proxy.wait_for_log(said);

@@ -1,8 +1,10 @@
-//! Live reload of the real binary: SIGHUP and `ringway reload` while
-//! clients keep sending requests, twenty times with changed routes and
-//! upstreams, without one failed request; listeners added and removed; a
-//! configuration that does not validate rejected with its reason while the
-//! old one keeps serving.
+//! Live reload and binary upgrades of the real binary: SIGHUP and
+//! `ringway reload` while clients keep sending requests, twenty times with
+//! changed routes and upstreams, without one failed request; listeners
+//! added and removed; a configuration that does not validate rejected with
+//! its reason while the old one keeps serving; systemd's notifications; and
+//! a new binary taking the sockets over under load without one failed
+//! request.
 
 mod common;
 
@@ -348,4 +350,79 @@ fn systemd_hears_ready_reloading_and_stopping() {
 
     running.signal("TERM");
     assert_eq!(next(), "STOPPING=1");
+}
+
+#[test]
+fn a_binary_upgrade_hands_the_sockets_over_and_refuses_no_connection() {
+    let a = Origin::start(|_| Reply::ok("A"));
+    let b = Origin::start(|_| Reply::ok("B"));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}-upgrade", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let socket = dir.join("upgrade.sock");
+    let with = |upstream: &str| {
+        config(
+            &admin,
+            &listen,
+            a.addr(),
+            b.addr(),
+            &format!("[[listener.route]]\nupstream = \"{upstream}\"\n"),
+        )
+        .replace(
+            "pin_cpus = false\n",
+            &format!("pin_cpus = false\nupgrade_socket = \"{}\"\n", socket.display()),
+        )
+    };
+    let old_file = temp_file("upgrade-old.toml", &with("a"));
+    let new_file = temp_file("upgrade-new.toml", &with("b"));
+    let old = Running::start(&["run", old_file.to_str().expect("path")]);
+    let addr = old.addr;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = [false, false, true]
+        .into_iter()
+        .map(|keep_alive| {
+            let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
+            thread::spawn(move || client(addr, "/x", keep_alive, stop, tally))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+
+    // The new binary waits for the sockets; SIGUSR2 sends them.
+    let mut command = Command::new(BIN);
+    command.args(["run", new_file.to_str().expect("path"), "--takeover"]);
+    let new = thread::spawn(move || Running::spawn(command));
+    assert!(
+        eventually(Duration::from_secs(10), || socket.exists()),
+        "the new process listens for the handover"
+    );
+    old.signal("USR2");
+    let new = new.join().expect("the new process started");
+    assert_eq!(new.addr, addr, "the same address, on the same sockets");
+    old.wait_for_log("serves on the listeners now; this one drains");
+    assert!(old.wait().success(), "the old process drains and exits 0");
+    // Only the new one is left: every new connection reaches upstream b.
+    thread::sleep(Duration::from_millis(300));
+    assert!(fetch(addr, "/x").ends_with('B'));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let failures = tally.failures.lock().expect("tally");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let bodies = tally.bodies.lock().expect("tally");
+    assert!(
+        bodies.contains("A") && bodies.contains("B"),
+        "served by both: {bodies:?}"
+    );
+    // The admin listener moved too.
+    assert!(fetch(admin.parse().expect("admin"), "/healthz").ends_with("ok\n"));
 }

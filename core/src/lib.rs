@@ -12,6 +12,7 @@
 pub mod dns;
 mod error;
 pub mod free_list;
+pub mod handover;
 mod listener;
 mod per_ip;
 pub mod rlimit;
@@ -26,5 +27,5 @@ pub use listener::{ListenerSpec, OwnAddresses};
 pub use per_ip::PerIpConnections;
 pub use rlimit::monotonic_micros;
 pub use runtime::{DriverChoice, DriverKind, RuntimeConfig};
-pub use server::{start, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
+pub use server::{start, start_inheriting, ServerConfig, ServerHandle, WorkerApp, WorkerInfo};
 pub use worker::{ClientWatch, ConnCtx, Deadline, Ending, Rejected, Wait, WorkerStats};

@@ -75,24 +75,53 @@ impl OwnAddresses {
     }
 }
 
-/// Binds `workers` sockets for each listener; the result is indexed
-/// `[worker][listener]`, with the resolved addresses (port 0 replaced).
+/// Each worker's sockets: (listener index, socket), a socket each per
+/// listener, or more where a handover brought more sockets than workers.
+pub(crate) type WorkerSockets = Vec<Vec<(usize, TcpListener)>>;
+
+/// Binds `workers` sockets for each listener, with the resolved addresses
+/// (port 0 replaced). A listener at the address of an `inherited` one
+/// (a binary upgrade) takes its sockets instead, accept queues and all,
+/// binds more beside them if there are more workers than sockets, and
+/// spreads any extra ones over the workers: none is closed with
+/// connections waiting in it.
 pub(crate) fn bind_all(
     specs: &[ListenerSpec],
     workers: usize,
-) -> io::Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>)> {
-    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    inherited: &mut Vec<crate::handover::Inherited>,
+) -> io::Result<(WorkerSockets, Vec<SocketAddr>)> {
+    let mut per_worker: WorkerSockets = (0..workers).map(|_| Vec::new()).collect();
     let mut resolved = Vec::with_capacity(specs.len());
-    for spec in specs {
-        if spec.addr.port() != 0 {
-            ensure_unclaimed(spec)?;
-        }
-        let mut addr = spec.addr;
-        for sockets in per_worker.iter_mut() {
-            let listener = bind_reuseport(addr, spec.backlog)
-                .map_err(|e| io::Error::new(e.kind(), format!("listener {:?} on {addr}: {e}", spec.name)))?;
+    for (index, spec) in specs.iter().enumerate() {
+        let taken = inherited
+            .iter()
+            .position(|old| {
+                old.addr == spec.addr
+                    || (spec.addr.port() == 0 && old.name == spec.name && old.addr.ip() == spec.addr.ip())
+            })
+            .map(|i| inherited.swap_remove(i));
+        let mut sockets = taken.map(|old| old.sockets).unwrap_or_default().into_iter();
+        let mut addr = match sockets.as_slice().first() {
+            Some(first) => first.local_addr()?,
+            None => {
+                if spec.addr.port() != 0 {
+                    ensure_unclaimed(spec)?;
+                }
+                spec.addr
+            }
+        };
+        for worker in per_worker.iter_mut() {
+            let listener = match sockets.next() {
+                Some(socket) => socket,
+                None => bind_reuseport(addr, spec.backlog).map_err(|e| {
+                    io::Error::new(e.kind(), format!("listener {:?} on {addr}: {e}", spec.name))
+                })?,
+            };
             addr = listener.local_addr()?;
-            sockets.push(listener);
+            worker.push((index, listener));
+        }
+        for (i, extra) in sockets.enumerate() {
+            per_worker[i % workers].push((index, extra));
         }
         resolved.push(addr);
     }
@@ -163,13 +192,41 @@ mod tests {
     #[test]
     fn port_zero_resolves_once_for_all_workers() {
         let spec = ListenerSpec::new("t", "127.0.0.1:0".parse().unwrap());
-        let (sockets, addrs) = bind_all(&[spec], 3).unwrap();
+        let (sockets, addrs) = bind_all(&[spec], 3, &mut Vec::new()).unwrap();
         assert_eq!(sockets.len(), 3);
         let port = addrs[0].port();
         assert_ne!(port, 0);
         for worker in &sockets {
-            assert_eq!(worker[0].local_addr().unwrap().port(), port);
+            assert_eq!(worker[0].1.local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn inherited_sockets_are_taken_all_and_more_are_bound_for_more_workers() {
+        let old = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = old.local_addr().unwrap();
+        let other = bind_reuseport(addr, 16).unwrap();
+        let spec = ListenerSpec::new("web", addr);
+        // Two sockets, three workers: one more is bound beside them (the
+        // address is taken by the handed-over ones, and that is expected).
+        let mut inherited = vec![crate::handover::Inherited {
+            name: "web".into(),
+            addr,
+            sockets: vec![old, other],
+        }];
+        let (sockets, addrs) = bind_all(std::slice::from_ref(&spec), 3, &mut inherited).unwrap();
+        assert!(inherited.is_empty(), "taken");
+        assert_eq!(addrs, vec![addr]);
+        assert_eq!(sockets.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
+        // Three sockets, one worker: the one worker accepts on all three.
+        let mut inherited = vec![crate::handover::Inherited {
+            name: "web".into(),
+            addr,
+            sockets: sockets.into_iter().flatten().map(|(_, s)| s).collect(),
+        }];
+        let (sockets, _) = bind_all(&[spec], 1, &mut inherited).unwrap();
+        assert_eq!(sockets[0].len(), 3);
+        assert!(sockets[0].iter().all(|(i, _)| *i == 0));
     }
 
     #[test]
@@ -177,8 +234,8 @@ mod tests {
         // listen() resets the ACK mode: it must be set after, or accepted
         // connections send a pure ACK segment before every first response.
         let spec = ListenerSpec::new("t", "127.0.0.1:0".parse().unwrap());
-        let (sockets, _) = bind_all(&[spec], 1).unwrap();
-        assert!(!socket2::SockRef::from(&sockets[0][0]).quickack().unwrap());
+        let (sockets, _) = bind_all(&[spec], 1, &mut Vec::new()).unwrap();
+        assert!(!socket2::SockRef::from(&sockets[0][0].1).quickack().unwrap());
     }
 
     #[test]
@@ -210,7 +267,7 @@ mod tests {
     fn a_port_in_use_is_an_error_not_a_silent_share() {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let spec = ListenerSpec::new("busy", holder.local_addr().unwrap());
-        let err = bind_all(&[spec], 1).unwrap_err();
+        let err = bind_all(&[spec], 1, &mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains("busy"), "{err}");
     }

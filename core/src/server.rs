@@ -28,10 +28,11 @@ use futures_util::FutureExt;
 use monoio::{io::AsyncReadRent, net::TcpStream};
 
 use crate::{
+    handover::Inherited,
     listener::{bind_all, ListenerSpec, OwnAddresses},
     per_ip::PerIpConnections,
     runtime::{self, DriverKind, RuntimeConfig},
-    worker::{run_sweeper, ConnCtx, Rejected, WorkerState, WorkerStats},
+    worker::{run_sweeper, ConnCtx, LocalEvent, Rejected, WorkerState, WorkerStats},
 };
 
 /// Server-wide settings of the connection engine.
@@ -130,6 +131,9 @@ pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
     /// The listeners as configured (port 0 where the kernel picked one).
     specs: Vec<ListenerSpec>,
+    /// Copies of every listener's sockets (all workers'), to hand to a
+    /// new process in a binary upgrade.
+    held: Vec<Vec<std::net::TcpListener>>,
     workers: Vec<WorkerInfo>,
     stats: Vec<Arc<WorkerStats>>,
     stop: Vec<UnixStream>,
@@ -151,7 +155,8 @@ enum Control {
 
 /// A listener of a rebuilt worker.
 enum Incoming {
-    /// The socket the worker has at this index, accept queue and all.
+    /// The sockets the worker has for the listener at this index, accept
+    /// queues and all.
     Keep(usize),
     /// A socket bound for a listener the configuration added.
     New(std::net::TcpListener),
@@ -159,6 +164,13 @@ enum Incoming {
 
 /// The wake-up byte that means "read the control channel".
 const CONTROL_BYTE: u8 = b'r';
+
+/// The byte that means "drain and stop".
+const STOP_BYTE: u8 = b'x';
+
+/// The byte that means "drain gently and stop" (see
+/// [`ServerHandle::shutdown_gently`]).
+const GENTLE_STOP_BYTE: u8 = b'g';
 
 impl ServerHandle {
     /// The bound address of each listener, in configuration order.
@@ -179,8 +191,38 @@ impl ServerHandle {
     /// Starts a graceful shutdown on every worker; returns at once.
     pub fn shutdown(&self) {
         for mut stop in &self.stop {
-            let _ = stop.write_all(b"x");
+            let _ = stop.write_all(&[STOP_BYTE]);
         }
+    }
+
+    /// Starts a graceful shutdown that leaves idle keep-alive connections
+    /// open until their next request, answered with `Connection: close`
+    /// (after a handover, so that no request on its way is lost); the
+    /// shutdown timeout still bounds it.
+    pub fn shutdown_gently(&self) {
+        for mut stop in &self.stop {
+            let _ = stop.write_all(&[GENTLE_STOP_BYTE]);
+        }
+    }
+
+    /// Sends every listener's sockets (all workers') on `stream` to a new
+    /// process taking over (a binary upgrade); this one keeps serving until
+    /// told to stop.
+    pub fn hand_over(&self, stream: &mut UnixStream) -> io::Result<()> {
+        let listeners: Vec<(String, SocketAddr, Vec<std::os::fd::RawFd>)> = self
+            .specs
+            .iter()
+            .zip(&self.local_addrs)
+            .zip(&self.held)
+            .map(|((spec, addr), held)| {
+                (
+                    spec.name.clone(),
+                    *addr,
+                    held.iter().map(AsRawFd::as_raw_fd).collect(),
+                )
+            })
+            .collect();
+        crate::handover::send(stream, &listeners)
     }
 
     /// Serves `listeners` from now on, with apps the factory builds anew on
@@ -215,7 +257,15 @@ impl ServerHandle {
             .filter(|(_, kept)| kept.is_none())
             .map(|(spec, _)| spec.clone())
             .collect();
-        let (mut sockets, added_addrs) = bind_all(&added, workers)?;
+        let (mut sockets, added_addrs) = bind_all(&added, workers, &mut Vec::new())?;
+        // Copies for a later handover: the kept listeners' as they were,
+        // the added ones' from the new sockets.
+        let mut added_held: Vec<Vec<std::net::TcpListener>> = (0..added.len()).map(|_| Vec::new()).collect();
+        for worker in &sockets {
+            for (i, socket) in worker {
+                added_held[*i].push(socket.try_clone()?);
+            }
+        }
         let mut local_addrs = Vec::with_capacity(listeners.len());
         let mut added_addrs = added_addrs.into_iter();
         for kept in &kept {
@@ -231,7 +281,9 @@ impl ServerHandle {
         let own_addresses = Arc::new(OwnAddresses::new(&local_addrs));
         let (done_tx, done_rx) = mpsc::channel();
         for (worker, (control, mut wake)) in self.control.iter().zip(&self.stop).enumerate() {
-            let mut new = std::mem::take(&mut sockets[worker]).into_iter();
+            let mut new = std::mem::take(&mut sockets[worker])
+                .into_iter()
+                .map(|(_, socket)| socket);
             let incoming = kept
                 .iter()
                 .map(|kept| match kept {
@@ -258,6 +310,18 @@ impl ServerHandle {
                 Err(_) => return Err(io::Error::other("a worker stopped during the rebuild")),
             }
         }
+        let mut old_held: Vec<Option<Vec<std::net::TcpListener>>> =
+            std::mem::take(&mut self.held).into_iter().map(Some).collect();
+        let mut added_held = added_held.into_iter();
+        self.held = kept
+            .iter()
+            .map(|kept| match kept {
+                Some(i) => old_held[*i].take().unwrap_or_default(),
+                None => added_held.next().unwrap_or_default(),
+            })
+            .collect();
+        // The removed listeners' copies close here, with the workers'.
+        drop(old_held);
         self.specs = listeners;
         self.local_addrs = local_addrs;
         for info in &mut self.workers {
@@ -292,8 +356,37 @@ where
     F: Fn(&WorkerInfo, Option<&A>) -> A + Send + Sync + 'static,
     A: WorkerApp,
 {
+    start_inheriting(config, factory, Vec::new())
+}
+
+/// Like [`start`], taking the listening sockets a running process handed
+/// over (a binary upgrade): a listener at the address of one of them
+/// serves on its sockets, whose queued connections it then accepts. The
+/// sockets of listeners the configuration no longer has are closed.
+pub fn start_inheriting<F, A>(
+    config: ServerConfig,
+    factory: F,
+    mut inherited: Vec<Inherited>,
+) -> io::Result<ServerHandle>
+where
+    F: Fn(&WorkerInfo, Option<&A>) -> A + Send + Sync + 'static,
+    A: WorkerApp,
+{
     let workers = config.runtime.workers.max(1);
-    let (mut sockets, local_addrs) = bind_all(&config.listeners, workers)?;
+    let (mut sockets, local_addrs) = bind_all(&config.listeners, workers, &mut inherited)?;
+    for gone in &inherited {
+        tracing::info!(
+            "listener {:?} on {} is not in this configuration: its handed-over sockets close",
+            gone.name,
+            gone.addr
+        );
+    }
+    let mut held: Vec<Vec<std::net::TcpListener>> = (0..config.listeners.len()).map(|_| Vec::new()).collect();
+    for worker in &sockets {
+        for (i, socket) in worker {
+            held[*i].push(socket.try_clone()?);
+        }
+    }
     let own_addresses = Arc::new(OwnAddresses::new(&local_addrs));
     let per_ip = config
         .max_connections_per_ip
@@ -305,6 +398,7 @@ where
     let mut handle = ServerHandle {
         local_addrs,
         specs: config.listeners.clone(),
+        held,
         workers: Vec::with_capacity(workers),
         stats: Vec::with_capacity(workers),
         stop: Vec::with_capacity(workers),
@@ -360,7 +454,7 @@ where
 struct WorkerSetup {
     index: usize,
     cpu: Option<usize>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(usize, std::net::TcpListener)>,
     stop: UnixStream,
     control: mpsc::Receiver<Control>,
     stats: Arc<WorkerStats>,
@@ -428,9 +522,9 @@ async fn worker_main<F, A>(
         setup.timer_tick,
     ));
     let mut listeners = Vec::with_capacity(setup.listeners.len());
-    for l in setup.listeners {
+    for (index, l) in setup.listeners {
         match monoio::net::TcpListener::from_std(l) {
-            Ok(l) => listeners.push(Rc::new(l)),
+            Ok(l) => listeners.push((index, Rc::new(l))),
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -458,7 +552,7 @@ async fn worker_main<F, A>(
     // the connection it took), starts loops for new sockets, and shuts
     // removed ones down.
     let mut targets: Vec<Rc<AcceptTarget<A>>> = Vec::with_capacity(listeners.len());
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for (index, listener) in listeners {
         let target = Rc::new(AcceptTarget::new(index, listener, Rc::clone(&app)));
         monoio::spawn(accept_loop(Rc::clone(&target), Rc::clone(&state)));
         targets.push(target);
@@ -473,10 +567,10 @@ async fn worker_main<F, A>(
 
     // CONTROL_BYTE means a message on the control channel; any other byte,
     // or the handle's end of the pair closing, means stop.
-    loop {
+    let gentle = loop {
         let (read, buf) = stop.read(vec![0u8; 1]).await;
         if !matches!(read, Ok(1) if buf[0] == CONTROL_BYTE) {
-            break;
+            break matches!(read, Ok(1) if buf[0] == GENTLE_STOP_BYTE);
         }
         let Ok(Control::Rebuild {
             listeners: incoming,
@@ -491,8 +585,7 @@ async fn worker_main<F, A>(
         let mut failed = None;
         for source in incoming {
             match source {
-                Incoming::Keep(i) if i < targets.len() => adopted.push(Ok(i)),
-                Incoming::Keep(_) => failed = Some(io::Error::other("no listener to keep")),
+                Incoming::Keep(i) => adopted.push(Ok(i)),
                 Incoming::New(l) => match monoio::net::TcpListener::from_std(l) {
                     Ok(l) => adopted.push(Err(Rc::new(l))),
                     Err(e) => failed = Some(e),
@@ -508,33 +601,48 @@ async fn worker_main<F, A>(
         app.retired();
         app = fresh;
         *current.borrow_mut() = Rc::clone(&app);
-        let mut next = Vec::with_capacity(adopted.len());
+        // Every socket of a kept listener is pointed at the new app under
+        // the listener's new index; the rest are removed.
+        let mut next = Vec::with_capacity(targets.len());
         let mut kept = vec![false; targets.len()];
         for (index, source) in adopted.into_iter().enumerate() {
-            let target = match source {
+            match source {
                 Ok(old) => {
-                    kept[old] = true;
-                    let target = Rc::clone(&targets[old]);
-                    target.point_at(index, Rc::clone(&app));
-                    target
+                    for (t, target) in targets.iter().enumerate() {
+                        if target.index.get() == old && !kept[t] {
+                            kept[t] = true;
+                            next.push((index, Rc::clone(target)));
+                        }
+                    }
                 }
                 Err(listener) => {
                     let target = Rc::new(AcceptTarget::new(index, listener, Rc::clone(&app)));
                     monoio::spawn(accept_loop(Rc::clone(&target), Rc::clone(&state)));
-                    target
+                    next.push((index, target));
                 }
-            };
-            next.push(target);
+            }
         }
-        for (old, target) in targets.iter().enumerate() {
-            if !kept[old] {
+        for (t, target) in targets.iter().enumerate() {
+            if !kept[t] {
                 target.remove();
             }
         }
-        targets = next;
+        for (index, target) in &next {
+            target.point_at(*index, Rc::clone(&app));
+        }
+        targets = next.into_iter().map(|(_, target)| target).collect();
         let _ = done.send(Ok(()));
+    };
+    state.begin_drain(gentle);
+    for target in &targets {
+        target.remove();
     }
-    state.begin_drain();
+    // The cancelled accepts end before the count: a connection one took at
+    // the last moment is then counted, and served, not dropped with the
+    // runtime.
+    for target in &targets {
+        let _ = monoio::time::timeout(Duration::from_secs(1), target.ended.wait()).await;
+    }
     let connections = state.connection_count();
     if connections > 0 {
         tracing::info!(worker = state.index, connections, "draining");
@@ -569,8 +677,16 @@ struct AcceptTarget<A> {
     listener: Rc<monoio::net::TcpListener>,
     index: Cell<usize>,
     app: RefCell<Rc<A>>,
-    /// A rebuild removed the listener: its loop ends.
+    /// A rebuild removed the listener, or the worker drains: its loop ends.
     removed: Cell<bool>,
+    /// Cancels the accept in flight. On io_uring an accept that is merely
+    /// dropped may still take a connection, which nobody would serve; a
+    /// cancelled one is awaited to its end, and a connection it took
+    /// after all is served.
+    canceller: RefCell<monoio::io::Canceller>,
+    /// Fired when the loop has returned: its last accept is over, and a
+    /// connection that accept took is registered.
+    ended: LocalEvent,
 }
 
 impl<A: WorkerApp> AcceptTarget<A> {
@@ -580,6 +696,8 @@ impl<A: WorkerApp> AcceptTarget<A> {
             index: Cell::new(index),
             app: RefCell::new(app),
             removed: Cell::new(false),
+            canceller: RefCell::new(monoio::io::Canceller::new()),
+            ended: LocalEvent::default(),
         }
     }
 
@@ -588,27 +706,35 @@ impl<A: WorkerApp> AcceptTarget<A> {
         *self.app.borrow_mut() = app;
     }
 
-    /// Ends the loop: shutting the listening socket down makes its pending
-    /// accept fail at once (connections still in its queue are reset, as
-    /// closing it would), and the loop, seeing `removed`, returns and drops
-    /// the socket.
+    /// Ends the loop: its accept in flight is cancelled (a connection it
+    /// took first is still served) and the loop, seeing `removed`, returns
+    /// and drops the socket. The socket itself is left as it is: after a
+    /// handover another process accepts on it.
     fn remove(&self) {
         self.removed.set(true);
-        crate::socket::shutdown_listener(self.listener.as_raw_fd());
+        let canceller = std::mem::take(&mut *self.canceller.borrow_mut());
+        let _ = canceller.cancel();
     }
 }
 
 /// One listening socket's accept loop on one worker, until the worker
 /// drains or a rebuild removes the listener.
 async fn accept_loop<A: WorkerApp>(target: Rc<AcceptTarget<A>>, state: Rc<WorkerState>) {
+    accept_until_removed(&target, &state).await;
+    target.ended.fire();
+}
+
+async fn accept_until_removed<A: WorkerApp>(target: &AcceptTarget<A>, state: &Rc<WorkerState>) {
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut failures = AcceptFailures::default();
     loop {
-        let accepted = monoio::select! {
-            r = target.listener.accept() => r,
-            _ = state.draining.wait() => return,
-        };
         if target.removed.get() {
+            return;
+        }
+        let handle = target.canceller.borrow().handle();
+        let accepted = target.listener.cancelable_accept(handle).await;
+        let ending = target.removed.get();
+        if ending && accepted.is_err() {
             return;
         }
         let index = target.index.get();
@@ -634,6 +760,9 @@ async fn accept_loop<A: WorkerApp>(target: Rc<AcceptTarget<A>>, state: Rc<Worker
                         tracing::error!(%peer, "connection task panicked; connection closed");
                     }
                 });
+                if ending {
+                    return;
+                }
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of

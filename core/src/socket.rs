@@ -118,17 +118,6 @@ pub(crate) fn send_byte_fd(fd: std::os::fd::RawFd, byte: u8) -> io::Result<bool>
     }
 }
 
-/// Shuts a listening socket down for reading: an accept waiting on it, in
-/// the kernel or in io_uring, fails at once, where cancelling it could lose
-/// a connection it had just taken. The caller must own `fd` for the call.
-pub(crate) fn shutdown_listener(fd: std::os::fd::RawFd) {
-    #[allow(unsafe_code)]
-    // SAFETY: no memory is passed; `fd` is open for the call.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RD);
-    }
-}
-
 /// Whether the peer reset a connected socket: its pending error is
 /// `ECONNRESET`, or `EPIPE` (a reset after the peer's FIN). Reading the
 /// error clears it.

@@ -253,6 +253,10 @@ pub(crate) struct WorkerState {
     /// The most connections open at once since the sweeper last looked.
     peak_conns: Cell<usize>,
     pub(crate) draining: LocalEvent,
+    /// The drain is a handover's: idle connections are not closed, but
+    /// wait for their next request, answered with Connection: close (a
+    /// request already on its way is not lost).
+    gentle: Cell<bool>,
     pub(crate) all_closed: LocalEvent,
     /// The coarse clock: milliseconds since `epoch`, updated every tick.
     now_ms: Cell<u64>,
@@ -276,6 +280,7 @@ impl WorkerState {
             conns: RefCell::new(Slab::new()),
             peak_conns: Cell::new(0),
             draining: LocalEvent::default(),
+            gentle: Cell::new(false),
             all_closed: LocalEvent::default(),
             now_ms: Cell::new(0),
             epoch: Instant::now(),
@@ -326,9 +331,12 @@ impl WorkerState {
     }
 
     /// Starts draining: accept loops stop, idle connections are closed.
-    pub(crate) fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self, gentle: bool) {
+        self.gentle.set(gentle);
         self.draining.fire();
-        self.close_connections(true);
+        if !gentle {
+            self.close_connections(true);
+        }
         if self.conns.borrow().is_empty() {
             self.all_closed.fire();
         }
@@ -554,7 +562,13 @@ impl ConnCtx {
             e.probed = false;
             e.client_left = false;
         });
-        !(idle && self.worker.draining.is_fired())
+        !(idle && self.closes_idle())
+    }
+
+    /// Whether the worker closes idle connections: it drains, and not
+    /// gently (a handover's drain lets them send one more request).
+    pub fn closes_idle(&self) -> bool {
+        self.worker.draining.is_fired() && !self.worker.gentle.get()
     }
 
     /// Whether the worker is shutting down: finish this request, then close.

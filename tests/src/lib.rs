@@ -233,6 +233,7 @@ fn test_config(driver: DriverChoice, listener: Listener, dns: Arc<DnsConfig>) ->
         max_connections_set: true,
         max_connections_per_ip: None,
         shutdown_timeout: Duration::from_secs(10),
+        upgrade_socket: None,
         log_level: None,
         listeners: vec![listener],
         upstreams: Vec::new(),

@@ -112,6 +112,8 @@ pub struct AdminServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     view: Arc<View>,
+    /// The listening socket, to wake the accept with at the end.
+    socket: TcpListener,
 }
 
 /// The server's state the admin pages show, besides the configuration.
@@ -133,8 +135,15 @@ pub struct Running<'a> {
 impl AdminServer {
     /// Binds `[admin] listen` and starts answering; fails, naming the
     /// address, when it cannot be bound.
-    pub fn start(admin: &AdminConfig, config: &Config, running: Running<'_>) -> io::Result<Self> {
-        let listener = TcpListener::bind(admin.listen).map_err(|e| {
+    /// `sharing`: a ringway giving way to this one (a binary upgrade) still
+    /// listens there; both take connections until it stops.
+    pub fn start(
+        admin: &AdminConfig,
+        config: &Config,
+        running: Running<'_>,
+        sharing: bool,
+    ) -> io::Result<Self> {
+        let listener = bind(admin.listen, sharing).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("[admin] cannot listen on {}: {e}", admin.listen),
@@ -159,6 +168,7 @@ impl AdminServer {
         let served_view = Arc::clone(&view);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let socket = listener.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("ringway-admin".to_owned())
             .spawn(move || {
@@ -177,6 +187,7 @@ impl AdminServer {
             stop,
             thread: Some(thread),
             view,
+            socket,
         })
     }
 
@@ -201,12 +212,34 @@ impl AdminServer {
 impl Drop for AdminServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wakes the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Wakes the blocking accept: shutting the listening socket down
+        // makes it fail at once. (Connecting to the address would not do:
+        // after a handover a new ringway listens there too, and the kernel
+        // may hand the connection to it.)
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Read);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
+}
+
+/// Binds the admin listener with `SO_REUSEPORT`, so that the process that
+/// takes over in a binary upgrade can listen beside this one. Unless
+/// `sharing`, a probe without it first makes sure nobody listens there
+/// already (an earlier ringway left running would take half the requests).
+fn bind(addr: SocketAddr, sharing: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if !sharing {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 fn listener_views(config: &Config, addrs: &[SocketAddr]) -> Vec<ListenerView> {

@@ -160,6 +160,9 @@ pub struct Config {
     pub max_connections_per_ip: Option<u32>,
     /// How long a drain waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// Where a binary upgrade's new process waits for the listening
+    /// sockets (`[runtime] upgrade_socket`).
+    pub upgrade_socket: Option<PathBuf>,
     /// `[log] level`, if set.
     pub log_level: Option<String>,
     /// The listeners, in file order.
@@ -504,6 +507,7 @@ impl Validator {
             max_connections_set: rt.max_connections_set,
             max_connections_per_ip: rt.max_connections_per_ip,
             shutdown_timeout: rt.shutdown_timeout,
+            upgrade_socket: rt.upgrade_socket,
             log_level: user.log.level.clone(),
             listeners,
             upstreams,

@@ -20,6 +20,7 @@ pub(crate) struct RuntimeSection {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_ip: Option<u32>,
     pub(crate) shutdown_timeout: Option<String>,
+    pub(crate) upgrade_socket: Option<String>,
 }
 
 /// The most workers a configuration or the command line may ask for.
@@ -32,6 +33,7 @@ pub(super) struct Runtime {
     pub(super) max_connections_set: bool,
     pub(super) max_connections_per_ip: Option<u32>,
     pub(super) shutdown_timeout: Duration,
+    pub(super) upgrade_socket: Option<PathBuf>,
 }
 
 impl Validator {
@@ -84,6 +86,7 @@ impl Validator {
             max_connections_set: rt.max_connections.is_some(),
             max_connections_per_ip: rt.max_connections_per_ip.filter(|&n| n > 0),
             shutdown_timeout,
+            upgrade_socket: rt.upgrade_socket.as_ref().map(|p| self.base.join(p)),
         }
     }
 }

@@ -238,7 +238,11 @@ impl<H: ProxyHooks> Engine<H> {
         // timeout; later heads get it from their first byte on.
         let started = first.then(Instant::now);
         if !slot.has_pending() {
-            if !conn.set_idle(true) {
+            // A drain closes idle keep-alive connections; a new one (the
+            // last accept of a drain, or one a handover's old process took
+            // as it gave way) still has its first request answered, with
+            // Connection: close.
+            if !conn.set_idle(true) && !first {
                 return Ok(false);
             }
             // While idle the connection holds no buffer and no heads: it
@@ -262,7 +266,7 @@ impl<H: ProxyHooks> Engine<H> {
                 // A drain that began while this connection was idle has shut
                 // its socket down: whatever arrived cannot be answered. An
                 // expired idle deadline did the same.
-                Ok(n) if n > 0 && !conn.is_draining() && !expired => {}
+                Ok(n) if n > 0 && (first || !conn.closes_idle()) && !expired => {}
                 // Closed, reset, idle timeout or drain: no request was begun.
                 _ => return Ok(false),
             }
