@@ -133,6 +133,21 @@ fn client(addr: SocketAddr, path: &'static str, keep_alive: bool, stop: Arc<Atom
     }
 }
 
+/// Stops the clients and fails on any request of theirs that failed.
+fn stop_clients(stop: &AtomicBool, clients: Vec<thread::JoinHandle<()>>, tally: &Tally) {
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let failures = tally.failures.lock().expect("tally");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+}
+
 /// A free loopback port for the admin listener (its address must be
 /// known before start, as `ringway reload` reads it from the file).
 fn free_port() -> u16 {
@@ -217,17 +232,7 @@ fn twenty_reloads_under_steady_traffic_fail_no_request() {
         assert!(fetch(addr, &format!("/gen{i}")).starts_with("HTTP/1.1 200"));
         thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().expect("client");
-    }
-    let failures = tally.failures.lock().expect("tally");
-    assert!(
-        failures.is_empty(),
-        "{} failed requests: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    stop_clients(&stop, clients, &tally);
     let ok = tally.ok.load(Ordering::Relaxed);
     assert!(ok > 200, "only {ok} requests went through");
     let bodies = tally.bodies.lock().expect("tally");
@@ -407,17 +412,7 @@ fn a_binary_upgrade_hands_the_sockets_over_and_refuses_no_connection() {
     // Only the new one is left: every new connection reaches upstream b.
     thread::sleep(Duration::from_millis(300));
     assert!(fetch(addr, "/x").ends_with('B'));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().expect("client");
-    }
-    let failures = tally.failures.lock().expect("tally");
-    assert!(
-        failures.is_empty(),
-        "{} failed requests: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    stop_clients(&stop, clients, &tally);
     let bodies = tally.bodies.lock().expect("tally");
     assert!(
         bodies.contains("A") && bodies.contains("B"),
