@@ -176,8 +176,12 @@ impl AdminServer {
                     if stopping.load(Ordering::Relaxed) {
                         return;
                     }
-                    if let Ok(stream) = stream {
-                        let _ = serve(stream, &served_view);
+                    match stream {
+                        Ok(stream) => {
+                            let _ = serve(stream, &served_view);
+                        }
+                        // Out of descriptors: no spinning on it.
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
                 }
             })?;
