@@ -177,7 +177,7 @@ impl WorkerApp for WorkerListeners {
         match &slot.engine {
             ListenerEngine::Reverse(e) => e.log_rejected(peer, slot.local, why.name()),
             ListenerEngine::Forward(e) => e.log_rejected(peer, slot.local, why.name()),
-            _ => {}
+            ListenerEngine::Tcp(b) => b.log_rejected(peer, slot.local, why.name()),
         }
     }
 
@@ -190,7 +190,12 @@ impl WorkerApp for WorkerListeners {
             match &slot.engine {
                 ListenerEngine::Reverse(e) => e.retire(),
                 ListenerEngine::Forward(e) => e.retire(),
-                ListenerEngine::Tcp(_) => {}
+                // Relays end on their own; their lines so far go out.
+                ListenerEngine::Tcp(b) => {
+                    if let Some(log) = b.access_log() {
+                        log.flush();
+                    }
+                }
             }
         }
     }
@@ -241,7 +246,7 @@ impl WorkerListeners {
             let log = match &slot.engine {
                 ListenerEngine::Reverse(e) => e.access_log(),
                 ListenerEngine::Forward(e) => e.access_log(),
-                ListenerEngine::Tcp(_) => None,
+                ListenerEngine::Tcp(b) => b.access_log(),
             };
             if let Some(log) = log {
                 log.flush();
@@ -698,13 +703,11 @@ fn build_worker(
                     };
                     let group = Arc::clone(&config.upstreams[*upstream]);
                     let connect = engine_settings.timeouts.connect;
-                    ListenerEngine::Tcp(Rc::new(TcpBalancer::new(
-                        name,
-                        group,
-                        worker.index,
-                        connect,
-                        tunnel,
-                    )))
+                    let balancer = TcpBalancer::new(name, group, worker.index, connect, tunnel);
+                    ListenerEngine::Tcp(Rc::new(match logger() {
+                        Some(log) => balancer.with_access_log(log),
+                        None => balancer,
+                    }))
                 }
             };
             let tls = l.tls.as_ref().map(|acceptor| {

@@ -763,6 +763,7 @@ fn proxy_protocol_headers_from_allowed_balancers_name_the_client_everywhere() {
 
 #[test]
 fn tcp_listeners_pass_the_client_on_to_upstreams_that_want_a_proxy_header() {
+    let log = log_dir("proxy-protocol-tcp").join("access.log");
     // An upstream that reads a PROXY v2 header, then answers with the
     // source it names.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -787,12 +788,21 @@ fn tcp_listeners_pass_the_client_on_to_upstreams_that_want_a_proxy_header() {
             "[runtime]\nworkers = 1\npin_cpus = false\n\n\
              [[upstream]]\nname = \"db\"\nservers = [\"{upstream_addr}\"]\nproxy_protocol = true\n\n\
              [[listener]]\nname = \"tcp\"\nlisten = \"127.0.0.1:0\"\nmode = \"tcp\"\nupstream = \"db\"\n\
-             proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1/32\"]\n"
+             proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1/32\"]\n\
+             access_log = {{ path = \"{}\", format = \"json\" }}\n",
+            log.display()
         ),
     );
     let running = Running::start(&["run", config.to_str().expect("path")]);
     let answer = exchange(running.addr, b"PROXY TCP4 192.0.2.44 127.0.0.1 41000 5432\r\n");
     assert_eq!(answer, "192.0.2.44:41000");
+    // A line per connection: the client the header named, the server, the
+    // bytes each way (the header itself is not relayed).
+    let line = &lines_with(&log, "\"event\":\"connection\"", 1)[0];
+    assert_eq!(json_field(line, "client"), "192.0.2.44:41000", "{line}");
+    assert_eq!(json_field(line, "upstream"), upstream_addr.to_string(), "{line}");
+    assert_eq!(json_field(line, "bytes_out"), "16", "{line}");
+    assert_eq!(json_field(line, "bytes_in"), "0", "{line}");
 }
 
 #[test]

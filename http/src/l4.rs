@@ -17,7 +17,11 @@ use monoio::net::TcpStream;
 use ringway_balancer::{ip_hash, Balancer, Outcome, Tried, UpstreamGroup};
 use ringway_core::ConnCtx;
 
-use crate::engine::{ClientInfo, ClientStream, TunnelOptions};
+use crate::{
+    access_log::{AccessLogger, Entry, Event, LogFacts},
+    engine::{ClientInfo, ClientStream, TunnelOptions},
+    tunnel::TunnelBytes,
+};
 
 /// One TCP listener's balancer on one worker.
 pub struct TcpBalancer {
@@ -25,6 +29,8 @@ pub struct TcpBalancer {
     balancer: Rc<Balancer>,
     connect_timeout: Duration,
     tunnel: TunnelOptions,
+    /// The listener's access log on this worker: a line per connection.
+    log: Option<AccessLogger>,
 }
 
 impl TcpBalancer {
@@ -43,7 +49,71 @@ impl TcpBalancer {
             balancer: Rc::new(Balancer::new(group, worker)),
             connect_timeout,
             tunnel,
+            log: None,
         }
+    }
+
+    /// Writes a line per connection (its server, bytes both ways, time) to
+    /// `log`.
+    #[must_use]
+    pub fn with_access_log(mut self, log: AccessLogger) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The listener's access log on this worker.
+    pub fn access_log(&self) -> Option<&AccessLogger> {
+        self.log.as_ref()
+    }
+
+    /// Logs a connection from `peer` to `local` closed at once, unanswered,
+    /// over the limit named `why`.
+    pub fn log_rejected(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr, why: &'static str) {
+        let Some(log) = &self.log else { return };
+        let client = ClientInfo::new(peer, local);
+        log.log(&Entry {
+            event: Event::Rejected(why),
+            listener: &self.listener,
+            client: &client,
+            req: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            body_out: 0,
+            upstream: None,
+            upstream_time: None,
+            total: Duration::ZERO,
+            content_type: b"",
+            facts: LogFacts::default(),
+        });
+    }
+
+    /// The connection's line: `server` is where it went (none: no server
+    /// took it), `moved` what crossed.
+    fn log_connection(
+        &self,
+        info: &ClientInfo,
+        server: Option<std::net::SocketAddr>,
+        moved: TunnelBytes,
+        started: std::time::Instant,
+    ) {
+        let Some(log) = &self.log else { return };
+        log.log(&Entry {
+            event: Event::Connection,
+            listener: &self.listener,
+            client: info,
+            req: None,
+            // 200: relayed; 503: no server took it (HAProxy's SC status).
+            status: if server.is_some() { 200 } else { 503 },
+            bytes_in: moved.upstream,
+            bytes_out: moved.downstream,
+            body_out: moved.downstream,
+            upstream: server,
+            upstream_time: None,
+            total: started.elapsed(),
+            content_type: b"",
+            facts: LogFacts::default(),
+        });
     }
 
     /// Relays `client` to a server until the connection ends. The future
@@ -62,6 +132,7 @@ impl TcpBalancer {
     }
 
     async fn relay(&self, client: TcpStream, info: ClientInfo, conn: &ConnCtx) {
+        let began = std::time::Instant::now();
         let group = self.balancer.group();
         let key = ip_hash(info.peer.ip());
         let mut tried = Tried::default();
@@ -135,8 +206,10 @@ impl TcpBalancer {
                 bytes_down = moved.downstream,
                 "tcp connection closed"
             );
+            self.log_connection(&info, Some(addr), moved, began);
             return;
         }
         tracing::warn!(listener = &*self.listener, upstream = %group.name, client = %info.peer, "no server accepted the connection");
+        self.log_connection(&info, None, TunnelBytes::default(), began);
     }
 }

@@ -259,17 +259,7 @@ impl Validator {
                     None
                 }
             };
-            let access_log = if mode_name == "tcp" {
-                if l.access_log.is_some() {
-                    self.problem(
-                        at.key("access_log"),
-                        "a tcp listener passes bytes through and writes no access log; it applies to reverse and forward listeners",
-                    );
-                }
-                None
-            } else {
-                self.access_log(l.access_log.as_ref(), access_log, &at.key("access_log"))
-            };
+            let access_log = self.access_log(l.access_log.as_ref(), access_log, &at.key("access_log"));
             let proxy_protocol = self.proxy_protocol(l, &at);
             if let (Some(addr), Some(mode)) = (addr, mode) {
                 listeners.push(Listener {

@@ -362,7 +362,8 @@ fn squid_result(entry: &Entry<'_>) -> &'static str {
         return "TCP_DENIED";
     }
     match entry.event {
-        Event::Tunnel => "TCP_TUNNEL",
+        Event::Tunnel | Event::Connection if entry.upstream.is_some() => "TCP_TUNNEL",
+        Event::Tunnel | Event::Connection => "NONE_NONE",
         Event::Request if entry.upstream.is_some() => "TCP_MISS",
         Event::Request => "NONE_NONE",
         Event::Refused | Event::Rejected(_) => "NONE_NONE",

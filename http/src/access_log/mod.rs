@@ -41,6 +41,8 @@ pub enum Event {
     Refused,
     /// A connection closed at once, unanswered, for this reason.
     Rejected(&'static str),
+    /// A tcp listener's connection, relayed to a server (or not taken).
+    Connection,
 }
 
 impl Event {
@@ -51,6 +53,7 @@ impl Event {
             Self::Tunnel => "tunnel",
             Self::Refused => "refused",
             Self::Rejected(_) => "rejected",
+            Self::Connection => "connection",
         }
     }
 }

@@ -496,7 +496,7 @@ fn count(m: &ListenerMetrics, entry: &Entry<'_>) {
             return;
         }
         Event::Refused => m.refused_heads.add(1),
-        Event::Tunnel => m.tunnels.add(1),
+        Event::Tunnel | Event::Connection => m.tunnels.add(1),
         Event::Request => {}
     }
     let class = status_class(entry.status);
