@@ -73,6 +73,10 @@ struct ListenerSlot {
     proxy_from: Option<Arc<[IpNet]>>,
     /// How long such a header may take.
     head_timeout: Duration,
+    /// Its routes reach an upstream that gets a PROXY header, which names
+    /// the address the client connected to: read it from the socket (a
+    /// wildcard or port-0 listener's configured address would not do).
+    real_local: bool,
 }
 
 /// A TLS listener's acceptor on one worker.
@@ -141,10 +145,18 @@ impl WorkerApp for WorkerListeners {
                     slot.head_timeout,
                 );
                 let name = Rc::clone(&slot.name);
+                let real_local = slot.real_local;
                 Box::pin(async move {
                     let mut stream = stream;
                     match ringway_http::proxy_protocol::read_header(&mut stream, timeout).await {
                         Ok(header) => {
+                            // The address the client reached, as the
+                            // balancer saw it, else this socket's.
+                            let local = match header.destination {
+                                Some(destination) => destination,
+                                None if real_local => stream.local_addr().unwrap_or(local),
+                                None => local,
+                            };
                             let client = ClientInfo::new(header.source.unwrap_or(peer), local);
                             serve_engine(&engine, tls.as_ref(), stream, client, conn).await;
                         }
@@ -154,13 +166,20 @@ impl WorkerApp for WorkerListeners {
                     }
                 })
             }
-            _ => serve_engine(
-                &slot.engine,
-                slot.tls.as_ref(),
-                stream,
-                ClientInfo::new(peer, slot.local),
-                conn,
-            ),
+            _ => {
+                let local = if slot.real_local {
+                    stream.local_addr().unwrap_or(slot.local)
+                } else {
+                    slot.local
+                };
+                serve_engine(
+                    &slot.engine,
+                    slot.tls.as_ref(),
+                    stream,
+                    ClientInfo::new(peer, local),
+                    conn,
+                )
+            }
         }
     }
 
@@ -190,10 +209,10 @@ impl WorkerApp for WorkerListeners {
             match &slot.engine {
                 ListenerEngine::Reverse(e) => e.retire(),
                 ListenerEngine::Forward(e) => e.retire(),
-                // Relays end on their own; their lines so far go out.
+                // Relays end on their own; their lines go out as they come.
                 ListenerEngine::Tcp(b) => {
                     if let Some(log) = b.access_log() {
-                        log.flush();
+                        log.unbuffer();
                     }
                 }
             }
@@ -303,11 +322,15 @@ impl Running {
         if config.runtime != before.runtime
             || config.max_connections != before.max_connections
             || config.max_connections_per_ip != before.max_connections_per_ip
+            || config.shutdown_timeout != before.shutdown_timeout
+            || config.upgrade_socket != before.upgrade_socket
         {
             notes.push("[runtime] changes apply at the next restart; the running values stay".to_owned());
             config.runtime = before.runtime.clone();
             config.max_connections = before.max_connections;
             config.max_connections_per_ip = before.max_connections_per_ip;
+            config.shutdown_timeout = before.shutdown_timeout;
+            config.upgrade_socket = before.upgrade_socket.clone();
         }
         if config.admin != before.admin {
             notes.push(
@@ -324,19 +347,28 @@ impl Running {
             *self.current.lock().unwrap_or_else(PoisonError::into_inner) = old;
             return Err(e.to_string());
         }
-        // The old prober stops before the new one starts: one set of checks.
-        self.prober = None;
-        self.prober = Prober::start(health_checks(config), &config.upstreams, Arc::clone(&config.dns))
-            .map_err(|e| format!("health checks did not restart: {e}"))?;
-        self.watcher = None;
-        self.certs = certificates(config);
-        self.watcher = CertWatcher::start(Arc::clone(&self.certs)).map_err(|e| e.to_string())?;
+        // The workers serve the new configuration from here on: what fails
+        // below is said, not reported as a reload that did not happen.
         if let Some(admin) = &self.admin {
             admin.update(
                 config,
                 self.server.local_addrs(),
                 self.logs.as_ref().map(LogWriter::stats),
             );
+        }
+        // The old prober stops before the new one starts: one set of checks.
+        self.prober = None;
+        match Prober::start(health_checks(config), &config.upstreams, Arc::clone(&config.dns)) {
+            Ok(prober) => self.prober = prober,
+            Err(e) => notes.push(format!(
+                "health checks did not restart, servers are not checked: {e}"
+            )),
+        }
+        self.watcher = None;
+        self.certs = certificates(config);
+        match CertWatcher::start(Arc::clone(&self.certs)) {
+            Ok(watcher) => self.watcher = watcher,
+            Err(e) => notes.push(format!("certificate files are not watched: {e}")),
         }
         Ok(notes)
     }
@@ -490,24 +522,38 @@ pub fn start_inheriting(config: &Config, inherited: Vec<Inherited>) -> std::io::
     };
     let server = ringway_core::start_inheriting(server, build, inherited)?;
     let (reloads, reload_requests) = std::sync::mpsc::channel();
-    let admin = match (&config.admin, registry) {
-        (Some(admin), Some(registry)) => {
-            let running = admin::Running {
-                registry,
-                stats: server.stats(),
-                workers: server.workers(),
-                addrs: server.local_addrs(),
-                logs: logs.as_ref().map(LogWriter::stats),
-                reloads,
-            };
-            Some(AdminServer::start(admin, config, running, taking_over)?)
+    let admin = || -> std::io::Result<Option<AdminServer>> {
+        let (Some(admin), Some(registry)) = (&config.admin, registry) else {
+            return Ok(None);
+        };
+        let running = admin::Running {
+            registry,
+            stats: server.stats(),
+            workers: server.workers(),
+            addrs: server.local_addrs(),
+            logs: logs.as_ref().map(LogWriter::stats),
+            reloads,
+        };
+        AdminServer::start(admin, config, running, taking_over).map(Some)
+    };
+    let certs = certificates(config);
+    let rest = admin().and_then(|admin| {
+        let prober = Prober::start(health_checks(config), &config.upstreams, Arc::clone(&config.dns))?;
+        let watcher = CertWatcher::start(Arc::clone(&certs))?;
+        Ok((admin, prober, watcher))
+    });
+    let (admin, prober, watcher) = match rest {
+        Ok(started) => started,
+        Err(e) => {
+            // The workers are accepting already (on handed-over sockets,
+            // maybe): the connections they took are answered before the
+            // error is.
+            server.shutdown_gently();
+            server.wait();
+            return Err(e);
         }
-        _ => None,
     };
     let reload_requests = admin.is_some().then_some(reload_requests);
-    let prober = Prober::start(health_checks(config), &config.upstreams, Arc::clone(&config.dns))?;
-    let certs = certificates(config);
-    let watcher = CertWatcher::start(Arc::clone(&certs))?;
     Ok(Running {
         server,
         prober,
@@ -724,6 +770,15 @@ fn build_worker(
                 name: Rc::from(name.as_str()),
                 proxy_from: l.proxy_protocol.clone(),
                 head_timeout: l.settings.timeouts.client_head,
+                real_local: match &l.mode {
+                    ListenerMode::Reverse { routes, route_count } => (0..*route_count).any(|r| {
+                        routes
+                            .spec(r)
+                            .and_then(|spec| config.upstreams.get(spec.upstream))
+                            .is_some_and(|g| g.proxy_protocol)
+                    }),
+                    _ => false,
+                },
             }
         })
         .collect();

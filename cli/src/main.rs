@@ -678,11 +678,16 @@ fn run_from(config: &Config, file: Option<&Path>, takeover: bool) -> anyhow::Res
             config.shutdown_timeout
         );
     }
-    notify_systemd("STOPPING=1");
+    // Reloads asked for from now on fail at once instead of waiting for
+    // this loop.
+    drop(reload_requests);
     if stop == Some(SIGUSR2) {
-        // Handed over: idle keep-alive connections get one more answer.
+        // Handed over: the new process is the service now (it said
+        // MAINPID), so no STOPPING=1; idle keep-alive connections get one
+        // more answer.
         server.shutdown_gently();
     } else {
+        notify_systemd("STOPPING=1");
         server.shutdown();
     }
     // A second stop signal while draining stops at once.

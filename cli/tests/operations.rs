@@ -349,6 +349,51 @@ fn squid_format_lines_read_as_squid_s_and_sigusr1_reopens_after_logrotate() {
 }
 
 #[test]
+fn pipelined_requests_each_log_their_own_bytes() {
+    let origin = Origin::start(|_| text("hello"));
+    let dir = log_dir("pipelined-logs");
+    let log = dir.join("access.log");
+    let config = temp_file(
+        "pipelined-logs.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\
+             access_log = {{ path = \"{}\", format = \"$request_uri $status $request_length $bytes_sent $upstream_addr\" }}\n\n\
+             [[listener.route]]\npath_prefix = \"/app\"\nupstream = \"app\"\n",
+            origin.addr(),
+            log.display()
+        ),
+    );
+    let running = Running::start(&["run", config.to_str().expect("path")]);
+    // A POST with a body, a 404 and another 404, in one write.
+    let post = "POST /app/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n";
+    let miss = "GET /m1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let last = "GET /m2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut bytes = post.as_bytes().to_vec();
+    bytes.extend_from_slice(&[b'z'; 1000]);
+    bytes.extend_from_slice(miss.as_bytes());
+    bytes.extend_from_slice(last.as_bytes());
+    let answer = exchange(running.addr, &bytes);
+    assert_eq!(answer.matches("HTTP/1.1 404").count(), 2, "{answer}");
+    let lines = lines_with(&log, "/m", 2);
+    let field = |line: &str, i: usize| line.split(' ').nth(i).unwrap_or_default().to_owned();
+    let (m1, m2) = (&lines[0], &lines[1]);
+    // Each 404 counts its own head and answer, nothing of the POST before.
+    assert_eq!(field(m1, 2), miss.len().to_string(), "{m1}");
+    assert_eq!(field(m2, 2), last.len().to_string(), "{m2}");
+    assert_eq!(field(m1, 4), "-", "no upstream: {m1}");
+    let sent: u64 = field(m1, 3).parse().expect("bytes");
+    assert!(sent > 0 && sent < 400, "one 404's bytes: {m1}");
+    let post_line = &lines_with(&log, "/app/a", 1)[0];
+    assert_eq!(
+        field(post_line, 2),
+        (post.len() + 1000).to_string(),
+        "{post_line}"
+    );
+}
+
+#[test]
 fn connections_over_the_limit_are_logged_as_rejected() {
     let origin = Origin::start(|_| Reply::ok("ok"));
     let dir = log_dir("rejected-logs");

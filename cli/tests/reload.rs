@@ -382,7 +382,16 @@ fn a_binary_upgrade_hands_the_sockets_over_and_refuses_no_connection() {
     };
     let old_file = temp_file("upgrade-old.toml", &with("a"));
     let new_file = temp_file("upgrade-new.toml", &with("b"));
-    let old = Running::start(&["run", old_file.to_str().expect("path")]);
+    // The old process runs as systemd's main process would.
+    let systemd = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).expect("notify socket");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", old_file.to_str().expect("path")])
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"));
+    let old = Running::spawn(command);
     let addr = old.addr;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -409,6 +418,17 @@ fn a_binary_upgrade_hands_the_sockets_over_and_refuses_no_connection() {
     assert_eq!(new.addr, addr, "the same address, on the same sockets");
     old.wait_for_log("serves on the listeners now; this one drains");
     assert!(old.wait().success(), "the old process drains and exits 0");
+    // systemd hears the new main process, and no STOPPING=1 that would
+    // stop the service the new process now is.
+    let mut heard = Vec::new();
+    systemd.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 256];
+    while let Ok(n) = systemd.recv(&mut buf) {
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(heard.first().map(String::as_str), Some("READY=1"), "{heard:?}");
+    assert!(heard.iter().any(|m| m.starts_with("MAINPID=")), "{heard:?}");
+    assert!(!heard.iter().any(|m| m.contains("STOPPING")), "{heard:?}");
     // Only the new one is left: every new connection reaches upstream b.
     thread::sleep(Duration::from_millis(300));
     assert!(fetch(addr, "/x").ends_with('B'));

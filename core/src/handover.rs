@@ -174,9 +174,6 @@ fn receive_fds(stream: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
         if n == 0 {
             return Ok(fds);
         }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(io::Error::other("the handover's descriptors were cut short"));
-        }
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
@@ -188,6 +185,10 @@ fn receive_fds(stream: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            // The ones that did arrive close with `fds`.
+            return Err(io::Error::other("the handover's descriptors were cut short"));
         }
     }
     Ok(fds)

@@ -172,14 +172,29 @@ impl AdminServer {
         let thread = std::thread::Builder::new()
             .name("ringway-admin".to_owned())
             .spawn(move || {
+                // A thread per request, a few at a time: a client that
+                // trickles its head cannot hold /healthz for the balancer.
+                let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 for stream in listener.incoming() {
                     if stopping.load(Ordering::Relaxed) {
                         return;
                     }
                     match stream {
-                        Ok(stream) => {
-                            let _ = serve(stream, &served_view);
+                        Ok(stream) if busy.load(Ordering::Relaxed) < MAX_ADMIN_REQUESTS => {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                            let (view, done) = (Arc::clone(&served_view), Arc::clone(&busy));
+                            let spawned = std::thread::Builder::new()
+                                .name("ringway-admin-req".to_owned())
+                                .spawn(move || {
+                                    let _ = serve(stream, &view);
+                                    done.fetch_sub(1, Ordering::Relaxed);
+                                });
+                            if spawned.is_err() {
+                                busy.fetch_sub(1, Ordering::Relaxed);
+                            }
                         }
+                        // Too many at once: this one is closed unanswered.
+                        Ok(stream) => drop(stream),
                         // Out of descriptors: no spinning on it.
                         Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
@@ -288,15 +303,27 @@ fn listener_views(config: &Config, addrs: &[SocketAddr]) -> Vec<ListenerView> {
 /// The most a request head to the admin listener may take.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// Admin requests served at once.
+const MAX_ADMIN_REQUESTS: usize = 16;
+
+/// The most a request head may take to arrive, all of it.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Answers one request, then closes.
 fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut req = RequestHead::new();
     let limits = HttpLimits::default();
     let mut chunk = [0u8; 1024];
+    let until = std::time::Instant::now() + HEAD_DEADLINE;
     loop {
+        // The deadline is for the whole head, not each read.
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());

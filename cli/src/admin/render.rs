@@ -471,12 +471,20 @@ pub(super) fn status_json(view: &View, served: &Served, workers: &[WorkerMetrics
     out
 }
 
-/// Keys whose values are secrets.
+/// Keys whose values are secrets: settings named so, and header fields
+/// that carry credentials (in header edits such as `request_set`).
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["token", "secret", "password", "passphrase"]
+    let named = ["token", "secret", "password", "passphrase"]
         .iter()
-        .any(|s| key.contains(s))
+        .any(|s| key.contains(s));
+    let header = matches!(
+        key.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || ["-key", "-auth", "-credentials", "-signature"]
+        .iter()
+        .any(|s| key.ends_with(s));
+    named || header
 }
 
 /// The configuration file with every secret's value replaced.
@@ -502,7 +510,23 @@ fn redact_item(item: &mut toml_edit::Item) {
     match item {
         toml_edit::Item::Table(t) => redact_table(t),
         toml_edit::Item::ArrayOfTables(a) => a.iter_mut().for_each(|t| redact_table(t)),
-        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => redact_table(t),
+        toml_edit::Item::Value(value) => redact_value(value),
+        toml_edit::Item::None => {}
+    }
+}
+
+fn redact_value(value: &mut toml_edit::Value) {
+    match value {
+        toml_edit::Value::InlineTable(t) => {
+            for (key, v) in t.iter_mut() {
+                if is_secret(key.get()) {
+                    *v = toml_edit::Value::from("<redacted>");
+                } else {
+                    redact_value(v);
+                }
+            }
+        }
+        toml_edit::Value::Array(a) => a.iter_mut().for_each(redact_value),
         _ => {}
     }
 }
@@ -514,9 +538,14 @@ mod tests {
     #[test]
     fn secrets_are_redacted_wherever_they_are() {
         let text = "[admin]\ntoken = \"s3cr3t-s3cr3t-s3cr3t\"\n\n[[upstream]]\nname = \"a\"\n\
-                    sticky = { cookie = \"srv\", secret = \"hush\" }\n\n[[listener]]\nname = \"token-free\"\n";
+                    sticky = { cookie = \"srv\", secret = \"hush\" }\n\n[[listener]]\nname = \"token-free\"\n\
+                    [listener.headers]\nrequest_set = { Authorization = \"Bearer abc\", \"X-Api-Key\" = \"k1\", \"X-Trace\" = \"on\" }\n\
+                    list = [{ password = \"in-array\" }]\n";
         let shown = redacted(text);
-        assert!(!shown.contains("s3cr3t") && !shown.contains("hush"), "{shown}");
+        for secret in ["s3cr3t", "hush", "Bearer abc", "k1", "in-array"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("\"X-Trace\" = \"on\""), "{shown}");
         assert!(
             shown.contains("token = \"<redacted>\"") && shown.contains("name = \"token-free\""),
             "{shown}"

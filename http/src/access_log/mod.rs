@@ -151,6 +151,9 @@ pub struct AccessLogger {
     buf: RefCell<Vec<u8>>,
     lines: Cell<u64>,
     time: RefCell<TimeCache>,
+    /// Each line is handed over at once (a reload retired the listener's
+    /// engine: the few lines left must not wait for its last connection).
+    direct: Cell<bool>,
 }
 
 impl AccessLogger {
@@ -162,7 +165,15 @@ impl AccessLogger {
             buf: RefCell::new(Vec::new()),
             lines: Cell::new(0),
             time: RefCell::new(TimeCache::default()),
+            direct: Cell::new(false),
         }
+    }
+
+    /// From now on each line is handed to the writer at once, with what is
+    /// buffered now (no periodic flush reaches a retired engine's logger).
+    pub fn unbuffer(&self) {
+        self.direct.set(true);
+        self.flush();
     }
 
     /// Formats `entry`'s line into the worker's buffer, and hands the
@@ -176,7 +187,7 @@ impl AccessLogger {
         }
         self.format.write(entry, Moment::now(), &mut time, &mut buf);
         self.lines.set(self.lines.get() + 1);
-        if buf.len() >= FLUSH_AT {
+        if buf.len() >= FLUSH_AT || self.direct.get() {
             self.hand_over(&mut buf);
         }
     }

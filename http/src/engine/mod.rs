@@ -286,7 +286,7 @@ impl<H: ProxyHooks> Engine<H> {
     pub fn retire(&self) {
         self.retired.set(true);
         if let Some(log) = &self.log {
-            log.flush();
+            log.unbuffer();
         }
     }
 

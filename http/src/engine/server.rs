@@ -274,6 +274,9 @@ impl<H: ProxyHooks> Engine<H> {
         let st = slot.get(size);
         st.req.clear();
         st.resp.clear();
+        // A pipelined request's tally starts at zero too.
+        st.tally = Tally::default();
+        st.content_type.clear();
         if st.req.parse(&mut st.rbuf, &s.limits)? {
             st.take_write_buffer();
             return Ok(true);
