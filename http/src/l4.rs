@@ -71,21 +71,7 @@ impl TcpBalancer {
     pub fn log_rejected(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr, why: &'static str) {
         let Some(log) = &self.log else { return };
         let client = ClientInfo::new(peer, local);
-        log.log(&Entry {
-            event: Event::Rejected(why),
-            listener: &self.listener,
-            client: &client,
-            req: None,
-            status: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            body_out: 0,
-            upstream: None,
-            upstream_time: None,
-            total: Duration::ZERO,
-            content_type: b"",
-            facts: LogFacts::default(),
-        });
+        log.log(&Entry::rejected(&self.listener, &client, why));
     }
 
     /// The connection's line: `server` is where it went (none: no server

@@ -143,6 +143,28 @@ pub struct Entry<'a> {
     pub facts: LogFacts<'a>,
 }
 
+impl<'a> Entry<'a> {
+    /// The line of a connection from `client` to `listener` closed at once,
+    /// unanswered, over the limit named `why`.
+    pub fn rejected(listener: &'a str, client: &'a ClientInfo, why: &'static str) -> Self {
+        Self {
+            event: Event::Rejected(why),
+            listener,
+            client,
+            req: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            body_out: 0,
+            upstream: None,
+            upstream_time: None,
+            total: Duration::ZERO,
+            content_type: b"",
+            facts: LogFacts::default(),
+        }
+    }
+}
+
 /// One listener's access log on one worker.
 #[derive(Debug)]
 pub struct AccessLogger {

@@ -308,21 +308,7 @@ impl<H: ProxyHooks> Engine<H> {
     pub fn log_rejected(&self, peer: SocketAddr, local: SocketAddr, why: &'static str) {
         if self.observing() {
             let client = ClientInfo::new(peer, local);
-            self.observe(&crate::access_log::Entry {
-                event: Event::Rejected(why),
-                listener: &self.listener,
-                client: &client,
-                req: None,
-                status: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                body_out: 0,
-                upstream: None,
-                upstream_time: None,
-                total: Duration::ZERO,
-                content_type: b"",
-                facts: Default::default(),
-            });
+            self.observe(&crate::access_log::Entry::rejected(&self.listener, &client, why));
         }
     }
 
