@@ -13,6 +13,7 @@
 //! - [`EngineSettings`]: limits, timeouts and proxy headers.
 //! - [`access_log`]: the access-log formats and the writer thread.
 //! - [`metrics`]: per-worker counters, summed when scraped.
+//! - [`cache`]: RFC 9111's rules (what to store, freshness, age, reuse).
 // Four modules use unsafe code: gather implements monoio's unsafe IoVecBuf
 // trait, splice calls splice(2) and pipe2(2), proxy_protocol peeks with
 // recv(2), and fuzzing (tests and fuzz targets only) implements an
@@ -22,6 +23,7 @@
 pub mod access_log;
 mod body;
 mod buffers;
+pub mod cache;
 mod chunked;
 mod edits;
 mod engine;
