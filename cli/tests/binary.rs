@@ -374,17 +374,7 @@ fn the_command_line_takes_what_users_type() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // An upstream as a URL, with its trailing slash.
     let origin = Origin::start(|req| Reply::ok(format!("{} {}", req.method, req.target)));
-    let upstream = format!("http://{}/", origin.addr());
-    let proxy = Running::start(&[
-        "reverse",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--workers",
-        "1",
-        "--no-pin",
-    ]);
+    let proxy = Running::reverse(format!("http://{}/", origin.addr()), "1");
     assert_eq!(curl(&[&proxy.url("/x?y=1")]), "GET /x?y=1");
     drop(proxy);
     // What cannot be read says what would be.

@@ -223,15 +223,22 @@ fn basic(user: &str, password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
-#[test]
-fn forward_decisions_logins_and_tunnels_are_logged_with_user_and_rule() {
+/// A forward proxy logging in `format` to a fresh `name` directory, in
+/// front of an origin answering "fine": the origin's port, the log file,
+/// the proxy, and alice's `Proxy-Authorization` line.
+fn logging_forward_proxy(name: &str, format: &str) -> (Origin, PathBuf, Running, String) {
     let origin = Origin::start(|_| text("fine"));
-    let port = origin.addr().port();
-    let dir = log_dir("forward-logs");
-    let log = dir.join("access.log");
-    let config = forward_config("forward-logs", &log, "json");
+    let log = log_dir(name).join("access.log");
+    let config = forward_config(name, &log, format);
     let running = Running::start(&["run", config.to_str().expect("path")]);
     let alice = format!("Proxy-Authorization: Basic {}\r\n", basic("alice", "wonder"));
+    (origin, log, running, alice)
+}
+
+#[test]
+fn forward_decisions_logins_and_tunnels_are_logged_with_user_and_rule() {
+    let (origin, log, running, alice) = logging_forward_proxy("forward-logs", "json");
+    let port = origin.addr().port();
 
     let mut c = TestClient::connect(running.addr);
     c.send(
@@ -293,13 +300,9 @@ fn forward_decisions_logins_and_tunnels_are_logged_with_user_and_rule() {
 
 #[test]
 fn squid_format_lines_read_as_squid_s_and_sigusr1_reopens_after_logrotate() {
-    let origin = Origin::start(|_| text("fine"));
+    let (origin, log, running, alice) = logging_forward_proxy("squid-logs", "squid");
     let port = origin.addr().port();
-    let dir = log_dir("squid-logs");
-    let log = dir.join("access.log");
-    let config = forward_config("squid-logs", &log, "squid");
-    let running = Running::start(&["run", config.to_str().expect("path")]);
-    let alice = format!("Proxy-Authorization: Basic {}\r\n", basic("alice", "wonder"));
+    let dir = log.parent().expect("log dir").to_path_buf();
     let fetch = |path: &str| {
         let mut c = TestClient::connect(running.addr);
         c.send(

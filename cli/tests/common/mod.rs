@@ -93,8 +93,9 @@ impl Running {
         }
     }
 
-    /// `ringway reverse` on a free port in front of `upstream`.
-    pub(crate) fn reverse(upstream: SocketAddr, workers: &str) -> Running {
+    /// `ringway reverse` on a free port in front of `upstream` (an address,
+    /// or anything `--upstream` takes: a name, a URL).
+    pub(crate) fn reverse(upstream: impl std::fmt::Display, workers: &str) -> Running {
         let upstream = upstream.to_string();
         Running::start(&[
             "reverse",

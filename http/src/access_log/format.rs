@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use super::{clock::Moment, clock::TimeCache, Entry, Event};
+use super::{clock::Moment, clock::TimeCache, Entry, Event, RuleName};
 use crate::request_id::RequestId;
 
 /// How each line is written.
@@ -408,10 +408,39 @@ fn write_squid(entry: &Entry<'_>, at: Moment, out: &mut Vec<u8>) {
     or_dash(out, Some(entry.content_type));
 }
 
+/// An ACL rule's label as [`RuleName`]'s `Display` writes it, without a
+/// buffer of its own: the rule's name goes through `escape`.
+fn rule_label(out: &mut Vec<u8>, rule: RuleName<'_>, escape: fn(&mut Vec<u8>, &[u8])) {
+    let fixed: &[u8] = match rule {
+        RuleName::Rule(i, name) => {
+            out.extend_from_slice(b"rule ");
+            num(out, i as u64 + 1);
+            if let Some(name) = name {
+                out.extend_from_slice(b" (");
+                escape(out, name.as_bytes());
+                out.push(b')');
+            }
+            return;
+        }
+        RuleName::Default => b"default",
+        RuleName::ConnectPorts => b"connect_ports",
+        RuleName::BlockPrivate => b"block_private",
+        RuleName::Auth => b"auth",
+        RuleName::Loop => b"loop",
+    };
+    out.extend_from_slice(fixed);
+}
+
 /// A JSON string of `value`: control bytes as `\u00XX`, bytes that are
 /// not UTF-8 as their Latin-1 characters, so every line parses.
 fn json_string(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
+    json_inner(out, value);
+    out.push(b'"');
+}
+
+/// `value` escaped for the inside of a JSON string (see [`json_string`]).
+fn json_inner(out: &mut Vec<u8>, value: &[u8]) {
     if std::str::from_utf8(value).is_ok() {
         // UTF-8 as it is: only quotes, backslashes and control bytes are
         // escaped, and runs without them are copied whole.
@@ -428,7 +457,6 @@ fn json_string(out: &mut Vec<u8>, value: &[u8]) {
     } else {
         json_chars(out, value.iter().map(|&b| char::from(b)));
     }
-    out.push(b'"');
 }
 
 fn json_escape(out: &mut Vec<u8>, c: char) {
@@ -515,10 +543,9 @@ fn write_json(entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out: &mut Vec
     match entry.facts.acl {
         Some(acl) => {
             out.extend_from_slice(if acl.allowed { b"\"allow\"" } else { b"\"deny\"" });
-            out.extend_from_slice(b",\"rule\":");
-            let mut label = Vec::new();
-            let _ = write!(label, "{}", acl.rule);
-            json_string(out, &label);
+            out.extend_from_slice(b",\"rule\":\"");
+            rule_label(out, acl.rule, json_inner);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null,\"rule\":null"),
     }
@@ -620,11 +647,7 @@ fn write_var(var: &Var, entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out
             None => b"-",
         }),
         Var::AclRule => match entry.facts.acl {
-            Some(a) => {
-                let mut label = Vec::new();
-                let _ = write!(label, "{}", a.rule);
-                escaped(out, &label);
-            }
+            Some(a) => rule_label(out, a.rule, escaped),
             None => out.push(b'-'),
         },
         Var::ContentType => or_dash(out, Some(entry.content_type)),

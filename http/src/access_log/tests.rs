@@ -111,6 +111,32 @@ fn json_lines_parse_and_name_every_field() {
 }
 
 #[test]
+fn rule_labels_read_as_everywhere_else_and_names_are_escaped_for_their_format() {
+    let req = parsed("GET / HTTP/1.1\r\nHost: x.test\r\n\r\n");
+    let client = client();
+    let mut e = entry(&client, &req);
+    for (rule, shown) in [
+        (RuleName::Rule(0, None), "rule 1".to_owned()),
+        (RuleName::Default, "default".to_owned()),
+        (
+            RuleName::Rule(2, Some("ads \"x\"")),
+            RuleName::Rule(2, Some("ads \"x\"")).to_string(),
+        ),
+    ] {
+        e.facts.acl = Some(AclFact { allowed: false, rule });
+        assert_eq!(
+            line("$acl_rule", &e),
+            format!("{}\n", shown.replace('"', "\\x22"))
+        );
+        let json = line("json", &e);
+        assert!(
+            json.contains(&format!("\"rule\":\"{}\"", shown.replace('"', "\\\""))),
+            "{json}"
+        );
+    }
+}
+
+#[test]
 fn templates_take_nginx_s_variables_and_escape_values() {
     let req = parsed("GET / HTTP/1.1\r\nHost: x.test\r\nX-Api-Key: k\t\"\r\n\r\n");
     let client = client();

@@ -371,10 +371,8 @@ impl Acl {
 
     /// "rule 2 (name)" or "rule 2" for rule index `i` (shown 1-based).
     pub fn rule_label(&self, i: usize) -> String {
-        match self.rules.get(i).and_then(|r| r.name.as_deref()) {
-            Some(name) => format!("rule {} ({name})", i + 1),
-            None => format!("rule {}", i + 1),
-        }
+        // One spelling for pages, headers, explain and the access log.
+        crate::access_log::RuleName::Rule(i, self.rules.get(i).and_then(|r| r.name.as_deref())).to_string()
     }
 
     /// A sentence saying why `reason` denied a request.
