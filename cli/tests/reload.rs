@@ -83,11 +83,15 @@ struct Tally {
 /// answer, another status.
 fn client(addr: SocketAddr, path: &'static str, keep_alive: bool, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut conn: Option<BufReader<TcpStream>> = None;
+    // Requests answered on the connection so far, for a failure's
+    // description (a new connection reset, or a kept one).
+    let mut answered = 0;
     while !stop.load(Ordering::Relaxed) {
         let reader = match conn.as_mut() {
             Some(reader) => reader,
             None => match TcpStream::connect(addr) {
                 Ok(stream) => {
+                    answered = 0;
                     stream
                         .set_read_timeout(Some(Duration::from_secs(10)))
                         .expect("timeout");
@@ -108,10 +112,19 @@ fn client(addr: SocketAddr, path: &'static str, keep_alive: bool, stop: Arc<Atom
         let result = reader
             .get_mut()
             .write_all(request.as_bytes())
-            .and_then(|()| read_response(reader));
+            .and_then(|()| read_response(reader))
+            .map_err(|e| {
+                let on = if answered == 0 {
+                    "a new connection"
+                } else {
+                    "a kept connection"
+                };
+                std::io::Error::new(e.kind(), format!("{e} on {on}"))
+            });
         match result {
             Ok((200, body, closing)) => {
                 tally.ok.fetch_add(1, Ordering::Relaxed);
+                answered += 1;
                 tally.bodies.lock().expect("tally").insert(body);
                 if closing || !keep_alive {
                     conn = None;

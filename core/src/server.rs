@@ -643,6 +643,7 @@ async fn worker_main<F, A>(
     for target in &targets {
         let _ = monoio::time::timeout(Duration::from_secs(1), target.ended.wait()).await;
     }
+    state.end_accepts();
     let connections = state.connection_count();
     if connections > 0 {
         tracing::info!(worker = state.index, connections, "draining");

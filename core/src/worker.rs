@@ -257,6 +257,11 @@ pub(crate) struct WorkerState {
     /// wait for their next request, answered with Connection: close (a
     /// request already on its way is not lost).
     gentle: Cell<bool>,
+    /// The drain's accept loops have all returned: no connection can be
+    /// registered any more, so the last one to close fires `all_closed`.
+    /// (Before that, a cancelled accept may still hand one over, which
+    /// must be served, not dropped with the runtime.)
+    accepts_ended: Cell<bool>,
     pub(crate) all_closed: LocalEvent,
     /// The coarse clock: milliseconds since `epoch`, updated every tick.
     now_ms: Cell<u64>,
@@ -281,6 +286,7 @@ impl WorkerState {
             peak_conns: Cell::new(0),
             draining: LocalEvent::default(),
             gentle: Cell::new(false),
+            accepts_ended: Cell::new(false),
             all_closed: LocalEvent::default(),
             now_ms: Cell::new(0),
             epoch: Instant::now(),
@@ -337,6 +343,12 @@ impl WorkerState {
         if !gentle {
             self.close_connections(true);
         }
+    }
+
+    /// The drain's accept loops have returned: once no connection is open,
+    /// the worker has drained.
+    pub(crate) fn end_accepts(&self) {
+        self.accepts_ended.set(true);
         if self.conns.borrow().is_empty() {
             self.all_closed.fire();
         }
@@ -695,7 +707,7 @@ impl Drop for ConnCtx {
             .stats
             .active
             .store(conns.len() as u64, Ordering::Relaxed);
-        if conns.is_empty() && self.worker.draining.is_fired() {
+        if conns.is_empty() && self.worker.accepts_ended.get() {
             drop(conns);
             self.worker.all_closed.fire();
         }
@@ -809,11 +821,37 @@ mod tests {
         let conn = worker.register(-1, LOCAL).unwrap();
         assert!(conn.set_idle(true));
         assert!(conn.set_idle(false));
-        worker.draining.fire();
+        worker.begin_drain(true);
         assert!(conn.is_draining());
+        assert!(conn.set_idle(true), "a gentle drain lets idle ones wait");
+        worker.begin_drain(false);
         assert!(!conn.set_idle(true));
+        worker.end_accepts();
         drop(conn);
         assert!(worker.all_closed.is_fired());
+    }
+
+    #[test]
+    fn a_connection_accepted_after_the_drain_began_is_waited_for() {
+        // A cancelled accept can still hand over a connection after every
+        // connection the worker had closed: the drain is not over until
+        // the accept loops have returned and that one closed too.
+        let worker = state(8);
+        let early = worker.register(-1, LOCAL).unwrap();
+        worker.begin_drain(true);
+        drop(early);
+        assert!(!worker.all_closed.is_fired(), "the accepts have not ended");
+        let late = worker.register(-1, LOCAL).unwrap();
+        worker.end_accepts();
+        assert!(!worker.all_closed.is_fired(), "the late one is open");
+        drop(late);
+        assert!(worker.all_closed.is_fired());
+        // With no connection open when the accepts end, it is over at once.
+        let idle = state(8);
+        idle.begin_drain(false);
+        assert!(!idle.all_closed.is_fired());
+        idle.end_accepts();
+        assert!(idle.all_closed.is_fired());
     }
 
     #[test]
