@@ -58,6 +58,9 @@ struct WorkerListeners {
     resolver: Rc<Resolver>,
     dns: Arc<ringway_core::dns::DnsConfig>,
     upstream_metrics: Option<Arc<UpstreamMetrics>>,
+    /// This worker's cache layers (their counts survive a reload that
+    /// keeps their store).
+    caches: ringway_http::cache::CacheLayers,
 }
 
 /// One listener on one worker.
@@ -340,6 +343,16 @@ impl Running {
         }
         keep_health_state(before, &config);
         let logs = listener_logs(&config, &mut self.logs).map_err(|e| e.to_string())?;
+        // The caches whose settings did not change keep what they hold.
+        for store in &mut config.caches {
+            if let Some(kept) = before
+                .caches
+                .iter()
+                .find(|old| old.settings() == store.settings())
+            {
+                *store = Arc::clone(kept);
+            }
+        }
         let generation = Arc::new(Generation { config, logs });
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&generation);
         let config = &generation.config;
@@ -700,6 +713,22 @@ fn build_worker(
     });
     let mut listener_metrics = Vec::with_capacity(config.listeners.len());
     let peer_tls = Rc::new(peer_tls(config));
+    // One layer per cache on this worker, shared by its listeners: misses
+    // for one key coalesce whichever listener they came on.
+    let caches: ringway_http::cache::CacheLayers = config
+        .caches
+        .iter()
+        .map(|store| {
+            // A kept store keeps its counts too.
+            let kept = old.and_then(|o| {
+                o.caches
+                    .iter()
+                    .find(|layer| Arc::ptr_eq(layer.store(), store))
+                    .map(|layer| Arc::clone(layer.counters()))
+            });
+            ringway_http::cache::CacheLayer::new(Arc::clone(store), kept.unwrap_or_default())
+        })
+        .collect();
     let engines = config
         .listeners
         .iter()
@@ -724,9 +753,14 @@ fn build_worker(
             });
             listener_metrics.push(metrics.clone());
             let engine = match &l.mode {
-                ListenerMode::Reverse { routes, .. } => {
+                ListenerMode::Reverse {
+                    routes, route_caches, ..
+                } => {
                     let mut handler = ReverseHandler::new(routes.clone(), &config.upstreams, worker.index)
                         .with_tls(Rc::clone(&peer_tls));
+                    if route_caches.iter().any(Option::is_some) {
+                        handler = handler.with_caches(Rc::clone(&caches), Arc::clone(route_caches));
+                    }
                     if let Some(m) = &upstream_metrics {
                         handler = handler.with_metrics(Arc::clone(m));
                     }
@@ -771,7 +805,9 @@ fn build_worker(
                 proxy_from: l.proxy_protocol.clone(),
                 head_timeout: l.settings.timeouts.client_head,
                 real_local: match &l.mode {
-                    ListenerMode::Reverse { routes, route_count } => (0..*route_count).any(|r| {
+                    ListenerMode::Reverse {
+                        routes, route_count, ..
+                    } => (0..*route_count).any(|r| {
                         routes
                             .spec(r)
                             .and_then(|spec| config.upstreams.get(spec.upstream))
@@ -786,6 +822,10 @@ fn build_worker(
         let metrics = WorkerMetrics {
             listeners: listener_metrics,
             upstreams: Arc::clone(upstreams),
+            caches: caches
+                .iter()
+                .map(|layer| (Arc::clone(layer.store()), Arc::clone(layer.counters())))
+                .collect(),
         };
         registry.register(worker.index, metrics);
     }
@@ -796,6 +836,7 @@ fn build_worker(
         resolver,
         dns: Arc::clone(&config.dns),
         upstream_metrics,
+        caches,
     }
 }
 

@@ -356,7 +356,9 @@ fn summary(path: &Path, c: &Config) -> String {
     );
     for l in &c.listeners {
         match &l.mode {
-            ListenerMode::Reverse { route_count, routes } => {
+            ListenerMode::Reverse {
+                route_count, routes, ..
+            } => {
                 let policies = std::iter::once(routes.listener_rules())
                     .chain((0..*route_count).filter_map(|i| routes.rules(i).map(|r| &r.policy)));
                 let (mut rules, mut edits, mut cors, mut pages) = (0, 0, 0, 0);

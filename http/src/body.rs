@@ -12,9 +12,13 @@
 //! ([`crate::splice`]): once what was read with the head has been written,
 //! its bytes go from socket to socket through a pipe, never copied.
 
-use std::{cell::Cell, os::fd::RawFd, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    os::fd::RawFd,
+    time::Duration,
+};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use ringway_core::{ClientWatch, ConnCtx, Deadline, Error, ErrorKind, Result, Side, Wait};
 
@@ -65,6 +69,50 @@ pub(crate) struct BodyPath<'a> {
     pub(crate) max_body: Option<u64>,
     /// Request bodies: the least rate they must arrive at.
     pub(crate) min_rate: Option<Cell<RateWindow>>,
+    /// Keeps a copy of the body as it goes (a cache filling); a body
+    /// copied is not spliced.
+    pub(crate) tee: Option<&'a RefCell<BodyTee>>,
+}
+
+/// A copy of a body as it is relayed, kept while it is no longer than a
+/// limit (the bytes as the receiver sees them, without chunk framing).
+#[derive(Debug)]
+pub(crate) struct BodyTee {
+    kept: BytesMut,
+    max: u64,
+    over: bool,
+}
+
+impl BodyTee {
+    /// Keeps up to `max` bytes; `expected`: the body's length, when known.
+    pub(crate) fn new(max: u64, expected: Option<u64>) -> Self {
+        let over = expected.is_some_and(|n| n > max);
+        let capacity = if over { 0 } else { expected.unwrap_or(0) };
+        Self {
+            kept: BytesMut::with_capacity(capacity as usize),
+            max,
+            over,
+        }
+    }
+
+    /// Copies `piece`, unless the body grew past the limit (then what was
+    /// kept is dropped).
+    pub(crate) fn push(&mut self, piece: &[u8]) {
+        if self.over {
+            return;
+        }
+        if self.kept.len() as u64 + piece.len() as u64 > self.max {
+            self.over = true;
+            self.kept = BytesMut::new();
+            return;
+        }
+        self.kept.extend_from_slice(piece);
+    }
+
+    /// The whole body, unless it was longer than the limit.
+    pub(crate) fn finish(self) -> Option<Bytes> {
+        (!self.over).then(|| self.kept.freeze())
+    }
 }
 
 /// The progress of a request body against its least rate
@@ -217,7 +265,7 @@ impl BodyPath<'_> {
     /// ends are TCP sockets, enough is left, and a pipe can be had;
     /// otherwise the body is copied.
     fn splice_way<R: SpliceSocket, W: SpliceSocket>(&self, src: &R, dst: &W, left: u64) -> Option<OneWay> {
-        if !self.splice || left < SPLICE_ABOVE {
+        if !self.splice || left < SPLICE_ABOVE || self.tee.is_some() {
             return None;
         }
         OneWay::new(src.splice_fd()?, dst.splice_fd()?, left).ok()
@@ -298,6 +346,13 @@ impl BodyPath<'_> {
         .map_err(io_error(side, failed))
     }
 
+    /// Copies body bytes into the tee, if there is one.
+    fn keep(&self, piece: &[u8]) {
+        if let Some(tee) = self.tee {
+            tee.borrow_mut().push(piece);
+        }
+    }
+
     fn closed_early(&self) -> Error {
         Error::new(
             ErrorKind::ConnectionClosed,
@@ -365,6 +420,7 @@ impl BodyPath<'_> {
             }
             let take = remaining.min(buf.len() as u64) as usize;
             remaining -= take as u64;
+            self.keep(&buf[..take]);
             self.send(dst, buf.split_to(take)).await?;
         }
         Ok(total)
@@ -396,6 +452,7 @@ impl BodyPath<'_> {
             }
             let piece = buf.split();
             moved += piece.len() as u64;
+            self.keep(&piece);
             match output {
                 OutFraming::Raw => self.send(dst, piece).await?,
                 OutFraming::Chunked => {
@@ -431,6 +488,7 @@ impl BodyPath<'_> {
             match decoder.decode(buf)? {
                 Decoded::Data(piece) => {
                     moved += piece.len() as u64;
+                    self.keep(&piece);
                     if self.max_body.is_some_and(|max| moved > max) {
                         return Err(Error::new(
                             ErrorKind::BodyTooLarge,

@@ -10,7 +10,7 @@
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes};
 use monoio::{buf::IoVecBuf, io::AsyncWriteRent};
 
 use crate::io::write_all;
@@ -18,13 +18,13 @@ use crate::io::write_all;
 /// A head and a body slice, with the iovecs that describe them.
 pub(crate) struct HeadAndBody {
     head: Vec<u8>,
-    body: BytesMut,
+    body: Bytes,
     /// Boxed so that its address does not change while the kernel reads it.
     iov: Box<[libc::iovec; 2]>,
 }
 
 impl HeadAndBody {
-    pub(crate) fn new(head: Vec<u8>, body: BytesMut) -> Self {
+    pub(crate) fn new(head: Vec<u8>, body: Bytes) -> Self {
         let iov = Box::new([
             libc::iovec {
                 iov_base: head.as_ptr() as *mut libc::c_void,
@@ -44,7 +44,7 @@ impl HeadAndBody {
 }
 
 // SAFETY: the iovecs point into `head` (a Vec's heap allocation) and `body`
-// (a BytesMut's), both owned by this value and never changed or moved out
+// (a Bytes' shared buffer), both owned by this value and never changed or moved out
 // while it exists: moving the struct moves only the pointers, not the heap
 // data, and the iovec array itself is boxed. So while the runtime owns the
 // value, the pointer and the two iovecs stay valid and unchanged.
@@ -63,7 +63,7 @@ unsafe impl IoVecBuf for HeadAndBody {
 pub(crate) async fn write_head_and_body<W: AsyncWriteRent>(
     io: &mut W,
     head: Vec<u8>,
-    body: BytesMut,
+    body: Bytes,
 ) -> (io::Result<()>, Vec<u8>) {
     let gathered = HeadAndBody::new(head, body);
     let total = gathered.len();
@@ -86,7 +86,7 @@ pub(crate) async fn write_head_and_body<W: AsyncWriteRent>(
             return (Err(e), head);
         }
     } else {
-        let _ = body.split_to(written - head.len());
+        body.advance(written - head.len());
     }
     if !body.is_empty() {
         let (result, _) = write_all(io, body).await;

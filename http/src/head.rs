@@ -815,6 +815,9 @@ pub struct ResponseHead {
     chunked: bool,
     connection: ConnectionTokens,
     upgrade: Option<Span>,
+    /// A reason phrase that replaces the head's, with its status
+    /// ([`ResponseHead::set_status`]).
+    reason_override: Option<&'static str>,
 }
 
 impl Default for ResponseHead {
@@ -836,13 +839,55 @@ impl ResponseHead {
             chunked: false,
             connection: ConnectionTokens::default(),
             upgrade: None,
+            reason_override: None,
         }
     }
 
     /// Parses a response head from the front of `buf`, like
     /// [`RequestHead::parse`]; errors are the upstream's.
     pub fn parse(&mut self, buf: &mut BytesMut, limits: &HttpLimits) -> Result<bool> {
+        match self.parse_fields(buf, limits)? {
+            Some(len) => {
+                self.raw = buf.split_to(len).freeze();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Parses a whole head kept earlier (a cache's stored one), without
+    /// copying it: the head refers to `raw`'s bytes.
+    pub fn parse_stored(&mut self, raw: &Bytes, limits: &HttpLimits) -> Result<()> {
+        match self.parse_fields(raw, limits)? {
+            Some(len) => {
+                self.raw = raw.slice(..len);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::InvalidHttp,
+                Side::Internal,
+                "a stored response head is incomplete",
+            )),
+        }
+    }
+
+    /// Answers with `status` (and its standard reason phrase) in place of
+    /// the parsed one, until the next parse.
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+        self.reason_override = Some(crate::reply::reason_phrase(status));
+    }
+
+    /// The head's bytes as received.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Parses the head at the front of `buf` into everything but `raw`;
+    /// returns its length once it is complete.
+    fn parse_fields(&mut self, buf: &[u8], limits: &HttpLimits) -> Result<Option<usize>> {
         const SIDE: Side = Side::Upstream;
+        self.reason_override = None;
         let mut storage = header_storage();
         let max = limits.max_headers.min(MAX_HEADERS_CAP);
         let mut resp = httparse::Response::new(&mut []);
@@ -861,7 +906,7 @@ impl ResponseHead {
                         "response head too large",
                     ));
                 }
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => return Err(httparse_error(e, SIDE)),
         };
@@ -906,8 +951,7 @@ impl ResponseHead {
         self.content_length = facts.content_length;
         self.connection = facts.connection;
         self.upgrade = facts.upgrade;
-        self.raw = buf.split_to(len).freeze();
-        Ok(true)
+        Ok(Some(len))
     }
 
     /// Drops the head's bytes so the read buffer can reuse its space.
@@ -923,7 +967,10 @@ impl ResponseHead {
 
     /// The reason phrase as sent.
     pub fn reason(&self) -> &[u8] {
-        self.reason.get(&self.raw)
+        match self.reason_override {
+            Some(reason) => reason.as_bytes(),
+            None => self.reason.get(&self.raw),
+        }
     }
 
     /// The HTTP version.

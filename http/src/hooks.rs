@@ -13,14 +13,23 @@
 //! 4. [`ProxyHooks::attempt_done`]: how an attempt on a peer went (a
 //!    response head, or the error that ended it); may send the request
 //!    again to another peer.
-//! 5. [`ProxyHooks::response`]: edits to the head sent to the client.
-//! 6. [`ProxyHooks::finish`]: the exchange is over (logs, metrics).
+//! 5. [`ProxyHooks::response`]: edits to the head sent to the client, and
+//!    what becomes of the body ([`BodyPlan`]: passed on, observed as it
+//!    streams, or replaced by a response the hooks hold).
+//! 6. [`ProxyHooks::observed`]: the whole body of an observed response.
+//! 7. [`ProxyHooks::finish`]: the exchange is over (logs, metrics).
+//!
+//! A response the hooks hold ([`HeldResponse`]: a cache's stored one) can
+//! answer at `route` ([`Route::Held`]), in place of the upstream's
+//! ([`BodyPlan::Replace`]), or when the upstream failed
+//! ([`ProxyHooks::fallback`]).
 //!
 //! [`ProxyHooks::local_reply`] dresses the answers the proxy gives itself;
 //! [`ProxyHooks::log_facts`] tells the access log what the mode decided.
 
 use std::{future::Future, net::SocketAddr, rc::Rc, time::Duration};
 
+use bytes::Bytes;
 use ringway_core::Error;
 
 use crate::{
@@ -95,6 +104,43 @@ pub enum Route {
     Connect(Rc<[SocketAddr]>),
     /// Answer directly.
     Reply(LocalReply),
+    /// Answer with a response the hooks hold (a cache hit).
+    Held(Box<HeldResponse>),
+}
+
+/// A response the hooks hold and the engine sends as if it came from an
+/// upstream: its head goes through [`ProxyHooks::response`] for edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldResponse {
+    /// The head as an upstream sent it: status line and fields, ending
+    /// with the empty line. Its framing fields are ignored.
+    pub head: Bytes,
+    /// The whole body.
+    pub body: Bytes,
+    /// Answer with this status instead of the head's (a 304 to a
+    /// conditional request, a 206 or 416 to a range).
+    pub status: Option<u16>,
+    /// Send only these bytes of the body (`start..end`, a range).
+    pub range: Option<(u64, u64)>,
+}
+
+/// What the engine does with the body of the response being relayed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BodyPlan {
+    /// Relay it.
+    #[default]
+    Pass,
+    /// Relay it, and hand a copy of the whole body to
+    /// [`ProxyHooks::observed`] once it is through, unless it is longer
+    /// than `max` bytes (it is then relayed only). It is not spliced.
+    Observe {
+        /// The longest body kept.
+        max: u64,
+    },
+    /// Answer with this held response instead (its upstream's answer had
+    /// no body: a 304 that revalidated it), or a 5xx that a stored one
+    /// stands in for.
+    Replace(Box<HeldResponse>),
 }
 
 /// How one attempt on a peer ended.
@@ -190,10 +236,33 @@ pub trait ProxyHooks: 'static {
         Retry::No
     }
 
-    /// Edits the final response head sent to the client. The default
-    /// sends it as the engine writes it.
-    fn response(&self, req: &RequestHead, resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut Self::Ctx) {
+    /// Edits the final response head sent to the client, and says what
+    /// becomes of its body. Called for held responses too (their plan is
+    /// ignored). The default sends it as the engine writes it.
+    fn response(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        edits: &mut HeadEdits,
+        cx: &mut Self::Ctx,
+    ) -> BodyPlan {
         let _ = (req, resp, edits, cx);
+        BodyPlan::Pass
+    }
+
+    /// The body of a response [`BodyPlan::Observe`] asked for, once all of
+    /// it reached the client; not called when it was longer than asked,
+    /// or the exchange failed.
+    fn observed(&self, req: &RequestHead, body: Bytes, cx: &mut Self::Ctx) {
+        let _ = (req, body, cx);
+    }
+
+    /// The upstream could not be reached, or failed before a response
+    /// head: a held response may answer instead of the error (a stale one
+    /// that `stale-if-error` allows). The default answers the error.
+    fn fallback(&self, req: &RequestHead, error: &Error, cx: &mut Self::Ctx) -> Option<HeldResponse> {
+        let _ = (req, error, cx);
+        None
     }
 
     /// Dresses an answer the proxy gives `req` itself (a refusal, a

@@ -20,18 +20,20 @@ use std::{
 // configuration and the worker's own connections.
 use hashbrown::HashMap;
 
+use bytes::Bytes;
 use ringway_balancer::{
     ip_hash, key_hash, Algorithm, Balancer, HashKey, HealthEvent, Lease, NoPeer, Outcome, Tried,
     UpstreamGroup,
 };
-use ringway_core::ErrorKind;
+use ringway_core::{Error, ErrorKind};
 
 use crate::{
     access_log::LogFacts,
+    cache::{CacheCtx, CacheLayers, Lookup},
     edits::HeadEdits,
     engine::ClientInfo,
     head::{Method, RequestHead, ResponseHead},
-    hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary},
+    hooks::{Attempt, AttemptResult, BodyPlan, HeldResponse, Peer, ProxyHooks, Retry, Route, Summary},
     metrics::{ServerMetrics, UpstreamMetrics},
     reply::LocalReply,
     request_id::RequestId,
@@ -512,6 +514,10 @@ pub struct ReverseHandler {
     tls: Rc<Vec<Vec<Option<Rc<PeerTls>>>>>,
     /// This worker's counters of the upstream servers, where kept.
     metrics: Option<Arc<UpstreamMetrics>>,
+    /// The caches routes use, on this worker.
+    caches: Option<CacheLayers>,
+    /// Per route: the index of its cache among `caches`.
+    route_caches: Arc<[Option<usize>]>,
 }
 
 /// What the reverse hooks keep about one request.
@@ -543,6 +549,8 @@ pub struct ReverseCtx {
     remote: Option<SocketAddr>,
     request_id: RequestId,
     https: bool,
+    /// What the route's cache did with the request.
+    cache: CacheCtx,
 }
 
 /// What a listener's rules and its route's decided for a request.
@@ -571,7 +579,23 @@ impl ReverseHandler {
             fail_open_logged: groups.iter().map(|_| Cell::new(0)).collect(),
             tls: Rc::default(),
             metrics: None,
+            caches: None,
+            route_caches: Arc::from([]),
         }
+    }
+
+    /// The same handler, with the caches of this worker (`caches`) and
+    /// the one each route uses, by index (`route_caches`).
+    #[must_use]
+    pub fn with_caches(mut self, caches: CacheLayers, route_caches: Arc<[Option<usize>]>) -> Self {
+        self.caches = Some(caches);
+        self.route_caches = route_caches;
+        self
+    }
+
+    /// The cache a request's exchange uses, if any.
+    fn cache_of(&self, cx: &ReverseCtx) -> Option<&crate::cache::CacheLayer> {
+        self.caches.as_ref()?.get(cx.cache.cache()?)
     }
 
     /// The same handler, counting attempts per server in `metrics` (this
@@ -703,6 +727,7 @@ impl ProxyHooks for ReverseHandler {
     fn log_facts<'a>(&'a self, cx: &'a ReverseCtx) -> LogFacts<'a> {
         LogFacts {
             route: cx.route,
+            cache: cx.cache.status().map(crate::cache::CacheStatus::as_str),
             ..LogFacts::default()
         }
     }
@@ -728,6 +753,16 @@ impl ProxyHooks for ReverseHandler {
             (None, None) => return Route::Reply(LocalReply::status(404)),
             (None, Some(route)) => route,
         };
+        // The route's cache may answer before any server is picked.
+        let cache = self.route_caches.get(route).copied().flatten();
+        if let Some((index, layer)) = cache.and_then(|i| Some((i, self.caches.as_ref()?.get(i)?))) {
+            let host = authority.or_else(|| req.host()).unwrap_or_default();
+            match layer.lookup(index, req, host, path, &mut cx.cache).await {
+                Lookup::Held(held) => return Route::Held(held),
+                Lookup::Reply(reply) => return Route::Reply(reply),
+                Lookup::Forward => {}
+            }
+        }
         let Some(group) = self.routes.upstream(route) else {
             return Route::Reply(LocalReply::status(404));
         };
@@ -850,6 +885,9 @@ impl ProxyHooks for ReverseHandler {
         edits: &mut HeadEdits,
         cx: &mut ReverseCtx,
     ) {
+        if let Some(layer) = self.cache_of(cx) {
+            layer.upstream_request(edits, &cx.cache);
+        }
         // Nothing to do on a route without edits (the common case).
         let route = cx
             .route
@@ -860,7 +898,21 @@ impl ProxyHooks for ReverseHandler {
         }
     }
 
-    fn response(&self, req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ReverseCtx) {
+    fn response(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        edits: &mut HeadEdits,
+        cx: &mut ReverseCtx,
+    ) -> BodyPlan {
+        let plan = match self.caches.as_ref().and_then(|c| c.get(cx.cache.cache()?)) {
+            Some(layer) => layer.response(req, resp, edits, &mut cx.cache),
+            None => BodyPlan::Pass,
+        };
+        if matches!(plan, BodyPlan::Replace(_)) {
+            // The held response's head gets the edits when it is sent.
+            return plan;
+        }
         let edited = cx
             .route
             .filter(|&r| self.routes.edits_response.get(r) == Some(&true));
@@ -877,6 +929,18 @@ impl ProxyHooks for ReverseHandler {
             }
         }
         self.sticky_cookie(edits, cx);
+        plan
+    }
+
+    fn observed(&self, _req: &RequestHead, body: Bytes, cx: &mut ReverseCtx) {
+        if let Some(layer) = self.caches.as_ref().and_then(|c| c.get(cx.cache.cache()?)) {
+            layer.observed(body, &mut cx.cache);
+        }
+    }
+
+    fn fallback(&self, req: &RequestHead, _error: &Error, cx: &mut ReverseCtx) -> Option<HeldResponse> {
+        let layer = self.caches.as_ref()?.get(cx.cache.cache()?)?;
+        layer.fallback(req, &mut cx.cache)
     }
 
     fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &ReverseCtx) -> LocalReply {

@@ -132,6 +132,7 @@ impl ProxySetup {
             mode: ListenerMode::Reverse {
                 route_count: self.routes.len(),
                 routes,
+                route_caches: self.routes.iter().map(|_| None).collect(),
             },
             settings: self.settings,
             tls: None,
@@ -242,6 +243,7 @@ fn test_config(driver: DriverChoice, listener: Listener, dns: Arc<DnsConfig>) ->
         pool: PoolSettings::default(),
         dns,
         timer_tick: Duration::from_millis(20),
+        caches: Vec::new(),
         admin: None,
         source: Arc::from(""),
         warnings: Vec::new(),

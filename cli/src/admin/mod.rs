@@ -42,6 +42,11 @@ pub struct WorkerMetrics {
     pub listeners: Vec<Option<Arc<ListenerMetrics>>>,
     /// Its upstream servers' counters.
     pub upstreams: Arc<UpstreamMetrics>,
+    /// Each cache's store and this worker's counts for it.
+    pub caches: Vec<(
+        Arc<ringway_http::cache::Store>,
+        Arc<ringway_http::cache::CacheCounters>,
+    )>,
 }
 
 /// Every worker's counters.
@@ -268,7 +273,9 @@ fn listener_views(config: &Config, addrs: &[SocketAddr]) -> Vec<ListenerView> {
         .zip(addrs)
         .map(|(l, &addr)| {
             let (mode, routes, acl_rules) = match &l.mode {
-                ListenerMode::Reverse { routes, route_count } => {
+                ListenerMode::Reverse {
+                    routes, route_count, ..
+                } => {
                     let labels = (0..*route_count)
                         .filter_map(|i| routes.spec(i))
                         .map(|spec| {

@@ -359,7 +359,97 @@ pub(super) fn prometheus(view: &View, served: &Served, workers: &[WorkerMetrics]
         );
         let _ = writeln!(out, "ringway_log_lines_dropped_total {}", logs.dropped());
     }
+    caches(&mut out, workers);
     out
+}
+
+/// The caches' counters, summed over workers, and what each store holds.
+fn caches(out: &mut String, workers: &[WorkerMetrics]) {
+    let Some(first) = workers.first().filter(|w| !w.caches.is_empty()) else {
+        return;
+    };
+    type Count = fn(&ringway_http::cache::CacheCounters) -> u64;
+    let counts: [(&str, &str, Count); 7] = [
+        (
+            "ringway_cache_hits_total",
+            "Requests answered from the cache, fresh.",
+            |c| c.hits.get(),
+        ),
+        (
+            "ringway_cache_misses_total",
+            "Requests the cache sent to the upstream.",
+            |c| c.misses.get(),
+        ),
+        (
+            "ringway_cache_revalidated_total",
+            "Requests answered from the cache after the upstream said it is current (304).",
+            |c| c.revalidated.get(),
+        ),
+        (
+            "ringway_cache_stale_total",
+            "Requests answered from the cache, stale.",
+            |c| c.stale.get(),
+        ),
+        (
+            "ringway_cache_fills_total",
+            "Responses stored after a miss.",
+            |c| c.fills.get(),
+        ),
+        (
+            "ringway_cache_coalesced_total",
+            "Misses that waited for another request fetching the same response.",
+            |c| c.coalesced.get(),
+        ),
+        (
+            "ringway_cache_invalidations_total",
+            "Stored responses dropped by unsafe methods.",
+            |c| c.invalidations.get(),
+        ),
+    ];
+    for (name, help, count) in counts {
+        header(out, name, "counter", help);
+        for (i, (store, _)) in first.caches.iter().enumerate() {
+            let sum: u64 = workers
+                .iter()
+                .filter_map(|w| w.caches.get(i))
+                .map(|(_, c)| count(c))
+                .sum();
+            let _ = writeln!(out, "{name}{{cache=\"{}\"}} {sum}", label(&store.settings().name));
+        }
+    }
+    type Held = fn(&ringway_http::cache::StoreStats) -> u64;
+    let held: [(&str, &str, &str, Held); 3] = [
+        (
+            "ringway_cache_evictions_total",
+            "counter",
+            "Stored responses evicted to make room.",
+            |s| s.evictions,
+        ),
+        (
+            "ringway_cache_objects",
+            "gauge",
+            "Keys the memory tier holds.",
+            |s| s.keys,
+        ),
+        (
+            "ringway_cache_bytes",
+            "gauge",
+            "Bytes the memory tier holds.",
+            |s| s.bytes,
+        ),
+    ];
+    let stats: Vec<_> = first.caches.iter().map(|(store, _)| store.stats()).collect();
+    for (name, kind, help, value) in held {
+        header(out, name, kind, help);
+        for ((store, _), s) in first.caches.iter().zip(&stats) {
+            let _ = writeln!(
+                out,
+                "{name}{{cache=\"{}\"}} {}",
+                label(&store.settings().name),
+                value(s)
+            );
+        }
+    }
 }
 
 fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {

@@ -47,6 +47,7 @@ pub(crate) struct RouteSection {
     #[serde(default, rename = "rule")]
     pub(crate) rules: Vec<RequestRuleSection>,
     pub(crate) headers: Option<HeadersSection>,
+    pub(crate) cache: Option<String>,
 }
 
 /// What a listener does with requests.
@@ -58,6 +59,8 @@ pub enum ListenerMode {
         routes: Arc<RouteTable>,
         /// How many routes (for the summary).
         route_count: usize,
+        /// Per route: the index of its cache in [`super::Config::caches`].
+        route_caches: Arc<[Option<usize>]>,
     },
     /// A forward proxy.
     Forward {
@@ -218,7 +221,7 @@ impl Validator {
                         l.forwarded.as_ref(),
                         settings.proxy_headers.forwarded,
                     );
-                    self.reverse_routes(l, &by_name, &at)
+                    self.reverse_routes(l, (&by_name, named.caches), &at)
                 }
                 "forward" => {
                     settings.proxy_headers.forwarded = match l.forwarded_for.as_deref() {
@@ -359,7 +362,7 @@ impl Validator {
     fn reverse_routes(
         &mut self,
         l: &ListenerSection,
-        upstreams: &HashMap<&str, usize>,
+        (upstreams, caches): (&HashMap<&str, usize>, &[Arc<ringway_http::cache::Store>]),
         at: &KeyPath,
     ) -> Option<ListenerMode> {
         let redirects = matches!(
@@ -376,6 +379,7 @@ impl Validator {
         let mut specs = Vec::new();
         let mut spec_keys = Vec::new();
         let mut route_rules = Vec::new();
+        let mut route_caches = Vec::new();
         for (j, r) in l.routes.iter().enumerate() {
             let rat = at.key("route").index(j);
             let Some(upstream) = r.upstream.as_deref() else {
@@ -428,6 +432,14 @@ impl Validator {
                 strip_prefix: r.strip_prefix.unwrap_or(false),
                 upstream_host,
             });
+            let cache = r.cache.as_deref().and_then(|name| {
+                let found = caches.iter().position(|c| c.settings().name == name);
+                if found.is_none() {
+                    self.problem(rat.key("cache"), format!("no [cache.{name}] is configured"));
+                }
+                found
+            });
+            route_caches.push(cache);
             specs.push(spec);
             spec_keys.push(rat);
         }
@@ -436,6 +448,7 @@ impl Validator {
             Ok(table) => Some(ListenerMode::Reverse {
                 routes: Arc::new(table.with_rules(listener_policy, route_rules)),
                 route_count: specs.len(),
+                route_caches: route_caches.into(),
             }),
             Err(e) => {
                 let key = spec_keys
@@ -453,6 +466,7 @@ pub(super) struct Named<'a> {
     pub(super) upstreams: &'a [Arc<UpstreamGroup>],
     pub(super) acls: &'a BTreeMap<String, Arc<Acl>>,
     pub(super) auths: &'a BTreeMap<String, Arc<BasicAuth>>,
+    pub(super) caches: &'a [Arc<ringway_http::cache::Store>],
 }
 
 /// Whether `host` can be sent as a Host value: a name or an address, with

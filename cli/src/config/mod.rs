@@ -40,6 +40,7 @@ use serde::Deserialize;
 use crate::locate::{key_at, line_of, KeyPath};
 
 mod admin;
+mod cache;
 mod dns;
 mod forward;
 mod http;
@@ -82,6 +83,8 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     pub(crate) dns: DnsSection,
     pub(crate) admin: Option<admin::AdminSection>,
+    #[serde(default)]
+    pub(crate) cache: BTreeMap<String, cache::CacheSection>,
 }
 
 /// A value or a list of values (`"a"` or `["a", "b"]`).
@@ -183,6 +186,9 @@ pub struct Config {
     pub timer_tick: Duration,
     /// The admin listener, if configured.
     pub admin: Option<AdminConfig>,
+    /// The HTTP caches (`[cache.NAME]`), in name order; routes name them
+    /// by index.
+    pub caches: Vec<Arc<ringway_http::cache::Store>>,
     /// The file's text, as it was read (`/config` shows it, redacted).
     pub source: Arc<str>,
     /// What is allowed but worth a warning (an expired certificate, an
@@ -489,10 +495,12 @@ impl Validator {
                 auths.insert(name.clone(), Arc::new(auth));
             }
         }
+        let caches = self.caches(&user.cache, &root.key("cache"));
         let named = Named {
             upstreams: &upstreams,
             acls: &acls,
             auths: &auths,
+            caches: &caches,
         };
         let listeners = self.listeners(
             &user.listeners,
@@ -516,6 +524,7 @@ impl Validator {
             pool,
             dns,
             timer_tick: Duration::from_millis(100),
+            caches,
             admin: user
                 .admin
                 .as_ref()

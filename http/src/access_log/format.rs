@@ -71,6 +71,8 @@ pub enum Var {
     Acl,
     AclRule,
     ContentType,
+    /// `$upstream_cache_status` (nginx's name) or `$cache`.
+    Cache,
     /// `$http_NAME`: a request header, by its lowercased name.
     Header(String),
 }
@@ -80,7 +82,7 @@ pub const VARIABLES: &str = "$remote_addr $remote_port $remote_user $server_addr
      $time_iso8601 $msec $request $request_method $request_uri $host $status $bytes_sent \
      $body_bytes_sent $request_length $upstream_addr $upstream_response_time $request_time \
      $request_id $ssl_protocol $ssl_server_name $ssl_client_s_dn $listener $event $acl $acl_rule $content_type \
-     $http_NAME";
+     $upstream_cache_status $cache $http_NAME";
 
 impl Var {
     fn named(name: &str) -> Option<Self> {
@@ -112,6 +114,7 @@ impl Var {
             "acl" => Self::Acl,
             "acl_rule" => Self::AclRule,
             "content_type" => Self::ContentType,
+            "upstream_cache_status" | "cache" => Self::Cache,
             _ => {
                 let header = name.strip_prefix("http_").filter(|h| !h.is_empty())?;
                 Self::Header(header.to_ascii_lowercase().replace('_', "-"))
@@ -364,8 +367,13 @@ fn squid_result(entry: &Entry<'_>) -> &'static str {
     match entry.event {
         Event::Tunnel | Event::Connection if entry.upstream.is_some() => "TCP_TUNNEL",
         Event::Tunnel | Event::Connection => "NONE_NONE",
-        Event::Request if entry.upstream.is_some() => "TCP_MISS",
-        Event::Request => "NONE_NONE",
+        Event::Request => match entry.facts.cache {
+            Some("HIT") => "TCP_HIT",
+            Some("STALE") => "TCP_STALE_HIT",
+            Some("REVALIDATED") => "TCP_REFRESH_UNMODIFIED",
+            _ if entry.upstream.is_some() => "TCP_MISS",
+            _ => "NONE_NONE",
+        },
         Event::Refused | Event::Rejected(_) => "NONE_NONE",
     }
 }
@@ -569,6 +577,8 @@ fn write_json(entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out: &mut Vec
         out,
         (!entry.content_type.is_empty()).then_some(entry.content_type),
     );
+    out.extend_from_slice(b",\"cache\":");
+    json_opt(out, entry.facts.cache.map(str::as_bytes));
     if let Event::Rejected(why) = entry.event {
         let _ = write!(out, ",\"reason\":\"{why}\"");
     }
@@ -651,6 +661,7 @@ fn write_var(var: &Var, entry: &Entry<'_>, at: Moment, time: &mut TimeCache, out
             None => out.push(b'-'),
         },
         Var::ContentType => or_dash(out, Some(entry.content_type)),
+        Var::Cache => or_dash(out, entry.facts.cache.map(str::as_bytes)),
         Var::Header(name) => or_dash(out, header(entry, name)),
     }
 }

@@ -108,6 +108,9 @@ pub struct LogFacts<'a> {
     pub acl: Option<AclFact<'a>>,
     /// The route taken, by its index in the listener's table.
     pub route: Option<usize>,
+    /// How the cache served the request (`HIT`, `MISS`...), where one is
+    /// used.
+    pub cache: Option<&'static str>,
 }
 
 /// One line's worth of facts.

@@ -10,7 +10,7 @@
 //! Sizes are in bytes; an object larger than the whole budget is refused.
 //! Not thread-safe: one per worker, or behind the caller's lock.
 
-use std::{collections::VecDeque, hash::Hash};
+use std::{borrow::Borrow, collections::VecDeque, hash::Hash};
 
 use hashbrown::HashMap;
 
@@ -66,7 +66,11 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     }
 
     /// The value of `key`, counting an access.
-    pub fn get(&mut self, key: &K) -> Option<&V> {
+    pub fn get<Q>(&mut self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let slot = self.entries.get_mut(key)?;
         slot.freq = (slot.freq + 1).min(MAX_FREQ);
         Some(&slot.value)
@@ -118,7 +122,11 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     }
 
     /// Removes `key` (an invalidation, a purge); returns its value.
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let slot = self.entries.remove(key)?;
         // Its place in its FIFO is skipped when reached.
         match slot.queue {

@@ -146,6 +146,7 @@ impl<H: ProxyHooks> Engine<H> {
                     max_trailer_bytes: s.limits.max_header_bytes,
                     splice: s.splice,
                     max_body: s.limits.max_body,
+                    tee: None,
                     min_rate: s
                         .limits
                         .min_body_rate

@@ -5,7 +5,7 @@
 //! and body relayed to the client. The sessions on either side
 //! ([`super::server`], [`super::client`]) do the reading and writing.
 
-use std::{net::SocketAddr, os::fd::AsRawFd};
+use std::{cell::RefCell, net::SocketAddr, os::fd::AsRawFd};
 
 use bytes::Buf;
 use ringway_core::{ConnCtx, Error, ErrorKind, Side, Wait};
@@ -16,10 +16,10 @@ use super::{
     ClientInfo, ClientStream, Engine, Failure, Outcome, Target,
 };
 use crate::{
-    body::{BodyPath, OutFraming},
+    body::{BodyPath, BodyTee, OutFraming},
     gather::write_head_and_body,
-    head::{BodyFraming, RequestHead, Version},
-    hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry},
+    head::{BodyFraming, Method, RequestHead, Version},
+    hooks::{Attempt, AttemptResult, BodyPlan, HeldResponse, Peer, ProxyHooks, Retry},
     io::{bounded, io_error},
     pool::{KeepIdle, UpstreamConn},
     write::{end_head, request_head, response_head, ClientResponse, UpstreamRequest, NO_EDITS},
@@ -355,6 +355,26 @@ impl<H: ProxyHooks> Engine<H> {
     ) -> std::result::Result<(Outcome, u16), Failure> {
         let s = &self.settings;
         let t = &s.timeouts;
+        let body_cut = progress.body_cut;
+        if !st.edits.is_empty() {
+            st.edits.clear();
+        }
+        let observe = match self.handler.response(&st.req, &st.resp, &mut st.edits, cx) {
+            BodyPlan::Pass => None,
+            BodyPlan::Observe { max } => Some(max),
+            BodyPlan::Replace(held) => {
+                // The upstream's answer gives way to the held one; its
+                // connection is kept when nothing of it is left to read.
+                let bodiless = st.resp.body(st.req.method()) == BodyFraming::None;
+                if st.resp.keeps_alive() && bodiless && !body_cut {
+                    self.pool.put(up, s.buffer_size, conn.clock_ms());
+                }
+                st.resp.clear();
+                let (outcome, status) = self.serve_held(io, st, *held, conn, cx).await?;
+                let outcome = if body_cut { Outcome::CloseUnread } else { outcome };
+                return Ok((outcome, status));
+            }
+        };
         let ConnBuffers {
             wbuf,
             scratch,
@@ -365,16 +385,20 @@ impl<H: ProxyHooks> Engine<H> {
             content_type,
             ..
         } = st;
-        let body_cut = progress.body_cut;
         let status = resp.status();
         let input = resp.body(req.method());
         let upstream_reusable = resp.keeps_alive() && input != BodyFraming::UntilClose && !body_cut;
         let (output, out) = client_framing(input, req.version());
         let close = req.wants_close() || self.closing(conn) || body_cut || output == BodyFraming::UntilClose;
-        if !edits.is_empty() {
-            edits.clear();
-        }
-        self.handler.response(req, resp, edits, cx);
+        // A copy of the body for the hooks, as it goes.
+        let tee = observe.map(|max| {
+            let expected = match input {
+                BodyFraming::None => Some(0),
+                BodyFraming::Length(n) => Some(n),
+                _ => None,
+            };
+            RefCell::new(BodyTee::new(max, expected))
+        });
         wbuf.clear();
         response_head(
             wbuf,
@@ -407,6 +431,9 @@ impl<H: ProxyHooks> Engine<H> {
         tally.bytes_out = head_len;
         tally.body_out = in_hand as u64;
         tally.bytes_out += in_hand as u64;
+        if let Some(tee) = &tee {
+            tee.borrow_mut().push(&up.rbuf[..in_hand]);
+        }
         if in_hand > 0 && in_hand <= GATHER_ABOVE {
             wbuf.extend_from_slice(&up.rbuf[..in_hand]);
             up.rbuf.advance(in_hand);
@@ -414,7 +441,7 @@ impl<H: ProxyHooks> Engine<H> {
         resp.clear();
         if in_hand > GATHER_ABOVE {
             skip_probe(conn, wbuf);
-            let body = up.rbuf.split_to(in_hand);
+            let body = up.rbuf.split_to(in_hand).freeze();
             let (sent, head) = bounded!(
                 conn.deadline(Wait::ClientWrite, t.client_io),
                 ErrorKind::WriteTimeout,
@@ -446,12 +473,16 @@ impl<H: ProxyHooks> Engine<H> {
                 splice: s.splice,
                 max_body: None,
                 min_rate: None,
+                tee: tee.as_ref(),
             };
             let moved = Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
                 .await
                 .map_err(Failure::after)?;
             tally.body_out += moved;
             tally.bytes_out += moved;
+        }
+        if let Some(body) = tee.and_then(|tee| tee.into_inner().finish()) {
+            self.handler.observed(req, body, cx);
         }
         if upstream_reusable {
             self.pool.put(up, s.buffer_size, conn.clock_ms());
@@ -461,6 +492,102 @@ impl<H: ProxyHooks> Engine<H> {
             (true, false) => Outcome::Close,
             (false, false) => Outcome::KeepAlive,
         };
+        Ok((outcome, status))
+    }
+
+    /// Sends a response the hooks hold: its head, edited by the hooks, and
+    /// its body, or the part of it asked for (none to a HEAD, for a 304).
+    pub(super) async fn serve_held<S: ClientStream>(
+        &self,
+        io: &mut S,
+        st: &mut ConnBuffers,
+        held: HeldResponse,
+        conn: &ConnCtx,
+        cx: &mut H::Ctx,
+    ) -> std::result::Result<(Outcome, u16), Failure> {
+        let s = &self.settings;
+        let ConnBuffers {
+            wbuf,
+            req,
+            resp,
+            edits,
+            tally,
+            content_type,
+            ..
+        } = st;
+        resp.parse_stored(&held.head, &s.limits)
+            .map_err(Failure::before)?;
+        if let Some(status) = held.status {
+            resp.set_status(status);
+        }
+        let status = resp.status();
+        if !edits.is_empty() {
+            edits.clear();
+        }
+        // The plan is the hooks' business on relayed responses only.
+        let _ = self.handler.response(req, resp, edits, cx);
+        let body = match held.range {
+            Some((start, end)) => {
+                let whole = held.body.len();
+                let (start, end) = ((start as usize).min(whole), (end as usize).min(whole));
+                held.body.slice(start..end.max(start))
+            }
+            None => held.body,
+        };
+        let no_content = status == 304 || status == 204 || (100..200).contains(&status);
+        let bodiless = no_content || req.method() == Method::Head;
+        // A HEAD is told the length a GET would get.
+        let framing = if no_content {
+            BodyFraming::None
+        } else {
+            BodyFraming::Length(body.len() as u64)
+        };
+        let close = req.wants_close() || self.closing(conn);
+        wbuf.clear();
+        response_head(
+            wbuf,
+            &ClientResponse {
+                head: resp,
+                framing,
+                close,
+                client_version: req.version(),
+                upgrade: None,
+                edits,
+            },
+            &s.proxy_headers,
+        );
+        end_head(wbuf);
+        if self.log.is_some() {
+            content_type.clear();
+            if let Some(value) = resp.header("content-type") {
+                content_type.extend_from_slice(value);
+            }
+        }
+        resp.clear();
+        let body_len = if bodiless { 0 } else { body.len() };
+        tally.bytes_out = (wbuf.len() + body_len) as u64;
+        tally.body_out = body_len as u64;
+        if body_len > GATHER_ABOVE {
+            skip_probe(conn, wbuf);
+            let t = &s.timeouts;
+            let (sent, head) = bounded!(
+                conn.deadline(Wait::ClientWrite, t.client_io),
+                ErrorKind::WriteTimeout,
+                Side::Downstream,
+                "client did not take the response in time",
+                write_head_and_body(io, std::mem::take(wbuf), body),
+            )
+            .map_err(Failure::after)?;
+            *wbuf = head;
+            sent.map_err(io_error(Side::Downstream, "writing to the client"))
+                .map_err(Failure::after)?;
+        } else {
+            if body_len > 0 {
+                wbuf.extend_from_slice(&body);
+            }
+            self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
+        }
+        let outcome = if close { Outcome::Close } else { Outcome::KeepAlive };
         Ok((outcome, status))
     }
 

@@ -35,7 +35,7 @@ use crate::{
     edits::HeadEdits,
     engine::ClientInfo,
     head::{HeaderKind, Method, RequestHead, ResponseHead},
-    hooks::{Peer, ProxyHooks, Route},
+    hooks::{BodyPlan, Peer, ProxyHooks, Route},
     reply::LocalReply,
     request_id::RequestId,
     rules::{template::Vars, HeaderRules, Policy},
@@ -221,11 +221,18 @@ impl ProxyHooks for ForwardHandler {
         }
     }
 
-    fn response(&self, req: &RequestHead, _resp: &ResponseHead, edits: &mut HeadEdits, cx: &mut ForwardCtx) {
+    fn response(
+        &self,
+        req: &RequestHead,
+        _resp: &ResponseHead,
+        edits: &mut HeadEdits,
+        cx: &mut ForwardCtx,
+    ) -> BodyPlan {
         let list = &self.settings.policy.headers.response;
         if !list.is_empty() {
             HeaderRules::apply(list, &self.vars(req, cx), edits);
         }
+        BodyPlan::Pass
     }
 
     fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &ForwardCtx) -> LocalReply {
@@ -256,6 +263,7 @@ impl ProxyHooks for ForwardHandler {
                 Some(Logged::Loop) => fact(false, RuleName::Loop),
             },
             route: None,
+            cache: None,
         }
     }
 

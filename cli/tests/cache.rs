@@ -1,0 +1,426 @@
+//! The HTTP cache behind the real binary, against origins that count the
+//! requests they see: hits never reach the origin; revalidation sends the
+//! stored validators and a 304 refreshes the stored head; `Vary` splits;
+//! unsafe methods invalidate; private responses and responses to
+//! `Authorization` are never served to another client; concurrent misses
+//! become one origin request; conditional and range requests are answered
+//! from the store; `stale-if-error` stands in for a failing origin; and
+//! the access log says how each request was served.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use common::{temp_file, Running};
+use ringway_tests::{client::Response, Origin, Reply, Seen, TestClient};
+
+/// A reverse proxy in front of `origin` whose one route uses a cache with
+/// `X-Cache`; `cache` adds keys to `[cache.main]`.
+fn proxy(origin: SocketAddr, workers: usize, cache: &str) -> Running {
+    proxy_with(origin, workers, cache, "")
+}
+
+/// The same, with more tables at the end of the file.
+fn proxy_with(origin: SocketAddr, workers: usize, cache: &str, tables: &str) -> Running {
+    let file = temp_file(
+        "cache.toml",
+        &format!(
+            "[runtime]\nworkers = {workers}\npin_cpus = false\n\n\
+             [log]\naccess_log = {{ path = \"-\", format = \"$request_method $request_uri $status $upstream_cache_status\" }}\n\n\
+             [cache.main]\nmemory = \"16MiB\"\nmax_object = \"1MiB\"\nx_cache = true\n{cache}\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{origin}\"]\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\ncache = \"main\"\n\n{tables}"
+        ),
+    );
+    Running::start(&["run", file.to_str().expect("path")])
+}
+
+/// An origin answering every request with `head` (fields, each ending in
+/// CRLF) and a body naming how many requests it had seen.
+fn counting_origin(head: &'static str) -> (Origin, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |_| {
+        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!("response {n}");
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\n{head}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    (origin, count)
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &str) -> Response {
+    request(addr, "GET", path, headers)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Response {
+    let mut client = TestClient::connect(addr);
+    client.send(format!("{method} {path} HTTP/1.1\r\nHost: site.test\r\n{headers}\r\n").as_bytes());
+    client.read_response(method == "HEAD").expect("a response")
+}
+
+#[test]
+fn fresh_responses_are_served_from_the_store_without_the_origin() {
+    let (origin, count) = counting_origin("Cache-Control: max-age=60\r\nContent-Type: text/plain\r\n");
+    let proxy = proxy(origin.addr(), 2, "");
+    let first = get(proxy.addr, "/a", "");
+    assert_eq!(first.text(), "response 1");
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    for _ in 0..5 {
+        let hit = get(proxy.addr, "/a", "");
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.text(), "response 1");
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert_eq!(hit.header("content-type"), Some("text/plain"));
+        let age: u64 = hit.header("age").expect("Age").parse().expect("a number");
+        assert!(age < 60);
+    }
+    // HEAD is answered from the stored GET, without a body.
+    let head = request(proxy.addr, "HEAD", "/a", "");
+    assert_eq!(head.header("x-cache"), Some("HIT"));
+    assert_eq!(head.header("content-length"), Some("10"));
+    assert!(head.body.is_empty());
+    // Another target is another key.
+    assert_eq!(get(proxy.addr, "/b", "").text(), "response 2");
+    assert_eq!(count.load(Ordering::SeqCst), 2, "hits never reach the origin");
+    // The access log says which was which.
+    proxy.wait_for_log("GET /b 200 MISS");
+    proxy.wait_for_log("GET /a 200 HIT");
+    proxy.wait_for_log("HEAD /a 200 HIT");
+}
+
+#[test]
+fn revalidation_sends_the_validators_and_a_304_refreshes_the_stored_head() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |req: &Seen| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            return Reply::Bytes(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nETag: \"v1\"\r\n\
+                  Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\nX-Version: old\r\n\
+                  Content-Length: 4\r\n\r\nbody"
+                    .to_vec(),
+            );
+        }
+        // Only the stored validators make it current.
+        if req.header("if-none-match") == Some("\"v1\"")
+            && req.header("if-modified-since") == Some("Tue, 01 Dec 2026 10:00:00 GMT")
+        {
+            return Reply::Bytes(
+                b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nETag: \"v1\"\r\nX-Version: new\r\n\r\n"
+                    .to_vec(),
+            );
+        }
+        Reply::ok("validators missing")
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(get(proxy.addr, "/r", "").text(), "body");
+    // Stale at once: revalidated, answered from the store with the 304's
+    // fields.
+    let second = get(proxy.addr, "/r", "");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "body");
+    assert_eq!(second.header("x-cache"), Some("REVALIDATED"));
+    assert_eq!(second.header("x-version"), Some("new"));
+    // The 304's max-age now applies: a plain hit.
+    let third = get(proxy.addr, "/r", "");
+    assert_eq!(third.header("x-cache"), Some("HIT"));
+    assert_eq!(third.header("x-version"), Some("new"));
+    assert_eq!(third.text(), "body");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn vary_keeps_one_variant_per_value_of_the_named_fields() {
+    let origin = Origin::start(|req: &Seen| {
+        let lang = req.header("accept-language").unwrap_or("none").to_owned();
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nVary: Accept-Language\r\nContent-Length: {}\r\n\r\n{lang}",
+                lang.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    for _ in 0..2 {
+        assert_eq!(get(proxy.addr, "/v", "Accept-Language: en\r\n").text(), "en");
+        assert_eq!(get(proxy.addr, "/v", "Accept-Language: fr\r\n").text(), "fr");
+        assert_eq!(get(proxy.addr, "/v", "").text(), "none");
+    }
+    assert_eq!(origin.seen().len(), 3, "one origin request per variant");
+    assert_eq!(
+        get(proxy.addr, "/v", "Accept-Language:  fr \r\n").header("x-cache"),
+        Some("HIT"),
+        "values compared without surrounding spaces"
+    );
+}
+
+#[test]
+fn unsafe_methods_invalidate_their_target_and_its_location() {
+    let origin = Origin::start(|req: &Seen| {
+        if req.method == "POST" {
+            return Reply::Bytes(
+                b"HTTP/1.1 201 Created\r\nLocation: /items/2\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            );
+        }
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{}",
+                req.target.len(),
+                req.target
+            )
+            .into_bytes(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    get(proxy.addr, "/items", "");
+    get(proxy.addr, "/items/2", "");
+    assert_eq!(get(proxy.addr, "/items", "").header("x-cache"), Some("HIT"));
+    let created = request(proxy.addr, "POST", "/items", "Content-Length: 0\r\n");
+    assert_eq!(created.status, 201);
+    assert_eq!(get(proxy.addr, "/items", "").header("x-cache"), Some("MISS"));
+    assert_eq!(get(proxy.addr, "/items/2", "").header("x-cache"), Some("MISS"));
+    // A failed unsafe request invalidates nothing.
+    assert_eq!(origin.seen().len(), 5);
+}
+
+#[test]
+fn private_responses_and_answers_to_authorization_are_never_shared() {
+    let origin = Origin::start(|req: &Seen| {
+        let body = format!("for {}", req.header("authorization").unwrap_or("anyone"));
+        let cc = if req.target == "/private" {
+            "private, max-age=60"
+        } else {
+            "max-age=60"
+        };
+        let cookie = if req.target == "/cookie" {
+            "Set-Cookie: session=alice\r\n"
+        } else {
+            ""
+        };
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(get(proxy.addr, "/private", "").header("x-cache"), Some("MISS"));
+    assert_eq!(get(proxy.addr, "/private", "").header("x-cache"), Some("MISS"));
+    let alice = get(proxy.addr, "/auth", "Authorization: Basic YWxpY2U6cHc=\r\n");
+    assert_eq!(alice.text(), "for Basic YWxpY2U6cHc=");
+    let anyone = get(proxy.addr, "/auth", "");
+    assert_eq!(anyone.text(), "for anyone", "alice's answer is not anyone's");
+    assert_eq!(
+        get(proxy.addr, "/cookie", "").header("set-cookie"),
+        Some("session=alice")
+    );
+    let other = get(proxy.addr, "/cookie", "");
+    assert_eq!(other.header("x-cache"), Some("MISS"), "a session is not shared");
+    assert_eq!(origin.seen().len(), 6);
+}
+
+#[test]
+fn a_hundred_concurrent_misses_become_one_origin_request() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        // Slow enough that every client asks before it answers.
+        thread::sleep(Duration::from_millis(500));
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 6\r\n\r\nshared".to_vec(),
+        )
+    });
+    // Coalescing is per worker: one worker, one origin request.
+    let proxy = proxy(origin.addr(), 1, "");
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..100)
+        .map(|_| thread::spawn(move || get(addr, "/popular", "")))
+        .collect();
+    for client in clients {
+        let response = client.join().expect("client");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "shared");
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn conditional_and_range_requests_are_answered_from_the_store() {
+    let (origin, count) = counting_origin(
+        "Cache-Control: max-age=60\r\nETag: \"abc\"\r\nLast-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n",
+    );
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(get(proxy.addr, "/c", "").text(), "response 1");
+    let not_modified = get(proxy.addr, "/c", "If-None-Match: \"x\", W/\"abc\"\r\n");
+    assert_eq!(not_modified.status, 304);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.header("etag"), Some("\"abc\""));
+    let since = get(
+        proxy.addr,
+        "/c",
+        "If-Modified-Since: Wed, 02 Dec 2026 10:00:00 GMT\r\n",
+    );
+    assert_eq!(since.status, 304);
+    assert_eq!(get(proxy.addr, "/c", "If-None-Match: \"other\"\r\n").status, 200);
+    let part = get(proxy.addr, "/c", "Range: bytes=2-5\r\n");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.text(), "spon");
+    assert_eq!(part.header("content-range"), Some("bytes 2-5/10"));
+    let suffix = get(proxy.addr, "/c", "Range: bytes=-3\r\n");
+    assert_eq!(suffix.text(), "e 1");
+    let outside = get(proxy.addr, "/c", "Range: bytes=50-\r\n");
+    assert_eq!(outside.status, 416);
+    assert_eq!(outside.header("content-range"), Some("bytes */10"));
+    // An If-Range that no longer matches gets the whole response.
+    let changed = get(proxy.addr, "/c", "Range: bytes=0-1\r\nIf-Range: \"old\"\r\n");
+    assert_eq!(changed.status, 200);
+    assert_eq!(changed.text(), "response 1");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_stale_response_stands_in_for_a_failing_origin_where_stale_if_error_allows() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Bytes(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\nContent-Length: 5\r\n\r\nsaved"
+                    .to_vec(),
+            )
+        } else {
+            Reply::Bytes(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec())
+        }
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(get(proxy.addr, "/s", "").text(), "saved");
+    let stale = get(proxy.addr, "/s", "");
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.text(), "saved");
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    // With the origin gone altogether, too.
+    origin.kill();
+    let gone = get(proxy.addr, "/s", "");
+    assert_eq!((gone.status, gone.text().as_str()), (200, "saved"));
+}
+
+#[test]
+fn only_if_cached_is_a_504_on_a_miss_and_large_objects_pass_through() {
+    let origin = Origin::start(|req: &Seen| {
+        let body = if req.target == "/large" {
+            "x".repeat(2 << 20)
+        } else {
+            "small".to_owned()
+        };
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(
+        get(proxy.addr, "/small", "Cache-Control: only-if-cached\r\n").status,
+        504
+    );
+    assert_eq!(get(proxy.addr, "/small", "").status, 200);
+    assert_eq!(
+        get(proxy.addr, "/small", "Cache-Control: only-if-cached\r\n").status,
+        200
+    );
+    // Over max_object (1 MiB): relayed whole, never stored.
+    for _ in 0..2 {
+        let large = get(proxy.addr, "/large", "");
+        assert_eq!(large.body.len(), 2 << 20);
+        assert_eq!(large.header("x-cache"), Some("MISS"));
+    }
+    assert_eq!(origin.seen().len(), 3);
+}
+
+#[test]
+fn chunked_responses_are_stored_whole_and_served_with_a_length() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    let first = get(proxy.addr, "/chunked", "");
+    assert_eq!(first.text(), "hello world");
+    let hit = get(proxy.addr, "/chunked", "");
+    assert_eq!(hit.text(), "hello world");
+    assert_eq!(hit.header("content-length"), Some("11"));
+    assert!(hit.header("transfer-encoding").is_none());
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_route_naming_an_unknown_cache_is_a_config_error() {
+    let file = temp_file(
+        "cache-bad.toml",
+        "[cache.main]\nmemory = \"1MiB\"\nmax_object = \"2MiB\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+         [[listener.route]]\nupstream = \"app\"\ncache = \"other\"\n",
+    );
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", file.to_str().expect("path")])
+        .output()
+        .expect("run check");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(errors.contains(":3: cache.main.max_object:"), "{errors}");
+    assert!(
+        errors.contains(":16: listener[0].route[0].cache: no [cache.other] is configured"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn the_admin_listener_counts_hits_misses_and_what_the_store_holds() {
+    let (origin, _) = counting_origin("Cache-Control: max-age=60\r\n");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let proxy = proxy_with(origin.addr(), 2, "", &format!("[admin]\nlisten = \"{admin}\"\n"));
+    get(proxy.addr, "/m", "");
+    get(proxy.addr, "/m", "");
+    get(proxy.addr, "/m", "");
+    let metrics = get(admin, "/metrics", "").text();
+    for line in [
+        "ringway_cache_hits_total{cache=\"main\"} 2",
+        "ringway_cache_misses_total{cache=\"main\"} 1",
+        "ringway_cache_fills_total{cache=\"main\"} 1",
+        "ringway_cache_objects{cache=\"main\"} 1",
+        "ringway_cache_evictions_total{cache=\"main\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+}

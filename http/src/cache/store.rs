@@ -1,0 +1,283 @@
+//! The memory tier: stored responses, shared by every worker of the
+//! process, each key's variants (one per `Vary` secondary key) under one
+//! entry of an S3-FIFO ([`super::s3fifo`]) bounded in bytes.
+//!
+//! The entries are split over shards, each behind its own mutex, held for
+//! a hash lookup and a reference count's increment: a hit copies no body
+//! (the body is shared [`Bytes`]) and no worker waits on another's I/O.
+
+use std::{
+    hash::BuildHasher,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use bytes::Bytes;
+
+use super::{control::ResponseDirectives, freshness::AgeInputs, s3fifo::S3Fifo};
+use crate::head::RequestHead;
+
+/// A cache's settings, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Its name in the configuration.
+    pub name: String,
+    /// The memory tier's size in bytes (heads, bodies and keys).
+    pub memory: u64,
+    /// Responses with longer bodies pass through unstored.
+    pub max_object: u64,
+    /// Store responses that set cookies (off: one client's session would
+    /// go to others).
+    pub store_set_cookie: bool,
+    /// Add `X-Cache: HIT|MISS|REVALIDATED|STALE` to responses.
+    pub x_cache: bool,
+    /// How long a request waits for another one fetching the same key
+    /// before it goes to the upstream itself.
+    pub lock_timeout: std::time::Duration,
+}
+
+impl CacheSettings {
+    /// A cache named `name` of `memory` bytes, objects up to `max_object`.
+    pub fn new(name: &str, memory: u64, max_object: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            memory,
+            max_object,
+            store_set_cookie: false,
+            x_cache: false,
+            lock_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Object {
+    /// The head as stored (the upstream's, updated by revalidations).
+    pub(crate) head: Bytes,
+    /// The whole body.
+    pub(crate) body: Bytes,
+    /// The head's status.
+    pub(crate) status: u16,
+    /// The secondary key: each field `Vary` names (lowercase), with the
+    /// value the request that brought the response had, if any.
+    pub(crate) vary: SecondaryKey,
+    /// Its `Cache-Control`.
+    pub(crate) directives: ResponseDirectives,
+    /// Its freshness lifetime, in seconds.
+    pub(crate) lifetime: u64,
+    /// What its current age is computed from.
+    pub(crate) age: AgeInputs,
+    /// Its `ETag`, as sent.
+    pub(crate) etag: Option<Bytes>,
+    /// Its `Last-Modified`, as sent and as a time.
+    pub(crate) last_modified: Option<(Bytes, Option<i64>)>,
+}
+
+impl Object {
+    /// Whether it was stored for a request with the same values of the
+    /// fields `Vary` names as `req` (RFC 9111 section 4.1; values compared
+    /// with surrounding whitespace trimmed).
+    pub(crate) fn matches(&self, req: &RequestHead) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| req.header(name).map(<[u8]>::trim_ascii) == value.as_deref())
+    }
+
+    /// Bytes it is counted for: head, body and bookkeeping.
+    fn size(&self, key: &[u8]) -> u64 {
+        (self.head.len() + self.body.len() + key.len() + 256) as u64
+    }
+}
+
+/// The variants stored under one key.
+pub(crate) type Variants = Arc<[Arc<Object>]>;
+
+/// Each field `Vary` names (lowercase), with the value the request that
+/// brought a response had, if any.
+pub(crate) type SecondaryKey = Box<[(Box<str>, Option<Box<[u8]>>)]>;
+
+/// One shard of the entries.
+type Shard = Mutex<S3Fifo<Box<[u8]>, Variants>>;
+
+/// The memory tier of one cache, shared by the workers.
+pub struct Store {
+    settings: CacheSettings,
+    shards: Box<[Shard]>,
+    hasher: std::hash::RandomState,
+    stored: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("settings", &self.settings)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+/// What a store holds, for metrics and the status page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Keys held.
+    pub keys: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Keys evicted to make room.
+    pub evictions: u64,
+    /// Responses stored (or updated by a revalidation).
+    pub stored: u64,
+}
+
+impl Store {
+    /// An empty store with `settings`: up to 16 shards, each large enough
+    /// for four of the largest objects.
+    pub fn new(settings: CacheSettings) -> Self {
+        let per_shard = settings.max_object.saturating_mul(4).max(1 << 20);
+        let shards = (settings.memory / per_shard).clamp(1, 16);
+        let each = settings.memory / shards;
+        Self {
+            shards: (0..shards).map(|_| Mutex::new(S3Fifo::new(each))).collect(),
+            settings,
+            hasher: std::hash::RandomState::new(),
+            stored: AtomicU64::new(0),
+        }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, S3Fifo<Box<[u8]>, Variants>> {
+        let index = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
+        // A panic while a shard was held leaves its map whole (each step
+        // is one map operation), so the poison is cleared.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The variants stored under `key`, counting an access.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Variants> {
+        self.shard(key).get(key).cloned()
+    }
+
+    /// Stores `object` under `key`, in place of a variant with the same
+    /// secondary key (and of every variant, when `Vary` names other
+    /// fields now). Returns false when it is too large to keep.
+    pub(crate) fn insert(&self, key: &[u8], object: Arc<Object>) -> bool {
+        let mut shard = self.shard(key);
+        let kept: Vec<Arc<Object>> = match shard.get(key) {
+            Some(variants) => variants
+                .iter()
+                .filter(|v| {
+                    v.vary.len() == object.vary.len()
+                        && v.vary.iter().zip(object.vary.iter()).all(|(a, b)| a.0 == b.0)
+                        && v.vary != object.vary
+                })
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let size = kept.iter().map(|v| v.size(key)).sum::<u64>() + object.size(key);
+        let variants: Variants = kept.into_iter().chain([object]).collect();
+        let fits = shard.insert(key.into(), variants, size);
+        if fits {
+            self.stored.fetch_add(1, Ordering::Relaxed);
+        }
+        fits
+    }
+
+    /// Drops what is stored under `key` (an invalidation, a purge);
+    /// returns whether anything was.
+    pub fn remove(&self, key: &[u8]) -> bool {
+        self.shard(key).remove(key).is_some()
+    }
+
+    /// What it holds now.
+    pub fn stats(&self) -> StoreStats {
+        let mut stats = StoreStats {
+            stored: self.stored.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        };
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            stats.keys += shard.len() as u64;
+            stats.bytes += shard.bytes();
+            stats.evictions += shard.evictions();
+        }
+        stats
+    }
+}
+
+/// The key of a request's response: the host (lowercase, without a
+/// default port) and the target in origin form, NUL between them.
+pub fn key_into(out: &mut Vec<u8>, host: &[u8], target: &[u8]) {
+    out.clear();
+    let host = host.strip_suffix(b":80").unwrap_or(host);
+    out.extend(host.iter().map(u8::to_ascii_lowercase));
+    out.push(0);
+    out.extend_from_slice(target);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(body: &str, vary: &[(&str, Option<&str>)]) -> Arc<Object> {
+        Arc::new(Object {
+            head: Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            status: 200,
+            vary: vary
+                .iter()
+                .map(|(n, v)| ((*n).into(), v.map(|v| v.as_bytes().into())))
+                .collect(),
+            directives: ResponseDirectives::default(),
+            lifetime: 60,
+            age: AgeInputs::default(),
+            etag: None,
+            last_modified: None,
+        })
+    }
+
+    #[test]
+    fn variants_replace_their_own_secondary_key_only() {
+        let store = Store::new(CacheSettings::new("t", 1 << 20, 1 << 16));
+        store.insert(b"k", object("gzip", &[("accept-encoding", Some("gzip"))]));
+        store.insert(b"k", object("plain", &[("accept-encoding", None)]));
+        store.insert(b"k", object("gzip2", &[("accept-encoding", Some("gzip"))]));
+        let variants = store.get(b"k").expect("stored");
+        let bodies: Vec<_> = variants.iter().map(|v| v.body.clone()).collect();
+        assert_eq!(bodies, vec![Bytes::from("plain"), Bytes::from("gzip2")]);
+        // Vary naming other fields now: the old variants go.
+        store.insert(b"k", object("lang", &[("accept-language", Some("en"))]));
+        assert_eq!(store.get(b"k").expect("stored").len(), 1);
+        assert!(store.remove(b"k"));
+        assert!(store.get(b"k").is_none());
+    }
+
+    #[test]
+    fn keys_drop_default_ports_and_fold_host_case() {
+        let mut key = Vec::new();
+        key_into(&mut key, b"Example.COM:80", b"/a?b");
+        assert_eq!(key, b"example.com\0/a?b");
+    }
+
+    #[test]
+    fn the_memory_bound_holds_across_shards() {
+        let store = Store::new(CacheSettings::new("t", 8 << 20, 1 << 16));
+        let body = "x".repeat(60_000);
+        for i in 0..1000 {
+            store.insert(format!("k{i}").as_bytes(), object(&body, &[]));
+        }
+        let stats = store.stats();
+        assert!(stats.bytes <= 8 << 20, "{stats:?}");
+        assert!(stats.evictions > 0);
+        assert_eq!(stats.stored, 1000);
+    }
+}
