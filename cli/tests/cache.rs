@@ -122,7 +122,8 @@ fn revalidation_sends_the_validators_and_a_304_refreshes_the_stored_head() {
             && req.header("if-modified-since") == Some("Tue, 01 Dec 2026 10:00:00 GMT")
         {
             return Reply::Bytes(
-                b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nETag: \"v1\"\r\nX-Version: new\r\n\r\n"
+                b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nETag: \"v1\"\r\nX-Version: new\r\n\
+                  Set-Cookie: session=first-client\r\n\r\n"
                     .to_vec(),
             );
         }
@@ -142,6 +143,11 @@ fn revalidation_sends_the_validators_and_a_304_refreshes_the_stored_head() {
     assert_eq!(third.header("x-cache"), Some("HIT"));
     assert_eq!(third.header("x-version"), Some("new"));
     assert_eq!(third.text(), "body");
+    assert_eq!(
+        third.header("set-cookie"),
+        None,
+        "a 304's cookie is not stored for others"
+    );
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
 

@@ -757,7 +757,14 @@ impl ProxyHooks for ReverseHandler {
         let cache = self.route_caches.get(route).copied().flatten();
         if let Some((index, layer)) = cache.and_then(|i| Some((i, self.caches.as_ref()?.get(i)?))) {
             let host = authority.or_else(|| req.host()).unwrap_or_default();
-            match layer.lookup(index, req, host, path, &mut cx.cache).await {
+            // Keyed by what the upstream is asked for: a rewrite that
+            // depends on the client is a key of its own.
+            let asked = cx.effects.rewrite.as_deref().unwrap_or(path);
+            let https = client.tls.is_some();
+            match layer
+                .lookup(index, req, (https, host, asked), &mut cx.cache)
+                .await
+            {
                 Lookup::Held(held) => return Route::Held(held),
                 Lookup::Reply(reply) => return Route::Reply(reply),
                 Lookup::Forward => {}

@@ -29,11 +29,11 @@ use super::{
     control::{RequestDirectives, ResponseDirectives},
     date,
     freshness::{current_age, lifetime, storable, verdict, AgeInputs, Stored, Times, Verdict},
-    store::{key_into, Object, SecondaryKey, Store},
+    store::{key_host, key_into, Object, SecondaryKey, Store},
 };
 use crate::{
     edits::HeadEdits,
-    head::{list_elements, HeaderKind, Method, RequestHead, ResponseHead},
+    head::{list_elements, listed_in_connection, HeaderKind, Method, RequestHead, ResponseHead},
     hooks::{BodyPlan, HeldResponse},
     metrics::Counter,
     reply::LocalReply,
@@ -237,29 +237,30 @@ impl CacheLayer {
         &self.counters
     }
 
-    /// Looks `req` (for `host`, the target in origin form) up: answers it
-    /// from the store when a stored response may, else says it goes to
-    /// the upstream, as the one fetching the key or after waiting for
-    /// the request that does. `index` names this cache in `cx`.
+    /// Looks `req` up (for `host` over https or not, and the `target` the
+    /// upstream is asked for, after any rewrite): answers it from the
+    /// store when a stored response may, else says it goes to the
+    /// upstream, as the one fetching the key or after waiting for the
+    /// request that does. `index` names this cache in `cx`.
     pub async fn lookup(
         &self,
         index: usize,
         req: &RequestHead,
-        host: &[u8],
-        target: &[u8],
+        (https, host, target): (bool, &[u8], &[u8]),
         cx: &mut CacheCtx,
     ) -> Lookup {
         cx.cache = Some(index);
         cx.request_time = now_secs();
         let method = req.method();
-        if !matches!(method, Method::Get | Method::Head) || req.body() != crate::head::BodyFraming::None {
+        let plain = req.body() == crate::head::BodyFraming::None && req.upgrade().is_none();
+        if !matches!(method, Method::Get | Method::Head) || !plain {
             cx.unsafe_method = !matches!(
                 method,
                 Method::Get | Method::Head | Method::Options | Method::Trace
             );
             if cx.unsafe_method {
                 let mut key = Vec::new();
-                key_into(&mut key, host, target);
+                key_into(&mut key, https, host, target);
                 cx.key = Some(key.into());
             }
             cx.status = Some(CacheStatus::Bypass);
@@ -272,7 +273,7 @@ impl CacheLayer {
         loop {
             let found = {
                 let mut key = self.key.borrow_mut();
-                key_into(&mut key, host, target);
+                key_into(&mut key, https, host, target);
                 self.store
                     .get(&key)
                     .and_then(|variants| variants.iter().rev().find(|o| o.matches(req)).cloned())
@@ -430,6 +431,22 @@ impl CacheLayer {
         edits: &mut HeadEdits,
         cx: &mut CacheCtx,
     ) -> BodyPlan {
+        let plan = self.decide(req, resp, edits, cx);
+        if !matches!(plan, BodyPlan::Observe { .. }) {
+            // Nothing will be stored: the requests waiting for this one
+            // go to the upstream themselves, now.
+            cx.leader = None;
+        }
+        plan
+    }
+
+    fn decide(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        edits: &mut HeadEdits,
+        cx: &mut CacheCtx,
+    ) -> BodyPlan {
         let x_cache = self.store.settings().x_cache;
         match cx.status {
             None => return BodyPlan::Pass,
@@ -452,9 +469,24 @@ impl CacheLayer {
         let status = resp.status();
         if let Some(stored) = cx.stored.clone() {
             if status == 304 {
-                let refreshed = Arc::new(refresh(&stored, resp, cx.request_time, now));
+                let settings = self.store.settings();
+                let Some(refreshed) = refresh(&stored, resp, settings.store_set_cookie, cx.request_time, now)
+                else {
+                    // A merged head that does not parse: the stored one
+                    // answers, unchanged, and stays.
+                    self.counters.revalidated.add(1);
+                    self.counters.misses.sub(1);
+                    let held = self.hit(req, &stored, 0, CacheStatus::Revalidated, cx);
+                    return BodyPlan::Replace(Box::new(held));
+                };
+                let refreshed = Arc::new(refreshed);
                 if let Some(key) = &cx.key {
-                    self.store.insert(key, Arc::clone(&refreshed));
+                    // A 304 may withdraw the permission to share it.
+                    if refreshed.directives.private || refreshed.directives.no_store {
+                        self.store.remove(key);
+                    } else {
+                        self.store.insert(key, Arc::clone(&refreshed));
+                    }
                 }
                 self.counters.revalidated.add(1);
                 self.counters.misses.sub(1);
@@ -628,13 +660,12 @@ impl CacheLayer {
     fn invalidate(&self, req: &RequestHead, resp: &ResponseHead, cx: &CacheCtx) {
         let Some(key) = &cx.key else { return };
         let mut dropped = u64::from(self.store.remove(key));
-        let host_len = key.iter().position(|&b| b == 0).unwrap_or(key.len());
-        let host = &key[..host_len];
+        let (https, host) = key_host(key);
         let mut other = Vec::new();
         for name in ["location", "content-location"] {
             let Some(value) = resp.header(name) else { continue };
             if let Some(path) = same_host_path(value, host, req) {
-                key_into(&mut other, host, path);
+                key_into(&mut other, https, host, path);
                 dropped += u64::from(self.store.remove(&other));
             }
         }
@@ -685,8 +716,12 @@ fn stored_head(resp: &ResponseHead) -> Bytes {
     let raw = resp.raw();
     let line_end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |i| i + 1);
     out.extend_from_slice(&raw[..line_end]);
+    let names_fields = resp.connection_tokens().names_fields;
     for field in resp.headers() {
-        if field.kind.is_hop_by_hop() || field.kind == HeaderKind::ContentLength {
+        let listed = names_fields
+            && field.kind == HeaderKind::Other
+            && listed_in_connection(resp.headers(), field.name);
+        if field.kind.is_hop_by_hop() || field.kind == HeaderKind::ContentLength || listed {
             continue;
         }
         out.extend_from_slice(field.name);
@@ -700,8 +735,15 @@ fn stored_head(resp: &ResponseHead) -> Bytes {
 
 /// The stored response updated by a 304 (RFC 9111 section 3.2): the 304's
 /// fields replace those of the same name, except the ones that describe
-/// the body; its times are the 304's.
-fn refresh(stored: &Object, resp: &ResponseHead, request_time: i64, now: i64) -> Object {
+/// the body (and `Set-Cookie`, unless cookies may be stored); its times
+/// are the 304's. `None` when the merged head would not parse.
+fn refresh(
+    stored: &Object,
+    resp: &ResponseHead,
+    cookies: bool,
+    request_time: i64,
+    now: i64,
+) -> Option<Object> {
     const KEPT: [&[u8]; 4] = [
         b"content-length",
         b"content-encoding",
@@ -710,31 +752,41 @@ fn refresh(stored: &Object, resp: &ResponseHead, request_time: i64, now: i64) ->
     ];
     let mut head = BytesMut::with_capacity(stored.head.len() + resp.raw().len());
     let mut parsed = ResponseHead::new();
-    let limits = crate::limits::HttpLimits::default();
-    let updated = |name: &[u8]| {
-        !KEPT.iter().any(|k| k.eq_ignore_ascii_case(name))
-            && resp.headers().any(|f| f.name.eq_ignore_ascii_case(name))
+    // The merge of two heads that each passed the listener's limits.
+    let limits = crate::limits::HttpLimits {
+        max_headers: crate::MAX_HEADERS_CAP,
+        max_header_bytes: usize::MAX,
+        ..crate::limits::HttpLimits::default()
     };
-    if parsed.parse_stored(&stored.head, &limits).is_ok() {
-        let raw = parsed.raw();
-        let line_end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |i| i + 1);
-        head.extend_from_slice(&raw[..line_end]);
-        for field in parsed.headers() {
-            if !updated(field.name) {
-                push_field(&mut head, field.name, field.value);
-            }
+    let taken = |name: &[u8]| {
+        !KEPT.iter().any(|k| k.eq_ignore_ascii_case(name))
+            && (cookies || !name.eq_ignore_ascii_case(b"set-cookie"))
+    };
+    let updated = |name: &[u8]| taken(name) && resp.headers().any(|f| f.name.eq_ignore_ascii_case(name));
+    parsed.parse_stored(&stored.head, &limits).ok()?;
+    let raw = parsed.raw();
+    let line_end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |i| i + 1);
+    head.extend_from_slice(&raw[..line_end]);
+    for field in parsed.headers() {
+        if !updated(field.name) {
+            push_field(&mut head, field.name, field.value);
         }
     }
+    let names_fields = resp.connection_tokens().names_fields;
     for field in resp.headers() {
-        let framing = field.kind.is_hop_by_hop() || field.kind == HeaderKind::ContentLength;
-        if !framing && !KEPT.iter().any(|k| k.eq_ignore_ascii_case(field.name)) {
+        let framing = field.kind.is_hop_by_hop()
+            || field.kind == HeaderKind::ContentLength
+            || (names_fields
+                && field.kind == HeaderKind::Other
+                && listed_in_connection(resp.headers(), field.name));
+        if !framing && taken(field.name) {
             push_field(&mut head, field.name, field.value);
         }
     }
     head.extend_from_slice(b"\r\n");
     let head = head.freeze();
     let mut fresh = ResponseHead::new();
-    let _ = fresh.parse_stored(&head, &limits);
+    fresh.parse_stored(&head, &limits).ok()?;
     let directives = ResponseDirectives::parse(fields_of(&fresh, "cache-control"));
     let times = Times {
         date: fresh.header("date").and_then(date::parse),
@@ -750,12 +802,14 @@ fn refresh(stored: &Object, resp: &ResponseHead, request_time: i64, now: i64) ->
         .header("age")
         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
         .unwrap_or(0);
-    Object {
+    Some(Object {
         lifetime: lifetime(stored.status, &directives, &times),
         directives,
         age: AgeInputs {
             age,
-            date: times.date,
+            // The stored Date is the old response's: without one of its
+            // own the 304's age is its transit only.
+            date: resp.header("date").and(times.date),
             request_time,
             response_time: now,
         },
@@ -765,7 +819,7 @@ fn refresh(stored: &Object, resp: &ResponseHead, request_time: i64, now: i64) ->
         vary: stored.vary.clone(),
         body: stored.body.clone(),
         head,
-    }
+    })
 }
 
 fn push_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {

@@ -214,14 +214,23 @@ impl Store {
     }
 }
 
-/// The key of a request's response: the host (lowercase, without a
-/// default port) and the target in origin form, NUL between them.
-pub fn key_into(out: &mut Vec<u8>, host: &[u8], target: &[u8]) {
+/// The key of a request's response: `s` (https) or `h` (http), the host
+/// (lowercase, without the scheme's default port), NUL, and the target
+/// the upstream is asked for, in origin form.
+pub fn key_into(out: &mut Vec<u8>, https: bool, host: &[u8], target: &[u8]) {
     out.clear();
-    let host = host.strip_suffix(b":80").unwrap_or(host);
+    let default_port: &[u8] = if https { b":443" } else { b":80" };
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    out.push(if https { b's' } else { b'h' });
     out.extend(host.iter().map(u8::to_ascii_lowercase));
     out.push(0);
     out.extend_from_slice(target);
+}
+
+/// The host part of a key made by [`key_into`], and whether it is https.
+pub(crate) fn key_host(key: &[u8]) -> (bool, &[u8]) {
+    let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+    (key.first() == Some(&b's'), key.get(1..end).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -264,8 +273,14 @@ mod tests {
     #[test]
     fn keys_drop_default_ports_and_fold_host_case() {
         let mut key = Vec::new();
-        key_into(&mut key, b"Example.COM:80", b"/a?b");
-        assert_eq!(key, b"example.com\0/a?b");
+        key_into(&mut key, false, b"Example.COM:80", b"/a?b");
+        assert_eq!(key, b"hexample.com\0/a?b");
+        assert_eq!(key_host(&key), (false, &b"example.com"[..]));
+        key_into(&mut key, true, b"example.com:80", b"/");
+        assert_eq!(
+            key, b"sexample.com:80\0/",
+            "only the scheme's own default port goes"
+        );
     }
 
     #[test]
