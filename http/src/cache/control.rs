@@ -129,6 +129,75 @@ fn delta(value: Option<&String>) -> u64 {
     }
 }
 
+/// Whether a targeted cache-control field (`CDN-Cache-Control`, RFC 9213)
+/// is a valid Structured Field Dictionary (RFC 8941) whose freshness
+/// directives are integers; an invalid one is ignored as a whole.
+pub fn valid_targeted<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    lines.into_iter().all(|line| {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        text.split(',').all(|member| {
+            let member = member.trim_matches([' ', '\t']);
+            let mut parts = member.split(';');
+            let item = parts.next().unwrap_or_default();
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            let numeric = matches!(
+                key,
+                "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+            );
+            sf_key(key)
+                && match value {
+                    None => !numeric,
+                    Some(v) if numeric => sf_integer(v),
+                    Some(v) => sf_bare_item(v),
+                }
+                && parts.all(|param| match param.split_once('=') {
+                    Some((k, v)) => sf_key(k) && sf_bare_item(v),
+                    None => sf_key(param),
+                })
+        })
+    })
+}
+
+/// An RFC 8941 key: a lowercase letter or `*`, then lowercase letters,
+/// digits, `_`, `-`, `.`, `*`.
+fn sf_key(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))
+}
+
+fn sf_integer(value: &str) -> bool {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An RFC 8941 bare item: integer, decimal, string, token, byte sequence
+/// or boolean.
+fn sf_bare_item(value: &str) -> bool {
+    if sf_integer(value) || matches!(value, "?0" | "?1") {
+        return true;
+    }
+    if let Some((int, frac)) = value.split_once('.') {
+        return sf_integer(int) && (1..=3).contains(&frac.len()) && frac.bytes().all(|b| b.is_ascii_digit());
+    }
+    if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        return inner.bytes().all(|b| (0x20..0x7f).contains(&b));
+    }
+    if let Some(inner) = value.strip_prefix(':').and_then(|v| v.strip_suffix(':')) {
+        return inner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    }
+    let mut bytes = value.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'*')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
+}
+
 impl ResponseDirectives {
     /// The directives of `lines` (a response's `Cache-Control` lines).
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Self {
@@ -238,5 +307,17 @@ mod tests {
         let d = RequestDirectives::parse([&b"max-stale=30, no-cache, no-store, max-age=0"[..]]);
         assert_eq!((d.max_stale, d.max_age), (Some(Some(30)), Some(0)));
         assert!(d.no_cache && d.no_store);
+    }
+
+    #[test]
+    fn targeted_fields_must_be_structured_dictionaries() {
+        let valid = |v: &str| valid_targeted([v.as_bytes()]);
+        assert!(valid("max-age=600"));
+        assert!(valid("max-age=600, private, stale-if-error=30"));
+        assert!(valid("no-store;foo=\"bar\", x=?1, y=1.5, z=tok/en"));
+        assert!(!valid("max-age=10000, &&&&&"), "not a key");
+        assert!(!valid("max-age=\"10000\""), "a string where an integer must be");
+        assert!(!valid("MAX-AGE=60"), "keys are lowercase");
+        assert!(!valid("max-age"), "max-age needs its integer");
     }
 }

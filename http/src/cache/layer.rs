@@ -392,24 +392,21 @@ impl CacheLayer {
 
     /// Edits the request sent upstream: a revalidation carries the stored
     /// response's validators; the request fetching a key asks for the
-    /// whole response, unconditionally, so that it can be stored.
+    /// whole response, so that it can be stored (the client's own
+    /// validators go along: a 304 for them passes through, unstored).
     pub fn upstream_request(&self, edits: &mut HeadEdits, cx: &CacheCtx) {
         if cx.status != Some(CacheStatus::Miss) {
             return;
         }
         if cx.leader.is_some() || cx.stored.is_some() {
-            for name in [
-                "if-none-match",
-                "if-modified-since",
-                "if-match",
-                "if-unmodified-since",
-                "if-range",
-                "range",
-            ] {
+            for name in ["if-range", "range"] {
                 let _ = edits.remove(name);
             }
         }
         if let Some(stored) = &cx.stored {
+            for name in ["if-none-match", "if-modified-since"] {
+                let _ = edits.remove(name);
+            }
             if let Some(etag) = &stored.etag {
                 let _ = edits.append("If-None-Match", etag);
             }
@@ -509,7 +506,7 @@ impl CacheLayer {
             return BodyPlan::Pass;
         }
         let settings = self.store.settings();
-        let resp_directives = ResponseDirectives::parse(fields_of(resp, "cache-control"));
+        let (resp_directives, targeted) = directives_of(resp);
         let req_directives = RequestDirectives::parse(fields(req, "cache-control"));
         let vary_names: Vec<Box<str>> = fields_of(resp, "vary")
             .flat_map(list_elements)
@@ -523,7 +520,7 @@ impl CacheLayer {
             method: req.method_bytes(),
             status,
             authorization: req.header("authorization").is_some(),
-            expires: resp.header("expires").is_some(),
+            expires: !targeted && resp.header("expires").is_some(),
             set_cookie: resp.header("set-cookie").is_some(),
             vary_any: vary_names.iter().any(|n| &**n == "*"),
         };
@@ -536,7 +533,7 @@ impl CacheLayer {
         }
         let times = Times {
             date: resp.header("date").and_then(date::parse),
-            expires: resp.header("expires").map(date::parse),
+            expires: expires_of(resp, targeted),
             last_modified: resp.header("last-modified").and_then(date::parse),
             response_time: now,
         };
@@ -561,10 +558,7 @@ impl CacheLayer {
             directives: resp_directives,
             lifetime,
             age: AgeInputs {
-                age: resp
-                    .header("age")
-                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
-                    .unwrap_or(0),
+                age: age_of(resp),
                 date: times.date,
                 request_time: cx.request_time,
                 response_time: now,
@@ -671,6 +665,57 @@ impl CacheLayer {
         }
         self.counters.invalidations.add(dropped);
     }
+}
+
+/// The response's caching directives for this cache, and whether they
+/// came from `CDN-Cache-Control` (RFC 9213): a targeted field, when
+/// present, is used instead of `Cache-Control` and `Expires`.
+fn directives_of(resp: &ResponseHead) -> (ResponseDirectives, bool) {
+    if resp.header("cdn-cache-control").is_some()
+        && super::control::valid_targeted(fields_of(resp, "cdn-cache-control"))
+    {
+        return (
+            ResponseDirectives::parse(fields_of(resp, "cdn-cache-control")),
+            true,
+        );
+    }
+    (ResponseDirectives::parse(fields_of(resp, "cache-control")), false)
+}
+
+/// `Expires` for the freshness computation: `Some(None)` (expired) when it
+/// is not one valid date on one line; `None` when absent or overridden by
+/// a targeted field.
+fn expires_of(resp: &ResponseHead, targeted: bool) -> Option<Option<i64>> {
+    if targeted {
+        return None;
+    }
+    let mut lines = fields_of(resp, "expires");
+    let first = lines.next()?;
+    Some(if lines.next().is_some() {
+        None
+    } else {
+        date::parse(first)
+    })
+}
+
+/// The response's `Age` (RFC 9111 section 5.1): the first element of its
+/// first line when that is a non-negative integer (capped at 2^31), else
+/// none.
+fn age_of(resp: &ResponseHead) -> u64 {
+    let Some(value) = resp.header("age") else { return 0 };
+    let first = value
+        .split(|&b| b == b',' || b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    std::str::from_utf8(first)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(u64::MAX)
+        .min(super::control::MAX_DELTA)
 }
 
 /// The request's fields named `name`.
@@ -787,10 +832,10 @@ fn refresh(
     let head = head.freeze();
     let mut fresh = ResponseHead::new();
     fresh.parse_stored(&head, &limits).ok()?;
-    let directives = ResponseDirectives::parse(fields_of(&fresh, "cache-control"));
+    let (directives, targeted) = directives_of(&fresh);
     let times = Times {
         date: fresh.header("date").and_then(date::parse),
-        expires: fresh.header("expires").map(date::parse),
+        expires: expires_of(&fresh, targeted),
         last_modified: fresh.header("last-modified").and_then(date::parse),
         response_time: now,
     };
@@ -798,10 +843,7 @@ fn refresh(
     let last_modified = fresh
         .header("last-modified")
         .map(|v| (head.slice_ref(v), times.last_modified));
-    let age = resp
-        .header("age")
-        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
-        .unwrap_or(0);
+    let age = age_of(resp);
     Some(Object {
         lifetime: lifetime(stored.status, &directives, &times),
         directives,
