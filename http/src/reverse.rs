@@ -549,8 +549,9 @@ pub struct ReverseCtx {
     remote: Option<SocketAddr>,
     request_id: RequestId,
     https: bool,
-    /// What the route's cache did with the request.
-    cache: CacheCtx,
+    /// What the route's cache did with the request (boxed: only requests
+    /// on a cached route carry it).
+    cache: Option<Box<CacheCtx>>,
 }
 
 /// What a listener's rules and its route's decided for a request.
@@ -595,7 +596,7 @@ impl ReverseHandler {
 
     /// The cache a request's exchange uses, if any.
     fn cache_of(&self, cx: &ReverseCtx) -> Option<&crate::cache::CacheLayer> {
-        self.caches.as_ref()?.get(cx.cache.cache()?)
+        self.caches.as_ref()?.get(cx.cache.as_ref()?.cache()?)
     }
 
     /// The same handler, counting attempts per server in `metrics` (this
@@ -727,7 +728,11 @@ impl ProxyHooks for ReverseHandler {
     fn log_facts<'a>(&'a self, cx: &'a ReverseCtx) -> LogFacts<'a> {
         LogFacts {
             route: cx.route,
-            cache: cx.cache.status().map(crate::cache::CacheStatus::as_str),
+            cache: cx
+                .cache
+                .as_ref()
+                .and_then(|c| c.status())
+                .map(crate::cache::CacheStatus::as_str),
             ..LogFacts::default()
         }
     }
@@ -762,7 +767,12 @@ impl ProxyHooks for ReverseHandler {
             let asked = cx.effects.rewrite.as_deref().unwrap_or(path);
             let https = client.tls.is_some();
             match layer
-                .lookup(index, req, (https, host, asked), &mut cx.cache)
+                .lookup(
+                    index,
+                    req,
+                    (https, host, asked),
+                    cx.cache.get_or_insert_with(Box::default),
+                )
                 .await
             {
                 Lookup::Held(held) => return Route::Held(held),
@@ -893,7 +903,9 @@ impl ProxyHooks for ReverseHandler {
         cx: &mut ReverseCtx,
     ) {
         if let Some(layer) = self.cache_of(cx) {
-            layer.upstream_request(edits, &cx.cache);
+            if let Some(cache) = &cx.cache {
+                layer.upstream_request(edits, cache);
+            }
         }
         // Nothing to do on a route without edits (the common case).
         let route = cx
@@ -912,9 +924,9 @@ impl ProxyHooks for ReverseHandler {
         edits: &mut HeadEdits,
         cx: &mut ReverseCtx,
     ) -> BodyPlan {
-        let plan = match self.caches.as_ref().and_then(|c| c.get(cx.cache.cache()?)) {
-            Some(layer) => layer.response(req, resp, edits, &mut cx.cache),
-            None => BodyPlan::Pass,
+        let plan = match (self.cache_of(cx), cx.cache.as_deref_mut()) {
+            (Some(layer), Some(cache)) => layer.response(req, resp, edits, cache),
+            _ => BodyPlan::Pass,
         };
         if matches!(plan, BodyPlan::Replace(_)) {
             // The held response's head gets the edits when it is sent.
@@ -940,14 +952,14 @@ impl ProxyHooks for ReverseHandler {
     }
 
     fn observed(&self, _req: &RequestHead, body: Bytes, cx: &mut ReverseCtx) {
-        if let Some(layer) = self.caches.as_ref().and_then(|c| c.get(cx.cache.cache()?)) {
-            layer.observed(body, &mut cx.cache);
+        if let (Some(layer), Some(cache)) = (self.cache_of(cx), cx.cache.as_deref_mut()) {
+            layer.observed(body, cache);
         }
     }
 
     fn fallback(&self, req: &RequestHead, _error: &Error, cx: &mut ReverseCtx) -> Option<HeldResponse> {
-        let layer = self.caches.as_ref()?.get(cx.cache.cache()?)?;
-        layer.fallback(req, &mut cx.cache)
+        let layer = self.cache_of(cx)?;
+        layer.fallback(req, cx.cache.as_deref_mut()?)
     }
 
     fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &ReverseCtx) -> LocalReply {

@@ -718,18 +718,24 @@ fn age_of(resp: &ResponseHead) -> u64 {
         .min(super::control::MAX_DELTA)
 }
 
-/// The request's fields named `name`.
-fn fields<'a>(req: &'a RequestHead, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    req.headers()
+/// The values of the fields named `name` among `headers`.
+fn named<'a>(
+    headers: impl Iterator<Item = crate::head::HeaderField<'a>> + 'a,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
         .filter(move |h| h.name.eq_ignore_ascii_case(name.as_bytes()))
         .map(|h| h.value)
 }
 
+/// The request's fields named `name`.
+fn fields<'a>(req: &'a RequestHead, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    named(req.headers(), name)
+}
+
 /// The response's fields named `name`.
 fn fields_of<'a>(resp: &'a ResponseHead, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    resp.headers()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|h| h.value)
+    named(resp.headers(), name)
 }
 
 /// The path of a `Location` or `Content-Location` value on `host`: a

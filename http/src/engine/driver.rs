@@ -370,7 +370,9 @@ impl<H: ProxyHooks> Engine<H> {
                     self.pool.put(up, s.buffer_size, conn.clock_ms());
                 }
                 st.resp.clear();
-                let (outcome, status) = self.serve_held(io, st, *held, conn, cx).await?;
+                // Boxed, as in every place a held response is sent: rare
+                // on this path, and inline it would size every exchange.
+                let (outcome, status) = Box::pin(self.serve_held(io, st, *held, conn, cx)).await?;
                 let outcome = if body_cut { Outcome::CloseUnread } else { outcome };
                 return Ok((outcome, status));
             }
@@ -397,7 +399,8 @@ impl<H: ProxyHooks> Engine<H> {
                 BodyFraming::Length(n) => Some(n),
                 _ => None,
             };
-            RefCell::new(BodyTee::new(max, expected))
+            // Boxed: held across the relay, and only where a cache fills.
+            Box::new(RefCell::new(BodyTee::new(max, expected)))
         });
         wbuf.clear();
         response_head(
@@ -440,19 +443,8 @@ impl<H: ProxyHooks> Engine<H> {
         }
         resp.clear();
         if in_hand > GATHER_ABOVE {
-            skip_probe(conn, wbuf);
             let body = up.rbuf.split_to(in_hand).freeze();
-            let (sent, head) = bounded!(
-                conn.deadline(Wait::ClientWrite, t.client_io),
-                ErrorKind::WriteTimeout,
-                Side::Downstream,
-                "client did not take the response in time",
-                write_head_and_body(io, std::mem::take(wbuf), body),
-            )
-            .map_err(Failure::after)?;
-            *wbuf = head;
-            sent.map_err(io_error(Side::Downstream, "writing to the client"))
-                .map_err(Failure::after)?;
+            self.write_gathered(io, wbuf, body, conn).await?;
         } else {
             self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
         }
@@ -473,7 +465,7 @@ impl<H: ProxyHooks> Engine<H> {
                 splice: s.splice,
                 max_body: None,
                 min_rate: None,
-                tee: tee.as_ref(),
+                tee: tee.as_deref(),
             };
             let moved = Box::pin(path.relay(&mut up.stream, &mut up.rbuf, io, scratch, input, out))
                 .await
@@ -568,19 +560,7 @@ impl<H: ProxyHooks> Engine<H> {
         tally.bytes_out = (wbuf.len() + body_len) as u64;
         tally.body_out = body_len as u64;
         if body_len > GATHER_ABOVE {
-            skip_probe(conn, wbuf);
-            let t = &s.timeouts;
-            let (sent, head) = bounded!(
-                conn.deadline(Wait::ClientWrite, t.client_io),
-                ErrorKind::WriteTimeout,
-                Side::Downstream,
-                "client did not take the response in time",
-                write_head_and_body(io, std::mem::take(wbuf), body),
-            )
-            .map_err(Failure::after)?;
-            *wbuf = head;
-            sent.map_err(io_error(Side::Downstream, "writing to the client"))
-                .map_err(Failure::after)?;
+            self.write_gathered(io, wbuf, body, conn).await?;
         } else {
             if body_len > 0 {
                 wbuf.extend_from_slice(&body);
@@ -589,6 +569,29 @@ impl<H: ProxyHooks> Engine<H> {
         }
         let outcome = if close { Outcome::Close } else { Outcome::KeepAlive };
         Ok((outcome, status))
+    }
+
+    /// Writes the head in `wbuf` and `body` to the client in one `writev`
+    /// (no copy of the body), within the client's write timeout.
+    async fn write_gathered<S: ClientStream>(
+        &self,
+        io: &mut S,
+        wbuf: &mut Vec<u8>,
+        body: bytes::Bytes,
+        conn: &ConnCtx,
+    ) -> std::result::Result<(), Failure> {
+        skip_probe(conn, wbuf);
+        let (sent, head) = bounded!(
+            conn.deadline(Wait::ClientWrite, self.settings.timeouts.client_io),
+            ErrorKind::WriteTimeout,
+            Side::Downstream,
+            "client did not take the response in time",
+            write_head_and_body(io, std::mem::take(wbuf), body),
+        )
+        .map_err(Failure::after)?;
+        *wbuf = head;
+        sent.map_err(io_error(Side::Downstream, "writing to the client"))
+            .map_err(Failure::after)
     }
 
     /// Reports an attempt on `peer` to the hooks; returns the peer to try

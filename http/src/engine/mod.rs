@@ -511,7 +511,7 @@ impl<H: ProxyHooks> Engine<H> {
                         .await
                 }
                 Route::Connect(addrs) => self.connect_tunnel(io, st, &addrs, conn).await,
-                Route::Held(held) => self.serve_held(io, st, *held, conn, &mut cx).await,
+                Route::Held(held) => Box::pin(self.serve_held(io, st, *held, conn, &mut cx)).await,
                 Route::Reply(reply) => {
                     let reply = self.handler.local_reply(&st.req, reply, &cx);
                     break 'done self.reply(io, st, &reply, conn).await;
@@ -531,7 +531,7 @@ impl<H: ProxyHooks> Engine<H> {
                         .then(|| self.handler.fallback(&st.req, &failure.error, &mut cx))
                         .flatten();
                     if let Some(held) = held {
-                        if let Ok(done) = self.serve_held(io, st, held, conn, &mut cx).await {
+                        if let Ok(done) = Box::pin(self.serve_held(io, st, held, conn, &mut cx)).await {
                             let unread = st.req.body() != BodyFraming::None;
                             let outcome = if unread { Outcome::CloseUnread } else { done.0 };
                             break 'done (outcome, done.1);
