@@ -430,3 +430,38 @@ fn the_admin_listener_counts_hits_misses_and_what_the_store_holds() {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
 }
+
+#[test]
+fn long_bodies_are_served_from_the_store_whole_and_in_ranges() {
+    // Long enough to be kept in a file and sent with sendfile.
+    let body: String = (0..300_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let served = body.clone();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{served}",
+                served.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(get(proxy.addr, "/long", "").text(), body);
+    // Several hits on one connection: each one whole, in order.
+    let mut client = TestClient::connect(proxy.addr);
+    for _ in 0..3 {
+        client.send(b"GET /long HTTP/1.1\r\nHost: site.test\r\n\r\n");
+        let hit = client.read_response(false).expect("a response");
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert_eq!(hit.text(), body);
+    }
+    let part = get(proxy.addr, "/long", "Range: bytes=100000-100009\r\n");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.text(), &body[100_000..100_010]);
+    let tail = get(proxy.addr, "/long", "Range: bytes=-5\r\n");
+    assert_eq!(tail.text(), &body[body.len() - 5..]);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}

@@ -1094,3 +1094,50 @@ fn the_access_log_names_the_sni_and_the_verified_client_certificate() {
         "{line}"
     );
 }
+
+#[test]
+fn long_cached_bodies_reach_tls_clients_whole() {
+    // A body kept in a file is read in pieces for a TLS client (sendfile
+    // would skip the encryption).
+    let ca = Ca::new("cached");
+    let leaf = ca.leaf("cached-site", &["site.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let body: String = (0..300_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_| {
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{served}",
+                served.len()
+            )
+            .into_bytes(),
+        )
+    });
+    for driver in DRIVERS {
+        let running = start(&format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\ndriver = \"{driver}\"\n\n\
+             [cache.main]\nmemory = \"16MiB\"\n\n\
+             [[listener]]\nname = \"https\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [listener.tls]\ncerts = [{}]\n\n\
+             [[listener.route]]\nupstream = \"app\"\ncache = \"main\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+            cert_entry(&leaf, &[]),
+            origin.addr()
+        ));
+        let port = running.local_addrs()[0].port();
+        let resolve = format!("site.test:{port}:127.0.0.1");
+        let url = format!("https://site.test:{port}/long-{driver}");
+        let cacert = ca.pem.display().to_string();
+        for _ in 0..2 {
+            let (code, out) = curl(&["--cacert", &cacert, "--resolve", &resolve, &url]);
+            assert_eq!(code, 0, "{driver}: {out}");
+            assert!(out == body, "{driver}: {} bytes", out.len());
+        }
+        running.shutdown();
+        running.wait();
+    }
+    assert_eq!(
+        origin.seen().len(),
+        2,
+        "one fetch per driver, the rest from the store"
+    );
+}

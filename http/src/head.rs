@@ -804,7 +804,7 @@ fn is_valid_host(host: &[u8]) -> bool {
 }
 
 /// A parsed response head.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ResponseHead {
     raw: Bytes,
     status: u16,

@@ -27,7 +27,7 @@
 //! [`ProxyHooks::local_reply`] dresses the answers the proxy gives itself;
 //! [`ProxyHooks::log_facts`] tells the access log what the mode decided.
 
-use std::{future::Future, net::SocketAddr, rc::Rc, time::Duration};
+use std::{future::Future, net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use ringway_core::Error;
@@ -110,19 +110,30 @@ pub enum Route {
 
 /// A response the hooks hold and the engine sends as if it came from an
 /// upstream: its head goes through [`ProxyHooks::response`] for edits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HeldResponse {
-    /// The head as an upstream sent it: status line and fields, ending
-    /// with the empty line. Its framing fields are ignored.
-    pub head: Bytes,
+    /// The head, parsed once when it was kept (a hit parses nothing). Its
+    /// framing fields are ignored.
+    pub head: Arc<ResponseHead>,
     /// The whole body.
-    pub body: Bytes,
+    pub body: crate::held::HeldBody,
     /// Answer with this status instead of the head's (a 304 to a
     /// conditional request, a 206 or 416 to a range).
     pub status: Option<u16>,
     /// Send only these bytes of the body (`start..end`, a range).
     pub range: Option<(u64, u64)>,
 }
+
+impl PartialEq for HeldResponse {
+    fn eq(&self, other: &Self) -> bool {
+        self.head.raw() == other.head.raw()
+            && self.body.same(&other.body)
+            && self.status == other.status
+            && self.range == other.range
+    }
+}
+
+impl Eq for HeldResponse {}
 
 /// What the engine does with the body of the response being relayed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

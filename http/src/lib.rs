@@ -34,6 +34,7 @@ mod gather;
 mod guard;
 pub mod head;
 mod health;
+mod held;
 mod hooks;
 mod io;
 mod l4;
@@ -57,7 +58,8 @@ pub use engine::{ClientInfo, ClientStream, Engine, TunnelOptions};
 pub use forward::{ForwardCtx, ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use health::{HealthCheck, Probe, Prober};
-pub use hooks::{Attempt, AttemptResult, Peer, ProxyHooks, Retry, Route, Summary};
+pub use held::{FileBody, HeldBody, FILE_BODY_ABOVE};
+pub use hooks::{Attempt, AttemptResult, BodyPlan, HeldResponse, Peer, ProxyHooks, Retry, Route, Summary};
 pub use l4::TcpBalancer;
 pub use limits::{
     BodyRate, EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName,

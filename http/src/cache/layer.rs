@@ -373,7 +373,7 @@ impl CacheLayer {
         if req.method() != Method::Get {
             return held;
         }
-        let len = object.body.len() as u64;
+        let len = object.body.len();
         match requested_range(req, object, len) {
             Some(Some((start, end))) => {
                 held.status = Some(206);
@@ -588,9 +588,13 @@ impl CacheLayer {
             etag,
             last_modified,
         } = *filling;
+        let mut parsed = ResponseHead::new();
+        if parsed.parse_stored(&head, &merge_limits()).is_err() {
+            return;
+        }
         let object = Object {
-            head,
-            body,
+            head: Arc::new(parsed),
+            body: crate::held::HeldBody::keep(body),
             status,
             vary,
             directives,
@@ -801,20 +805,14 @@ fn refresh(
         b"content-range",
         b"content-type",
     ];
-    let mut head = BytesMut::with_capacity(stored.head.len() + resp.raw().len());
-    let mut parsed = ResponseHead::new();
-    // The merge of two heads that each passed the listener's limits.
-    let limits = crate::limits::HttpLimits {
-        max_headers: crate::MAX_HEADERS_CAP,
-        max_header_bytes: usize::MAX,
-        ..crate::limits::HttpLimits::default()
-    };
+    let mut head = BytesMut::with_capacity(stored.head.raw().len() + resp.raw().len());
+    let parsed = &stored.head;
+    let limits = merge_limits();
     let taken = |name: &[u8]| {
         !KEPT.iter().any(|k| k.eq_ignore_ascii_case(name))
             && (cookies || !name.eq_ignore_ascii_case(b"set-cookie"))
     };
     let updated = |name: &[u8]| taken(name) && resp.headers().any(|f| f.name.eq_ignore_ascii_case(name));
-    parsed.parse_stored(&stored.head, &limits).ok()?;
     let raw = parsed.raw();
     let line_end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |i| i + 1);
     head.extend_from_slice(&raw[..line_end]);
@@ -849,6 +847,7 @@ fn refresh(
     let last_modified = fresh
         .header("last-modified")
         .map(|v| (head.slice_ref(v), times.last_modified));
+    let head = Arc::new(fresh);
     let age = age_of(resp);
     Some(Object {
         lifetime: lifetime(stored.status, &directives, &times),
@@ -868,6 +867,16 @@ fn refresh(
         body: stored.body.clone(),
         head,
     })
+}
+
+/// Limits for parsing heads the cache made itself: the merge of two heads
+/// that each passed the listener's limits.
+fn merge_limits() -> crate::limits::HttpLimits {
+    crate::limits::HttpLimits {
+        max_headers: crate::MAX_HEADERS_CAP,
+        max_header_bytes: usize::MAX,
+        ..crate::limits::HttpLimits::default()
+    }
 }
 
 fn push_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {

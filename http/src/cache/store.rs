@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{control::ResponseDirectives, freshness::AgeInputs, s3fifo::S3Fifo};
-use crate::head::RequestHead;
+use crate::head::{RequestHead, ResponseHead};
 
 /// A cache's settings, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +55,11 @@ impl CacheSettings {
 /// One stored response.
 #[derive(Debug)]
 pub struct Object {
-    /// The head as stored (the upstream's, updated by revalidations).
-    pub(crate) head: Bytes,
+    /// The head as stored (the upstream's, updated by revalidations),
+    /// parsed once.
+    pub(crate) head: Arc<ResponseHead>,
     /// The whole body.
-    pub(crate) body: Bytes,
+    pub(crate) body: crate::held::HeldBody,
     /// The head's status.
     pub(crate) status: u16,
     /// The secondary key: each field `Vary` names (lowercase), with the
@@ -88,7 +89,7 @@ impl Object {
 
     /// Bytes it is counted for: head, body and bookkeeping.
     fn size(&self, key: &[u8]) -> u64 {
-        (self.head.len() + self.body.len() + key.len() + 256) as u64
+        self.head.raw().len() as u64 + self.body.len() + key.len() as u64 + 256
     }
 }
 
@@ -238,9 +239,15 @@ mod tests {
     use super::*;
 
     fn object(body: &str, vary: &[(&str, Option<&str>)]) -> Arc<Object> {
+        let mut head = ResponseHead::new();
+        head.parse_stored(
+            &Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            &Default::default(),
+        )
+        .expect("a head");
         Arc::new(Object {
-            head: Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
-            body: Bytes::copy_from_slice(body.as_bytes()),
+            head: Arc::new(head),
+            body: Bytes::copy_from_slice(body.as_bytes()).into(),
             status: 200,
             vary: vary
                 .iter()
@@ -261,8 +268,9 @@ mod tests {
         store.insert(b"k", object("plain", &[("accept-encoding", None)]));
         store.insert(b"k", object("gzip2", &[("accept-encoding", Some("gzip"))]));
         let variants = store.get(b"k").expect("stored");
-        let bodies: Vec<_> = variants.iter().map(|v| v.body.clone()).collect();
-        assert_eq!(bodies, vec![Bytes::from("plain"), Bytes::from("gzip2")]);
+        let bodies: Vec<_> = variants.iter().map(|v| v.body.len()).collect();
+        assert_eq!(bodies, vec![5, 5], "plain, then gzip2");
+        assert!(variants[1].vary[0].1.as_deref() == Some(&b"gzip"[..]));
         // Vary naming other fields now: the old variants go.
         store.insert(b"k", object("lang", &[("accept-language", Some("en"))]));
         assert_eq!(store.get(b"k").expect("stored").len(), 1);

@@ -18,7 +18,8 @@ use super::{
 use crate::{
     body::{BodyPath, BodyTee, OutFraming},
     gather::write_head_and_body,
-    head::{BodyFraming, Method, RequestHead, Version},
+    head::{BodyFraming, Method, RequestHead, ResponseHead, Version},
+    held::{FileBody, HeldBody},
     hooks::{Attempt, AttemptResult, BodyPlan, HeldResponse, Peer, ProxyHooks, Retry},
     io::{bounded, io_error},
     pool::{KeepIdle, UpstreamConn},
@@ -501,38 +502,42 @@ impl<H: ProxyHooks> Engine<H> {
         let ConnBuffers {
             wbuf,
             req,
-            resp,
             edits,
             tally,
             content_type,
             ..
         } = st;
-        resp.parse_stored(&held.head, &s.limits)
-            .map_err(Failure::before)?;
-        if let Some(status) = held.status {
-            resp.set_status(status);
-        }
+        // The held head as it is; a copy where the status changes (a 304,
+        // a range).
+        let changed;
+        let resp: &ResponseHead = match held.status {
+            Some(status) => {
+                let mut head = (*held.head).clone();
+                head.set_status(status);
+                changed = head;
+                &changed
+            }
+            None => &held.head,
+        };
         let status = resp.status();
         if !edits.is_empty() {
             edits.clear();
         }
         // The plan is the hooks' business on relayed responses only.
         let _ = self.handler.response(req, resp, edits, cx);
-        let body = match held.range {
-            Some((start, end)) => {
-                let whole = held.body.len();
-                let (start, end) = ((start as usize).min(whole), (end as usize).min(whole));
-                held.body.slice(start..end.max(start))
-            }
-            None => held.body,
+        let whole = held.body.len();
+        let (start, end) = match held.range {
+            Some((start, end)) => (start.min(whole), end.min(whole).max(start.min(whole))),
+            None => (0, whole),
         };
+        let body_len = end - start;
         let no_content = status == 304 || status == 204 || (100..200).contains(&status);
         let bodiless = no_content || req.method() == Method::Head;
         // A HEAD is told the length a GET would get.
         let framing = if no_content {
             BodyFraming::None
         } else {
-            BodyFraming::Length(body.len() as u64)
+            BodyFraming::Length(body_len)
         };
         let close = req.wants_close() || self.closing(conn);
         wbuf.clear();
@@ -555,20 +560,78 @@ impl<H: ProxyHooks> Engine<H> {
                 content_type.extend_from_slice(value);
             }
         }
-        resp.clear();
-        let body_len = if bodiless { 0 } else { body.len() };
-        tally.bytes_out = (wbuf.len() + body_len) as u64;
-        tally.body_out = body_len as u64;
-        if body_len > GATHER_ABOVE {
-            self.write_gathered(io, wbuf, body, conn).await?;
-        } else {
-            if body_len > 0 {
-                wbuf.extend_from_slice(&body);
+        let body_len = if bodiless { 0 } else { body_len };
+        tally.bytes_out = wbuf.len() as u64 + body_len;
+        tally.body_out = body_len;
+        match held.body {
+            HeldBody::Memory(bytes) if body_len as usize > GATHER_ABOVE => {
+                let body = bytes.slice(start as usize..end as usize);
+                self.write_gathered(io, wbuf, body, conn).await?;
             }
-            self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
+            HeldBody::Memory(bytes) => {
+                if body_len > 0 {
+                    wbuf.extend_from_slice(&bytes[start as usize..end as usize]);
+                }
+                self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
+            }
+            HeldBody::File(file) => {
+                self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
+                if body_len > 0 {
+                    self.send_file(io, &file, start, body_len, wbuf, conn).await?;
+                }
+            }
         }
         let outcome = if close { Outcome::Close } else { Outcome::KeepAlive };
         Ok((outcome, status))
+    }
+
+    /// Sends `len` bytes of `file` from `offset` to the client: with
+    /// `sendfile(2)` to a plain TCP socket (no copy through user space),
+    /// else read in pieces through `buf` and written.
+    async fn send_file<S: ClientStream>(
+        &self,
+        io: &mut S,
+        file: &FileBody,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+        conn: &ConnCtx,
+    ) -> std::result::Result<(), Failure> {
+        let timeout = self.settings.timeouts.client_io;
+        let written = |e| Failure::after(io_error(Side::Downstream, "writing to the client")(e));
+        let Some(fd) = io.splice_fd() else {
+            let mut at = offset;
+            while at < offset + len {
+                let piece = ((offset + len - at) as usize).min(4 * GATHER_ABOVE);
+                buf.resize(piece, 0);
+                let n = file.read_at(buf, at).map_err(written)?;
+                if n == 0 {
+                    return Err(written(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                buf.truncate(n);
+                self.write_client(io, buf, conn).await.map_err(Failure::after)?;
+                at += n as u64;
+            }
+            return Ok(());
+        };
+        let _nonblocking = crate::splice::NonBlocking::set(fd).map_err(written)?;
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            match file.send_to(fd, at, end - at).map_err(written)? {
+                Some(0) => return Err(written(std::io::ErrorKind::WriteZero.into())),
+                Some(n) => at += n as u64,
+                None => bounded!(
+                    conn.deadline(Wait::ClientWrite, timeout),
+                    ErrorKind::WriteTimeout,
+                    Side::Downstream,
+                    "client did not take the response in time",
+                    io.splice_ready(true),
+                )
+                .map_err(Failure::after)?
+                .map_err(written)?,
+            }
+        }
+        Ok(())
     }
 
     /// Writes the head in `wbuf` and `body` to the client in one `writev`
