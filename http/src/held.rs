@@ -168,6 +168,32 @@ impl FileBody {
     }
 }
 
+/// Sends what it can of `bytes` to the socket `to` without waiting, with
+/// `MSG_MORE` (more follows: the kernel holds a partial segment back);
+/// returns how many, or `None` when the socket is full.
+pub(crate) fn send_more(to: RawFd, bytes: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: `bytes` is valid for `bytes.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                to,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_MORE | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

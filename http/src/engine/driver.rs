@@ -574,20 +574,22 @@ impl<H: ProxyHooks> Engine<H> {
                 }
                 self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
             }
-            HeldBody::File(file) => {
+            HeldBody::File(file) if body_len > 0 => {
+                self.send_file(io, &file, start, body_len, wbuf, conn).await?;
+            }
+            HeldBody::File(_) => {
                 self.write_client(io, wbuf, conn).await.map_err(Failure::after)?;
-                if body_len > 0 {
-                    self.send_file(io, &file, start, body_len, wbuf, conn).await?;
-                }
             }
         }
         let outcome = if close { Outcome::Close } else { Outcome::KeepAlive };
         Ok((outcome, status))
     }
 
-    /// Sends `len` bytes of `file` from `offset` to the client: with
-    /// `sendfile(2)` to a plain TCP socket (no copy through user space),
-    /// else read in pieces through `buf` and written.
+    /// Sends the head in `buf`, then `len` bytes of `file` from `offset`,
+    /// to the client: to a plain TCP socket the head goes with `MSG_MORE`
+    /// (it leaves with the body's first bytes) and the body with
+    /// `sendfile(2)` (no copy through user space); to others the body is
+    /// read in pieces through `buf` and written.
     async fn send_file<S: ClientStream>(
         &self,
         io: &mut S,
@@ -600,6 +602,7 @@ impl<H: ProxyHooks> Engine<H> {
         let timeout = self.settings.timeouts.client_io;
         let written = |e| Failure::after(io_error(Side::Downstream, "writing to the client")(e));
         let Some(fd) = io.splice_fd() else {
+            self.write_client(io, buf, conn).await.map_err(Failure::after)?;
             let mut at = offset;
             while at < offset + len {
                 let piece = ((offset + len - at) as usize).min(4 * GATHER_ABOVE);
@@ -614,21 +617,20 @@ impl<H: ProxyHooks> Engine<H> {
             }
             return Ok(());
         };
+        let mut head = &buf[..];
+        while !head.is_empty() {
+            match crate::held::send_more(fd, head).map_err(written)? {
+                Some(n) => head = &head[n..],
+                None => client_writable(io, conn, timeout).await?,
+            }
+        }
         let _nonblocking = crate::splice::NonBlocking::set(fd).map_err(written)?;
         let (mut at, end) = (offset, offset + len);
         while at < end {
             match file.send_to(fd, at, end - at).map_err(written)? {
                 Some(0) => return Err(written(std::io::ErrorKind::WriteZero.into())),
                 Some(n) => at += n as u64,
-                None => bounded!(
-                    conn.deadline(Wait::ClientWrite, timeout),
-                    ErrorKind::WriteTimeout,
-                    Side::Downstream,
-                    "client did not take the response in time",
-                    io.splice_ready(true),
-                )
-                .map_err(Failure::after)?
-                .map_err(written)?,
+                None => client_writable(io, conn, timeout).await?,
             }
         }
         Ok(())
@@ -714,6 +716,25 @@ impl<H: ProxyHooks> Engine<H> {
             .map_err(Failure::after)?;
         Ok((Outcome::Upgrade(up), 200))
     }
+}
+
+/// Waits, within the client's write timeout, until its socket takes more
+/// bytes (after a raw send found it full).
+async fn client_writable<S: ClientStream>(
+    io: &S,
+    conn: &ConnCtx,
+    timeout: std::time::Duration,
+) -> std::result::Result<(), Failure> {
+    bounded!(
+        conn.deadline(Wait::ClientWrite, timeout),
+        ErrorKind::WriteTimeout,
+        Side::Downstream,
+        "client did not take the response in time",
+        io.splice_ready(true),
+    )
+    .map_err(Failure::after)?
+    .map_err(io_error(Side::Downstream, "writing to the client"))
+    .map_err(Failure::after)
 }
 
 /// How a response body framed as `input` by the upstream leaves for a
