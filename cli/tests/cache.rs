@@ -429,6 +429,30 @@ fn the_admin_listener_counts_hits_misses_and_what_the_store_holds() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
+    // Purged by URL: the next request goes to the origin.
+    let purged = request(
+        admin,
+        "POST",
+        "/purge?url=http%3A%2F%2Fsite.test%2Fm",
+        "Content-Length: 0\r\n",
+    );
+    assert_eq!(
+        (purged.status, purged.text().as_str()),
+        (200, "purged from main\n")
+    );
+    let again = request(
+        admin,
+        "POST",
+        "/purge?url=http://site.test/m",
+        "Content-Length: 0\r\n",
+    );
+    assert_eq!(again.status, 404);
+    assert_eq!(
+        request(admin, "POST", "/purge?url=/m", "Content-Length: 0\r\n").status,
+        400
+    );
+    assert_eq!(get(admin, "/purge?url=http://site.test/m", "").status, 405);
+    assert_eq!(get(proxy.addr, "/m", "").header("x-cache"), Some("MISS"));
 }
 
 #[test]

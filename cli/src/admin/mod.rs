@@ -72,6 +72,72 @@ impl Registry {
     }
 }
 
+/// `POST /purge?url=URL`: drops what every cache holds for `URL` (each
+/// of its variants). 200 when something was dropped, 404 when nothing was
+/// held, 400 for a query without an absolute http(s) URL.
+fn purge(query: &[u8], workers: &[WorkerMetrics]) -> (u16, String) {
+    let url = query
+        .split(|&b| b == b'&')
+        .find_map(|pair| pair.strip_prefix(b"url="))
+        .map(percent_decoded);
+    let Some(url) = url else {
+        return (400, "POST /purge?url=http://host/path\n".to_owned());
+    };
+    let (https, rest) = if let Some(rest) = url.strip_prefix(b"https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix(b"http://") {
+        (false, rest)
+    } else {
+        return (
+            400,
+            "the url must be absolute: http://host/path or https://host/path\n".to_owned(),
+        );
+    };
+    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    let (host, target) = rest.split_at(slash);
+    let target = if target.is_empty() { &b"/"[..] } else { target };
+    if host.is_empty() {
+        return (400, "the url names no host\n".to_owned());
+    }
+    let mut key = Vec::new();
+    ringway_http::cache::store::key_into(&mut key, https, host, target);
+    let stores = workers.first().map(|w| w.caches.as_slice()).unwrap_or_default();
+    let dropped: Vec<&str> = stores
+        .iter()
+        .filter(|(store, _)| store.remove(&key))
+        .map(|(store, _)| store.settings().name.as_str())
+        .collect();
+    if dropped.is_empty() {
+        (404, "not cached\n".to_owned())
+    } else {
+        (200, format!("purged from {}\n", dropped.join(", ")))
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (and `+` as a space, as forms
+/// send it).
+fn percent_decoded(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match text[i] {
+            b'%' if i + 2 < text.len() => match (hex(text[i + 1]), hex(text[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// A listener as the admin pages name it.
 #[derive(Debug, Clone)]
 struct ListenerView {
@@ -346,17 +412,18 @@ fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
     let path = req.path();
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     let post = req.method_bytes() == b"POST";
-    if path == b"/reload" && !post {
+    let posted = path == b"/reload" || path == b"/purge";
+    if posted && !post {
         return respond(
             &mut stream,
             405,
             "text/plain",
-            "POST /reload\n",
+            "POST only\n",
             head,
             &[("Allow", "POST")],
         );
     }
-    if req.method_bytes() != b"GET" && !head && !(post && path == b"/reload") {
+    if req.method_bytes() != b"GET" && !head && !(post && posted) {
         return respond(
             &mut stream,
             405,
@@ -410,6 +477,18 @@ fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
                 ),
             }
         }
+        b"/purge" => {
+            let query = req.target().split(|&b| b == b'?').nth(1).unwrap_or_default();
+            let (status, body) = purge(query, &view.registry.snapshot());
+            respond(
+                &mut stream,
+                status,
+                "text/plain; charset=utf-8",
+                &body,
+                false,
+                &[],
+            )
+        }
         b"/healthz" => respond(&mut stream, 200, "text/plain", "ok\n", head, &[]),
         b"/metrics" => {
             let body = render::prometheus(view, &served, &view.registry.snapshot());
@@ -446,7 +525,7 @@ fn serve(mut stream: TcpStream, view: &View) -> io::Result<()> {
             &mut stream,
             404,
             "text/plain",
-            "not found: try /metrics, /healthz, /status or /config\n",
+            "not found: try /metrics, /healthz, /status, /config, POST /reload or POST /purge?url=URL\n",
             head,
             &[],
         ),
@@ -546,5 +625,15 @@ mod tests {
             &head("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer0123456789abcdef\r\n\r\n"),
             token
         ));
+    }
+
+    #[test]
+    fn purge_urls_are_percent_decoded() {
+        assert_eq!(
+            percent_decoded(b"http%3A%2F%2Fa.test%2Fx%3Fy=1"),
+            b"http://a.test/x?y=1"
+        );
+        assert_eq!(percent_decoded(b"a+b%2"), b"a b%2", "a cut escape stays as it is");
+        assert_eq!(percent_decoded(b"%zz%"), b"%zz%");
     }
 }
