@@ -768,11 +768,14 @@ fn build_worker(
                     ListenerEngine::Reverse(Rc::new(observed(engine, logger(), metrics.clone())))
                 }
                 ListenerMode::Forward { settings } => {
-                    let handler = ForwardHandler::new(
+                    let mut handler = ForwardHandler::new(
                         settings.clone(),
                         Rc::clone(&resolver),
                         Arc::clone(&worker.own_addresses),
                     );
+                    if settings.cache.is_some() {
+                        handler = handler.with_caches(Rc::clone(&caches));
+                    }
                     let engine = Engine::new(name, handler, engine_settings, Rc::clone(&pool));
                     ListenerEngine::Forward(Rc::new(observed(engine, logger(), metrics.clone())))
                 }

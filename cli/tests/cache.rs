@@ -489,3 +489,43 @@ fn long_bodies_are_served_from_the_store_whole_and_in_ranges() {
     assert_eq!(tail.text(), &body[body.len() - 5..]);
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn forward_listeners_cache_plain_http_after_their_acl_allows_it() {
+    let (origin, count) = counting_origin("Cache-Control: max-age=60\r\n");
+    let port = origin.addr().port();
+    // Two forward listeners share the cache; the second one's ACL refuses
+    // the destination the first one stored.
+    let file = temp_file(
+        "cache-forward.toml",
+        "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+         [dns]\nhosts = { \"allowed.test\" = \"127.0.0.1\" }\nservers = [\"127.0.0.1:9\"]\ntimeout = \"200ms\"\n\n\
+         [cache.main]\nmemory = \"16MiB\"\nx_cache = true\n\n\
+         [acl.open]\ndefault = \"deny\"\nprivate_allow = [\"127.0.0.1/32\"]\n\n\
+         [[acl.open.rule]]\naction = \"allow\"\nsrc = [\"127.0.0.0/8\"]\n\n\
+         [acl.closed]\ndefault = \"deny\"\nprivate_allow = [\"127.0.0.1/32\"]\n\n\
+         [[listener]]\nname = \"open\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\nacl = \"open\"\ncache = \"main\"\n\n\
+         [[listener]]\nname = \"closed\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\nacl = \"closed\"\ncache = \"main\"\n",
+    );
+    let open = Running::start(&["run", file.to_str().expect("path")]);
+    let closed = open.wait_for_log("listener \"closed\"");
+    let closed: SocketAddr = closed
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("the closed listener's address");
+    let url = format!("http://allowed.test:{port}/f");
+    let first = get(open.addr, &url, "");
+    assert_eq!(
+        (first.text().as_str(), first.header("x-cache")),
+        ("response 1", Some("MISS"))
+    );
+    let hit = get(open.addr, &format!("http://ALLOWED.test:{port}/f"), "");
+    assert_eq!(
+        (hit.text().as_str(), hit.header("x-cache")),
+        ("response 1", Some("HIT"))
+    );
+    let refused = get(closed, &url, "");
+    assert_eq!(refused.status, 403, "the ACL comes first, cached or not");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}

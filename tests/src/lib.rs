@@ -195,6 +195,7 @@ impl ForwardSetup {
             pac: self.pac.map(Arc::new),
             deny_page: None,
             policy: Arc::default(),
+            cache: None,
         });
         let listener = Listener {
             spec: ListenerSpec::new("outbound", "127.0.0.1:0".parse().expect("address")),

@@ -156,6 +156,13 @@ impl Validator {
         } else {
             None
         };
+        let cache = l.cache.as_deref().and_then(|cache| {
+            let found = named.caches.iter().position(|c| c.settings().name == cache);
+            if found.is_none() {
+                self.problem(at.key("cache"), format!("no [cache.{cache}] is configured"));
+            }
+            found
+        });
         let mut policy = self.policy(&[], l.headers.as_ref(), at, super::rules::PolicyScope::Forward);
         // A set or a removal wins over an earlier edit of its field.
         for list in [&mut policy.headers.request, &mut policy.headers.response] {
@@ -182,6 +189,7 @@ impl Validator {
                 pac,
                 deny_page,
                 policy: Arc::new(policy),
+                cache,
             }),
         })
     }

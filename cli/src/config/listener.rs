@@ -34,6 +34,7 @@ pub(crate) struct ListenerSection {
     pub(crate) access_log: Option<super::log::AccessLogValue>,
     pub(crate) proxy_protocol: Option<bool>,
     pub(crate) proxy_protocol_from: Option<Vec<String>>,
+    pub(crate) cache: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,6 +326,7 @@ impl Validator {
             ("pac", l.pac.is_some()),
             ("pac_direct", l.pac_direct.is_some()),
             ("deny_page", l.deny_page.is_some()),
+            ("cache", l.cache.is_some()),
         ];
         let reverse_keys = [
             ("route", !l.routes.is_empty()),

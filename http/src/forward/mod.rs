@@ -22,7 +22,8 @@ use std::{
     sync::Arc,
 };
 
-use ringway_core::{dns::Resolver, OwnAddresses};
+use bytes::Bytes;
+use ringway_core::{dns::Resolver, Error, OwnAddresses};
 
 use self::{
     acl::{Acl, AclRequest, DenyReason, Verdict},
@@ -32,10 +33,11 @@ use self::{
 };
 use crate::{
     access_log::{AclFact, LogFacts, RuleName},
+    cache::{CacheCtx, CacheLayer, CacheLayers, CacheStatus, Lookup},
     edits::HeadEdits,
     engine::ClientInfo,
     head::{HeaderKind, Method, RequestHead, ResponseHead},
-    hooks::{BodyPlan, Peer, ProxyHooks, Route},
+    hooks::{BodyPlan, HeldResponse, Peer, ProxyHooks, Route},
     reply::LocalReply,
     request_id::RequestId,
     rules::{template::Vars, HeaderRules, Policy},
@@ -59,6 +61,8 @@ pub struct ForwardSettings {
     /// Header edits on requests and responses, and error pages (rules
     /// other than these are the ACL's).
     pub policy: Arc<Policy>,
+    /// The index of the cache its plain HTTP requests use, if any.
+    pub cache: Option<usize>,
 }
 
 /// What the forward hooks keep about one request: the client, for header
@@ -72,6 +76,9 @@ pub struct ForwardCtx {
     user: Option<Rc<User>>,
     /// The access decision, for the log.
     verdict: Option<Logged>,
+    /// What the cache did with the request (boxed: only requests on a
+    /// caching listener carry it).
+    cache: Option<Box<CacheCtx>>,
 }
 
 /// An access decision as the log reports it.
@@ -89,6 +96,8 @@ pub struct ForwardHandler {
     resolver: Rc<Resolver>,
     auth: Option<Authenticator>,
     own: Arc<OwnAddresses>,
+    /// This worker's caches, when the listener uses one.
+    caches: Option<CacheLayers>,
 }
 
 impl ForwardHandler {
@@ -102,7 +111,22 @@ impl ForwardHandler {
             resolver,
             auth,
             own,
+            caches: None,
         }
+    }
+
+    /// The same handler, with this worker's caches (the listener's
+    /// `cache` names one of them).
+    #[must_use]
+    pub fn with_caches(mut self, caches: CacheLayers) -> Self {
+        self.caches = Some(caches);
+        self
+    }
+
+    /// The cache the listener uses, if any.
+    fn cache(&self) -> Option<(usize, &CacheLayer)> {
+        let index = self.settings.cache?;
+        Some((index, self.caches.as_ref()?.get(index)?))
     }
 
     fn vars<'a>(&self, req: &'a RequestHead, cx: &ForwardCtx) -> Vars<'a> {
@@ -215,6 +239,9 @@ impl ProxyHooks for ForwardHandler {
         edits: &mut HeadEdits,
         cx: &mut ForwardCtx,
     ) {
+        if let (Some((_, layer)), Some(cache)) = (self.cache(), &cx.cache) {
+            layer.upstream_request(edits, cache);
+        }
         let list = &self.settings.policy.headers.request;
         if !list.is_empty() {
             HeaderRules::apply(list, &self.vars(req, cx), edits);
@@ -224,15 +251,34 @@ impl ProxyHooks for ForwardHandler {
     fn response(
         &self,
         req: &RequestHead,
-        _resp: &ResponseHead,
+        resp: &ResponseHead,
         edits: &mut HeadEdits,
         cx: &mut ForwardCtx,
     ) -> BodyPlan {
+        let plan = match (self.cache(), cx.cache.as_deref_mut()) {
+            (Some((_, layer)), Some(cache)) => layer.response(req, resp, edits, cache),
+            _ => BodyPlan::Pass,
+        };
+        if matches!(plan, BodyPlan::Replace(_)) {
+            // The held response's head gets the edits when it is sent.
+            return plan;
+        }
         let list = &self.settings.policy.headers.response;
         if !list.is_empty() {
             HeaderRules::apply(list, &self.vars(req, cx), edits);
         }
-        BodyPlan::Pass
+        plan
+    }
+
+    fn observed(&self, _req: &RequestHead, body: Bytes, cx: &mut ForwardCtx) {
+        if let (Some((_, layer)), Some(cache)) = (self.cache(), cx.cache.as_deref_mut()) {
+            layer.observed(body, cache);
+        }
+    }
+
+    fn fallback(&self, req: &RequestHead, _error: &Error, cx: &mut ForwardCtx) -> Option<HeldResponse> {
+        let (_, layer) = self.cache()?;
+        layer.fallback(req, cx.cache.as_deref_mut()?)
     }
 
     fn local_reply(&self, req: &RequestHead, reply: LocalReply, cx: &ForwardCtx) -> LocalReply {
@@ -263,7 +309,11 @@ impl ProxyHooks for ForwardHandler {
                 Some(Logged::Loop) => fact(false, RuleName::Loop),
             },
             route: None,
-            cache: None,
+            cache: cx
+                .cache
+                .as_ref()
+                .and_then(|c| c.status())
+                .map(CacheStatus::as_str),
         }
     }
 
@@ -322,10 +372,21 @@ impl ProxyHooks for ForwardHandler {
             Outcome::Allow { addrs, rule } => {
                 cx.verdict = Some(Logged::Allowed(rule));
                 if connect {
-                    Route::Connect(addrs)
-                } else {
-                    Route::Forward(addrs)
+                    return Route::Connect(addrs);
                 }
+                // Only once the ACL allowed the destination (and the
+                // client logged in) may the cache answer.
+                if let Some((index, layer)) = self.cache() {
+                    let (path, authority) = origin_form(target);
+                    let host = authority.unwrap_or_default();
+                    let cache = cx.cache.get_or_insert_with(Box::default);
+                    match layer.lookup(index, req, (false, host, path), cache).await {
+                        Lookup::Held(held) => return Route::Held(held),
+                        Lookup::Reply(reply) => return Route::Reply(reply),
+                        Lookup::Forward => {}
+                    }
+                }
+                Route::Forward(addrs)
             }
             Outcome::Deny(reason) => self.denied(reason, &dest, client, cx),
             Outcome::Unresolvable(why) => {
