@@ -63,6 +63,17 @@ fn counting_origin(head: &'static str) -> (Origin, Arc<AtomicUsize>) {
     (origin, count)
 }
 
+/// Waits until `path` is stored: a response is stored once its last byte
+/// went to the client, so a request on another worker right after it may
+/// still miss. `only-if-cached` asks without reaching the origin (it
+/// counts as a hit when it finds it).
+fn wait_stored(addr: SocketAddr, path: &str) {
+    let stored = ringway_tests::eventually(Duration::from_secs(10), || {
+        get(addr, path, "Cache-Control: only-if-cached\r\n").status == 200
+    });
+    assert!(stored, "{path} was stored");
+}
+
 fn get(addr: SocketAddr, path: &str, headers: &str) -> Response {
     request(addr, "GET", path, headers)
 }
@@ -80,6 +91,7 @@ fn fresh_responses_are_served_from_the_store_without_the_origin() {
     let first = get(proxy.addr, "/a", "");
     assert_eq!(first.text(), "response 1");
     assert_eq!(first.header("x-cache"), Some("MISS"));
+    wait_stored(proxy.addr, "/a");
     for _ in 0..5 {
         let hit = get(proxy.addr, "/a", "");
         assert_eq!(hit.status, 200);
@@ -417,7 +429,7 @@ fn the_admin_listener_counts_hits_misses_and_what_the_store_holds() {
         .expect("a free port");
     let proxy = proxy_with(origin.addr(), 2, "", &format!("[admin]\nlisten = \"{admin}\"\n"));
     get(proxy.addr, "/m", "");
-    get(proxy.addr, "/m", "");
+    wait_stored(proxy.addr, "/m");
     get(proxy.addr, "/m", "");
     let metrics = get(admin, "/metrics", "").text();
     for line in [
@@ -528,4 +540,45 @@ fn forward_listeners_cache_plain_http_after_their_acl_allows_it() {
     let refused = get(closed, &url, "");
     assert_eq!(refused.status, 403, "the ACL comes first, cached or not");
     assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn within_stale_while_revalidate_one_request_revalidates_and_the_others_get_the_stale_one() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    // The revalidation is held until the test has seen another request
+    // answered meanwhile.
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let released = Arc::clone(&release);
+    let origin = Origin::start(move |req: &Seen| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::Bytes(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=600\r\nETag: \"s1\"\r\n\
+                  Content-Length: 5\r\n\r\nstale"
+                    .to_vec(),
+            );
+        }
+        ringway_tests::eventually(Duration::from_secs(10), || released.load(Ordering::SeqCst));
+        assert_eq!(req.header("if-none-match"), Some("\"s1\""));
+        Reply::Bytes(
+            b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=60\r\nETag: \"s1\"\r\n\r\n".to_vec(),
+        )
+    });
+    let proxy = proxy(origin.addr(), 1, "");
+    assert_eq!(get(proxy.addr, "/swr", "").text(), "stale");
+    let addr = proxy.addr;
+    let revalidating = thread::spawn(move || get(addr, "/swr", ""));
+    // Once the revalidation reached the origin, another request is
+    // answered with the stale response.
+    assert!(ringway_tests::eventually(Duration::from_secs(10), || count
+        .load(Ordering::SeqCst)
+        == 2));
+    let meanwhile = get(proxy.addr, "/swr", "");
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(meanwhile.header("x-cache"), Some("STALE"));
+    assert_eq!(meanwhile.text(), "stale");
+    let revalidated = revalidating.join().expect("client");
+    assert_eq!(revalidated.header("x-cache"), Some("REVALIDATED"));
+    assert_eq!(get(proxy.addr, "/swr", "").header("x-cache"), Some("HIT"));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
 }

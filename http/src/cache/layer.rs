@@ -29,7 +29,7 @@ use super::{
     control::{RequestDirectives, ResponseDirectives},
     date,
     freshness::{current_age, lifetime, storable, verdict, AgeInputs, Stored, Times, Verdict},
-    store::{key_host, key_into, Object, SecondaryKey, Store},
+    store::{field_value, key_host, key_into, Object, SecondaryKey, Store},
 };
 use crate::{
     edits::HeadEdits,
@@ -292,11 +292,37 @@ impl CacheLayer {
                         self.counters.hits.add(1);
                         return Lookup::Held(Box::new(self.hit(req, &object, age, CacheStatus::Hit, cx)));
                     }
-                    // Served stale; the first request after the window
-                    // revalidates it.
-                    Verdict::Stale | Verdict::StaleWhileRevalidate => {
+                    Verdict::Stale => {
                         self.counters.stale.add(1);
                         return Lookup::Held(Box::new(self.hit(req, &object, age, CacheStatus::Stale, cx)));
+                    }
+                    // Within stale-while-revalidate: one request on the
+                    // worker revalidates it (the stale one answers if that
+                    // fails); the others meanwhile are answered stale.
+                    Verdict::StaleWhileRevalidate => {
+                        let key: Box<[u8]> = self.key.borrow().as_slice().into();
+                        let revalidating = self.pending.borrow().contains_key(&key);
+                        if revalidating || method != Method::Get {
+                            self.counters.stale.add(1);
+                            return Lookup::Held(Box::new(self.hit(
+                                req,
+                                &object,
+                                age,
+                                CacheStatus::Stale,
+                                cx,
+                            )));
+                        }
+                        self.pending.borrow_mut().insert(key.clone(), Rc::default());
+                        cx.leader = Some(Leader {
+                            pending: Rc::clone(&self.pending),
+                            key: key.clone(),
+                        });
+                        cx.on_error = true;
+                        cx.stored = Some(object);
+                        cx.key = Some(key);
+                        cx.status = Some(CacheStatus::Miss);
+                        self.counters.misses.add(1);
+                        return Lookup::Forward;
                     }
                     Verdict::Revalidate { on_error } => {
                         if directives.only_if_cached {
@@ -547,7 +573,7 @@ impl CacheLayer {
         let vary = vary_names
             .into_iter()
             .map(|name| {
-                let value = req.header(&name).map(|v| v.trim_ascii().into());
+                let value = field_value(req, &name).map(Into::into);
                 (name, value)
             })
             .collect();

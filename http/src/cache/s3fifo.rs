@@ -86,9 +86,25 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     /// larger than the whole cache.
     pub fn insert(&mut self, key: K, value: V, size: u64) -> bool {
         if size > self.capacity {
+            self.remove(&key);
             return false;
         }
-        self.remove(&key);
+        // A key held already keeps its place and its accesses (a
+        // revalidation refreshing it is no reason to demote it).
+        if let Some(slot) = self.entries.get_mut(&key) {
+            let old = std::mem::replace(&mut slot.size, size);
+            slot.value = value;
+            match slot.queue {
+                Queue::Small => self.small_bytes = self.small_bytes - old + size,
+                Queue::Main => self.main_bytes = self.main_bytes - old + size,
+            }
+            while self.small_bytes + self.main_bytes > self.capacity {
+                if !self.evict() {
+                    break;
+                }
+            }
+            return self.entries.contains_key(&key);
+        }
         let queue = if self.ghost_set.remove(&key).is_some() {
             Queue::Main
         } else {
@@ -312,5 +328,20 @@ mod tests {
             c.insert(key, 0, 10);
         }
         assert!(c.bytes() <= 100 && c.len() == 10, "{} {}", c.bytes(), c.len());
+    }
+
+    #[test]
+    fn replacing_a_value_keeps_its_place_and_accesses() {
+        let mut cache = S3Fifo::new(100);
+        cache.insert("hot", 1, 10);
+        cache.get("hot");
+        cache.insert("hot", 2, 12);
+        assert_eq!(cache.get("hot"), Some(&2));
+        assert_eq!(cache.bytes(), 12);
+        // Its accesses are kept: a scan does not push it out.
+        for i in 0..100 {
+            cache.insert(Box::leak(format!("scan{i}").into_boxed_str()), 0, 10);
+        }
+        assert_eq!(cache.get("hot"), Some(&2));
     }
 }

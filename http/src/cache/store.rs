@@ -84,7 +84,7 @@ impl Object {
     pub(crate) fn matches(&self, req: &RequestHead) -> bool {
         self.vary
             .iter()
-            .all(|(name, value)| req.header(name).map(<[u8]>::trim_ascii) == value.as_deref())
+            .all(|(name, value)| field_value(req, name).as_deref() == value.as_deref())
     }
 
     /// Bytes it is counted for: head, body and bookkeeping.
@@ -92,6 +92,25 @@ impl Object {
         self.head.raw().len() as u64 + self.body.len() + key.len() as u64 + 256
     }
 }
+
+/// The value of the request's field `name` for a secondary key: all its
+/// lines, joined by `, `, each trimmed; `None` when it has none.
+pub(crate) fn field_value(req: &RequestHead, name: &str) -> Option<Vec<u8>> {
+    let mut lines = req
+        .headers()
+        .filter(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|h| h.value.trim_ascii());
+    let mut value = lines.next()?.to_vec();
+    for line in lines {
+        value.extend_from_slice(b", ");
+        value.extend_from_slice(line);
+    }
+    Some(value)
+}
+
+/// The most variants kept under one key: past it, the oldest goes (a
+/// `Vary: User-Agent` would otherwise fill a shard with one URL).
+const MAX_VARIANTS: usize = 32;
 
 /// The variants stored under one key.
 pub(crate) type Variants = Arc<[Arc<Object>]>;
@@ -184,8 +203,10 @@ impl Store {
                 .collect(),
             None => Vec::new(),
         };
+        let skip = (kept.len() + 1).saturating_sub(MAX_VARIANTS);
+        let kept = &kept[skip..];
         let size = kept.iter().map(|v| v.size(key)).sum::<u64>() + object.size(key);
-        let variants: Variants = kept.into_iter().chain([object]).collect();
+        let variants: Variants = kept.iter().cloned().chain([object]).collect();
         let fits = shard.insert(key.into(), variants, size);
         if fits {
             self.stored.fetch_add(1, Ordering::Relaxed);
