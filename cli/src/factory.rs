@@ -343,7 +343,8 @@ impl Running {
         }
         keep_health_state(before, &config);
         let logs = listener_logs(&config, &mut self.logs).map_err(|e| e.to_string())?;
-        // The caches whose settings did not change keep what they hold.
+        // The caches whose settings did not change keep what they hold;
+        // new ones take in what their disk tier holds.
         for store in &mut config.caches {
             if let Some(kept) = before
                 .caches
@@ -351,6 +352,8 @@ impl Running {
                 .find(|old| old.settings() == store.settings())
             {
                 *store = Arc::clone(kept);
+            } else {
+                open_disk(store).map_err(|e| e.to_string())?;
             }
         }
         let generation = Arc::new(Generation { config, logs });
@@ -512,6 +515,9 @@ pub fn start(config: &Config) -> std::io::Result<Running> {
 /// (a binary upgrade; see [`Running::hand_over`]).
 pub fn start_inheriting(config: &Config, inherited: Vec<Inherited>) -> std::io::Result<Running> {
     let taking_over = !inherited.is_empty();
+    for store in &config.caches {
+        open_disk(store)?;
+    }
     let server = ServerConfig {
         runtime: config.runtime.clone(),
         listeners: listener_specs(config),
@@ -604,6 +610,30 @@ fn keep_health_state(before: &Config, after: &Config) {
 struct Generation {
     config: Config,
     logs: ListenerLogs,
+}
+
+/// Makes a cache's disk directory if needed and takes in what it holds.
+fn open_disk(store: &ringway_http::cache::Store) -> std::io::Result<()> {
+    let settings = store.settings();
+    let Some(disk) = &settings.disk else {
+        return Ok(());
+    };
+    let loaded = store.open_disk().map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cache {:?}: disk tier {}: {e}",
+                settings.name,
+                disk.path.display()
+            ),
+        )
+    })?;
+    tracing::info!(
+        cache = %settings.name,
+        path = %disk.path.display(),
+        "cache disk tier: {loaded} stored responses read back"
+    );
+    Ok(())
 }
 
 fn listener_specs(config: &Config) -> Vec<ringway_core::ListenerSpec> {

@@ -582,3 +582,111 @@ fn within_stale_while_revalidate_one_request_revalidates_and_the_others_get_the_
     assert_eq!(get(proxy.addr, "/swr", "").header("x-cache"), Some("HIT"));
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+/// A fresh directory for one test's disk tier.
+fn disk_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `[cache.main]` keys for a disk tier at `dir`.
+fn disk_keys(dir: &std::path::Path) -> String {
+    format!("disk = {{ path = \"{}\", size = \"64MiB\" }}\n", dir.display())
+}
+
+#[test]
+fn the_disk_tier_survives_a_restart() {
+    let (origin, count) = counting_origin("Cache-Control: max-age=600\r\n");
+    let dir = disk_dir("disk-restart");
+    let long = format!("/long?{}", "x".repeat(10));
+    let first = proxy(origin.addr(), 1, &disk_keys(&dir));
+    assert_eq!(get(first.addr, "/a", "").text(), "response 1");
+    assert_eq!(get(first.addr, &long, "").text(), "response 2");
+    wait_stored(first.addr, "/a");
+    wait_stored(first.addr, &long);
+    let files = || {
+        std::fs::read_dir(&dir)
+            .expect("the disk tier's directory")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "rwc"))
+            })
+            .count()
+    };
+    assert_eq!(files(), 2, "one file per stored response");
+    first.signal("TERM");
+    assert!(first.wait().success());
+    // A new process reads them back: hits, without the origin.
+    let second = proxy(origin.addr(), 1, &disk_keys(&dir));
+    second.wait_for_log("2 stored responses read back");
+    let hit = get(second.addr, "/a", "");
+    assert_eq!(
+        (hit.text().as_str(), hit.header("x-cache")),
+        ("response 1", Some("HIT"))
+    );
+    assert_eq!(get(second.addr, &long, "").text(), "response 2");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // An invalidation removes the file too.
+    request(second.addr, "DELETE", "/a", "");
+    assert_eq!(files(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_disk_passes_responses_through_with_a_log_line() {
+    let body = "y".repeat(100_000);
+    let served = body.clone();
+    let origin = Origin::start(move |req: &Seen| {
+        let body = if req.target == "/small" {
+            "small"
+        } else {
+            served.as_str()
+        };
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let dir = disk_dir("disk-full");
+    let file = temp_file(
+        "cache-full.toml",
+        &format!(
+            "[runtime]\nworkers = 1\npin_cpus = false\n\n\
+             [cache.main]\nx_cache = true\n{}\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\ncache = \"main\"\n",
+            disk_keys(&dir),
+            origin.addr()
+        ),
+    );
+    // Files may not grow past 32 KiB (ulimit -f counts 512-byte blocks),
+    // as on a disk that is full; the signal a write past it raises is
+    // ignored, so the write fails (EFBIG) instead.
+    let mut command = std::process::Command::new("sh");
+    command.args([
+        "-c",
+        &format!(
+            "trap '' XFSZ; ulimit -f 64; exec {} run {}",
+            common::BIN,
+            file.display()
+        ),
+    ]);
+    let proxy = Running::spawn(command);
+    for _ in 0..2 {
+        let large = get(proxy.addr, "/large", "");
+        assert_eq!(large.body.len(), body.len(), "relayed whole");
+        assert_eq!(large.header("x-cache"), Some("MISS"), "not stored");
+    }
+    proxy.wait_for_log("cache disk: ");
+    // What fits is still stored.
+    get(proxy.addr, "/small", "");
+    wait_stored(proxy.addr, "/small");
+    assert_eq!(get(proxy.addr, "/small", "").header("x-cache"), Some("HIT"));
+    assert_eq!(origin.seen().len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -75,44 +75,80 @@ pub(crate) struct BodyPath<'a> {
 }
 
 /// A copy of a body as it is relayed, kept while it is no longer than a
-/// limit (the bytes as the receiver sees them, without chunk framing).
+/// limit (the bytes as the receiver sees them, without chunk framing): in
+/// memory, or written to a file as it goes (a cache's disk tier: never
+/// held whole in memory).
 #[derive(Debug)]
 pub(crate) struct BodyTee {
     kept: BytesMut,
+    file: Option<std::fs::File>,
+    len: u64,
     max: u64,
     over: bool,
 }
 
 impl BodyTee {
-    /// Keeps up to `max` bytes; `expected`: the body's length, when known.
-    pub(crate) fn new(max: u64, expected: Option<u64>) -> Self {
+    /// Keeps up to `max` bytes, in `file` if given; `expected`: the body's
+    /// length, when known.
+    pub(crate) fn new(max: u64, expected: Option<u64>, file: Option<std::fs::File>) -> Self {
         let over = expected.is_some_and(|n| n > max);
-        let capacity = if over { 0 } else { expected.unwrap_or(0) };
+        let capacity = if over || file.is_some() {
+            0
+        } else {
+            expected.unwrap_or(0)
+        };
         Self {
             kept: BytesMut::with_capacity(capacity as usize),
+            file,
+            len: 0,
             max,
             over,
         }
     }
 
-    /// Copies `piece`, unless the body grew past the limit (then what was
-    /// kept is dropped).
+    /// Copies `piece`, unless the body grew past the limit or the file
+    /// could not take it (then nothing is kept).
     pub(crate) fn push(&mut self, piece: &[u8]) {
         if self.over {
             return;
         }
-        if self.kept.len() as u64 + piece.len() as u64 > self.max {
+        if self.len + piece.len() as u64 > self.max {
             self.over = true;
             self.kept = BytesMut::new();
             return;
         }
-        self.kept.extend_from_slice(piece);
+        self.len += piece.len() as u64;
+        match &mut self.file {
+            Some(file) => {
+                if let Err(e) = std::io::Write::write_all(file, piece) {
+                    // A full disk: the response is relayed, not stored.
+                    crate::held::note_disk_error(&e);
+                    self.over = true;
+                }
+            }
+            None => self.kept.extend_from_slice(piece),
+        }
     }
 
     /// The whole body, unless it was longer than the limit.
-    pub(crate) fn finish(self) -> Option<Bytes> {
-        (!self.over).then(|| self.kept.freeze())
+    pub(crate) fn finish(self) -> Option<Observed> {
+        if self.over {
+            return None;
+        }
+        Some(match self.file {
+            Some(file) => Observed::File(file, self.len),
+            None => Observed::Memory(self.kept.freeze()),
+        })
     }
+}
+
+/// The whole body of an observed response.
+#[derive(Debug)]
+pub enum Observed {
+    /// In memory.
+    Memory(Bytes),
+    /// Written to the file the plan gave, this many bytes of it.
+    File(std::fs::File, u64),
 }
 
 /// The progress of a request body against its least rate

@@ -9,6 +9,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -68,11 +69,13 @@ impl From<Bytes> for HeldBody {
     }
 }
 
-/// A body in an anonymous memory-backed file.
+/// A body in a file: an anonymous memory-backed one, or one of a cache's
+/// disk tier (the body first, at offset 0, its path kept to remove it).
 #[derive(Debug)]
 pub struct FileBody {
     fd: OwnedFd,
     len: u64,
+    path: Option<PathBuf>,
 }
 
 impl FileBody {
@@ -112,7 +115,22 @@ impl FileBody {
         Ok(Self {
             fd,
             len: contents.len() as u64,
+            path: None,
         })
+    }
+
+    /// The first `len` bytes of the file at `path`, opened as `file`.
+    pub fn on_disk(file: std::fs::File, len: u64, path: PathBuf) -> Self {
+        Self {
+            fd: file.into(),
+            len,
+            path: Some(path),
+        }
+    }
+
+    /// Where it is on disk, for a disk tier's body.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Its length.
@@ -191,6 +209,24 @@ pub(crate) fn send_more(to: RawFd, bytes: &[u8]) -> io::Result<Option<usize>> {
             io::ErrorKind::WouldBlock => return Ok(None),
             _ => return Err(e),
         }
+    }
+}
+
+/// Logs a disk tier's write error, at most once a minute: the response is
+/// relayed and not stored (a full disk degrades to passing through).
+pub(crate) fn note_disk_error(e: &io::Error) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 60
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!("cache disk: {e}; responses pass through unstored until it has room");
     }
 }
 

@@ -29,8 +29,9 @@
 
 use std::{future::Future, net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use ringway_core::Error;
+
+pub use crate::body::Observed;
 
 use crate::{
     access_log::LogFacts,
@@ -136,7 +137,7 @@ impl PartialEq for HeldResponse {
 impl Eq for HeldResponse {}
 
 /// What the engine does with the body of the response being relayed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub enum BodyPlan {
     /// Relay it.
     #[default]
@@ -147,6 +148,8 @@ pub enum BodyPlan {
     Observe {
         /// The longest body kept.
         max: u64,
+        /// Write the copy to this file as it goes, instead of memory.
+        file: Option<std::fs::File>,
     },
     /// Answer with this held response instead (its upstream's answer had
     /// no body: a 304 that revalidated it), or a 5xx that a stored one
@@ -264,7 +267,7 @@ pub trait ProxyHooks: 'static {
     /// The body of a response [`BodyPlan::Observe`] asked for, once all of
     /// it reached the client; not called when it was longer than asked,
     /// or the exchange failed.
-    fn observed(&self, req: &RequestHead, body: Bytes, cx: &mut Self::Ctx) {
+    fn observed(&self, req: &RequestHead, body: Observed, cx: &mut Self::Ctx) {
         let _ = (req, body, cx);
     }
 

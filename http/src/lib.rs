@@ -59,7 +59,9 @@ pub use forward::{ForwardCtx, ForwardHandler, ForwardSettings};
 pub use head::{BodyFraming, HeaderField, HeaderKind, Method, RequestHead, ResponseHead, Version};
 pub use health::{HealthCheck, Probe, Prober};
 pub use held::{FileBody, HeldBody, FILE_BODY_ABOVE};
-pub use hooks::{Attempt, AttemptResult, BodyPlan, HeldResponse, Peer, ProxyHooks, Retry, Route, Summary};
+pub use hooks::{
+    Attempt, AttemptResult, BodyPlan, HeldResponse, Observed, Peer, ProxyHooks, Retry, Route, Summary,
+};
 pub use l4::TcpBalancer;
 pub use limits::{
     BodyRate, EngineSettings, ForwardedStyle, HttpLimits, ProxyHeaders, Timeouts, ViaName,

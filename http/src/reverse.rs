@@ -20,7 +20,6 @@ use std::{
 // configuration and the worker's own connections.
 use hashbrown::HashMap;
 
-use bytes::Bytes;
 use ringway_balancer::{
     ip_hash, key_hash, Algorithm, Balancer, HashKey, HealthEvent, Lease, NoPeer, Outcome, Tried,
     UpstreamGroup,
@@ -951,7 +950,7 @@ impl ProxyHooks for ReverseHandler {
         plan
     }
 
-    fn observed(&self, _req: &RequestHead, body: Bytes, cx: &mut ReverseCtx) {
+    fn observed(&self, _req: &RequestHead, body: crate::hooks::Observed, cx: &mut ReverseCtx) {
         if let (Some(layer), Some(cache)) = (self.cache_of(cx), cx.cache.as_deref_mut()) {
             layer.observed(body, cache);
         }

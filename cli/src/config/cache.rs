@@ -1,9 +1,10 @@
-//! `[cache.NAME]`: the HTTP caches routes use (`cache = "NAME"` on a
-//! `[[listener.route]]`): the memory tier's size, the largest object
-//! stored, whether responses that set cookies are stored, `X-Cache`, and
-//! how long a request waits for another fetching the same response.
+//! `[cache.NAME]`: the HTTP caches routes and forward listeners use
+//! (`cache = "NAME"`): the memory tier's size, the largest object stored,
+//! whether responses that set cookies are stored, `X-Cache`, how long a
+//! request waits for another fetching the same response, and the disk
+//! tier (a directory and its size).
 
-use ringway_http::cache::{CacheSettings, Store};
+use ringway_http::cache::{CacheSettings, DiskSettings, Store};
 
 use super::*;
 
@@ -15,6 +16,14 @@ pub(crate) struct CacheSection {
     pub(crate) store_set_cookie: Option<bool>,
     pub(crate) x_cache: Option<bool>,
     pub(crate) lock_timeout: Option<String>,
+    pub(crate) disk: Option<DiskSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DiskSection {
+    pub(crate) path: Option<String>,
+    pub(crate) size: Option<SizeValue>,
 }
 
 /// The memory tier's size when none is given.
@@ -24,6 +33,27 @@ const DEFAULT_MEMORY: u64 = 256 << 20;
 const DEFAULT_MAX_OBJECT: u64 = 64 << 20;
 
 impl Validator {
+    /// A size in bytes at `at`: `default` when absent, an error (and the
+    /// default) when zero or unreadable.
+    fn cache_size(&mut self, at: KeyPath, value: Option<&SizeValue>, default: u64) -> u64 {
+        let parsed = match value {
+            None => return default,
+            Some(SizeValue::Bytes(n)) => Ok(*n),
+            Some(SizeValue::Text(text)) => parse_size(text),
+        };
+        match parsed {
+            Ok(0) => {
+                self.problem(at, "must be greater than zero");
+                default
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.problem(at, e);
+                default
+            }
+        }
+    }
+
     /// Each cache's store, by name, in name order.
     pub(super) fn caches(
         &mut self,
@@ -33,27 +63,17 @@ impl Validator {
         let mut stores = Vec::new();
         for (name, section) in sections {
             let at = path.key(name);
-            let mut size = |key: &str, value: &Option<SizeValue>, default: u64| -> u64 {
-                let parsed = match value {
-                    None => return default,
-                    Some(SizeValue::Bytes(n)) => Ok(*n),
-                    Some(SizeValue::Text(text)) => parse_size(text),
-                };
-                match parsed {
-                    Ok(0) => {
-                        self.problem(at.key(key), "must be greater than zero");
-                        default
-                    }
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.problem(at.key(key), e);
-                        default
-                    }
-                }
-            };
-            let memory = size("memory", &section.memory, DEFAULT_MEMORY);
-            let max_object = size("max_object", &section.max_object, DEFAULT_MAX_OBJECT.min(memory));
-            if max_object > memory {
+            let memory = self.cache_size(at.key("memory"), section.memory.as_ref(), DEFAULT_MEMORY);
+            let max_object = self.cache_size(
+                at.key("max_object"),
+                section.max_object.as_ref(),
+                DEFAULT_MAX_OBJECT.min(memory),
+            );
+            let disk = section
+                .disk
+                .as_ref()
+                .and_then(|disk| self.disk(disk, max_object, &at.key("disk")));
+            if max_object > memory && disk.is_none() {
                 self.problem(
                     at.key("max_object"),
                     format!("{max_object} bytes is more than the cache's memory ({memory} bytes)"),
@@ -67,8 +87,45 @@ impl Validator {
                 section.lock_timeout.as_ref(),
                 settings.lock_timeout,
             );
+            settings.disk = disk;
             stores.push(Arc::new(Store::new(settings)));
         }
         stores
+    }
+
+    /// A disk tier: a directory (made at start if its parent exists;
+    /// relative to the file's) and a size.
+    fn disk(&mut self, disk: &DiskSection, max_object: u64, at: &KeyPath) -> Option<DiskSettings> {
+        let Some(path) = disk.path.as_deref() else {
+            self.problem(at.key("path"), "the disk tier needs a path (a directory)");
+            return None;
+        };
+        let path = self.base.join(path);
+        if path.exists() && !path.is_dir() {
+            self.problem(at.key("path"), format!("{} is not a directory", path.display()));
+            return None;
+        }
+        if !path.exists() && !path.parent().is_some_and(Path::is_dir) {
+            self.problem(
+                at.key("path"),
+                format!("{}: its parent directory does not exist", path.display()),
+            );
+            return None;
+        }
+        let Some(value) = disk.size.as_ref() else {
+            self.problem(at.key("size"), "the disk tier needs a size, such as \"10GiB\"");
+            return None;
+        };
+        let size = self.cache_size(at.key("size"), Some(value), 0);
+        if size == 0 {
+            return None;
+        }
+        if max_object > size {
+            self.problem(
+                at.key("size"),
+                format!("{size} bytes is less than max_object ({max_object} bytes)"),
+            );
+        }
+        Some(DiskSettings { path, size })
     }
 }

@@ -32,8 +32,10 @@ use super::{
     store::{field_value, key_host, key_into, Object, SecondaryKey, Store},
 };
 use crate::{
+    body::Observed,
     edits::HeadEdits,
     head::{list_elements, listed_in_connection, HeaderKind, Method, RequestHead, ResponseHead},
+    held::{FileBody, HeldBody},
     hooks::{BodyPlan, HeldResponse},
     metrics::Counter,
     reply::LocalReply,
@@ -197,6 +199,17 @@ struct Filling {
     age: AgeInputs,
     etag: Option<Bytes>,
     last_modified: Option<(Bytes, Option<i64>)>,
+    /// The disk tier's temporary file the body streams into, removed if
+    /// the fill does not complete.
+    tmp: Option<std::path::PathBuf>,
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// One cache, on one worker: the shared store, this worker's fetches in
@@ -577,7 +590,17 @@ impl CacheLayer {
                 (name, value)
             })
             .collect();
+        // With a disk tier the body streams into a file of it.
+        let (file, tmp) = match self.store.disk().map(super::disk::Disk::create) {
+            None => (None, None),
+            Some(Ok((file, tmp))) => (Some(file), Some(tmp)),
+            Some(Err(e)) => {
+                crate::held::note_disk_error(&e);
+                return BodyPlan::Pass;
+            }
+        };
         cx.filling = Some(Box::new(Filling {
+            tmp,
             head: stored_head(resp),
             status,
             vary,
@@ -596,38 +619,61 @@ impl CacheLayer {
         }));
         BodyPlan::Observe {
             max: settings.max_object,
+            file,
         }
     }
 
     /// Stores the response whose body came through whole.
-    pub fn observed(&self, body: Bytes, cx: &mut CacheCtx) {
-        let (Some(filling), Some(key)) = (cx.filling.take(), cx.key.as_ref()) else {
+    pub fn observed(&self, body: Observed, cx: &mut CacheCtx) {
+        let (Some(mut filling), Some(key)) = (cx.filling.take(), cx.key.as_ref()) else {
             return;
         };
-        let Filling {
-            head,
-            status,
-            vary,
-            directives,
-            lifetime,
-            age,
-            etag,
-            last_modified,
-        } = *filling;
         let mut parsed = ResponseHead::new();
-        if parsed.parse_stored(&head, &merge_limits()).is_err() {
+        if parsed.parse_stored(&filling.head, &merge_limits()).is_err() {
             return;
         }
-        let object = Object {
-            head: Arc::new(parsed),
-            body: crate::held::HeldBody::keep(body),
+        let body = match body {
+            Observed::Memory(bytes) => HeldBody::keep(bytes),
+            Observed::File(mut file, len) => {
+                let (Some(disk), Some(tmp)) = (self.store.disk(), filling.tmp.take()) else {
+                    return;
+                };
+                let meta = super::disk::Meta {
+                    key: key.to_vec(),
+                    vary: filling.vary.clone(),
+                    request_time: filling.age.request_time,
+                    response_time: filling.age.response_time,
+                    age: filling.age.age,
+                };
+                match disk.commit(&mut file, &tmp, len, &filling.head, &meta) {
+                    Ok(path) => HeldBody::File(Arc::new(FileBody::on_disk(file, len, path))),
+                    Err(e) => {
+                        crate::held::note_disk_error(&e);
+                        return;
+                    }
+                }
+            }
+        };
+        let Filling {
             status,
-            vary,
-            directives,
+            ref vary,
+            ref directives,
             lifetime,
             age,
-            etag,
-            last_modified,
+            ref etag,
+            ref last_modified,
+            ..
+        } = *filling;
+        let object = Object {
+            head: Arc::new(parsed),
+            body,
+            status,
+            vary: vary.clone(),
+            directives: directives.clone(),
+            lifetime,
+            age,
+            etag: etag.clone(),
+            last_modified: last_modified.clone(),
         };
         if self.store.insert(key, Arc::new(object)) {
             self.counters.fills.add(1);
@@ -892,6 +938,48 @@ fn refresh(
         vary: stored.vary.clone(),
         body: stored.body.clone(),
         head,
+    })
+}
+
+/// A response read back from the disk tier, as a stored object; `None`
+/// when its head does not parse.
+pub(crate) fn object_from_disk(loaded: super::disk::Loaded) -> Option<Object> {
+    let super::disk::Loaded {
+        meta,
+        head,
+        file,
+        body_len,
+        path,
+    } = loaded;
+    let head = Bytes::from(head);
+    let mut parsed = ResponseHead::new();
+    parsed.parse_stored(&head, &merge_limits()).ok()?;
+    let (directives, targeted) = directives_of(&parsed);
+    let times = Times {
+        date: parsed.header("date").and_then(date::parse),
+        expires: expires_of(&parsed, targeted),
+        last_modified: parsed.header("last-modified").and_then(date::parse),
+        response_time: meta.response_time,
+    };
+    let etag = parsed.header("etag").map(|v| head.slice_ref(v));
+    let last_modified = parsed
+        .header("last-modified")
+        .map(|v| (head.slice_ref(v), times.last_modified));
+    Some(Object {
+        status: parsed.status(),
+        lifetime: lifetime(parsed.status(), &directives, &times),
+        directives,
+        age: AgeInputs {
+            age: meta.age,
+            date: times.date,
+            request_time: meta.request_time,
+            response_time: meta.response_time,
+        },
+        etag,
+        last_modified,
+        vary: meta.vary,
+        body: HeldBody::File(Arc::new(FileBody::on_disk(file, body_len, path))),
+        head: Arc::new(parsed),
     })
 }
 

@@ -13,12 +13,14 @@
 
 pub mod control;
 pub mod date;
+pub mod disk;
 pub mod freshness;
 pub mod layer;
 pub mod s3fifo;
 pub mod store;
 
 pub use control::{RequestDirectives, ResponseDirectives};
+pub use disk::DiskSettings;
 pub use freshness::{current_age, lifetime, storable, verdict, AgeInputs, NotStored, Stored, Times, Verdict};
 pub use layer::{CacheCounters, CacheCtx, CacheLayer, CacheLayers, CacheStatus, Lookup};
 pub use store::{CacheSettings, Store, StoreStats};

@@ -47,6 +47,9 @@ pub struct S3Fifo<K, V> {
     small_bytes: u64,
     main_bytes: u64,
     evictions: u64,
+    /// The values evicted since the last [`S3Fifo::drain_evicted`] (their
+    /// owner may have more to release than memory: a file).
+    evicted: Vec<V>,
 }
 
 impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
@@ -62,6 +65,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             small_bytes: 0,
             main_bytes: 0,
             evictions: 0,
+            evicted: Vec::new(),
         }
     }
 
@@ -86,14 +90,17 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     /// larger than the whole cache.
     pub fn insert(&mut self, key: K, value: V, size: u64) -> bool {
         if size > self.capacity {
-            self.remove(&key);
+            if let Some(old) = self.remove(&key) {
+                self.evicted.push(old);
+            }
             return false;
         }
         // A key held already keeps its place and its accesses (a
         // revalidation refreshing it is no reason to demote it).
         if let Some(slot) = self.entries.get_mut(&key) {
             let old = std::mem::replace(&mut slot.size, size);
-            slot.value = value;
+            let replaced = std::mem::replace(&mut slot.value, value);
+            self.evicted.push(replaced);
             match slot.queue {
                 Queue::Small => self.small_bytes = self.small_bytes - old + size,
                 Queue::Main => self.main_bytes = self.main_bytes - old + size,
@@ -152,6 +159,12 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         Some(slot.value)
     }
 
+    /// The values evicted since the last call (callers that insert drain
+    /// them after each insertion).
+    pub fn drain_evicted(&mut self) -> std::vec::Drain<'_, V> {
+        self.evicted.drain(..)
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.small_bytes + self.main_bytes
@@ -201,6 +214,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             }
             if let Some(slot) = self.entries.remove(&key) {
                 self.small_bytes -= slot.size;
+                self.evicted.push(slot.value);
             }
             self.remember(key);
             self.evictions += 1;
@@ -224,6 +238,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             }
             if let Some(slot) = self.entries.remove(&key) {
                 self.main_bytes -= slot.size;
+                self.evicted.push(slot.value);
             }
             self.evictions += 1;
             return true;

@@ -36,6 +36,11 @@ pub struct CacheSettings {
     /// How long a request waits for another one fetching the same key
     /// before it goes to the upstream itself.
     pub lock_timeout: std::time::Duration,
+    /// The disk tier: bodies in files under its directory, bounded by its
+    /// size (the kernel's page cache keeps the used ones in memory), read
+    /// back at start. Without it, bodies are in memory, bounded by
+    /// `memory`.
+    pub disk: Option<super::disk::DiskSettings>,
 }
 
 impl CacheSettings {
@@ -48,6 +53,7 @@ impl CacheSettings {
             store_set_cookie: false,
             x_cache: false,
             lock_timeout: std::time::Duration::from_secs(5),
+            disk: None,
         }
     }
 }
@@ -125,6 +131,7 @@ type Shard = Mutex<S3Fifo<Box<[u8]>, Variants>>;
 /// The memory tier of one cache, shared by the workers.
 pub struct Store {
     settings: CacheSettings,
+    disk: Option<super::disk::Disk>,
     shards: Box<[Shard]>,
     hasher: std::hash::RandomState,
     stored: AtomicU64,
@@ -156,10 +163,12 @@ impl Store {
     /// An empty store with `settings`: up to 16 shards, each large enough
     /// for four of the largest objects.
     pub fn new(settings: CacheSettings) -> Self {
+        let bound = settings.disk.as_ref().map_or(settings.memory, |d| d.size);
         let per_shard = settings.max_object.saturating_mul(4).max(1 << 20);
-        let shards = (settings.memory / per_shard).clamp(1, 16);
-        let each = settings.memory / shards;
+        let shards = (bound / per_shard).clamp(1, 16);
+        let each = bound / shards;
         Self {
+            disk: settings.disk.as_ref().map(|d| super::disk::Disk::new(&d.path)),
             shards: (0..shards).map(|_| Mutex::new(S3Fifo::new(each))).collect(),
             settings,
             hasher: std::hash::RandomState::new(),
@@ -170,6 +179,34 @@ impl Store {
     /// Its settings.
     pub fn settings(&self) -> &CacheSettings {
         &self.settings
+    }
+
+    /// Its disk tier's directory, if it has one.
+    pub(crate) fn disk(&self) -> Option<&super::disk::Disk> {
+        self.disk.as_ref()
+    }
+
+    /// Creates the disk tier's directory if needed and takes in the
+    /// responses stored there before; returns how many. Without a disk
+    /// tier, does nothing.
+    pub fn open_disk(&self) -> std::io::Result<usize> {
+        let (Some(disk), Some(settings)) = (&self.disk, &self.settings.disk) else {
+            return Ok(0);
+        };
+        std::fs::create_dir_all(&settings.path)?;
+        let mut count = 0;
+        for loaded in disk.load()? {
+            let path = loaded.path.clone();
+            let key = loaded.meta.key.clone();
+            match super::layer::object_from_disk(loaded) {
+                // One that no longer fits has its file removed.
+                Some(object) => count += usize::from(self.insert(&key, Arc::new(object))),
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(count)
     }
 
     fn shard(&self, key: &[u8]) -> MutexGuard<'_, S3Fifo<Box<[u8]>, Variants>> {
@@ -207,9 +244,16 @@ impl Store {
         let kept = &kept[skip..];
         let size = kept.iter().map(|v| v.size(key)).sum::<u64>() + object.size(key);
         let variants: Variants = kept.iter().cloned().chain([object]).collect();
-        let fits = shard.insert(key.into(), variants, size);
+        let fits = shard.insert(key.into(), variants.clone(), size);
+        let gone: Vec<Variants> = shard.drain_evicted().collect();
+        drop(shard);
         if fits {
             self.stored.fetch_add(1, Ordering::Relaxed);
+        } else {
+            remove_files(&variants, &[]);
+        }
+        for old in &gone {
+            remove_files(old, &variants);
         }
         fits
     }
@@ -217,7 +261,11 @@ impl Store {
     /// Drops what is stored under `key` (an invalidation, a purge);
     /// returns whether anything was.
     pub fn remove(&self, key: &[u8]) -> bool {
-        self.shard(key).remove(key).is_some()
+        let removed = self.shard(key).remove(key);
+        if let Some(variants) = &removed {
+            remove_files(variants, &[]);
+        }
+        removed.is_some()
     }
 
     /// What it holds now.
@@ -233,6 +281,21 @@ impl Store {
             stats.evictions += shard.evictions();
         }
         stats
+    }
+}
+
+/// Removes the disk files of `variants` that are not among `kept` (a
+/// response being served from one keeps its open file to the end).
+fn remove_files(variants: &[Arc<Object>], kept: &[Arc<Object>]) {
+    for object in variants {
+        if kept.iter().any(|k| Arc::ptr_eq(k, object)) {
+            continue;
+        }
+        if let crate::held::HeldBody::File(file) = &object.body {
+            if let Some(path) = file.path() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 

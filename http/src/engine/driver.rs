@@ -362,7 +362,7 @@ impl<H: ProxyHooks> Engine<H> {
         }
         let observe = match self.handler.response(&st.req, &st.resp, &mut st.edits, cx) {
             BodyPlan::Pass => None,
-            BodyPlan::Observe { max } => Some(max),
+            BodyPlan::Observe { max, file } => Some((max, file)),
             BodyPlan::Replace(held) => {
                 // The upstream's answer gives way to the held one; its
                 // connection is kept when nothing of it is left to read.
@@ -394,14 +394,14 @@ impl<H: ProxyHooks> Engine<H> {
         let (output, out) = client_framing(input, req.version());
         let close = req.wants_close() || self.closing(conn) || body_cut || output == BodyFraming::UntilClose;
         // A copy of the body for the hooks, as it goes.
-        let tee = observe.map(|max| {
+        let tee = observe.map(|(max, file)| {
             let expected = match input {
                 BodyFraming::None => Some(0),
                 BodyFraming::Length(n) => Some(n),
                 _ => None,
             };
             // Boxed: held across the relay, and only where a cache fills.
-            Box::new(RefCell::new(BodyTee::new(max, expected)))
+            Box::new(RefCell::new(BodyTee::new(max, expected, file)))
         });
         wbuf.clear();
         response_head(

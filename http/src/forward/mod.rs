@@ -22,7 +22,6 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
 use ringway_core::{dns::Resolver, Error, OwnAddresses};
 
 use self::{
@@ -270,7 +269,7 @@ impl ProxyHooks for ForwardHandler {
         plan
     }
 
-    fn observed(&self, _req: &RequestHead, body: Bytes, cx: &mut ForwardCtx) {
+    fn observed(&self, _req: &RequestHead, body: crate::hooks::Observed, cx: &mut ForwardCtx) {
         if let (Some((_, layer)), Some(cache)) = (self.cache(), cx.cache.as_deref_mut()) {
             layer.observed(body, cache);
         }
