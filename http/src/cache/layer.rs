@@ -305,37 +305,13 @@ impl CacheLayer {
                         self.counters.hits.add(1);
                         return Lookup::Held(Box::new(self.hit(req, &object, age, CacheStatus::Hit, cx)));
                     }
-                    Verdict::Stale => {
+                    // Within stale-while-revalidate the stale response
+                    // answers at once (no request waits for the origin);
+                    // the first request after the window revalidates it.
+                    // A refresh in the background is still to come.
+                    Verdict::Stale | Verdict::StaleWhileRevalidate => {
                         self.counters.stale.add(1);
                         return Lookup::Held(Box::new(self.hit(req, &object, age, CacheStatus::Stale, cx)));
-                    }
-                    // Within stale-while-revalidate: one request on the
-                    // worker revalidates it (the stale one answers if that
-                    // fails); the others meanwhile are answered stale.
-                    Verdict::StaleWhileRevalidate => {
-                        let key: Box<[u8]> = self.key.borrow().as_slice().into();
-                        let revalidating = self.pending.borrow().contains_key(&key);
-                        if revalidating || method != Method::Get {
-                            self.counters.stale.add(1);
-                            return Lookup::Held(Box::new(self.hit(
-                                req,
-                                &object,
-                                age,
-                                CacheStatus::Stale,
-                                cx,
-                            )));
-                        }
-                        self.pending.borrow_mut().insert(key.clone(), Rc::default());
-                        cx.leader = Some(Leader {
-                            pending: Rc::clone(&self.pending),
-                            key: key.clone(),
-                        });
-                        cx.on_error = true;
-                        cx.stored = Some(object);
-                        cx.key = Some(key);
-                        cx.status = Some(CacheStatus::Miss);
-                        self.counters.misses.add(1);
-                        return Lookup::Forward;
                     }
                     Verdict::Revalidate { on_error } => {
                         if directives.only_if_cached {
