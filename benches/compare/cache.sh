@@ -6,17 +6,21 @@
 # requests/s and the proxy's CPU time per request (user and system, from
 # /proc/PID/stat). Traffic stays on 127.0.0.1.
 #
-#   benches/compare/cache.sh RINGWAY_BINARY [--paths "/16B /64KiB /1MiB"] [--rounds 3] [--seconds 5] [--conns 64]
+#   benches/compare/cache.sh RINGWAY_BINARY [--paths "/16B /64KiB /1MiB"] [--rounds 3] [--seconds 5] [--conns 64] [--disk]
+#
+# --disk: ringway's cache with a disk tier (bodies in files under a
+# temporary directory, as nginx keeps its cache files).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1; shift
-paths="/16B /64KiB /1MiB" rounds=3 seconds=5 conns=64
+paths="/16B /64KiB /1MiB" rounds=3 seconds=5 conns=64 disk=
 while [ $# -gt 0 ]; do
     case $1 in
         --paths) paths=$2; shift ;;
         --rounds) rounds=$2; shift ;;
         --seconds) seconds=$2; shift ;;
         --conns) conns=$2; shift ;;
+        --disk) disk=1 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -30,6 +34,10 @@ chmod 644 "$tmp"/www/*
 sed "s#\$TMP#$tmp#g; /^worker_cpu_affinity/d; s#^    server {#    add_header Cache-Control \"max-age=3600\" always;\n    server {#" \
     "$here/peers/origin-nginx.conf" >"$tmp/origin.conf"
 sed "s#\$TMP#$tmp#g" "$here/peers/nginx-cache.conf" >"$tmp/nginx.conf"
+cp "$here/peers/ringway-cache.toml" "$tmp/ringway.toml"
+if [ -n "$disk" ]; then
+    sed -i "s#^max_object = .*#&\ndisk = { path = \"$tmp/ringway-cache\", size = \"1GiB\" }#" "$tmp/ringway.toml"
+fi
 taskset -c $load_cpu nginx -c "$tmp/origin.conf" & origin=$!
 proxy=
 cleanup() {
@@ -46,7 +54,8 @@ run_one() {
     local name=$1 path=$2 port
     if [ "$name" = ringway ]; then
         port=18080
-        taskset -c $proxy_cpu "$bin" run --config "$here/peers/ringway-cache.toml" >"$tmp/proxy.log" 2>&1 & proxy=$!
+        rm -rf "$tmp/ringway-cache"
+        taskset -c $proxy_cpu "$bin" run --config "$tmp/ringway.toml" >"$tmp/proxy.log" 2>&1 & proxy=$!
     else
         port=18081
         rm -rf "$tmp/nginx-cache"
