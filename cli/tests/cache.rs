@@ -419,6 +419,33 @@ fn a_route_naming_an_unknown_cache_is_a_config_error() {
         errors.contains(":16: listener[0].route[0].cache: no [cache.other] is configured"),
         "{errors}"
     );
+    // One cache for reverse routes and a forward listener, and two disk
+    // tiers in one directory, are refused.
+    let dir = std::env::temp_dir().display().to_string();
+    let file = temp_file(
+        "cache-shared.toml",
+        &format!(
+            "[cache.main]\ndisk = {{ path = \"{dir}\", size = \"1GiB\" }}\n\n\
+             [cache.other]\ndisk = {{ path = \"{dir}\", size = \"1GiB\" }}\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\n\
+             [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
+             [[listener.route]]\nupstream = \"app\"\ncache = \"main\"\n\n\
+             [[listener]]\nname = \"out\"\nlisten = \"127.0.0.1:0\"\nmode = \"forward\"\ncache = \"main\"\n"
+        ),
+    );
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", file.to_str().expect("path")])
+        .output()
+        .expect("run check");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        errors.contains(":5: cache.other.disk.path: [cache.main] keeps its files there already"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("listener[1].cache: [cache.main] serves reverse routes too"),
+        "{errors}"
+    );
 }
 
 #[test]

@@ -83,19 +83,33 @@ fn purge(query: &[u8], workers: &[WorkerMetrics]) -> (u16, String) {
     let Some(url) = url else {
         return (400, "POST /purge?url=http://host/path\n".to_owned());
     };
-    let (https, rest) = if let Some(rest) = url.strip_prefix(b"https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix(b"http://") {
-        (false, rest)
+    let scheme_of =
+        |prefix: &[u8]| url.len() > prefix.len() && url[..prefix.len()].eq_ignore_ascii_case(prefix);
+    let (https, rest) = if scheme_of(b"https://") {
+        (true, &url[8..])
+    } else if scheme_of(b"http://") {
+        (false, &url[7..])
     } else {
         return (
             400,
             "the url must be absolute: http://host/path or https://host/path\n".to_owned(),
         );
     };
-    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-    let (host, target) = rest.split_at(slash);
-    let target = if target.is_empty() { &b"/"[..] } else { target };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let (host, target) = rest.split_at(end);
+    // A query right after the host is the root's: `h?q` is `/?q`.
+    let rooted;
+    let target = match target.first() {
+        None => &b"/"[..],
+        Some(b'?') => {
+            rooted = [&b"/"[..], target].concat();
+            &rooted[..]
+        }
+        Some(_) => target,
+    };
     if host.is_empty() {
         return (400, "the url names no host\n".to_owned());
     }

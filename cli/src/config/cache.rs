@@ -93,6 +93,55 @@ impl Validator {
         stores
     }
 
+    /// A cache serves reverse routes or forward listeners, not both: their
+    /// keys name hosts alike, and a forward client must not be answered
+    /// with a reverse route's response for the same name. Two disk tiers
+    /// never share a directory.
+    pub(super) fn caches_used_once_per_kind(
+        &mut self,
+        listeners: &[Listener],
+        caches: &[Arc<Store>],
+        at: &KeyPath,
+    ) {
+        let by_reverse: Vec<usize> = listeners
+            .iter()
+            .filter_map(|l| match &l.mode {
+                ListenerMode::Reverse { route_caches, .. } => Some(route_caches.iter().flatten().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for (i, l) in listeners.iter().enumerate() {
+            if let ListenerMode::Forward { settings } = &l.mode {
+                if let Some(cache) = settings.cache.filter(|c| by_reverse.contains(c)) {
+                    let name = caches.get(cache).map_or("", |c| c.settings().name.as_str());
+                    self.problem(
+                        at.index(i).key("cache"),
+                        format!("[cache.{name}] serves reverse routes too: give forward listeners a cache of their own"),
+                    );
+                }
+            }
+        }
+        for (i, cache) in caches.iter().enumerate() {
+            let Some(disk) = &cache.settings().disk else {
+                continue;
+            };
+            let earlier = caches[..i]
+                .iter()
+                .find(|c| c.settings().disk.as_ref().is_some_and(|d| d.path == disk.path));
+            if let Some(other) = earlier {
+                self.problem(
+                    KeyPath::root()
+                        .key("cache")
+                        .key(&cache.settings().name)
+                        .key("disk")
+                        .key("path"),
+                    format!("[cache.{}] keeps its files there already", other.settings().name),
+                );
+            }
+        }
+    }
+
     /// A disk tier: a directory (made at start if its parent exists;
     /// relative to the file's) and a size.
     fn disk(&mut self, disk: &DiskSection, max_object: u64, at: &KeyPath) -> Option<DiskSettings> {

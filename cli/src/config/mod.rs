@@ -509,6 +509,7 @@ impl Validator {
             &root.key("listener"),
         );
         self.no_upstream_is_a_listener(&listeners);
+        self.caches_used_once_per_kind(&listeners, &caches, &root.key("listener"));
         Config {
             runtime: rt.config,
             max_connections: rt.max_connections,

@@ -66,20 +66,28 @@ pub(crate) struct Loaded {
 pub(crate) struct Disk {
     dir: PathBuf,
     next: AtomicU64,
+    /// Drawn for each `Disk`, so that names never repeat across
+    /// processes (a container's PID is always 1) or reloads.
+    nonce: u64,
 }
 
 impl Disk {
     pub(crate) fn new(dir: &Path) -> Self {
+        use std::hash::BuildHasher;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         Self {
             dir: dir.to_owned(),
             next: AtomicU64::new(0),
+            nonce: std::hash::RandomState::new().hash_one((now, std::process::id())),
         }
     }
 
     /// A new temporary file for a body about to stream in.
     pub(crate) fn create(&self) -> io::Result<(File, PathBuf)> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        let path = self.dir.join(format!(".tmp-{:016x}-{n}", self.nonce));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -112,9 +120,7 @@ impl Disk {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             });
             let n = self.next.fetch_add(1, Ordering::Relaxed);
-            let path = self
-                .dir
-                .join(format!("{hash:016x}-{}-{n}.rwc", std::process::id()));
+            let path = self.dir.join(format!("{hash:016x}-{:016x}-{n}.rwc", self.nonce));
             std::fs::rename(tmp, &path)?;
             Ok(path)
         })();
@@ -142,9 +148,20 @@ impl Disk {
             }
             match read_back(&path) {
                 Ok(found) => loaded.push(found),
-                Err(e) => {
+                // Only a file that reads back wrong is removed; one that
+                // could not be read now (out of descriptors, permissions)
+                // is left for later.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
                     tracing::warn!(file = %path.display(), "cache disk: removing a file that does not read back: {e}");
                     let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "cache disk: skipping a file that cannot be read now: {e}");
                 }
             }
         }
@@ -249,9 +266,12 @@ fn decode(mut bytes: &[u8]) -> Option<Meta> {
         };
         vary.push((name, value));
     }
-    let request_time = u64_of(&mut bytes)? as i64;
-    let response_time = u64_of(&mut bytes)? as i64;
-    let age = u64_of(&mut bytes)?;
+    // Times from a file are bounded: a broken one must not make the age
+    // arithmetic overflow, or an entry fresh for ever.
+    let plausible = |t: u64| (t <= i64::MAX as u64 / 4).then_some(t as i64);
+    let request_time = plausible(u64_of(&mut bytes)?)?;
+    let response_time = plausible(u64_of(&mut bytes)?)?;
+    let age = u64_of(&mut bytes)?.min(super::control::MAX_DELTA);
     bytes.is_empty().then_some(Meta {
         key,
         vary: vary.into(),

@@ -80,6 +80,15 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         Some(&slot.value)
     }
 
+    /// The value of `key`, counting no access.
+    pub fn peek<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get(key).map(|slot| &slot.value)
+    }
+
     /// Whether `key` is held (counting no access).
     pub fn contains(&self, key: &K) -> bool {
         self.entries.contains_key(key)

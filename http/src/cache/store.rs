@@ -93,9 +93,14 @@ impl Object {
             .all(|(name, value)| field_value(req, name).as_deref() == value.as_deref())
     }
 
-    /// Bytes it is counted for: head, body and bookkeeping.
+    /// Bytes it is counted for: head, body and bookkeeping; a disk
+    /// tier's file in whole blocks, as the disk holds it.
     fn size(&self, key: &[u8]) -> u64 {
-        self.head.raw().len() as u64 + self.body.len() + key.len() as u64 + 256
+        let bytes = self.head.raw().len() as u64 + self.body.len() + key.len() as u64 + 256;
+        match &self.body {
+            crate::held::HeldBody::File(file) if file.path().is_some() => bytes.div_ceil(4096) * 4096,
+            _ => bytes,
+        }
     }
 }
 
@@ -228,7 +233,7 @@ impl Store {
     /// fields now). Returns false when it is too large to keep.
     pub(crate) fn insert(&self, key: &[u8], object: Arc<Object>) -> bool {
         let mut shard = self.shard(key);
-        let kept: Vec<Arc<Object>> = match shard.get(key) {
+        let kept: Vec<Arc<Object>> = match shard.peek(key) {
             Some(variants) => variants
                 .iter()
                 .filter(|v| {
@@ -288,7 +293,11 @@ impl Store {
 /// response being served from one keeps its open file to the end).
 fn remove_files(variants: &[Arc<Object>], kept: &[Arc<Object>]) {
     for object in variants {
-        if kept.iter().any(|k| Arc::ptr_eq(k, object)) {
+        // Kept, or its body is a kept one's (a 304 refreshed its head).
+        if kept
+            .iter()
+            .any(|k| Arc::ptr_eq(k, object) || k.body.same(&object.body))
+        {
             continue;
         }
         if let crate::held::HeldBody::File(file) = &object.body {
@@ -386,5 +395,38 @@ mod tests {
         assert!(stats.bytes <= 8 << 20, "{stats:?}");
         assert!(stats.evictions > 0);
         assert_eq!(stats.stored, 1000);
+    }
+
+    #[test]
+    fn a_refreshed_entry_keeps_its_file_and_a_dropped_one_loses_it() {
+        let dir = std::env::temp_dir().join(format!("ringway-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("body.rwc");
+        std::fs::write(&path, b"body").expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        let body =
+            crate::held::HeldBody::File(Arc::new(crate::held::FileBody::on_disk(file, 4, path.clone())));
+        let with_body = |body: &crate::held::HeldBody| {
+            let template = object("", &[]);
+            Arc::new(Object {
+                head: Arc::clone(&template.head),
+                body: body.clone(),
+                status: 200,
+                vary: Box::new([]),
+                directives: ResponseDirectives::default(),
+                lifetime: 60,
+                age: AgeInputs::default(),
+                etag: None,
+                last_modified: None,
+            })
+        };
+        let store = Store::new(CacheSettings::new("t", 1 << 20, 1 << 16));
+        store.insert(b"k", with_body(&body));
+        // A 304 refreshed its head: a new object, the same file.
+        store.insert(b"k", with_body(&body));
+        assert!(path.exists(), "the refreshed entry's file stays");
+        assert!(store.remove(b"k"));
+        assert!(!path.exists(), "an invalidated entry's file goes");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -617,6 +617,9 @@ impl<H: ProxyHooks> Engine<H> {
             }
             return Ok(());
         };
+        // A probe byte the sweep left in the buffer goes first, as on
+        // every other write to the client.
+        skip_probe(conn, buf);
         let mut head = &buf[..];
         while !head.is_empty() {
             match crate::held::send_more(fd, head).map_err(written)? {
