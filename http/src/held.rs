@@ -69,13 +69,24 @@ impl From<Bytes> for HeldBody {
     }
 }
 
-/// A body in a file: an anonymous memory-backed one, or one of a cache's
-/// disk tier (the body first, at offset 0, its path kept to remove it).
+/// A body in a file: an anonymous memory-backed one (held open), or one
+/// of a cache's disk tier (the body first, at offset 0), opened for each
+/// response that sends it, so that a disk of small responses holds no
+/// descriptor per response.
 #[derive(Debug)]
 pub struct FileBody {
-    fd: OwnedFd,
+    fd: Option<OwnedFd>,
     len: u64,
     path: Option<PathBuf>,
+}
+
+/// A body's file, open for one response.
+#[derive(Debug)]
+pub(crate) struct OpenBody<'a> {
+    fd: RawFd,
+    /// The descriptor opened for this response, closed with it.
+    _owned: Option<OwnedFd>,
+    _body: std::marker::PhantomData<&'a FileBody>,
 }
 
 impl FileBody {
@@ -113,19 +124,39 @@ impl FileBody {
             written += n as usize;
         }
         Ok(Self {
-            fd,
+            fd: Some(fd),
             len: contents.len() as u64,
             path: None,
         })
     }
 
-    /// The first `len` bytes of the file at `path`, opened as `file`.
-    pub fn on_disk(file: std::fs::File, len: u64, path: PathBuf) -> Self {
+    /// The first `len` bytes of the file at `path`.
+    pub fn on_disk(len: u64, path: PathBuf) -> Self {
         Self {
-            fd: file.into(),
+            fd: None,
             len,
             path: Some(path),
         }
+    }
+
+    /// Its file, open for sending.
+    pub(crate) fn open(&self) -> io::Result<OpenBody<'_>> {
+        let owned = match (&self.fd, &self.path) {
+            (Some(fd), _) => {
+                return Ok(OpenBody {
+                    fd: fd.as_raw_fd(),
+                    _owned: None,
+                    _body: std::marker::PhantomData,
+                })
+            }
+            (None, Some(path)) => OwnedFd::from(std::fs::File::open(path)?),
+            (None, None) => return Err(io::ErrorKind::NotFound.into()),
+        };
+        Ok(OpenBody {
+            fd: owned.as_raw_fd(),
+            _owned: Some(owned),
+            _body: std::marker::PhantomData,
+        })
     }
 
     /// Where it is on disk, for a disk tier's body.
@@ -142,19 +173,15 @@ impl FileBody {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
 
+impl OpenBody<'_> {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many.
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         loop {
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-            let n = unsafe {
-                libc::pread(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    offset as libc::off_t,
-                )
-            };
+            let n =
+                unsafe { libc::pread(self.fd, buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t) };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -172,7 +199,7 @@ impl FileBody {
         let want = len.min(1 << 30) as usize;
         loop {
             // SAFETY: both descriptors are open; `at` is a valid offset.
-            let n = unsafe { libc::sendfile(to, self.fd.as_raw_fd(), &mut at, want) };
+            let n = unsafe { libc::sendfile(to, self.fd, &mut at, want) };
             if n >= 0 {
                 return Ok(Some(n as usize));
             }
@@ -241,6 +268,7 @@ mod tests {
         let HeldBody::File(file) = &held else {
             panic!("a long body is kept in a file")
         };
+        let file = file.open().expect("open");
         assert_eq!(held.len(), long.len() as u64);
         let mut back = vec![0u8; long.len()];
         let mut at = 0;
@@ -261,6 +289,7 @@ mod tests {
         let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         let file = FileBody::with_contents(b"0123456789").expect("file");
+        let file = file.open().expect("open");
         let sent = file.send_to(server.as_raw_fd(), 3, 4).expect("send");
         assert_eq!(sent, Some(4));
         drop(server);

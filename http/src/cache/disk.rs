@@ -56,7 +56,6 @@ pub(crate) struct Meta {
 pub(crate) struct Loaded {
     pub(crate) meta: Meta,
     pub(crate) head: Vec<u8>,
-    pub(crate) file: File,
     pub(crate) body_len: u64,
     pub(crate) path: PathBuf,
 }
@@ -200,7 +199,6 @@ fn read_back(path: &Path) -> io::Result<Loaded> {
     Ok(Loaded {
         meta,
         head,
-        file,
         body_len,
         path: path.to_owned(),
     })
@@ -323,7 +321,9 @@ mod tests {
             (meta, &head[..], 8)
         );
         let mut body = [0u8; 8];
-        found.file.read_exact_at(&mut body, 0).expect("read");
+        File::open(&found.path)
+            .and_then(|f| f.read_exact_at(&mut body, 0))
+            .expect("read");
         assert_eq!(&body, b"the body");
         assert!(!leftover.exists() && !dir.join("torn.rwc").exists());
         let _ = std::fs::remove_dir_all(&dir);

@@ -622,7 +622,7 @@ impl CacheLayer {
                     age: filling.age.age,
                 };
                 match disk.commit(&mut file, &tmp, len, &filling.head, &meta) {
-                    Ok(path) => HeldBody::File(Arc::new(FileBody::on_disk(file, len, path))),
+                    Ok(path) => HeldBody::File(Arc::new(FileBody::on_disk(len, path))),
                     Err(e) => {
                         crate::held::note_disk_error(&e);
                         return;
@@ -923,7 +923,6 @@ pub(crate) fn object_from_disk(loaded: super::disk::Loaded) -> Option<Object> {
     let super::disk::Loaded {
         meta,
         head,
-        file,
         body_len,
         path,
     } = loaded;
@@ -954,7 +953,7 @@ pub(crate) fn object_from_disk(loaded: super::disk::Loaded) -> Option<Object> {
         etag,
         last_modified,
         vary: meta.vary,
-        body: HeldBody::File(Arc::new(FileBody::on_disk(file, body_len, path))),
+        body: HeldBody::File(Arc::new(FileBody::on_disk(body_len, path))),
         head: Arc::new(parsed),
     })
 }

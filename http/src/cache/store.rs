@@ -403,9 +403,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("body.rwc");
         std::fs::write(&path, b"body").expect("write");
-        let file = std::fs::File::open(&path).expect("open");
-        let body =
-            crate::held::HeldBody::File(Arc::new(crate::held::FileBody::on_disk(file, 4, path.clone())));
+        let body = crate::held::HeldBody::File(Arc::new(crate::held::FileBody::on_disk(4, path.clone())));
         let with_body = |body: &crate::held::HeldBody| {
             let template = object("", &[]);
             Arc::new(Object {

@@ -600,6 +600,11 @@ impl<H: ProxyHooks> Engine<H> {
         conn: &ConnCtx,
     ) -> std::result::Result<(), Failure> {
         let timeout = self.settings.timeouts.client_io;
+        // Opened before anything is written: a disk tier's file that is
+        // gone (evicted meanwhile) is an error the client is answered.
+        let file = file.open().map_err(|e| {
+            Failure::before(Error::new(ErrorKind::Io, Side::Internal, "opening a stored body").with_cause(e))
+        })?;
         let written = |e| Failure::after(io_error(Side::Downstream, "writing to the client")(e));
         let Some(fd) = io.splice_fd() else {
             self.write_client(io, buf, conn).await.map_err(Failure::after)?;
