@@ -634,6 +634,18 @@ fn the_disk_tier_survives_a_restart() {
     // An invalidation removes the file too.
     request(second.addr, "DELETE", "/a", "");
     assert_eq!(files(), 1);
+    // A file removed by hand makes its response a miss, answered whole.
+    for entry in std::fs::read_dir(&dir).expect("dir") {
+        let _ = std::fs::remove_file(entry.expect("entry").path());
+    }
+    let refetched = get(second.addr, &long, "");
+    assert_eq!(refetched.status, 200);
+    assert_eq!(refetched.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "the DELETE and the refetch reached the origin"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -139,6 +139,19 @@ impl FileBody {
         }
     }
 
+    /// A disk tier's body opened now, for one response (`None` for a body
+    /// whose file is held open already).
+    pub(crate) fn opened(&self) -> io::Result<Option<FileBody>> {
+        match (&self.fd, &self.path) {
+            (None, Some(path)) => Ok(Some(FileBody {
+                fd: Some(OwnedFd::from(std::fs::File::open(path)?)),
+                len: self.len,
+                path: None,
+            })),
+            _ => Ok(None),
+        }
+    }
+
     /// Its file, open for sending.
     pub(crate) fn open(&self) -> io::Result<OpenBody<'_>> {
         let owned = match (&self.fd, &self.path) {

@@ -291,6 +291,25 @@ impl CacheLayer {
                     .get(&key)
                     .and_then(|variants| variants.iter().rev().find(|o| o.matches(req)).cloned())
             };
+            // A disk tier's file is opened now: one that is gone (removed
+            // by hand, or evicted meanwhile) makes this a miss, not an
+            // error once the answer has begun.
+            let (found, opened) = match found.as_ref().map(|o| &o.body) {
+                Some(HeldBody::File(file)) => match file.opened() {
+                    Ok(opened) => (found, opened),
+                    Err(_) => {
+                        self.store.remove(&self.key.borrow());
+                        (None, None)
+                    }
+                },
+                _ => (found, None),
+            };
+            let with_file = |mut held: HeldResponse| {
+                if let Some(opened) = opened {
+                    held.body = HeldBody::File(Arc::new(opened));
+                }
+                Box::new(held)
+            };
             if let Some(object) = found {
                 let age = current_age(&object.age, cx.request_time);
                 let v = verdict(
@@ -303,7 +322,7 @@ impl CacheLayer {
                 match v {
                     Verdict::Fresh => {
                         self.counters.hits.add(1);
-                        return Lookup::Held(Box::new(self.hit(req, &object, age, CacheStatus::Hit, cx)));
+                        return Lookup::Held(with_file(self.hit(req, &object, age, CacheStatus::Hit, cx)));
                     }
                     // Within stale-while-revalidate the stale response
                     // answers at once (no request waits for the origin);
@@ -311,7 +330,7 @@ impl CacheLayer {
                     // A refresh in the background is still to come.
                     Verdict::Stale | Verdict::StaleWhileRevalidate => {
                         self.counters.stale.add(1);
-                        return Lookup::Held(Box::new(self.hit(req, &object, age, CacheStatus::Stale, cx)));
+                        return Lookup::Held(with_file(self.hit(req, &object, age, CacheStatus::Stale, cx)));
                     }
                     Verdict::Revalidate { on_error } => {
                         if directives.only_if_cached {
