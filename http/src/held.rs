@@ -213,16 +213,25 @@ impl OpenBody<'_> {
         loop {
             // SAFETY: both descriptors are open; `at` is a valid offset.
             let n = unsafe { libc::sendfile(to, self.fd, &mut at, want) };
-            if n >= 0 {
-                return Ok(Some(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(e),
+            if let Some(result) = nonblocking(n) {
+                return result;
             }
         }
+    }
+}
+
+/// What a non-blocking call that returned `n` did: its count, `None` when
+/// it would have blocked, or its error; `None` outright when it was
+/// interrupted and is to be made again.
+fn nonblocking(n: isize) -> Option<io::Result<Option<usize>>> {
+    if n >= 0 {
+        return Some(Ok(Some(n as usize)));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::Interrupted => None,
+        io::ErrorKind::WouldBlock => Some(Ok(None)),
+        _ => Some(Err(e)),
     }
 }
 
@@ -240,14 +249,8 @@ pub(crate) fn send_more(to: RawFd, bytes: &[u8]) -> io::Result<Option<usize>> {
                 libc::MSG_MORE | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
+        if let Some(result) = nonblocking(n) {
+            return result;
         }
     }
 }

@@ -418,12 +418,7 @@ impl<H: ProxyHooks> Engine<H> {
         );
         end_head(wbuf);
         let head_len = wbuf.len() as u64;
-        if self.log.is_some() {
-            content_type.clear();
-            if let Some(value) = resp.header("content-type") {
-                content_type.extend_from_slice(value);
-            }
-        }
+        self.note_content_type(content_type, resp);
         // The body bytes that came with the head leave with it, in one
         // write: small ones copied behind the head, larger ones gathered
         // with writev (no copy). What remains is relayed.
@@ -554,12 +549,7 @@ impl<H: ProxyHooks> Engine<H> {
             &s.proxy_headers,
         );
         end_head(wbuf);
-        if self.log.is_some() {
-            content_type.clear();
-            if let Some(value) = resp.header("content-type") {
-                content_type.extend_from_slice(value);
-            }
-        }
+        self.note_content_type(content_type, resp);
         let body_len = if bodiless { 0 } else { body_len };
         tally.bytes_out = wbuf.len() as u64 + body_len;
         tally.body_out = body_len;
@@ -583,6 +573,17 @@ impl<H: ProxyHooks> Engine<H> {
         }
         let outcome = if close { Outcome::Close } else { Outcome::KeepAlive };
         Ok((outcome, status))
+    }
+
+    /// Keeps the response's Content-Type for the access log, where one is
+    /// written.
+    fn note_content_type(&self, content_type: &mut Vec<u8>, resp: &ResponseHead) {
+        if self.log.is_some() {
+            content_type.clear();
+            if let Some(value) = resp.header("content-type") {
+                content_type.extend_from_slice(value);
+            }
+        }
     }
 
     /// Sends the head in `buf`, then `len` bytes of `file` from `offset`,
