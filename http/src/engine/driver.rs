@@ -403,22 +403,16 @@ impl<H: ProxyHooks> Engine<H> {
             // Boxed: held across the relay, and only where a cache fills.
             Box::new(RefCell::new(BodyTee::new(max, expected, file)))
         });
-        wbuf.clear();
-        response_head(
-            wbuf,
-            &ClientResponse {
-                head: resp,
-                framing: output,
-                close,
-                client_version: req.version(),
-                upgrade: None,
-                edits,
-            },
-            &s.proxy_headers,
-        );
-        end_head(wbuf);
+        let head = ClientResponse {
+            head: resp,
+            framing: output,
+            close,
+            client_version: req.version(),
+            upgrade: None,
+            edits,
+        };
+        self.client_head(wbuf, &head, content_type);
         let head_len = wbuf.len() as u64;
-        self.note_content_type(content_type, resp);
         // The body bytes that came with the head leave with it, in one
         // write: small ones copied behind the head, larger ones gathered
         // with writev (no copy). What remains is relayed.
@@ -493,7 +487,6 @@ impl<H: ProxyHooks> Engine<H> {
         conn: &ConnCtx,
         cx: &mut H::Ctx,
     ) -> std::result::Result<(Outcome, u16), Failure> {
-        let s = &self.settings;
         let ConnBuffers {
             wbuf,
             req,
@@ -535,21 +528,15 @@ impl<H: ProxyHooks> Engine<H> {
             BodyFraming::Length(body_len)
         };
         let close = req.wants_close() || self.closing(conn);
-        wbuf.clear();
-        response_head(
-            wbuf,
-            &ClientResponse {
-                head: resp,
-                framing,
-                close,
-                client_version: req.version(),
-                upgrade: None,
-                edits,
-            },
-            &s.proxy_headers,
-        );
-        end_head(wbuf);
-        self.note_content_type(content_type, resp);
+        let head = ClientResponse {
+            head: resp,
+            framing,
+            close,
+            client_version: req.version(),
+            upgrade: None,
+            edits,
+        };
+        self.client_head(wbuf, &head, content_type);
         let body_len = if bodiless { 0 } else { body_len };
         tally.bytes_out = wbuf.len() as u64 + body_len;
         tally.body_out = body_len;
@@ -575,12 +562,16 @@ impl<H: ProxyHooks> Engine<H> {
         Ok((outcome, status))
     }
 
-    /// Keeps the response's Content-Type for the access log, where one is
-    /// written.
-    fn note_content_type(&self, content_type: &mut Vec<u8>, resp: &ResponseHead) {
+    /// Writes the final response head for the client in `wbuf` (relayed
+    /// or held alike), and keeps its Content-Type for the access log,
+    /// where one is written.
+    fn client_head(&self, wbuf: &mut Vec<u8>, head: &ClientResponse<'_>, content_type: &mut Vec<u8>) {
+        wbuf.clear();
+        response_head(wbuf, head, &self.settings.proxy_headers);
+        end_head(wbuf);
         if self.log.is_some() {
             content_type.clear();
-            if let Some(value) = resp.header("content-type") {
+            if let Some(value) = head.head.header("content-type") {
                 content_type.extend_from_slice(value);
             }
         }
