@@ -12,7 +12,7 @@ mod common;
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     thread,
@@ -570,21 +570,100 @@ fn forward_listeners_cache_plain_http_after_their_acl_allows_it() {
 }
 
 #[test]
-fn within_stale_while_revalidate_the_stale_response_answers_at_once() {
-    let (origin, count) =
-        counting_origin("Cache-Control: max-age=0, stale-while-revalidate=600\r\nETag: \"s1\"\r\n");
+fn within_stale_while_revalidate_the_stale_response_answers_at_once_and_is_refreshed_behind_it() {
+    // The origin holds every revalidation until the test lets it go: a
+    // stale answer that waited for it would never come.
+    let released = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let (seen, held) = (Arc::clone(&count), Arc::clone(&released));
+    let origin = Origin::start(move |req: &Seen| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::Bytes(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=600\r\n\
+                  ETag: \"s1\"\r\nContent-Length: 3\r\n\r\nold"
+                    .to_vec(),
+            );
+        }
+        ringway_tests::eventually(Duration::from_secs(20), || held.load(Ordering::SeqCst));
+        if req.header("if-none-match") == Some("\"s1\"") {
+            Reply::Bytes(
+                b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=600\r\nETag: \"s1\"\r\n\r\n".to_vec(),
+            )
+        } else {
+            Reply::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong".to_vec())
+        }
+    });
     let proxy = proxy(origin.addr(), 1, "");
-    assert_eq!(get(proxy.addr, "/swr", "").text(), "response 1");
+    assert_eq!(get(proxy.addr, "/swr", "").text(), "old");
     for _ in 0..3 {
         let stale = get(proxy.addr, "/swr", "");
         assert_eq!(stale.header("x-cache"), Some("STALE"));
-        assert_eq!(stale.text(), "response 1");
+        assert_eq!(stale.text(), "old");
     }
+    // The first stale answer started one refresh, with the stored
+    // validator; the others found it running.
+    let asked = ringway_tests::eventually(Duration::from_secs(10), || count.load(Ordering::SeqCst) == 2);
+    assert!(asked, "a refresh reached the origin");
+    released.store(true, Ordering::SeqCst);
+    // Its 304 makes the stored response fresh again.
+    let fresh = ringway_tests::eventually(Duration::from_secs(10), || {
+        get(proxy.addr, "/swr", "").header("x-cache") == Some("HIT")
+    });
+    assert!(fresh, "the refresh's 304 made it fresh");
+    let hit = get(proxy.addr, "/swr", "");
+    assert_eq!(
+        (hit.text().as_str(), hit.header("cache-control")),
+        ("old", Some("max-age=600"))
+    );
     assert_eq!(
         count.load(Ordering::SeqCst),
-        1,
-        "no client waits for the origin within the window"
+        2,
+        "one refresh for three stale answers"
     );
+    // Only the clients' requests are logged (the refresh, written before
+    // the hit, would be a REVALIDATED line).
+    proxy.wait_for_log("GET /swr 200 HIT");
+    assert_eq!(proxy.log_lines("REVALIDATED"), Vec::<String>::new());
+}
+
+#[test]
+fn a_refresh_answered_with_a_new_response_stores_it_in_the_disk_tier() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let origin = Origin::start(move |_: &Seen| {
+        let (cc, body) = match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => ("max-age=0, stale-while-revalidate=600", "old"),
+            _ => ("max-age=600", "new"),
+        };
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\nETag: \"{body}\"\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let dir = disk_dir("refresh");
+    let proxy = proxy(origin.addr(), 1, &disk_keys(&dir));
+    assert_eq!(get(proxy.addr, "/r", "").text(), "old");
+    // Stored (stale at once): `max-stale` takes it without a refresh.
+    let stored = ringway_tests::eventually(Duration::from_secs(10), || {
+        get(proxy.addr, "/r", "Cache-Control: only-if-cached, max-stale\r\n").status == 200
+    });
+    assert!(stored, "/r was stored");
+    // A HEAD from an HTTP/1.0 client starts it: the refresh is a GET, in
+    // the client's version.
+    let mut client = TestClient::connect(proxy.addr);
+    client.send(b"HEAD /r HTTP/1.0\r\nHost: site.test\r\n\r\n");
+    let stale = client.read_response(true).expect("a response");
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    let fresh = ringway_tests::eventually(Duration::from_secs(10), || {
+        let hit = get(proxy.addr, "/r", "");
+        hit.header("x-cache") == Some("HIT") && hit.text() == "new"
+    });
+    assert!(fresh, "the refresh's new response was stored");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A fresh directory for one test's disk tier.

@@ -311,6 +311,27 @@ impl WorkerState {
             Some(_) => Some(peer),
             None => None,
         };
+        Ok(self.insert(&mut conns, fd, peer_ip))
+    }
+
+    /// Registers work of the worker's own that runs like a connection but
+    /// has no client socket (a cache's background refresh): it counts
+    /// against the worker's connection limit, not any address's, and a
+    /// drain waits for it. `None` at the limit.
+    fn register_own(self: &Rc<Self>) -> Option<ConnCtx> {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= self.max_connections {
+            return None;
+        }
+        Some(self.insert(&mut conns, -1, None))
+    }
+
+    fn insert(
+        self: &Rc<Self>,
+        conns: &mut Slab<ConnEntry>,
+        fd: RawFd,
+        peer_ip: Option<std::net::IpAddr>,
+    ) -> ConnCtx {
         let key = conns.insert(ConnEntry {
             fd,
             idle: false,
@@ -326,10 +347,10 @@ impl WorkerState {
         if conns.len() > self.peak_conns.get() {
             self.peak_conns.set(conns.len());
         }
-        Ok(ConnCtx {
+        ConnCtx {
             worker: Rc::clone(self),
             key,
-        })
+        }
     }
 
     pub(crate) fn connection_count(&self) -> usize {
@@ -560,6 +581,14 @@ impl ConnCtx {
             .unwrap_or_else(|_| unreachable!("an empty worker without limits takes a connection"))
     }
 
+    /// Registers work of the worker's own beside this connection: it runs
+    /// like a connection with no client socket (a cache's background
+    /// refresh), has deadlines, and keeps a drain waiting until it ends.
+    /// `None` when the worker is at its connection limit.
+    pub fn own_work(&self) -> Option<ConnCtx> {
+        self.worker.register_own()
+    }
+
     fn update<R>(&self, f: impl FnOnce(&mut ConnEntry) -> R) -> Option<R> {
         self.worker.conns.borrow_mut().get_mut(self.key).map(f)
     }
@@ -661,7 +690,8 @@ impl ConnCtx {
             // One probe per response: a probe already sent and not yet
             // skipped by the engine (a retry, or a wait after an interim
             // response the client was not sent) leaves resets to watch.
-            e.watch = watch.map(|mut w| {
+            // Work of the worker's own has no client to watch.
+            e.watch = watch.filter(|_| e.fd >= 0).map(|mut w| {
                 if e.probed {
                     w.how = ClientWatch::ResetOnly;
                 }
@@ -898,6 +928,28 @@ mod tests {
             std::thread::sleep(Duration::from_millis(15));
             worker.sweep();
         }
+    }
+
+    #[test]
+    fn own_work_counts_as_a_connection_has_deadlines_and_no_client_to_watch() {
+        let worker = state(2);
+        let (_client, server) = pair();
+        let conn = worker.register(server.as_raw_fd(), LOCAL).unwrap();
+        let own = conn.own_work().expect("room for it");
+        assert_eq!(worker.connection_count(), 2);
+        assert!(conn.own_work().is_none(), "the connection limit holds");
+        // Watching a client it does not have would take it for gone.
+        let armed = own.response_deadline(Duration::from_secs(60), -1, ClientWatch::Probe(b'H'));
+        sweep_a_while(&worker);
+        assert_eq!(armed.ending(), None, "still waiting");
+        assert_eq!(worker.stats.client_aborts.load(Ordering::Relaxed), 0);
+        // Its deadlines still end its waits.
+        let armed = own.deadline(Wait::Upstream, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(25));
+        worker.sweep();
+        assert_eq!(armed.ending(), Some(Ending::Expired));
+        drop(own);
+        assert_eq!(worker.connection_count(), 1);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub enum Route {
 
 /// A response the hooks hold and the engine sends as if it came from an
 /// upstream: its head goes through [`ProxyHooks::response`] for edits.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HeldResponse {
     /// The head, parsed once when it was kept (a hit parses nothing). Its
     /// framing fields are ignored.
@@ -123,6 +123,22 @@ pub struct HeldResponse {
     pub status: Option<u16>,
     /// Send only these bytes of the body (`start..end`, a range).
     pub range: Option<(u64, u64)>,
+    /// Refresh it: the engine sends the request again in the background
+    /// (the answer is dropped), holding the slot until that ends.
+    pub refresh: Option<crate::cache::RefreshSlot>,
+}
+
+impl Clone for HeldResponse {
+    /// A copy of the answer; the refresh, if any, stays with the original.
+    fn clone(&self) -> Self {
+        Self {
+            head: Arc::clone(&self.head),
+            body: self.body.clone(),
+            status: self.status,
+            range: self.range,
+            refresh: None,
+        }
+    }
 }
 
 impl PartialEq for HeldResponse {

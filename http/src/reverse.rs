@@ -770,6 +770,7 @@ impl ProxyHooks for ReverseHandler {
                     index,
                     req,
                     (https, host, asked),
+                    client.background,
                     cx.cache.get_or_insert_with(Box::default),
                 )
                 .await

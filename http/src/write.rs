@@ -248,7 +248,8 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes one field line, `name: value` and CRLF.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -369,7 +369,7 @@ fn caches(out: &mut String, workers: &[WorkerMetrics]) {
         return;
     };
     type Count = fn(&ringway_http::cache::CacheCounters) -> u64;
-    let counts: [(&str, &str, Count); 7] = [
+    let counts: [(&str, &str, Count); 8] = [
         (
             "ringway_cache_hits_total",
             "Requests answered from the cache, fresh.",
@@ -405,6 +405,11 @@ fn caches(out: &mut String, workers: &[WorkerMetrics]) {
             "Stored responses dropped by unsafe methods.",
             |c| c.invalidations.get(),
         ),
+        (
+            "ringway_cache_refreshes_total",
+            "Background refreshes of responses answered stale within stale-while-revalidate.",
+            |c| c.refreshes.get(),
+        ),
     ];
     for (name, help, count) in counts {
         header(out, name, "counter", help);
@@ -418,24 +423,27 @@ fn caches(out: &mut String, workers: &[WorkerMetrics]) {
         }
     }
     type Held = fn(&ringway_http::cache::StoreStats) -> u64;
-    let held: [(&str, &str, &str, Held); 3] = [
+    let held: [(&str, &str, &str, Held); 4] = [
         (
             "ringway_cache_evictions_total",
             "counter",
             "Stored responses evicted to make room.",
             |s| s.evictions,
         ),
-        (
-            "ringway_cache_objects",
-            "gauge",
-            "Keys the memory tier holds.",
-            |s| s.keys,
-        ),
+        ("ringway_cache_objects", "gauge", "Keys the cache holds.", |s| {
+            s.keys
+        }),
         (
             "ringway_cache_bytes",
             "gauge",
-            "Bytes the memory tier holds.",
+            "Bytes the cache holds (a disk tier's files in whole blocks).",
             |s| s.bytes,
+        ),
+        (
+            "ringway_cache_memory_bytes",
+            "gauge",
+            "Bytes the cache holds in memory (with a disk tier, the heads and keys of its files).",
+            |s| s.resident,
         ),
     ];
     let stats: Vec<_> = first.caches.iter().map(|(store, _)| store.stats()).collect();

@@ -23,7 +23,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 use super::{
     control::{RequestDirectives, ResponseDirectives},
@@ -82,12 +82,15 @@ pub struct CacheCounters {
     pub revalidated: Counter,
     /// Answered from the store, stale.
     pub stale: Counter,
-    /// Stored after a miss.
+    /// Stored after a miss or a refresh.
     pub fills: Counter,
     /// Requests that waited for another one fetching their key.
     pub coalesced: Counter,
     /// Keys dropped by unsafe methods.
     pub invalidations: Counter,
+    /// Refreshes run in the background, for responses answered stale
+    /// within `stale-while-revalidate`.
+    pub refreshes: Counter,
 }
 
 /// Where a lookup leaves the request.
@@ -108,6 +111,27 @@ type Pending = Rc<RefCell<HashMap<Box<[u8]>, Rc<Waiters>>>>;
 struct Waiters {
     done: Cell<bool>,
     wakers: RefCell<Vec<Waker>>,
+}
+
+/// Keys being refreshed in the background on this worker.
+type Refreshing = Rc<RefCell<HashSet<Box<[u8]>>>>;
+
+/// Held by a background refresh while it runs: one per key and worker.
+pub struct RefreshSlot {
+    refreshing: Refreshing,
+    key: Box<[u8]>,
+}
+
+impl std::fmt::Debug for RefreshSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshSlot").finish_non_exhaustive()
+    }
+}
+
+impl Drop for RefreshSlot {
+    fn drop(&mut self) {
+        self.refreshing.borrow_mut().remove(&self.key);
+    }
 }
 
 /// Held by the request fetching a key: dropping it (the response is
@@ -164,6 +188,8 @@ pub struct CacheCtx {
     on_error: bool,
     /// The request changes state: a success invalidates.
     unsafe_method: bool,
+    /// The proxy's own refresh: counted apart, answered without a body.
+    background: bool,
     /// When the request went (seconds since the epoch).
     request_time: i64,
     /// The age sent with a stored response.
@@ -218,8 +244,20 @@ impl Drop for Filling {
 pub struct CacheLayer {
     store: Arc<Store>,
     pending: Pending,
+    refreshing: Refreshing,
     key: RefCell<Vec<u8>>,
     counters: Arc<CacheCounters>,
+}
+
+/// What a revalidated stored response answers: the request, or, for a
+/// background refresh, nobody (a 304, so that no body is read and
+/// dropped).
+fn revalidated_answer(mut held: HeldResponse, cx: &CacheCtx) -> HeldResponse {
+    if cx.background {
+        held.status = Some(304);
+        held.range = None;
+    }
+    held
 }
 
 /// Seconds since the epoch, now.
@@ -235,6 +273,7 @@ impl CacheLayer {
         Self {
             store,
             pending: Rc::default(),
+            refreshing: Rc::default(),
             key: RefCell::new(Vec::with_capacity(256)),
             counters,
         }
@@ -254,16 +293,23 @@ impl CacheLayer {
     /// upstream is asked for, after any rewrite): answers it from the
     /// store when a stored response may, else says it goes to the
     /// upstream, as the one fetching the key or after waiting for the
-    /// request that does. `index` names this cache in `cx`.
+    /// request that does. `index` names this cache in `cx`. A `background`
+    /// request is the proxy's own refresh of a stale response: it goes to
+    /// the upstream to revalidate it, and is not counted.
     pub async fn lookup(
         &self,
         index: usize,
         req: &RequestHead,
         (https, host, target): (bool, &[u8], &[u8]),
+        background: bool,
         cx: &mut CacheCtx,
     ) -> Lookup {
         cx.cache = Some(index);
         cx.request_time = now_secs();
+        cx.background = background;
+        if background {
+            self.counters.refreshes.add(1);
+        }
         let method = req.method();
         let plain = req.body() == crate::head::BodyFraming::None && req.upgrade().is_none();
         if !matches!(method, Method::Get | Method::Head) || !plain {
@@ -312,25 +358,35 @@ impl CacheLayer {
             };
             if let Some(object) = found {
                 let age = current_age(&object.age, cx.request_time);
-                let v = verdict(
+                let v = match verdict(
                     &directives,
                     &object.directives,
                     object.lifetime,
                     age,
                     pragma_no_cache,
-                );
+                ) {
+                    // A refresh that finds it fresh again (another worker
+                    // refreshed it) has nothing to do.
+                    Verdict::Fresh if background => return Lookup::Reply(LocalReply::status(204)),
+                    _ if background => Verdict::Revalidate { on_error: false },
+                    v => v,
+                };
                 match v {
                     Verdict::Fresh => {
                         self.counters.hits.add(1);
                         return Lookup::Held(with_file(self.hit(req, &object, age, CacheStatus::Hit, cx)));
                     }
                     // Within stale-while-revalidate the stale response
-                    // answers at once (no request waits for the origin);
-                    // the first request after the window revalidates it.
-                    // A refresh in the background is still to come.
+                    // answers at once (no request waits for the origin),
+                    // and the first such request on this worker starts a
+                    // refresh in the background.
                     Verdict::Stale | Verdict::StaleWhileRevalidate => {
                         self.counters.stale.add(1);
-                        return Lookup::Held(with_file(self.hit(req, &object, age, CacheStatus::Stale, cx)));
+                        let mut held = self.hit(req, &object, age, CacheStatus::Stale, cx);
+                        if v == Verdict::StaleWhileRevalidate {
+                            held.refresh = self.refresh_slot();
+                        }
+                        return Lookup::Held(with_file(held));
                     }
                     Verdict::Revalidate { on_error } => {
                         if directives.only_if_cached {
@@ -340,7 +396,9 @@ impl CacheLayer {
                         cx.stored = Some(object);
                         cx.key = Some(self.key.borrow().as_slice().into());
                         cx.status = Some(CacheStatus::Miss);
-                        self.counters.misses.add(1);
+                        if !background {
+                            self.counters.misses.add(1);
+                        }
                         return Lookup::Forward;
                     }
                 }
@@ -355,7 +413,9 @@ impl CacheLayer {
                 // then look again (once).
                 Some(waiters) if !waited && method == Method::Get => {
                     waited = true;
-                    self.counters.coalesced.add(1);
+                    if !background {
+                        self.counters.coalesced.add(1);
+                    }
                     let timeout = self.store.settings().lock_timeout;
                     // Boxed: a timer is large, and only a coalesced miss waits.
                     let _ = Box::pin(monoio::time::timeout(timeout, Wait(waiters))).await;
@@ -373,9 +433,35 @@ impl CacheLayer {
             }
             cx.key = Some(key);
             cx.status = Some(CacheStatus::Miss);
-            self.counters.misses.add(1);
+            if !background {
+                self.counters.misses.add(1);
+            }
             return Lookup::Forward;
         }
+    }
+
+    /// Counts a request counted as a miss as answered from the store
+    /// after all (`answered`: revalidated, stale); a background refresh
+    /// counted neither.
+    fn recount(&self, cx: &CacheCtx, answered: &Counter) {
+        if !cx.background {
+            answered.add(1);
+            self.counters.misses.sub(1);
+        }
+    }
+
+    /// A slot for refreshing the key in `self.key` in the background,
+    /// unless a refresh of it already runs on this worker.
+    fn refresh_slot(&self) -> Option<RefreshSlot> {
+        if self.refreshing.borrow().contains(self.key.borrow().as_slice()) {
+            return None;
+        }
+        let key: Box<[u8]> = self.key.borrow().as_slice().into();
+        self.refreshing.borrow_mut().insert(key.clone());
+        Some(RefreshSlot {
+            refreshing: Rc::clone(&self.refreshing),
+            key,
+        })
     }
 
     /// The stored `object` as the answer to `req`: whole, a 304 when the
@@ -396,6 +482,7 @@ impl CacheLayer {
             body: object.body.clone(),
             status: None,
             range: None,
+            refresh: None,
         };
         if object.status != 200 {
             return held;
@@ -505,10 +592,9 @@ impl CacheLayer {
                 else {
                     // A merged head that does not parse: the stored one
                     // answers, unchanged, and stays.
-                    self.counters.revalidated.add(1);
-                    self.counters.misses.sub(1);
+                    self.recount(cx, &self.counters.revalidated);
                     let held = self.hit(req, &stored, 0, CacheStatus::Revalidated, cx);
-                    return BodyPlan::Replace(Box::new(held));
+                    return BodyPlan::Replace(Box::new(revalidated_answer(held, cx)));
                 };
                 let refreshed = Arc::new(refreshed);
                 if let Some(key) = &cx.key {
@@ -519,15 +605,13 @@ impl CacheLayer {
                         self.store.insert(key, Arc::clone(&refreshed));
                     }
                 }
-                self.counters.revalidated.add(1);
-                self.counters.misses.sub(1);
+                self.recount(cx, &self.counters.revalidated);
                 let age = current_age(&refreshed.age, now);
                 let held = self.hit(req, &refreshed, age, CacheStatus::Revalidated, cx);
-                return BodyPlan::Replace(Box::new(held));
+                return BodyPlan::Replace(Box::new(revalidated_answer(held, cx)));
             }
             if status >= 500 && cx.on_error {
-                self.counters.stale.add(1);
-                self.counters.misses.sub(1);
+                self.recount(cx, &self.counters.stale);
                 let age = current_age(&stored.age, now);
                 let held = self.hit(req, &stored, age, CacheStatus::Stale, cx);
                 return BodyPlan::Replace(Box::new(held));
@@ -684,8 +768,7 @@ impl CacheLayer {
             return None;
         }
         let stored = cx.stored.clone()?;
-        self.counters.stale.add(1);
-        self.counters.misses.sub(1);
+        self.recount(cx, &self.counters.stale);
         let age = current_age(&stored.age, now_secs());
         Some(self.hit(req, &stored, age, CacheStatus::Stale, cx))
     }

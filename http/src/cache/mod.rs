@@ -22,5 +22,5 @@ pub mod store;
 pub use control::{RequestDirectives, ResponseDirectives};
 pub use disk::DiskSettings;
 pub use freshness::{current_age, lifetime, storable, verdict, AgeInputs, NotStored, Stored, Times, Verdict};
-pub use layer::{CacheCounters, CacheCtx, CacheLayer, CacheLayers, CacheStatus, Lookup};
+pub use layer::{CacheCounters, CacheCtx, CacheLayer, CacheLayers, CacheStatus, Lookup, RefreshSlot};
 pub use store::{CacheSettings, Store, StoreStats};

@@ -8,6 +8,9 @@
 //! thus churns the small FIFO and never reaches the objects that are used.
 //!
 //! Sizes are in bytes; an object larger than the whole budget is refused.
+//! Objects may also weigh on a second budget, for what of them is held
+//! in memory when their size is mostly elsewhere (a disk tier's heads and
+//! keys, beside its files); eviction goes on until both hold.
 //! Not thread-safe: one per worker, or behind the caller's lock.
 
 use std::{borrow::Borrow, collections::VecDeque, hash::Hash};
@@ -30,6 +33,7 @@ enum Queue {
 struct Slot<V> {
     value: V,
     size: u64,
+    resident: u64,
     freq: u8,
     queue: Queue,
 }
@@ -38,6 +42,9 @@ struct Slot<V> {
 #[derive(Debug)]
 pub struct S3Fifo<K, V> {
     capacity: u64,
+    /// The second budget, over the objects' resident bytes.
+    resident_capacity: u64,
+    resident_bytes: u64,
     entries: HashMap<K, Slot<V>>,
     small: VecDeque<K>,
     main: VecDeque<K>,
@@ -55,8 +62,16 @@ pub struct S3Fifo<K, V> {
 impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     /// An empty cache holding at most `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
+        Self::with_resident_bound(capacity, u64::MAX)
+    }
+
+    /// An empty cache holding at most `capacity` bytes, of which at most
+    /// `resident_capacity` resident (see [`S3Fifo::insert_resident`]).
+    pub fn with_resident_bound(capacity: u64, resident_capacity: u64) -> Self {
         Self {
             capacity,
+            resident_capacity,
+            resident_bytes: 0,
             entries: HashMap::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
@@ -98,7 +113,15 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     /// had), evicting as needed. Returns false, storing nothing, when it is
     /// larger than the whole cache.
     pub fn insert(&mut self, key: K, value: V, size: u64) -> bool {
-        if size > self.capacity {
+        self.insert_resident(key, value, size, 0)
+    }
+
+    /// Stores `value` of `size` bytes, `resident` of which count against
+    /// the second budget, under `key` (replacing any value it had),
+    /// evicting until both budgets hold. Returns false, storing nothing,
+    /// when it is larger than either.
+    pub fn insert_resident(&mut self, key: K, value: V, size: u64, resident: u64) -> bool {
+        if size > self.capacity || resident > self.resident_capacity {
             if let Some(old) = self.remove(&key) {
                 self.evicted.push(old);
             }
@@ -108,13 +131,15 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         // revalidation refreshing it is no reason to demote it).
         if let Some(slot) = self.entries.get_mut(&key) {
             let old = std::mem::replace(&mut slot.size, size);
+            let old_resident = std::mem::replace(&mut slot.resident, resident);
             let replaced = std::mem::replace(&mut slot.value, value);
             self.evicted.push(replaced);
             match slot.queue {
                 Queue::Small => self.small_bytes = self.small_bytes - old + size,
                 Queue::Main => self.main_bytes = self.main_bytes - old + size,
             }
-            while self.small_bytes + self.main_bytes > self.capacity {
+            self.resident_bytes = self.resident_bytes - old_resident + resident;
+            while self.over(0, 0) {
                 if !self.evict() {
                     break;
                 }
@@ -126,11 +151,12 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         } else {
             Queue::Small
         };
-        while self.small_bytes + self.main_bytes + size > self.capacity {
+        while self.over(size, resident) {
             if !self.evict() {
                 break;
             }
         }
+        self.resident_bytes += resident;
         match queue {
             Queue::Small => {
                 self.small.push_back(key.clone());
@@ -146,6 +172,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             Slot {
                 value,
                 size,
+                resident,
                 freq: 0,
                 queue,
             },
@@ -160,6 +187,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let slot = self.entries.remove(key)?;
+        self.resident_bytes -= slot.resident;
         // Its place in its FIFO is skipped when reached.
         match slot.queue {
             Queue::Small => self.small_bytes -= slot.size,
@@ -177,6 +205,18 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.small_bytes + self.main_bytes
+    }
+
+    /// Resident bytes held.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
+    }
+
+    /// Whether holding `size` more bytes, `resident` of them resident,
+    /// would break a budget.
+    fn over(&self, size: u64, resident: u64) -> bool {
+        self.small_bytes + self.main_bytes + size > self.capacity
+            || self.resident_bytes + resident > self.resident_capacity
     }
 
     /// Objects held.
@@ -223,6 +263,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             }
             if let Some(slot) = self.entries.remove(&key) {
                 self.small_bytes -= slot.size;
+                self.resident_bytes -= slot.resident;
                 self.evicted.push(slot.value);
             }
             self.remember(key);
@@ -247,6 +288,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             }
             if let Some(slot) = self.entries.remove(&key) {
                 self.main_bytes -= slot.size;
+                self.resident_bytes -= slot.resident;
                 self.evicted.push(slot.value);
             }
             self.evictions += 1;
@@ -284,6 +326,28 @@ mod tests {
         }
         assert_eq!(c.len(), 33);
         assert!(c.evictions() >= 67);
+    }
+
+    #[test]
+    fn the_resident_budget_holds_beside_the_byte_budget() {
+        // Objects mostly elsewhere: 100 bytes each, 10 of them resident.
+        let mut c = S3Fifo::with_resident_bound(1_000_000, 200);
+        assert!(
+            !c.insert_resident(u32::MAX, (), 1, 201),
+            "larger than the resident budget"
+        );
+        for i in 0..100u32 {
+            assert!(c.insert_resident(i, (), 100, 10));
+            assert!(c.resident_bytes() <= 200, "{}", c.resident_bytes());
+        }
+        assert_eq!(c.len(), 20, "the resident budget bounds them, not the bytes");
+        assert_eq!(c.evictions(), 80);
+        // Replacing and removing keep the count.
+        assert!(c.insert_resident(99, (), 100, 30));
+        assert!(c.resident_bytes() <= 200);
+        let before = c.resident_bytes();
+        assert!(c.remove(&99).is_some());
+        assert_eq!(c.resident_bytes(), before - 30);
     }
 
     #[test]

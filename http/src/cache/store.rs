@@ -102,6 +102,20 @@ impl Object {
             _ => bytes,
         }
     }
+
+    /// Bytes of it held in memory: all of it, but for a disk tier's body.
+    fn resident(&self, key: &[u8]) -> u64 {
+        let body = match &self.body {
+            crate::held::HeldBody::File(file) if file.path().is_some() => 0,
+            body => body.len(),
+        };
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        self.head.raw().len() as u64 + body + (key.len() + vary) as u64 + 256
+    }
 }
 
 /// The value of the request's field `name` for a secondary key: all its
@@ -156,8 +170,11 @@ impl std::fmt::Debug for Store {
 pub struct StoreStats {
     /// Keys held.
     pub keys: u64,
-    /// Bytes held.
+    /// Bytes held (a disk tier's files in whole blocks).
     pub bytes: u64,
+    /// Bytes of them held in memory (with a disk tier, its heads and
+    /// keys; without one, all).
+    pub resident: u64,
     /// Keys evicted to make room.
     pub evictions: u64,
     /// Responses stored (or updated by a revalidation).
@@ -166,15 +183,23 @@ pub struct StoreStats {
 
 impl Store {
     /// An empty store with `settings`: up to 16 shards, each large enough
-    /// for four of the largest objects.
+    /// for four of the largest objects. With a disk tier, its size bounds
+    /// the files and `memory` what is held in memory for them (heads,
+    /// keys).
     pub fn new(settings: CacheSettings) -> Self {
         let bound = settings.disk.as_ref().map_or(settings.memory, |d| d.size);
         let per_shard = settings.max_object.saturating_mul(4).max(1 << 20);
         let shards = (bound / per_shard).clamp(1, 16);
         let each = bound / shards;
+        let resident_each = match settings.disk {
+            Some(_) => settings.memory / shards,
+            None => u64::MAX,
+        };
         Self {
             disk: settings.disk.as_ref().map(|d| super::disk::Disk::new(&d.path)),
-            shards: (0..shards).map(|_| Mutex::new(S3Fifo::new(each))).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(S3Fifo::with_resident_bound(each, resident_each)))
+                .collect(),
             settings,
             hasher: std::hash::RandomState::new(),
             stored: AtomicU64::new(0),
@@ -248,8 +273,9 @@ impl Store {
         let skip = (kept.len() + 1).saturating_sub(MAX_VARIANTS);
         let kept = &kept[skip..];
         let size = kept.iter().map(|v| v.size(key)).sum::<u64>() + object.size(key);
+        let resident = kept.iter().map(|v| v.resident(key)).sum::<u64>() + object.resident(key);
         let variants: Variants = kept.iter().cloned().chain([object]).collect();
-        let fits = shard.insert(key.into(), variants.clone(), size);
+        let fits = shard.insert_resident(key.into(), variants.clone(), size, resident);
         let gone: Vec<Variants> = shard.drain_evicted().collect();
         drop(shard);
         if fits {
@@ -283,6 +309,7 @@ impl Store {
             let shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             stats.keys += shard.len() as u64;
             stats.bytes += shard.bytes();
+            stats.resident += shard.resident_bytes();
             stats.evictions += shard.evictions();
         }
         stats
@@ -332,6 +359,19 @@ mod tests {
     use super::*;
 
     fn object(body: &str, vary: &[(&str, Option<&str>)]) -> Arc<Object> {
+        let vary = vary
+            .iter()
+            .map(|(n, v)| ((*n).into(), v.map(|v| v.as_bytes().into())))
+            .collect();
+        stored(Bytes::copy_from_slice(body.as_bytes()).into(), vary)
+    }
+
+    /// A stored response with `body`.
+    fn with_body(body: &crate::held::HeldBody) -> Arc<Object> {
+        stored(body.clone(), Box::new([]))
+    }
+
+    fn stored(body: crate::held::HeldBody, vary: SecondaryKey) -> Arc<Object> {
         let mut head = ResponseHead::new();
         head.parse_stored(
             &Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
@@ -340,12 +380,9 @@ mod tests {
         .expect("a head");
         Arc::new(Object {
             head: Arc::new(head),
-            body: Bytes::copy_from_slice(body.as_bytes()).into(),
+            body,
             status: 200,
-            vary: vary
-                .iter()
-                .map(|(n, v)| ((*n).into(), v.map(|v| v.as_bytes().into())))
-                .collect(),
+            vary,
             directives: ResponseDirectives::default(),
             lifetime: 60,
             age: AgeInputs::default(),
@@ -398,26 +435,34 @@ mod tests {
     }
 
     #[test]
+    fn with_a_disk_tier_memory_bounds_what_is_held_for_the_files() {
+        let dir = std::env::temp_dir().join(format!("ringway-store-resident-{}", std::process::id()));
+        let mut settings = CacheSettings::new("t", 64 << 10, 1 << 20);
+        settings.disk = Some(super::super::DiskSettings {
+            path: dir.clone(),
+            size: 1 << 30,
+        });
+        let store = Store::new(settings);
+        for i in 0..2000 {
+            let file = crate::held::FileBody::on_disk(100_000, dir.join(format!("{i}.rwc")));
+            store.insert(
+                format!("k{i}").as_bytes(),
+                with_body(&crate::held::HeldBody::File(Arc::new(file))),
+            );
+        }
+        let stats = store.stats();
+        assert!(stats.resident <= 64 << 10, "{stats:?}");
+        assert!(stats.bytes < 1 << 30, "the files are far from the disk's size");
+        assert!(stats.keys < 2000 && stats.evictions > 0, "{stats:?}");
+    }
+
+    #[test]
     fn a_refreshed_entry_keeps_its_file_and_a_dropped_one_loses_it() {
         let dir = std::env::temp_dir().join(format!("ringway-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("body.rwc");
         std::fs::write(&path, b"body").expect("write");
         let body = crate::held::HeldBody::File(Arc::new(crate::held::FileBody::on_disk(4, path.clone())));
-        let with_body = |body: &crate::held::HeldBody| {
-            let template = object("", &[]);
-            Arc::new(Object {
-                head: Arc::clone(&template.head),
-                body: body.clone(),
-                status: 200,
-                vary: Box::new([]),
-                directives: ResponseDirectives::default(),
-                lifetime: 60,
-                age: AgeInputs::default(),
-                etag: None,
-                last_modified: None,
-            })
-        };
         let store = Store::new(CacheSettings::new("t", 1 << 20, 1 << 16));
         store.insert(b"k", with_body(&body));
         // A 304 refreshed its head: a new object, the same file.

@@ -19,6 +19,7 @@
 //! - `driver`: the proxied exchange between them (attempts on peers,
 //!   interim responses, the response relayed).
 
+mod background;
 mod client;
 mod driver;
 mod server;
@@ -27,12 +28,14 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable},
     net::TcpStream,
@@ -157,6 +160,9 @@ pub struct ClientInfo {
     /// The ID of the request being handled (`$request_id`); the engine
     /// draws one for each request.
     pub request_id: RequestId,
+    /// The request is the proxy's own, made in the background for this
+    /// client's (a cache's refresh): nobody waits for its answer.
+    pub background: bool,
 }
 
 impl ClientInfo {
@@ -168,6 +174,7 @@ impl ClientInfo {
             now_ms: 0,
             tls: None,
             request_id: RequestId::default(),
+            background: false,
         }
     }
 }
@@ -370,7 +377,7 @@ impl<H: ProxyHooks> Engine<H> {
                         );
                         let status = Box::pin(answer).await;
                         self.log_failure(&client, &st.req, status, &error, None);
-                        if self.observing() && status != 0 {
+                        if self.observing() && status != 0 && !client.background {
                             let bytes_in = (st.req.raw().len() + st.rbuf.len()) as u64;
                             let facts = self.handler.log_facts(&cx);
                             let (event, tally) = (Event::Refused, (bytes_in, &st.tally));
@@ -379,14 +386,17 @@ impl<H: ProxyHooks> Engine<H> {
                                 event, &client, &st.req, status, tally, b"", nothing.0, nothing.1, facts,
                             );
                         }
-                        conn.count_request();
+                        if !client.background {
+                            conn.count_request();
+                        }
                         io.close().await;
                         return;
                     }
                 }
                 first = false;
                 let st = slot.get(size);
-                let started = self.observing().then(Instant::now);
+                // The proxy's own requests are neither logged nor counted.
+                let started = (self.observing() && !client.background).then(Instant::now);
                 // On the heap: an exchange's state is large, and an idle
                 // connection holds none of it; in a block the worker
                 // recycles, not a new allocation per request.
@@ -394,7 +404,9 @@ impl<H: ProxyHooks> Engine<H> {
                 client.request_id = RequestId::next();
                 let exchange = Recycled::new_with(|| self.exchange(&mut io, st, &client, &conn, started));
                 let (outcome, tunnel_log) = exchange.await;
-                conn.count_request();
+                if !client.background {
+                    conn.count_request();
+                }
                 match outcome {
                     Outcome::KeepAlive => {}
                     Outcome::Close => {
@@ -453,6 +465,42 @@ impl<H: ProxyHooks> Engine<H> {
         }
     }
 
+    /// Sends `req` again on this worker, in the background, for the hooks
+    /// that answered it from a stored response and asked for it to be
+    /// refreshed; `slot` is held until the refresh ends (the hooks start
+    /// one per key). Nothing is started while the worker drains or is at
+    /// its connection limit (the slot is freed: a later stale answer
+    /// tries again).
+    fn refresh_in_background(
+        self: &Rc<Self>,
+        req: &crate::head::RequestHead,
+        client: &ClientInfo,
+        conn: &ConnCtx,
+        slot: crate::cache::RefreshSlot,
+    ) {
+        if self.closing(conn) {
+            return;
+        }
+        let Some(own) = conn.own_work() else {
+            return;
+        };
+        let io = background::Background::new(background::refresh_request(req));
+        let client = ClientInfo {
+            background: true,
+            ..client.clone()
+        };
+        let peer = client.peer;
+        // A panic ends the refresh, as it ends a client's connection, not
+        // the worker.
+        let refresh = AssertUnwindSafe(Rc::clone(self).serve(io, client, own)).catch_unwind();
+        monoio::spawn(async move {
+            if refresh.await.is_err() {
+                tracing::error!(%peer, "background refresh panicked");
+            }
+            drop(slot);
+        });
+    }
+
     /// Runs the tunnel an upgrade opened, until both directions end.
     async fn tunnel<S: ClientStream>(
         &self,
@@ -482,7 +530,7 @@ impl<H: ProxyHooks> Engine<H> {
     }
 
     async fn exchange<S: ClientStream>(
-        &self,
+        self: &Rc<Self>,
         io: &mut S,
         st: &mut ConnBuffers,
         client: &ClientInfo,
@@ -511,7 +559,12 @@ impl<H: ProxyHooks> Engine<H> {
                         .await
                 }
                 Route::Connect(addrs) => self.connect_tunnel(io, st, &addrs, conn).await,
-                Route::Held(held) => Box::pin(self.serve_held(io, st, *held, conn, &mut cx)).await,
+                Route::Held(mut held) => {
+                    if let Some(slot) = held.refresh.take() {
+                        self.refresh_in_background(&st.req, client, conn, slot);
+                    }
+                    Box::pin(self.serve_held(io, st, *held, conn, &mut cx)).await
+                }
                 Route::Reply(reply) => {
                     let reply = self.handler.local_reply(&st.req, reply, &cx);
                     break 'done self.reply(io, st, &reply, conn).await;

@@ -379,7 +379,10 @@ impl ProxyHooks for ForwardHandler {
                     let (path, authority) = origin_form(target);
                     let host = authority.unwrap_or_default();
                     let cache = cx.cache.get_or_insert_with(Box::default);
-                    match layer.lookup(index, req, (false, host, path), cache).await {
+                    match layer
+                        .lookup(index, req, (false, host, path), client.background, cache)
+                        .await
+                    {
                         Lookup::Held(held) => return Route::Held(held),
                         Lookup::Reply(reply) => return Route::Reply(reply),
                         Lookup::Forward => {}

@@ -656,6 +656,11 @@ impl Policy {
                         trace.effect("its path_regex did not match the path: no rewrite");
                     }
                 }
+                // The proxy's own refresh of a client's request spends
+                // none of the client's budget.
+                Action::RateLimit { .. } if facts.client.background => {
+                    trace.effect("a background refresh: not rate limited");
+                }
                 Action::RateLimit { table, key } => {
                     let ip = facts.client.peer.ip().to_canonical();
                     let admit = match key {
