@@ -6,14 +6,18 @@
 # requests/s and the proxy's CPU time per request (user and system, from
 # /proc/PID/stat). Traffic stays on 127.0.0.1.
 #
-#   benches/compare/cache.sh RINGWAY_BINARY [--paths "/16B /64KiB /1MiB"] [--rounds 3] [--seconds 5] [--conns 64] [--disk]
+#   benches/compare/cache.sh RINGWAY_BINARY [--paths "/16B /64KiB /1MiB"] [--rounds 3] [--seconds 5] [--conns 64] [--disk] [--floor]
 #
 # --disk: ringway's cache with a disk tier (bodies in files under a
 # temporary directory, as nginx keeps its cache files).
+# --floor: also runs floor.c (built with gcc), a server that does nothing
+# but send one head and one file per request with sendfile: the kernel's
+# cost of a hit on this machine, below which no proxy can go. Its column
+# is CPU µs per request and its ratio to nginx's.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1; shift
-paths="/16B /64KiB /1MiB" rounds=3 seconds=5 conns=64 disk=
+paths="/16B /64KiB /1MiB" rounds=3 seconds=5 conns=64 disk= floor=
 while [ $# -gt 0 ]; do
     case $1 in
         --paths) paths=$2; shift ;;
@@ -21,13 +25,14 @@ while [ $# -gt 0 ]; do
         --seconds) seconds=$2; shift ;;
         --conns) conns=$2; shift ;;
         --disk) disk=1 ;;
+        --floor) floor=1 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 cpus=$(nproc); proxy_cpu=0; load_cpu=$((cpus - 1))
 tmp=$(mktemp -d /tmp/ringway-cache-XXXXXX); chmod 755 "$tmp"; mkdir -m 755 "$tmp/www"
-for spec in 65536:64KiB 1048576:1MiB; do
+for spec in 16:16B 65536:64KiB 1048576:1MiB; do
     head -c "${spec%%:*}" /dev/zero | tr '\0' x >"$tmp/www/${spec#*:}"
 done
 chmod 644 "$tmp"/www/*
@@ -35,6 +40,9 @@ sed "s#\$TMP#$tmp#g; /^worker_cpu_affinity/d; s#^    server {#    add_header Cac
     "$here/peers/origin-nginx.conf" >"$tmp/origin.conf"
 sed "s#\$TMP#$tmp#g" "$here/peers/nginx-cache.conf" >"$tmp/nginx.conf"
 cp "$here/peers/ringway-cache.toml" "$tmp/ringway.toml"
+if [ -n "$floor" ]; then
+    gcc -O2 -o "$tmp/floor" "$here/floor.c"
+fi
 if [ -n "$disk" ]; then
     sed -i "s#^max_object = .*#&\ndisk = { path = \"$tmp/ringway-cache\", size = \"1GiB\" }#" "$tmp/ringway.toml"
 fi
@@ -56,6 +64,9 @@ run_one() {
         port=18080
         rm -rf "$tmp/ringway-cache"
         taskset -c $proxy_cpu "$bin" run --config "$tmp/ringway.toml" >"$tmp/proxy.log" 2>&1 & proxy=$!
+    elif [ "$name" = floor ]; then
+        port=18090
+        taskset -c $proxy_cpu "$tmp/floor" $port "$tmp/www${path}" >"$tmp/proxy.log" 2>&1 & proxy=$!
     else
         port=18081
         rm -rf "$tmp/nginx-cache"
@@ -83,17 +94,28 @@ run_one() {
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo "wrk -t1 -c$conns -d${seconds}s; proxy on CPU $proxy_cpu, wrk and origin on CPU $load_cpu; $rounds rounds"
-echo "| object | ringway req/s | nginx req/s | ratio | ringway CPU µs/req | nginx CPU µs/req | ratio |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+if [ -n "$floor" ]; then
+    echo "| object | ringway req/s | nginx req/s | ratio | ringway CPU µs/req | nginx CPU µs/req | ratio | floor CPU µs/req | floor / nginx |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+else
+    echo "| object | ringway req/s | nginx req/s | ratio | ringway CPU µs/req | nginx CPU µs/req | ratio |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+fi
 for path in $paths; do
-    : >"$tmp/r"; : >"$tmp/n"
+    : >"$tmp/r"; : >"$tmp/n"; : >"$tmp/f"
     for _ in $(seq "$rounds"); do
         run_one ringway "$path" >>"$tmp/r"
         run_one nginx "$path" >>"$tmp/n"
+        if [ -n "$floor" ]; then run_one floor "$path" >>"$tmp/f"; fi
     done
-    cat "$tmp/r" "$tmp/n" >&2
+    cat "$tmp/r" "$tmp/n" "$tmp/f" >&2
     rr=$(awk '{print $1}' "$tmp/r" | median); nr=$(awk '{print $1}' "$tmp/n" | median)
     rc=$(awk '{print $4}' "$tmp/r" | median); nc=$(awk '{print $4}' "$tmp/n" | median)
-    awk -v p="$path" -v rr="$rr" -v nr="$nr" -v rc="$rc" -v nc="$nc" \
-        'BEGIN { printf "| %s | %d | %d | %.2fx | %.2f | %.2f | %.2fx |\n", p, rr, nr, rr / nr, rc, nc, rc / nc }'
+    line=$(awk -v p="$path" -v rr="$rr" -v nr="$nr" -v rc="$rc" -v nc="$nc" \
+        'BEGIN { printf "| %s | %d | %d | %.2fx | %.2f | %.2f | %.2fx |", p, rr, nr, rr / nr, rc, nc, rc / nc }')
+    if [ -n "$floor" ]; then
+        fc=$(awk '{print $4}' "$tmp/f" | median)
+        line+=$(awk -v fc="$fc" -v nc="$nc" 'BEGIN { printf " %.2f | %.2fx |", fc, fc / nc }')
+    fi
+    echo "$line"
 done
