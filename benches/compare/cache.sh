@@ -11,9 +11,10 @@
 # --disk: ringway's cache with a disk tier (bodies in files under a
 # temporary directory, as nginx keeps its cache files).
 # --floor: also runs floor.c (built with gcc), a server that does nothing
-# but send one head and one file per request with sendfile: the kernel's
-# cost of a hit on this machine, below which no proxy can go. Its column
-# is CPU µs per request and its ratio to nginx's.
+# but send one head and one file (from the page cache) per request with
+# sendfile: close to the kernel's cost of a hit on this machine. Its
+# columns are its requests/s and its CPU µs per request, and that CPU's
+# ratio to nginx's.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1; shift
@@ -42,6 +43,9 @@ sed "s#\$TMP#$tmp#g" "$here/peers/nginx-cache.conf" >"$tmp/nginx.conf"
 cp "$here/peers/ringway-cache.toml" "$tmp/ringway.toml"
 if [ -n "$floor" ]; then
     gcc -O2 -o "$tmp/floor" "$here/floor.c"
+    for p in $paths; do
+        [ -f "$tmp/www$p" ] || { echo "--floor serves only /16B /64KiB /1MiB, not $p" >&2; exit 2; }
+    done
 fi
 if [ -n "$disk" ]; then
     sed -i "s#^max_object = .*#&\ndisk = { path = \"$tmp/ringway-cache\", size = \"1GiB\" }#" "$tmp/ringway.toml"
@@ -95,8 +99,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 
 echo "wrk -t1 -c$conns -d${seconds}s; proxy on CPU $proxy_cpu, wrk and origin on CPU $load_cpu; $rounds rounds"
 if [ -n "$floor" ]; then
-    echo "| object | ringway req/s | nginx req/s | ratio | ringway CPU µs/req | nginx CPU µs/req | ratio | floor CPU µs/req | floor / nginx |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| object | ringway req/s | nginx req/s | ratio | ringway CPU µs/req | nginx CPU µs/req | ratio | floor req/s | floor CPU µs/req | floor / nginx |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 else
     echo "| object | ringway req/s | nginx req/s | ratio | ringway CPU µs/req | nginx CPU µs/req | ratio |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -114,8 +118,8 @@ for path in $paths; do
     line=$(awk -v p="$path" -v rr="$rr" -v nr="$nr" -v rc="$rc" -v nc="$nc" \
         'BEGIN { printf "| %s | %d | %d | %.2fx | %.2f | %.2f | %.2fx |", p, rr, nr, rr / nr, rc, nc, rc / nc }')
     if [ -n "$floor" ]; then
-        fc=$(awk '{print $4}' "$tmp/f" | median)
-        line+=$(awk -v fc="$fc" -v nc="$nc" 'BEGIN { printf " %.2f | %.2fx |", fc, fc / nc }')
+        fr=$(awk '{print $1}' "$tmp/f" | median); fc=$(awk '{print $4}' "$tmp/f" | median)
+        line+=$(awk -v fr="$fr" -v fc="$fc" -v nc="$nc" 'BEGIN { printf " %d | %.2f | %.2fx |", fr, fc, fc / nc }')
     fi
     echo "$line"
 done

@@ -1,11 +1,11 @@
-// The kernel's floor for a cache hit: a keep-alive HTTP server that does
-// nothing but answer every request with one fixed head and the bytes of
-// one file, sent with sendfile(2) from the page cache (the head with
-// MSG_MORE, as ringway and nginx send it). No parsing beyond finding the
-// end of each head, no headers looked at, no logging, epoll edge-
-// triggered. What it costs per request is what the kernel's TCP path and
-// sendfile cost on this machine; a proxy cannot serve a hit for less.
-// Used by cache.sh --floor; loopback only.
+// A reference for the kernel's cost of a cache hit: a keep-alive HTTP
+// server that does nothing but answer every request with one fixed head
+// and the bytes of one file, sent with sendfile(2) from the page cache
+// (the head with MSG_MORE, as ringway and nginx send it). No parsing
+// beyond finding the end of each head, no headers looked at, no logging,
+// epoll edge-triggered. What it costs per request is close to what the
+// kernel's TCP path and sendfile cost on this machine at the rate it
+// serves. Used by cache.sh --floor; loopback only.
 //
 //   gcc -O2 -o floor floor.c && ./floor PORT FILE [memfd]
 //
@@ -121,6 +121,7 @@ int main(int argc, char **argv) {
                     ssize_t r = read(fd, buf, sizeof buf);
                     if (r == 0 || (r < 0 && errno != EAGAIN)) { closed = 1; break; }
                     if (r < 0) break;
+                    int drained = r < (ssize_t)sizeof buf;
                     for (ssize_t j = 0; j < r; j++) {
                         // "\r\n\r\n" ends a head, across reads too.
                         char want = (c->matched % 2 == 0) ? '\r' : '\n';
@@ -130,6 +131,9 @@ int main(int argc, char **argv) {
                             c->matched = buf[j] == '\r' ? 1 : 0;
                         }
                     }
+                    // A short read took all there was: no read for EAGAIN
+                    // (more arriving later is a new edge).
+                    if (drained) break;
                 }
             }
             if (!closed && answer(fd, c, file, size, head, hlen) < 0) closed = 1;

@@ -419,14 +419,14 @@ fn a_route_naming_an_unknown_cache_is_a_config_error() {
         errors.contains(":16: listener[0].route[0].cache: no [cache.other] is configured"),
         "{errors}"
     );
-    // One cache for reverse routes and a forward listener, and two disk
-    // tiers in one directory, are refused.
+    // One cache for reverse routes and a forward listener, two disk tiers
+    // in one directory, and a disk tier's index without room, are refused.
     let dir = std::env::temp_dir().display().to_string();
     let file = temp_file(
         "cache-shared.toml",
         &format!(
             "[cache.main]\ndisk = {{ path = \"{dir}\", size = \"1GiB\" }}\n\n\
-             [cache.other]\ndisk = {{ path = \"{dir}\", size = \"1GiB\" }}\n\n\
+             [cache.other]\ndisk = {{ path = \"{dir}\", size = \"1GiB\" }}\nmemory = \"64KiB\"\n\n\
              [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\n\
              [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
              [[listener.route]]\nupstream = \"app\"\ncache = \"main\"\n\n\
@@ -444,6 +444,10 @@ fn a_route_naming_an_unknown_cache_is_a_config_error() {
     );
     assert!(
         errors.contains("listener[1].cache: [cache.main] serves reverse routes too"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(":6: cache.other.memory: with a disk tier, memory holds the heads and keys"),
         "{errors}"
     );
 }

@@ -1,5 +1,5 @@
 //! `[cache.NAME]`: the HTTP caches routes and forward listeners use
-//! (`cache = "NAME"`): the memory tier's size, the largest object stored,
+//! (`cache = "NAME"`): the memory they hold, the largest object stored,
 //! whether responses that set cookies are stored, `X-Cache`, how long a
 //! request waits for another fetching the same response, and the disk
 //! tier (a directory and its size).
@@ -28,6 +28,10 @@ pub(crate) struct DiskSection {
 
 /// The memory tier's size when none is given.
 const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// The least `memory` a cache with a disk tier may have: it holds the
+/// index of the files, split over up to 16 shards.
+const MIN_INDEX_MEMORY: u64 = 1 << 20;
 
 /// The largest object stored when none is given.
 const DEFAULT_MAX_OBJECT: u64 = 64 << 20;
@@ -64,10 +68,15 @@ impl Validator {
         for (name, section) in sections {
             let at = path.key(name);
             let memory = self.cache_size(at.key("memory"), section.memory.as_ref(), DEFAULT_MEMORY);
+            // With a disk tier bodies are not held in memory.
+            let default_max_object = match section.disk {
+                Some(_) => DEFAULT_MAX_OBJECT,
+                None => DEFAULT_MAX_OBJECT.min(memory),
+            };
             let max_object = self.cache_size(
                 at.key("max_object"),
                 section.max_object.as_ref(),
-                DEFAULT_MAX_OBJECT.min(memory),
+                default_max_object,
             );
             let disk = section
                 .disk
@@ -77,6 +86,15 @@ impl Validator {
                 self.problem(
                     at.key("max_object"),
                     format!("{max_object} bytes is more than the cache's memory ({memory} bytes)"),
+                );
+            }
+            if disk.is_some() && memory < MIN_INDEX_MEMORY {
+                self.problem(
+                    at.key("memory"),
+                    format!(
+                        "with a disk tier, memory holds the heads and keys of its files (about 0.5 to 2 KiB \
+                         each): {memory} bytes would hold almost none; give at least 1MiB"
+                    ),
                 );
             }
             let mut settings = CacheSettings::new(name, memory, max_object);

@@ -307,9 +307,6 @@ impl CacheLayer {
         cx.cache = Some(index);
         cx.request_time = now_secs();
         cx.background = background;
-        if background {
-            self.counters.refreshes.add(1);
-        }
         let method = req.method();
         let plain = req.body() == crate::head::BodyFraming::None && req.upgrade().is_none();
         if !matches!(method, Method::Get | Method::Head) || !plain {
@@ -396,9 +393,7 @@ impl CacheLayer {
                         cx.stored = Some(object);
                         cx.key = Some(self.key.borrow().as_slice().into());
                         cx.status = Some(CacheStatus::Miss);
-                        if !background {
-                            self.counters.misses.add(1);
-                        }
+                        self.count_forward(background);
                         return Lookup::Forward;
                     }
                 }
@@ -433,10 +428,17 @@ impl CacheLayer {
             }
             cx.key = Some(key);
             cx.status = Some(CacheStatus::Miss);
-            if !background {
-                self.counters.misses.add(1);
-            }
+            self.count_forward(background);
             return Lookup::Forward;
+        }
+    }
+
+    /// Counts a request sent to the upstream: a client's miss, or a
+    /// background refresh.
+    fn count_forward(&self, background: bool) {
+        match background {
+            true => self.counters.refreshes.add(1),
+            false => self.counters.misses.add(1),
         }
     }
 

@@ -45,6 +45,8 @@ pub struct S3Fifo<K, V> {
     /// The second budget, over the objects' resident bytes.
     resident_capacity: u64,
     resident_bytes: u64,
+    /// The small FIFO's share of them.
+    small_resident: u64,
     entries: HashMap<K, Slot<V>>,
     small: VecDeque<K>,
     main: VecDeque<K>,
@@ -72,6 +74,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             capacity,
             resident_capacity,
             resident_bytes: 0,
+            small_resident: 0,
             entries: HashMap::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
@@ -135,7 +138,10 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             let replaced = std::mem::replace(&mut slot.value, value);
             self.evicted.push(replaced);
             match slot.queue {
-                Queue::Small => self.small_bytes = self.small_bytes - old + size,
+                Queue::Small => {
+                    self.small_bytes = self.small_bytes - old + size;
+                    self.small_resident = self.small_resident - old_resident + resident;
+                }
                 Queue::Main => self.main_bytes = self.main_bytes - old + size,
             }
             self.resident_bytes = self.resident_bytes - old_resident + resident;
@@ -161,6 +167,7 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
             Queue::Small => {
                 self.small.push_back(key.clone());
                 self.small_bytes += size;
+                self.small_resident += resident;
             }
             Queue::Main => {
                 self.main.push_back(key.clone());
@@ -190,7 +197,10 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         self.resident_bytes -= slot.resident;
         // Its place in its FIFO is skipped when reached.
         match slot.queue {
-            Queue::Small => self.small_bytes -= slot.size,
+            Queue::Small => {
+                self.small_bytes -= slot.size;
+                self.small_resident -= slot.resident;
+            }
             Queue::Main => self.main_bytes -= slot.size,
         }
         Some(slot.value)
@@ -234,11 +244,14 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         self.evictions
     }
 
-    /// Evicts one object: from small while it holds more than its share,
-    /// else from main. Returns false when nothing is left to evict.
+    /// Evicts one object: from small while it holds more than its share
+    /// of either budget, else from main. Returns false when nothing is
+    /// left to evict.
     fn evict(&mut self) -> bool {
         let small_share = self.capacity * SMALL_TENTHS / 10;
-        if (self.small_bytes > small_share || self.main.is_empty()) && self.evict_small() {
+        let small_resident_share = self.resident_capacity / 10 * SMALL_TENTHS;
+        let small_over = self.small_bytes > small_share || self.small_resident > small_resident_share;
+        if (small_over || self.main.is_empty()) && self.evict_small() {
             return true;
         }
         self.evict_main() || self.evict_small()
@@ -257,12 +270,14 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
                 slot.freq = 0;
                 slot.queue = Queue::Main;
                 self.small_bytes -= slot.size;
+                self.small_resident -= slot.resident;
                 self.main_bytes += slot.size;
                 self.main.push_back(key);
                 continue;
             }
             if let Some(slot) = self.entries.remove(&key) {
                 self.small_bytes -= slot.size;
+                self.small_resident -= slot.resident;
                 self.resident_bytes -= slot.resident;
                 self.evicted.push(slot.value);
             }
@@ -352,23 +367,29 @@ mod tests {
 
     #[test]
     fn a_scan_does_not_push_out_what_is_used() {
-        let mut c = S3Fifo::new(100 * 10);
-        // A hot set of 50 objects, each used twice.
-        for i in 0..50u32 {
-            c.insert(i, i, 10);
-        }
-        for _ in 0..2 {
+        // The byte budget binding, then (a disk tier's shape: bytes
+        // plentiful, memory for the index tight) the resident one.
+        for (mut c, size, resident) in [
+            (S3Fifo::new(1_000), 10, 0),
+            (S3Fifo::with_resident_bound(u64::MAX / 2, 1_000), 1, 10),
+        ] {
+            // A hot set of 50 objects, each used twice.
             for i in 0..50u32 {
-                assert!(c.get(&i).is_some());
+                assert!(c.insert_resident(i, i, size, resident));
             }
+            for _ in 0..2 {
+                for i in 0..50u32 {
+                    assert!(c.get(&i).is_some());
+                }
+            }
+            // A scan of 10,000 objects seen once each.
+            for i in 1_000..11_000u32 {
+                c.insert_resident(i, i, size, resident);
+            }
+            let kept = (0..50u32).filter(|i| c.contains(i)).count();
+            assert_eq!(kept, 50, "the hot set survives the scan");
+            assert!(c.bytes() <= c.capacity && c.resident_bytes() <= c.resident_capacity);
         }
-        // A scan of 10,000 objects seen once each.
-        for i in 1_000..11_000u32 {
-            c.insert(i, i, 10);
-        }
-        let kept = (0..50u32).filter(|i| c.contains(i)).count();
-        assert_eq!(kept, 50, "the hot set survives the scan");
-        assert!(c.bytes() <= 1_000);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The memory tier: stored responses, shared by every worker of the
-//! process, each key's variants (one per `Vary` secondary key) under one
-//! entry of an S3-FIFO ([`super::s3fifo`]) bounded in bytes.
+//! The store: stored responses, shared by every worker of the process,
+//! each key's variants (one per `Vary` secondary key) under one entry of
+//! an S3-FIFO ([`super::s3fifo`]) bounded in bytes (with a disk tier, its
+//! files' bytes, and what is held in memory for them on its own budget).
 //!
 //! The entries are split over shards, each behind its own mutex, held for
 //! a hash lookup and a reference count's increment: a hit copies no body
@@ -24,7 +25,8 @@ use crate::head::{RequestHead, ResponseHead};
 pub struct CacheSettings {
     /// Its name in the configuration.
     pub name: String,
-    /// The memory tier's size in bytes (heads, bodies and keys).
+    /// Bytes held in memory: heads, bodies and keys; with a disk tier,
+    /// the heads and keys of its files (the bodies are on disk).
     pub memory: u64,
     /// Responses with longer bodies pass through unstored.
     pub max_object: u64,
@@ -96,7 +98,7 @@ impl Object {
     /// Bytes it is counted for: head, body and bookkeeping; a disk
     /// tier's file in whole blocks, as the disk holds it.
     fn size(&self, key: &[u8]) -> u64 {
-        let bytes = self.head.raw().len() as u64 + self.body.len() + key.len() as u64 + 256;
+        let bytes = self.index_bytes(key) + self.body.len();
         match &self.body {
             crate::held::HeldBody::File(file) if file.path().is_some() => bytes.div_ceil(4096) * 4096,
             _ => bytes,
@@ -105,16 +107,20 @@ impl Object {
 
     /// Bytes of it held in memory: all of it, but for a disk tier's body.
     fn resident(&self, key: &[u8]) -> u64 {
-        let body = match &self.body {
-            crate::held::HeldBody::File(file) if file.path().is_some() => 0,
-            body => body.len(),
-        };
+        match &self.body {
+            crate::held::HeldBody::File(file) if file.path().is_some() => self.index_bytes(key),
+            body => self.index_bytes(key) + body.len(),
+        }
+    }
+
+    /// Its head, key and secondary key, and bookkeeping.
+    fn index_bytes(&self, key: &[u8]) -> u64 {
         let vary: usize = self
             .vary
             .iter()
             .map(|(name, value)| name.len() + value.as_ref().map_or(0, |v| v.len()))
             .sum();
-        self.head.raw().len() as u64 + body + (key.len() + vary) as u64 + 256
+        (self.head.raw().len() + key.len() + vary + 256) as u64
     }
 }
 

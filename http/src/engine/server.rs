@@ -429,6 +429,14 @@ impl<H: ProxyHooks> Engine<H> {
     ) {
         let upstream = upstream.map(tracing::field::display);
         match error.side() {
+            _ if client.background => tracing::warn!(
+                listener = &*self.listener,
+                client = %client.peer,
+                target = %loggable_target(req.target()),
+                upstream,
+                status,
+                "background refresh failed: {error}"
+            ),
             Side::Downstream => tracing::debug!(
                 listener = &*self.listener,
                 client = %client.peer,
