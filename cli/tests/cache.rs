@@ -150,6 +150,11 @@ fn revalidation_sends_the_validators_and_a_304_refreshes_the_stored_head() {
     assert_eq!(second.text(), "body");
     assert_eq!(second.header("x-cache"), Some("REVALIDATED"));
     assert_eq!(second.header("x-version"), Some("new"));
+    assert_eq!(
+        second.header("set-cookie"),
+        Some("session=first-client"),
+        "the 304's cookie reaches the client it answered"
+    );
     // The 304's max-age now applies: a plain hit.
     let third = get(proxy.addr, "/r", "");
     assert_eq!(third.header("x-cache"), Some("HIT"));

@@ -200,6 +200,9 @@ pub struct CacheCtx {
     /// The response being stored as it streams.
     filling: Option<Box<Filling>>,
     leader: Option<Leader>,
+    /// The `Set-Cookie` fields of the 304 that revalidated the stored
+    /// response: for this client, never stored for others.
+    set_cookies: Vec<Bytes>,
 }
 
 impl CacheCtx {
@@ -590,6 +593,11 @@ impl CacheLayer {
         if let Some(stored) = cx.stored.clone() {
             if status == 304 {
                 let settings = self.store.settings();
+                if !settings.store_set_cookie && !cx.background {
+                    cx.set_cookies = fields_of(resp, "set-cookie")
+                        .map(Bytes::copy_from_slice)
+                        .collect();
+                }
                 let Some(refreshed) = refresh(&stored, resp, settings.store_set_cookie, cx.request_time, now)
                 else {
                     // A merged head that does not parse: the stored one
@@ -777,6 +785,9 @@ impl CacheLayer {
 
     /// The fields a held response is sent with.
     fn held_fields(&self, edits: &mut HeadEdits, cx: &CacheCtx) {
+        for cookie in &cx.set_cookies {
+            let _ = edits.append("Set-Cookie", cookie);
+        }
         let _ = edits.remove("age");
         let _ = edits.append_with("Age", |out| {
             out.extend_from_slice(itoa::Buffer::new().format(cx.age).as_bytes());
