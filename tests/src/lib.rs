@@ -559,10 +559,21 @@ pub fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
     done()
 }
 
-/// An address on which nothing listens (bound, then released).
+/// An address that refuses connections: a socket is bound to it and never
+/// listens.
 pub fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("address");
-    drop(l);
+    // Bound and never listening, for as long as the process runs: a port
+    // merely freed again could be handed to the next bind to port 0 (a
+    // proxy's own listener, which then saw its upstream as itself: 508).
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("an IPv4 address");
+    std::mem::forget(socket);
     addr
 }
