@@ -408,7 +408,7 @@ fn chunked_responses_are_stored_whole_and_served_with_a_length() {
 fn a_route_naming_an_unknown_cache_is_a_config_error() {
     let file = temp_file(
         "cache-bad.toml",
-        "[cache.main]\nmemory = \"1MiB\"\nmax_object = \"2MiB\"\n\n\
+        "[cache.main]\nmemory = \"1MiB\"\nmax_object = \"2MiB\"\nlock_timeout = \"0s\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9\"]\n\n\
          [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"reverse\"\n\n\
          [[listener.route]]\nupstream = \"app\"\ncache = \"other\"\n",
@@ -421,7 +421,11 @@ fn a_route_naming_an_unknown_cache_is_a_config_error() {
     assert!(!out.status.success());
     assert!(errors.contains(":3: cache.main.max_object:"), "{errors}");
     assert!(
-        errors.contains(":16: listener[0].route[0].cache: no [cache.other] is configured"),
+        errors.contains(":4: cache.main.lock_timeout: must be greater than zero"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(":17: listener[0].route[0].cache: no [cache.other] is configured"),
         "{errors}"
     );
     // One cache for reverse routes and a forward listener, two disk tiers
@@ -602,7 +606,10 @@ fn within_stale_while_revalidate_the_stale_response_answers_at_once_and_is_refre
             Reply::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong".to_vec())
         }
     });
-    let proxy = proxy(origin.addr(), 1, "");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let proxy = proxy_with(origin.addr(), 1, "", &format!("[admin]\nlisten = \"{admin}\"\n"));
     assert_eq!(get(proxy.addr, "/swr", "").text(), "old");
     for _ in 0..3 {
         let stale = get(proxy.addr, "/swr", "");
@@ -633,6 +640,16 @@ fn within_stale_while_revalidate_the_stale_response_answers_at_once_and_is_refre
     // the hit, would be a REVALIDATED line).
     proxy.wait_for_log("GET /swr 200 HIT");
     assert_eq!(proxy.log_lines("REVALIDATED"), Vec::<String>::new());
+    // Counted apart from the clients' requests: one miss, one refresh,
+    // no client revalidation.
+    let metrics = get(admin, "/metrics", "").text();
+    for line in [
+        "ringway_cache_misses_total{cache=\"main\"} 1",
+        "ringway_cache_refreshes_total{cache=\"main\"} 1",
+        "ringway_cache_revalidated_total{cache=\"main\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[test]

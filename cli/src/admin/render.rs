@@ -392,7 +392,7 @@ fn caches(out: &mut String, workers: &[WorkerMetrics]) {
         ),
         (
             "ringway_cache_fills_total",
-            "Responses stored after a miss.",
+            "Responses stored after a miss or a background refresh.",
             |c| c.fills.get(),
         ),
         (

@@ -45,17 +45,7 @@ impl Validator {
             Some(SizeValue::Bytes(n)) => Ok(*n),
             Some(SizeValue::Text(text)) => parse_size(text),
         };
-        match parsed {
-            Ok(0) => {
-                self.problem(at, "must be greater than zero");
-                default
-            }
-            Ok(n) => n,
-            Err(e) => {
-                self.problem(at, e);
-                default
-            }
-        }
+        self.positive(at, parsed, default)
     }
 
     /// Each cache's store, by name, in name order.

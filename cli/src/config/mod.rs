@@ -447,12 +447,23 @@ impl Validator {
 
     fn duration(&mut self, path: KeyPath, value: Option<&String>, default: Duration) -> Duration {
         let Some(text) = value else { return default };
-        match parse_duration(text) {
-            Ok(d) if d.is_zero() => {
+        self.positive(path, parse_duration(text), default)
+    }
+
+    /// A value parsed at `path`, or `default` with a problem when it did
+    /// not parse or is zero.
+    fn positive<T: Default + PartialEq>(
+        &mut self,
+        path: KeyPath,
+        parsed: Result<T, String>,
+        default: T,
+    ) -> T {
+        match parsed {
+            Ok(value) if value == T::default() => {
                 self.problem(path, "must be greater than zero");
                 default
             }
-            Ok(d) => d,
+            Ok(value) => value,
             Err(e) => {
                 self.problem(path, e);
                 default
